@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks; see bench/README.md.
+
+Every server is started here, on 127.0.0.1, with matching settings and the same
+thread count, measured by the same load generator (firstcall-bench, built from
+crates/client), and stopped by PID. Only loopback traffic.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+SECRET = "bench-secret"
+REALM = "bench"
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    # A port free for both UDP and TCP, as TURN listens on both.
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def stun_binding_ok(port, timeout=0.3):
+    """A STUN Binding request answered on 127.0.0.1:port."""
+    tid = os.urandom(12)
+    req = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + tid
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(req, ("127.0.0.1", port))
+            data, _ = s.recvfrom(2048)
+            return data[8:20] == tid
+        except OSError:
+            return False
+
+
+def wait_for(cond, what, limit=20.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {limit:.0f} s")
+
+
+class Proc:
+    """A server process we started; stopped by its own PID only."""
+
+    def __init__(self, name, argv, env=None):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.pid = self.p.pid
+
+    def check(self):
+        if self.p.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.p.returncode}); log {self.log.name}:\n"
+                               + Path(self.log.name).read_text(errors="replace")[-2000:])
+        return True
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self.log.close()
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# ---------------------------------------------------------------- servers
+
+def start_firstcall(threads, tmp):
+    turn, http = free_port(), free_port()
+    p = Proc("firstcall", [
+        str(REL / "firstcall"), "serve",
+        "--http-listen", f"127.0.0.1:{http}", "--turn-listen", f"127.0.0.1:{turn}",
+        "--relay-ports", "20000-44999", "--turn-secret", SECRET, "--realm", REALM,
+        "--threads", str(threads), "--max-allocations", "200000",
+        "--max-allocations-per-user", "200000", "--log", "warn",
+        "--data-dir", str(tmp / "firstcall-data"),
+    ])
+    wait_for(lambda: p.check() and stun_binding_ok(turn), "firstcall")
+    return p, f"127.0.0.1:{turn}", http
+
+
+def start_coturn(threads, tmp):
+    turn = free_port()
+    p = Proc("coturn", [
+        "turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls",
+        "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", str(turn),
+        "--min-port", "45000", "--max-port", "65000",
+        "--use-auth-secret", "--static-auth-secret", SECRET, "--realm", REALM,
+        "--relay-threads", str(threads), "--total-quota", "0", "--user-quota", "0",
+        # Relays on loopback talk to each other: the benchmark's two clients are on one host.
+        "--allow-loopback-peers", "--no-multicast-peers",
+        "--log-file", str(tmp / "coturn.log"), "--simple-log", "--no-stdout-log",
+        "--pidfile", str(tmp / "coturn.pid"),
+    ])
+    wait_for(lambda: p.check() and stun_binding_ok(turn), "coturn")
+    return p, f"127.0.0.1:{turn}", None
+
+
+def start_bare(threads, tmp):
+    port = free_port()
+    p = Proc("bare", [str(REL / "firstcall-udpfwd"), "--listen", f"127.0.0.1:{port}"])
+
+    def ready():
+        p.check()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(b"R\xff\xff\xff\xff", ("127.0.0.1", port))
+                return s.recvfrom(16)[0] == b"ok"
+            except OSError:
+                return False
+
+    wait_for(ready, "bare forwarder")
+    return p, f"127.0.0.1:{port}", None
+
+
+SERVERS = {"firstcall": start_firstcall, "coturn": start_coturn, "bare": start_bare}
+
+
+def run_tool(argv, limit):
+    """Run firstcall-bench; returns its JSON lines (steps and result)."""
+    log(" ".join(argv[1:]))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv[1]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+
+
+# ---------------------------------------------------------------- benchmarks
+
+def bench_relay(a, tmp):
+    sizes = [100] if a.quick else [100, 1000]
+    flows = [1, 4] if a.quick else [1, 64]
+    dur = 300 if a.quick else 1500
+    start, top = (2000, 8000) if a.quick else (20000, 5_000_000)
+    rows = []
+    for name in ["firstcall", "coturn", "bare"]:
+        if not have_server(name):
+            continue
+        for size in sizes:
+            for n in flows:
+                p, addr, _ = SERVERS[name](a.threads, tmp)
+                try:
+                    lines = run_tool([str(REL / "firstcall-bench"), "relay", "--server", addr,
+                                      "--kind", "bare" if name == "bare" else "turn",
+                                      "--secret", SECRET, "--flows", str(n), "--size", str(size),
+                                      "--start", str(start), "--max", str(top),
+                                      "--duration-ms", str(dur), "--server-pid", str(p.pid)], 900)
+                    p.check()
+                finally:
+                    p.stop()
+                res = next((l["result"] for l in lines if "result" in l), None)
+                steps = [l for l in lines if l.get("step")]
+                rows.append({"server": name, "size": size, "flows": n, "result": res, "steps": steps})
+                log(f"relay {name} {size} B x{n}: {res}")
+    return rows
+
+
+def bench_control(a, tmp):
+    count = 300 if a.quick else 10000
+    rows = []
+    for name in ["firstcall", "coturn"]:
+        if not have_server(name):
+            continue
+        p, addr, _ = SERVERS[name](a.threads, tmp)
+        try:
+            lines = run_tool([str(REL / "firstcall-bench"), "control", "--server", addr, "--secret", SECRET,
+                              "--count", str(count), "--concurrency", "32", "--server-pid", str(p.pid)], 900)
+            p.check()
+        finally:
+            p.stop()
+        res = next(l["result"] for l in lines if "result" in l)
+        rows.append({"server": name, "result": res})
+        log(f"control {name}: {res}")
+    return rows
+
+
+def have_server(name):
+    if name == "coturn" and not shutil.which("turnserver"):
+        if os.environ.get("CI"):
+            raise RuntimeError("coturn missing (scripts/install-deps installs it)")
+        log("SKIP coturn: turnserver not installed")
+        return False
+    return True
+
+
+BENCHES = {"relay": bench_relay, "control": bench_control}
+
+
+# ---------------------------------------------------------------- report
+
+def ratio(x, y):
+    return round(x / y, 2) if x and y else None
+
+
+def summarise(results):
+    s = {}
+    relay = results.get("relay") or []
+    by = {(r["server"], r["size"], r["flows"]): r["result"] for r in relay}
+    for (srv, size, n), res in by.items():
+        if srv != "firstcall" or not res:
+            continue
+        c, b = by.get(("coturn", size, n)), by.get(("bare", size, n))
+        s[f"relay_{size}B_x{n}"] = {
+            "firstcall_pps": res["rate"],
+            "vs_coturn": ratio(res["rate"], c and c["rate"]),
+            "vs_bare": ratio(res["rate"], b and b["rate"]),
+            "cpu_per_million_vs_coturn": ratio(res["cpu_s_per_million"], c and c["cpu_s_per_million"]),
+        }
+    ctl = {r["server"]: r["result"] for r in results.get("control") or []}
+    if "firstcall" in ctl:
+        f, c = ctl["firstcall"], ctl.get("coturn")
+        s["control"] = {
+            "firstcall_allocations_per_s": round(f["per_second"]),
+            "vs_coturn": ratio(f["per_second"], c and c["per_second"]),
+            "firstcall_bytes_per_allocation": round(f["bytes_per_allocation"]),
+            "coturn_bytes_per_allocation": c and round(c["bytes_per_allocation"]),
+        }
+    return s
+
+
+TARGETS = [
+    ("relay vs coturn (packets/s)", ">= 1.5x", lambda s: [v["vs_coturn"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 1.5),
+    ("relay vs bare forwarder", ">= 0.7x", lambda s: [v["vs_bare"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 0.7),
+    ("allocations/s vs coturn", ">= 2x", lambda s: [s.get("control", {}).get("vs_coturn")], lambda v: v >= 2),
+    ("bytes per live allocation", "< 2048", lambda s: [s.get("control", {}).get("firstcall_bytes_per_allocation")], lambda v: v < 2048),
+]
+
+
+def markdown(doc):
+    m = [f"# Benchmarks ({'quick' if doc['quick'] else 'full'} run, {doc['date']})", "",
+         f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['cpu_model']}; server threads: {doc['threads']}. "
+         "All servers on 127.0.0.1, started by `bench/run`, measured by the same generator.", ""]
+    s = doc["summary"]
+    m += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for name, goal, get, ok in TARGETS:
+        vals = [v for v in get(s) if v is not None]
+        if not vals:
+            m.append(f"| {name} | {goal} | not measured | - |")
+            continue
+        met = all(ok(v) for v in vals)
+        m.append(f"| {name} | {goal} | {', '.join(str(v) for v in vals)} | {'yes' if met else '**no**'} |")
+    relay = doc["results"].get("relay")
+    if relay:
+        m += ["", "## TURN relay (ChannelData over UDP, two relay hops per packet)", "",
+              "Highest offered rate with under 1% loss; CPU is the server's (user+system) per million packets relayed.", "",
+              "| payload | flows | server | packets/s | Mbit/s | CPU s / Mpkt |", "|---|---|---|---|---|---|"]
+        for r in relay:
+            res = r["result"] or {}
+            m.append(f"| {r['size']} B | {r['flows']} | {r['server']} | {res.get('rate', 'none')} | "
+                     f"{res.get('mbit_s', 0):.0f} | {res.get('cpu_s_per_million', 0):.2f} |")
+    ctl = doc["results"].get("control")
+    if ctl:
+        m += ["", "## TURN control plane", "",
+              "Allocate (401 challenge + authenticated) + CreatePermission + ChannelBind per allocation, 32 in flight; "
+              "memory is the server's RSS growth divided by live allocations.", "",
+              "| server | allocations | failures | allocations/s | bytes per allocation |", "|---|---|---|---|---|"]
+        for r in ctl:
+            x = r["result"]
+            m.append(f"| {r['server']} | {x['allocations']} | {x['failures']} | {x['per_second']:.0f} | {x['bytes_per_allocation']:.0f} |")
+    if doc.get("notes"):
+        m += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    return "\n".join(m) + "\n"
+
+
+def plots(doc, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    relay = doc["results"].get("relay")
+    if relay:
+        configs = sorted({(r["size"], r["flows"]) for r in relay})
+        servers = [s for s in ["firstcall", "coturn", "bare"] if any(r["server"] == s for r in relay)]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        w = 0.8 / len(servers)
+        for i, srv in enumerate(servers):
+            vals = []
+            for c in configs:
+                r = next((r for r in relay if r["server"] == srv and (r["size"], r["flows"]) == c), None)
+                vals.append(((r or {}).get("result") or {}).get("rate", 0) / 1000)
+            ax.bar([j + i * w for j in range(len(configs))], vals, w, label=srv)
+        ax.set_xticks([j + w * (len(servers) - 1) / 2 for j in range(len(configs))])
+        ax.set_xticklabels([f"{s} B x{n}" for s, n in configs])
+        ax.set_ylabel("kpackets/s relayed (<1% loss)")
+        ax.set_title("TURN relay throughput")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "relay.png", dpi=100)
+        plt.close(fig)
+    ctl = doc["results"].get("control")
+    if ctl:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
+        names = [r["server"] for r in ctl]
+        a1.bar(names, [r["result"]["per_second"] for r in ctl], color=["C0", "C1"][: len(names)])
+        a1.set_title("allocations/s")
+        a2.bar(names, [r["result"]["bytes_per_allocation"] for r in ctl], color=["C0", "C1"][: len(names)])
+        a2.set_title("bytes per live allocation")
+        fig.tight_layout()
+        fig.savefig(out / "control.png", dpi=100)
+        plt.close(fig)
+
+
+def machine():
+    model = ""
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="check the harness works (minutes); figures mean little")
+    ap.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only this benchmark (repeatable)")
+    ap.add_argument("--threads", type=int, default=1, help="server threads, the same for every server")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = ap.parse_args()
+    # 10,000 allocations hold 10,000 sockets in the server and as many in the generator.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 200_000
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failures = {}, []
+    with tempfile.TemporaryDirectory(prefix="firstcall-bench-") as t:
+        for name in a.only or list(BENCHES):
+            try:
+                results[name] = BENCHES[name](a, Path(t))
+            except Exception as e:  # report every benchmark, then fail
+                log(f"{name} FAILED: {e}")
+                failures.append(f"{name}: {e}")
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": a.quick, "threads": a.threads, "machine": machine(),
+        "results": results, "summary": summarise(results), "failures": failures,
+        "notes": [
+            f"One server thread each (--threads {a.threads}, coturn --relay-threads {a.threads}); on a 2-core "
+            "machine the generator runs on the other core, and can itself be the limit: see achieved_rate in "
+            "latest.json, which falls below the offered rate when the generator cannot keep up.",
+        ],
+    }
+    (out / "latest.json").write_text(json.dumps(doc, indent=1))
+    (out / "latest.md").write_text(markdown(doc))
+    plots(doc, out)
+    print(markdown(doc))
+    if failures:
+        sys.exit(1)
+    # The harness works when every benchmark produced a figure for every server it ran.
+    for name, rows in results.items():
+        for r in rows:
+            if not r.get("result") or (name == "control" and r["result"]["allocations"] == 0):
+                log(f"{name} {r['server']}: no result")
+                sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+//! Shared helpers for tests that run the real `firstcall` binary.
+//!
+//! Everything here talks to 127.0.0.1 only, stops only processes it started
+//! (by PID, on drop), and bounds every wait.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use firstcall_stun::{Attribute, Class, IntegrityKind, Message, MessageBuilder, Method, TransactionId};
+use firstcall_turn::auth::{long_term_key, rest_credential, Secret};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// A child process killed (by its PID) when dropped.
+pub struct Proc {
+    child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port for both UDP and TCP (probed, then released).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral TCP port");
+        let port = t.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP after 100 tries");
+}
+
+/// A relay port range no other test in this process uses.
+pub fn relay_range(size: u16) -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 42000 + (std::process::id() % 40) as u16 * 500;
+    let start = base + NEXT.fetch_add(size, Ordering::Relaxed);
+    (start, start + size - 1)
+}
+
+/// Poll `cond` until it holds or `timeout` passes (a bounded wait on a real condition).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: good enough to search in, which is all tests do.
+    Ok((status, body))
+}
+
+/// A running `firstcall serve`.
+pub struct Server {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub turn: SocketAddr,
+    pub relay: (u16, u16),
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Value of a Prometheus sample (exact name including labels), 0 when absent.
+    pub fn metric(&self, sample: &str) -> u64 {
+        let (_, body) = http_get(self.http, "/metrics", &[]).expect("GET /metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .map_or(0, |v| v as u64)
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub fn firstcall_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_firstcall")
+}
+
+/// Start `firstcall serve` on 127.0.0.1 with fresh ports and `extra` flags; waits for /healthz.
+pub fn start_firstcall(extra: &[&str]) -> Server {
+    start_firstcall_on(SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+}
+
+/// As [`start_firstcall`], with the TURN listener on `turn`.
+pub fn start_firstcall_on(turn: SocketAddr, extra: &[&str]) -> Server {
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let relay = relay_range(100);
+    let tag = format!("{}-{}", std::process::id(), turn.port());
+    let data_dir = std::env::temp_dir().join(format!("firstcall-test-{tag}"));
+    let log = std::env::temp_dir().join(format!("firstcall-test-{tag}.log"));
+    let log_file = std::fs::File::create(&log).expect("create log file");
+    let mut cmd = Command::new(firstcall_bin());
+    cmd.args([
+        "serve",
+        "--http-listen",
+        &http.to_string(),
+        "--turn-listen",
+        &turn.to_string(),
+    ])
+    .args(["--relay-ports", &format!("{}-{}", relay.0, relay.1)])
+    .args(["--data-dir", data_dir.to_str().expect("utf-8 temp dir")])
+    .args(["--realm", "firstcall.test", "--log", "debug"])
+    .args(extra)
+    .env_remove("FIRSTCALL_CONFIG")
+    .stdout(Stdio::null())
+    .stderr(log_file);
+    let mut proc = Proc::spawn("firstcall", &mut cmd);
+    let ready = wait_until(Duration::from_secs(15), || {
+        assert!(
+            proc.alive(),
+            "firstcall exited during start-up; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        matches!(http_get(http, "/healthz", &[]), Ok((200, _)))
+    });
+    assert!(
+        ready,
+        "firstcall not healthy within 15 s; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Server {
+        proc,
+        http,
+        turn,
+        relay,
+        data_dir,
+        log,
+    }
+}
+
+/// Whether a tool is installed. Outside CI a missing tool skips the test (with a
+/// message); in CI (`CI` set) it is a failure, so nothing is silently skipped there.
+pub fn have_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is required in CI (run scripts/install-deps)"
+        );
+        eprintln!("SKIP: {name} not installed (run scripts/install-deps)");
+    }
+    found
+}
+
+/// Run a command to completion with a time limit; kills it (by PID) on timeout.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for child"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command timed out after {limit:?}: {cmd:?}");
+        }
+    }
+}
+
+/// Allocate over UDP with a REST credential; returns the XOR-RELAYED-ADDRESS.
+pub fn allocate(turn: SocketAddr, secret: &str, realm: &str) -> SocketAddr {
+    let (user, pass) = rest_credential(&Secret::new(secret), "alice", 4_000_000_000);
+    allocate_with(turn, &user, &pass, realm)
+}
+
+/// Allocate over UDP with a username and password; returns the XOR-RELAYED-ADDRESS.
+pub fn allocate_with(turn: SocketAddr, user: &str, pass: &str, realm: &str) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([1; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    s.send_to(&b.finish(), turn).unwrap();
+    let n = s.recv(&mut buf).unwrap();
+    let challenge = Message::decode(&buf[..n]).unwrap();
+    assert_eq!(challenge.error_code().map(|e| e.code), Some(401));
+    assert_eq!(challenge.realm(), Some(realm));
+    let nonce = challenge.nonce().unwrap().to_owned();
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([2; 12]));
+    b.add(&Attribute::RequestedTransport(17))
+        .add(&Attribute::Username(user))
+        .add(&Attribute::Realm(realm))
+        .add(&Attribute::Nonce(&nonce))
+        .add_integrity(IntegrityKind::Sha1, long_term_key(user, realm, pass).as_ref());
+    s.send_to(&b.finish(), turn).unwrap();
+    let n = s.recv(&mut buf).unwrap();
+    let ok = Message::decode(&buf[..n]).unwrap();
+    assert_eq!(ok.class(), Class::Success, "allocate: {:?}", ok.error_code());
+    ok.find(|a| {
+        if let Attribute::XorRelayedAddress(r) = a {
+            Some(*r)
+        } else {
+            None
+        }
+    })
+    .unwrap()
+}

@@ -1,0 +1,593 @@
+//! `firstcall serve` settings: flags, `FIRSTCALL_*` environment variables, an
+//! optional TOML file, and safe defaults, in that order of precedence.
+//!
+//! Each setting is one field in [`ServeArgs`] (flag + env var through clap) and
+//! the same name with `_` in [`FileConfig`]; clap carries no defaults so the
+//! file layer can show through, and defaults are applied last in
+//! [`ServeArgs::resolve`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration is unusable. Every message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has an unknown key.
+    #[error("config file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Parser message (names the key).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The flag.
+        setting: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The data directory or generated secret could not be written.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// TLS certificate and key files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// HTTP listener (signaling, API, metrics, demo).
+    pub http_listen: SocketAddr,
+    /// TURN/STUN listener, UDP and TCP.
+    pub turn_listen: SocketAddr,
+    /// TURN over TLS listener (only with `tls`).
+    pub turn_tls_listen: Option<SocketAddr>,
+    /// Certificate and key for `turns:`.
+    pub tls: Option<TlsFiles>,
+    /// TURN REST secrets, newest first (the first mints credentials).
+    pub turn_secrets: Vec<String>,
+    /// True when the secret was generated and kept in the data dir.
+    pub secret_generated: bool,
+    /// TURN realm.
+    pub realm: String,
+    /// Public address behind a 1:1 NAT.
+    pub external_ip: Option<IpAddr>,
+    /// Address relay sockets bind to.
+    pub relay_ip: IpAddr,
+    /// Relay port range.
+    pub relay_ports: RangeInclusive<u16>,
+    /// `--allow-peer` CIDRs (parsed by the server).
+    pub allow_peers: Vec<String>,
+    /// `--deny-peer` CIDRs.
+    pub deny_peers: Vec<String>,
+    /// Where generated state lives.
+    pub data_dir: PathBuf,
+    /// TURN worker threads.
+    pub threads: usize,
+    /// `user:password` static TURN users.
+    pub static_users: Vec<(String, String)>,
+    /// Allocation cap for the whole server.
+    pub max_allocations: usize,
+    /// Allocation cap per user.
+    pub max_allocations_per_user: usize,
+    /// tracing filter.
+    pub log: String,
+    /// How long a disconnected signaling session keeps its frames.
+    pub session_ttl: Duration,
+    /// How long a call rings.
+    pub ring_timeout: Duration,
+    /// HS256 secret for bearer JWTs.
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RS256/ES256) for bearer JWTs.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Where pending-call events are POSTed.
+    pub webhook_url: Option<String>,
+    /// Key signing webhook bodies (defaults to the first TURN secret).
+    pub webhook_secret: Option<String>,
+    /// Lifetime of TURN credentials handed to clients.
+    pub credential_ttl: Duration,
+}
+
+/// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys use `_`: `turn_listen = "..."`).
+    #[arg(long, env = "FIRSTCALL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listener [default: 0.0.0.0:8080].
+    #[arg(long, env = "FIRSTCALL_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// TURN/STUN listener for UDP and TCP [default: 0.0.0.0:3478].
+    #[arg(long, env = "FIRSTCALL_TURN_LISTEN")]
+    pub turn_listen: Option<SocketAddr>,
+    /// TURN over TLS listener, used when --tls-cert and --tls-key are given [default: 0.0.0.0:5349].
+    #[arg(long, env = "FIRSTCALL_TURN_TLS_LISTEN")]
+    pub turn_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for turns:.
+    #[arg(long, env = "FIRSTCALL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for turns:.
+    #[arg(long, env = "FIRSTCALL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// TURN REST secret (repeatable, newest first; env: comma-separated). Generated and kept in the data dir when absent.
+    #[arg(
+        long = "turn-secret",
+        env = "FIRSTCALL_TURN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub turn_secret: Vec<String>,
+    /// TURN realm [default: firstcall].
+    #[arg(long, env = "FIRSTCALL_REALM")]
+    pub realm: Option<String>,
+    /// Public IP advertised in relayed addresses and ICE URIs (server behind a 1:1 NAT).
+    #[arg(long, env = "FIRSTCALL_EXTERNAL_IP")]
+    pub external_ip: Option<IpAddr>,
+    /// Address relay sockets bind to [default: the --turn-listen address, else 0.0.0.0].
+    #[arg(long, env = "FIRSTCALL_RELAY_IP")]
+    pub relay_ip: Option<IpAddr>,
+    /// Relay port range MIN-MAX [default: 49152-65535].
+    #[arg(long, env = "FIRSTCALL_RELAY_PORTS")]
+    pub relay_ports: Option<String>,
+    /// Let relays reach this CIDR although the default filter refuses it (repeatable).
+    #[arg(long = "allow-peer", env = "FIRSTCALL_ALLOW_PEER", value_delimiter = ',')]
+    pub allow_peer: Vec<String>,
+    /// Refuse relaying to this CIDR (repeatable; wins over --allow-peer).
+    #[arg(long = "deny-peer", env = "FIRSTCALL_DENY_PEER", value_delimiter = ',')]
+    pub deny_peer: Vec<String>,
+    /// Directory for generated state [default: $XDG_STATE_HOME/firstcall or ~/.local/state/firstcall].
+    #[arg(long, env = "FIRSTCALL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TURN worker threads [default: number of cores].
+    #[arg(long, env = "FIRSTCALL_THREADS")]
+    pub threads: Option<usize>,
+    /// Static TURN user USER:PASSWORD (repeatable).
+    #[arg(
+        long = "static-user",
+        env = "FIRSTCALL_STATIC_USER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub static_user: Vec<String>,
+    /// Most live allocations in all [default: 10000].
+    #[arg(long, env = "FIRSTCALL_MAX_ALLOCATIONS")]
+    pub max_allocations: Option<usize>,
+    /// Most live allocations per user [default: 64].
+    #[arg(long, env = "FIRSTCALL_MAX_ALLOCATIONS_PER_USER")]
+    pub max_allocations_per_user: Option<usize>,
+    /// Log filter, tracing syntax [default: info].
+    #[arg(long, env = "FIRSTCALL_LOG")]
+    pub log: Option<String>,
+    /// Keep a disconnected signaling session (and its unacknowledged frames) this long [default: 60s].
+    #[arg(long, env = "FIRSTCALL_SESSION_TTL")]
+    pub session_ttl: Option<String>,
+    /// Ring this long before a call ends with `timeout` [default: 45s].
+    #[arg(long, env = "FIRSTCALL_RING_TIMEOUT")]
+    pub ring_timeout: Option<String>,
+    /// HS256 secret that signs bearer JWTs (`sub` is the user). Without JWT settings: dev mode.
+    #[arg(long, env = "FIRSTCALL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer JWTs.
+    #[arg(long, env = "FIRSTCALL_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// POST a signed event here when a callee has no device online (for VoIP push).
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Key for the webhook signature [default: the first TURN secret].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Lifetime of TURN credentials given to clients [default: 12h; refreshed at 80%].
+    #[arg(long, env = "FIRSTCALL_CREDENTIAL_TTL")]
+    pub credential_ttl: Option<String>,
+}
+
+/// The TOML file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    http_listen: Option<SocketAddr>,
+    turn_listen: Option<SocketAddr>,
+    turn_tls_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    turn_secret: Option<Vec<String>>,
+    realm: Option<String>,
+    external_ip: Option<IpAddr>,
+    relay_ip: Option<IpAddr>,
+    relay_ports: Option<String>,
+    allow_peer: Option<Vec<String>>,
+    deny_peer: Option<Vec<String>>,
+    data_dir: Option<PathBuf>,
+    threads: Option<usize>,
+    static_user: Option<Vec<String>>,
+    max_allocations: Option<usize>,
+    max_allocations_per_user: Option<usize>,
+    log: Option<String>,
+    session_ttl: Option<String>,
+    ring_timeout: Option<String>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    credential_ttl: Option<String>,
+}
+
+/// Name of the generated secret file in the data dir.
+pub const SECRET_FILE: &str = "turn-secret";
+
+impl ServeArgs {
+    /// Read `--config` if given, merge, apply defaults and validate.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), text))
+            }
+            None => None,
+        };
+        self.resolve_with(file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
+    }
+
+    /// As [`ServeArgs::resolve`], with the file's path and text given.
+    pub fn resolve_with(self, file: Option<(&Path, &str)>) -> Result<ServeConfig, ConfigError> {
+        let f: FileConfig = match file {
+            Some((path, text)) => toml::from_str(text).map_err(|e| ConfigError::ParseFile {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let list =
+            |cli: Vec<String>, file: Option<Vec<String>>| if cli.is_empty() { file.unwrap_or_default() } else { cli };
+
+        let http_listen = self
+            .http_listen
+            .or(f.http_listen)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let turn_listen = self
+            .turn_listen
+            .or(f.turn_listen)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 3478)));
+        let tls = match (self.tls_cert.or(f.tls_cert), self.tls_key.or(f.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("--tls-cert", "given without --tls-key: give both or neither")),
+            (None, Some(_)) => return Err(invalid("--tls-key", "given without --tls-cert: give both or neither")),
+        };
+        let turn_tls_listen = self.turn_tls_listen.or(f.turn_tls_listen);
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err(invalid(
+                "--jwt-secret",
+                "give --jwt-secret or --jwt-public-key, not both",
+            ));
+        }
+        if turn_tls_listen.is_some() && tls.is_none() {
+            return Err(invalid("--turn-tls-listen", "needs --tls-cert and --tls-key"));
+        }
+        let turn_tls_listen = tls
+            .as_ref()
+            .map(|_| turn_tls_listen.unwrap_or(SocketAddr::new(turn_listen.ip(), 5349)));
+        let relay_ports = parse_port_range(
+            &self
+                .relay_ports
+                .or(f.relay_ports)
+                .unwrap_or_else(|| "49152-65535".into()),
+        )?;
+        let realm = self.realm.or(f.realm).unwrap_or_else(|| "firstcall".into());
+        if realm.is_empty() || realm.len() > 127 {
+            return Err(invalid("--realm", "must be 1 to 127 characters"));
+        }
+        let external_ip = self.external_ip.or(f.external_ip);
+        if external_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
+            return Err(invalid("--external-ip", "must be a unicast address clients can reach"));
+        }
+        let relay_ip = self.relay_ip.or(f.relay_ip).unwrap_or(turn_listen.ip());
+        let static_users = list(self.static_user, f.static_user)
+            .into_iter()
+            .map(|s| match s.split_once(':') {
+                Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok((u.to_owned(), p.to_owned())),
+                _ => Err(invalid("--static-user", "expects USER:PASSWORD")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let threads = self
+            .threads
+            .or(f.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 || threads > 1024 {
+            return Err(invalid("--threads", "must be 1 to 1024"));
+        }
+        let data_dir = self.data_dir.or(f.data_dir).unwrap_or_else(default_data_dir);
+        let mut turn_secrets = list(self.turn_secret, f.turn_secret);
+        turn_secrets.retain(|s| !s.is_empty());
+        let secret_generated = turn_secrets.is_empty();
+        if secret_generated {
+            turn_secrets.push(load_or_create_secret(&data_dir)?);
+        }
+        Ok(ServeConfig {
+            http_listen,
+            turn_listen,
+            turn_tls_listen,
+            tls,
+            turn_secrets,
+            secret_generated,
+            realm,
+            external_ip,
+            relay_ip,
+            relay_ports,
+            allow_peers: list(self.allow_peer, f.allow_peer),
+            deny_peers: list(self.deny_peer, f.deny_peer),
+            data_dir,
+            threads,
+            static_users,
+            max_allocations: self.max_allocations.or(f.max_allocations).unwrap_or(10_000),
+            max_allocations_per_user: self
+                .max_allocations_per_user
+                .or(f.max_allocations_per_user)
+                .unwrap_or(64),
+            log: self.log.or(f.log).unwrap_or_else(|| "info".into()),
+            session_ttl: parse_duration(
+                "--session-ttl",
+                &self.session_ttl.or(f.session_ttl).unwrap_or_else(|| "60s".into()),
+            )?,
+            ring_timeout: parse_duration(
+                "--ring-timeout",
+                &self.ring_timeout.or(f.ring_timeout).unwrap_or_else(|| "45s".into()),
+            )?,
+            jwt_secret: self.jwt_secret.or(f.jwt_secret).filter(|s| !s.is_empty()),
+            jwt_public_key: self.jwt_public_key.or(f.jwt_public_key),
+            webhook_url: self.webhook_url.or(f.webhook_url).filter(|s| !s.is_empty()),
+            webhook_secret: self.webhook_secret.or(f.webhook_secret).filter(|s| !s.is_empty()),
+            credential_ttl: parse_duration(
+                "--credential-ttl",
+                &self.credential_ttl.or(f.credential_ttl).unwrap_or_else(|| "12h".into()),
+            )?,
+        })
+    }
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Parse `MIN-MAX` (inclusive, 1..=65535, MIN <= MAX).
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, ConfigError> {
+    let bad = || {
+        invalid(
+            "--relay-ports",
+            format!("{s:?} is not MIN-MAX with 1 <= MIN <= MAX <= 65535"),
+        )
+    };
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse::<u16>().map_err(|_| bad())?,
+        b.trim().parse::<u16>().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+/// Parse `90`, `90s`, `15m`, `12h`, `1d` (a bare number is seconds); must be positive.
+pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| invalid(setting, format!("{s:?} is not a duration like 60s, 15m, 12h")))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid(setting, format!("{s:?}: unit must be s, m, h or d"))),
+    };
+    if n == 0 {
+        return Err(invalid(setting, "must be positive"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("firstcall");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/state/firstcall");
+    }
+    PathBuf::from("firstcall-data")
+}
+
+/// The secret kept in `dir`, created (32 random bytes, base64url, mode 0600) on first use.
+fn load_or_create_secret(dir: &Path) -> Result<String, ConfigError> {
+    use base64::Engine;
+    let err = |source| ConfigError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(err)?;
+    std::io::Write::write_all(&mut f, secret.as_bytes()).map_err(err)?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(a: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("serve").chain(a.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("firstcall-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = temp_dir("prec");
+        let file = "realm = \"from-file\"\nturn_secret = [\"f1\", \"f2\"]\nthreads = 3\n";
+        let p = Path::new("x.toml");
+        let c = args(&["--realm", "from-flag", "--data-dir", dir.to_str().unwrap()])
+            .resolve_with(Some((p, file)))
+            .unwrap();
+        assert_eq!(c.realm, "from-flag");
+        assert_eq!(c.turn_secrets, vec!["f1", "f2"]);
+        assert_eq!(c.threads, 3);
+        let c = args(&[
+            "--turn-secret",
+            "a",
+            "--turn-secret",
+            "b",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .resolve_with(Some((p, file)))
+        .unwrap();
+        assert_eq!(c.turn_secrets, vec!["a", "b"]);
+        assert!(!c.secret_generated);
+        let c = args(&["--data-dir", dir.to_str().unwrap(), "--turn-secret", "s"])
+            .resolve_with(None)
+            .unwrap();
+        assert_eq!(c.realm, "firstcall");
+        assert_eq!(c.relay_ports, 49152..=65535);
+        assert_eq!(c.turn_listen, "0.0.0.0:3478".parse().unwrap());
+        assert!(c.tls.is_none() && c.turn_tls_listen.is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let e = args(&[])
+            .resolve_with(Some((Path::new("x.toml"), "turn_lisen = \"1.2.3.4:5\"")))
+            .unwrap_err();
+        assert!(e.to_string().contains("turn_lisen"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("x", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("x", "15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("x", "1d").unwrap(), Duration::from_secs(86_400));
+        for bad in ["", "0s", "5 minutes", "h", "-1s"] {
+            assert!(parse_duration("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn relay_port_ranges() {
+        assert_eq!(parse_port_range("50000-50010").unwrap(), 50000..=50010);
+        for bad in ["70000-80000", "5-3", "abc", "0-10", "10", "-"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generated_secret_is_kept_and_reused() {
+        let dir = temp_dir("secret");
+        let a = args(&["--data-dir", dir.to_str().unwrap()]).resolve_with(None).unwrap();
+        let b = args(&["--data-dir", dir.to_str().unwrap()]).resolve_with(None).unwrap();
+        assert!(a.secret_generated);
+        assert_eq!(a.turn_secrets, b.turn_secrets);
+        assert!(a.turn_secrets[0].len() >= 40);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(SECRET_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let e = args(&["--tls-cert", "c.pem", "--turn-secret", "s"])
+            .resolve_with(None)
+            .unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
+        let c = args(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--turn-secret",
+            "s",
+            "--turn-listen",
+            "127.0.0.1:3478",
+        ])
+        .resolve_with(None)
+        .unwrap();
+        assert_eq!(c.turn_tls_listen, Some("127.0.0.1:5349".parse().unwrap()));
+    }
+
+    #[test]
+    fn static_users_and_bad_values() {
+        let c = args(&["--static-user", "bob:pw", "--turn-secret", "s"])
+            .resolve_with(None)
+            .unwrap();
+        assert_eq!(c.static_users, vec![("bob".into(), "pw".into())]);
+        assert!(args(&["--static-user", "bob", "--turn-secret", "s"])
+            .resolve_with(None)
+            .is_err());
+        assert!(args(&["--external-ip", "0.0.0.0", "--turn-secret", "s"])
+            .resolve_with(None)
+            .is_err());
+    }
+}

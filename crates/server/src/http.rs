@@ -1,0 +1,178 @@
+//! The HTTP listener: health, metrics, TURN credentials, dev tokens.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use firstcall_signal::metrics::SignalMetrics;
+use firstcall_signal::protocol::UserId;
+use firstcall_turn::auth::{rest_credential, Secret};
+use firstcall_turn::metrics::{render_prometheus, TurnMetrics};
+use serde_json::json;
+
+use crate::tokens::Tokens;
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    /// True once every listener is bound.
+    pub ready: AtomicBool,
+    /// Per-worker TURN counters.
+    pub turn_metrics: Vec<Arc<TurnMetrics>>,
+    /// Signaling counters.
+    pub signal_metrics: Arc<SignalMetrics>,
+    /// The signaling hub (for presence).
+    pub signaling: crate::signal::Signaling,
+    /// The newest TURN secret (credentials are minted with it).
+    pub turn_secret: Secret,
+    /// Lifetime of minted TURN credentials.
+    pub credential_ttl: Duration,
+    /// ICE URIs handed to clients.
+    pub ice_uris: Vec<String>,
+    /// Bearer token verification (dev mode when no JWT is configured).
+    pub tokens: Arc<Tokens>,
+}
+
+impl AppState {
+    fn dev_mode(&self) -> bool {
+        self.tokens.is_dev()
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/turn-credentials", get(turn_credentials))
+        .route("/v1/dev/token", get(dev_token))
+        .route("/v1/online", get(online))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
+        .route(
+            "/demo.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DEMO_JS) }),
+        )
+        .route(
+            "/demo.css",
+            get(|| async { asset("text/css; charset=utf-8", DEMO_CSS) }),
+        )
+        .route(
+            "/sdk/firstcall.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SDK_JS) }),
+        )
+        .route(
+            "/sdk/firstcall.d.ts",
+            get(|| async { asset("text/plain; charset=utf-8", SDK_DTS) }),
+        )
+        .with_state(state)
+}
+
+// The demo page and the SDK are built into the binary: `firstcall serve` alone serves them.
+const DEMO_HTML: &str = include_str!("../../../web/demo/index.html");
+const DEMO_JS: &str = include_str!("../../../web/demo/demo.js");
+const DEMO_CSS: &str = include_str!("../../../web/demo/demo.css");
+const SDK_JS: &str = include_str!("../../../web/sdk/dist/firstcall.js");
+const SDK_DTS: &str = include_str!("../../../web/sdk/dist/firstcall.d.ts");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Users online now, for the demo's contact list.
+async fn online(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(message) = bearer_user(&headers, &s.tokens) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", &message);
+    }
+    let users = s.signaling.online().await;
+    Json(json!({ "users": users })).into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response();
+    }
+    let mut body = json!({"status": "ok", "dev_mode": s.dev_mode()});
+    if s.dev_mode() {
+        body["warning"] =
+            json!("DEV MODE: any dev:<user> token is accepted; configure --jwt-secret or --jwt-public-key");
+    }
+    Json(body).into_response()
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut out = String::with_capacity(8192);
+    render_prometheus(&s.turn_metrics, &mut out);
+    s.signal_metrics.render(&mut out);
+    let _ = writeln!(
+        out,
+        "# HELP firstcall_dev_mode 1 when the server accepts dev tokens.\n# TYPE firstcall_dev_mode gauge\nfirstcall_dev_mode {}",
+        u8::from(s.dev_mode())
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The user a bearer token names.
+fn bearer_user(headers: &HeaderMap, tokens: &Tokens) -> Result<UserId, String> {
+    let v = headers
+        .get(header::AUTHORIZATION)
+        .ok_or("send Authorization: Bearer <token>")?;
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("Authorization must be Bearer <token>")?;
+    tokens.user(token.trim(), unix_now())
+}
+
+async fn turn_credentials(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let user = match bearer_user(&headers, &s.tokens) {
+        Ok(u) => u,
+        Err(message) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &message),
+    };
+    let ttl = s.credential_ttl.as_secs();
+    let (username, password) = rest_credential(&s.turn_secret, user.as_str(), unix_now() + ttl);
+    Json(json!({"username": username, "password": password, "ttl": ttl, "uris": s.ice_uris})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DevTokenQuery {
+    user: String,
+}
+
+/// Dev mode only: a token for any user, so the demo page can sign in by name.
+async fn dev_token(State(s): State<Arc<AppState>>, Query(q): Query<DevTokenQuery>) -> Response {
+    if !s.dev_mode() {
+        return error(StatusCode::NOT_FOUND, "not_found", "dev tokens exist only in dev mode");
+    }
+    match UserId::parse(&q.user) {
+        Some(u) => Json(json!({"token": format!("dev:{u}"), "user": u})).into_response(),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "user must be 1-128 printable characters without spaces",
+        ),
+    }
+}

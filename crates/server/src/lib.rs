@@ -1,0 +1,328 @@
+//! The `firstcall serve` process: TURN workers and the HTTP listener.
+
+pub mod config;
+pub mod http;
+pub mod signal;
+pub mod tokens;
+pub mod turn;
+pub mod webhook;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use firstcall_turn::auth::{Authenticator, Secret};
+use firstcall_turn::filter::{Cidr, PeerFilter};
+use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::server::{Config as CoreConfig, Quotas};
+use socket2::Type;
+
+use crate::config::ServeConfig;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A `--allow-peer`/`--deny-peer` value is not a CIDR.
+    #[error("bad CIDR {value:?} in {flag}: {message}")]
+    BadCidr {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        message: String,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The JWT key could not be loaded.
+    #[error(transparent)]
+    Token(#[from] tokens::TokenError),
+    /// The webhook URL is unusable.
+    #[error(transparent)]
+    Webhook(#[from] webhook::BadUrl),
+    /// Another I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server.
+pub struct Running {
+    /// HTTP listener address.
+    pub http: SocketAddr,
+    /// TURN UDP/TCP address.
+    pub turn: SocketAddr,
+    /// TURN TLS address.
+    pub turn_tls: Option<SocketAddr>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Run until the HTTP server stops (it does not, short of an error).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.http_task.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Start and run until the process is stopped.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let running = start(config).await?;
+    tokio::select! {
+        r = running.wait() => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn parse_cidrs(values: &[String], flag: &'static str) -> Result<Vec<Cidr>, ServeError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<Cidr>().map_err(|e| ServeError::BadCidr {
+                flag,
+                value: v.clone(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The address clients should use to reach us, for XOR-RELAYED-ADDRESS and ICE URIs.
+fn advertised_ip(config: &ServeConfig) -> IpAddr {
+    if let Some(ip) = config.external_ip {
+        return ip;
+    }
+    if !config.relay_ip.is_unspecified() {
+        return config.relay_ip;
+    }
+    if !config.turn_listen.ip().is_unspecified() {
+        return config.turn_listen.ip();
+    }
+    let ip = first_interface_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    tracing::warn!(%ip, "no --external-ip or --relay-ip given: advertising the first interface address; set --external-ip if clients reach this server through NAT");
+    ip
+}
+
+fn first_interface_ip() -> Option<IpAddr> {
+    let addrs = if_addrs::get_if_addrs().ok()?;
+    addrs
+        .iter()
+        .map(|i| i.ip())
+        .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local()))
+}
+
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{what} {}: {e}", p.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).map_err(|e| err("cannot open certificate", cert, &e))?,
+    ))
+    .collect::<Result<_, _>>()
+    .map_err(|e| err("cannot parse certificate", cert, &e))?;
+    if certs.is_empty() {
+        return Err(err("no certificate found in", cert, &"empty PEM"));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).map_err(|e| err("cannot open key", key, &e))?,
+    ))
+    .map_err(|e| err("cannot parse key", key, &e))?
+    .ok_or_else(|| err("no private key found in", key, &"empty PEM"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(format!("certificate and key do not match: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Bind every listener, start the TURN workers and the HTTP server.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let threads = config.threads.max(1);
+    let advertised = advertised_ip(&config);
+    let relay_ip = if config.relay_ip.is_unspecified() && !config.turn_listen.ip().is_unspecified() {
+        config.turn_listen.ip()
+    } else {
+        config.relay_ip
+    };
+    let allow = parse_cidrs(&config.allow_peers, "--allow-peer")?;
+    let deny = parse_cidrs(&config.deny_peers, "--deny-peer")?;
+    let mut own_ips = vec![advertised, relay_ip];
+    if relay_ip.is_unspecified() {
+        if let Ok(addrs) = if_addrs::get_if_addrs() {
+            own_ips.extend(addrs.iter().map(|i| i.ip()));
+        }
+    }
+    let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips, config.relay_ports.clone());
+    let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
+    let auth = Authenticator::new(config.realm.clone(), secrets, config.static_users.clone());
+    let quotas = Arc::new(Quotas::new(config.max_allocations_per_user, config.max_allocations));
+    let tls = match &config.tls {
+        Some(t) => Some(load_tls(&t.cert, &t.key)?),
+        None => None,
+    };
+
+    // Bind every TURN socket up front so a port conflict fails the start, loudly.
+    let bind = |addr: SocketAddr, ty: Type, what: &'static str| {
+        turn::bind_reuseport(addr, ty).map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let first_udp = bind(config.turn_listen, Type::DGRAM, "TURN UDP")?;
+    let turn_addr = first_udp.local_addr()?.as_socket().unwrap_or(config.turn_listen);
+    let tls_addr = config.turn_tls_listen.filter(|_| tls.is_some());
+    let first_tls = match tls_addr {
+        Some(a) => Some(bind(a, Type::STREAM, "TURN TLS")?),
+        None => None,
+    };
+    let tls_addr = first_tls.as_ref().and_then(|s| s.local_addr().ok()?.as_socket());
+    let blocks = turn::split_ports(&config.relay_ports, threads);
+    let mut metrics = Vec::new();
+    let mut first_udp = Some(first_udp);
+    let mut first_tls = first_tls;
+    for (index, block) in blocks.iter().enumerate() {
+        let udp = match first_udp.take() {
+            Some(s) => s,
+            None => bind(turn_addr, Type::DGRAM, "TURN UDP")?,
+        };
+        let tcp = bind(turn_addr, Type::STREAM, "TURN TCP")?;
+        let tls_listener = match (&tls, tls_addr) {
+            (Some(acceptor), Some(addr)) => {
+                let l = match first_tls.take() {
+                    Some(s) => s,
+                    None => bind(addr, Type::STREAM, "TURN TLS")?,
+                };
+                Some((l.into(), acceptor.clone()))
+            }
+            _ => None,
+        };
+        let mut core = CoreConfig::new(relay_ip, block.clone());
+        core.advertised_ip = advertised;
+        let m = Arc::new(TurnMetrics::default());
+        metrics.push(m.clone());
+        turn::spawn_worker(turn::WorkerSetup {
+            index,
+            config: core,
+            auth: auth.clone(),
+            filter: filter.clone(),
+            quotas: quotas.clone(),
+            metrics: m,
+            udp: udp.into(),
+            tcp: tcp.into(),
+            tls: tls_listener,
+        })?;
+    }
+
+    let h = host(advertised);
+    let mut ice_uris = vec![
+        format!("stun:{h}:{}", turn_addr.port()),
+        format!("turn:{h}:{}?transport=udp", turn_addr.port()),
+        format!("turn:{h}:{}?transport=tcp", turn_addr.port()),
+    ];
+    if let Some(a) = tls_addr {
+        ice_uris.push(format!("turns:{h}:{}?transport=tcp", a.port()));
+    }
+    let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(s), _) => tokens::Tokens::hs256(s),
+        (None, Some(p)) => tokens::Tokens::public_key(p)?,
+        (None, None) => {
+            tracing::warn!("DEV MODE: no --jwt-secret or --jwt-public-key, so any `dev:<user>` token is accepted and /v1/dev/token mints them. Never expose this server to users.");
+            tokens::Tokens::Dev
+        }
+    });
+    let turn_secret = Secret::new(config.turn_secrets.first().cloned().unwrap_or_default());
+    let webhook = match &config.webhook_url {
+        Some(url) => {
+            let key = config
+                .webhook_secret
+                .clone()
+                .or_else(|| config.turn_secrets.first().cloned())
+                .unwrap_or_default();
+            Some(webhook::Webhook::new(url, key)?)
+        }
+        None => None,
+    };
+    let hub_config = firstcall_signal::hub::HubConfig {
+        session_ttl: config.session_ttl,
+        ring_timeout: config.ring_timeout,
+        ..Default::default()
+    };
+    let ice = Arc::new(signal::TurnIce {
+        secret: turn_secret.clone(),
+        uris: ice_uris.clone(),
+        ttl: config.credential_ttl,
+    });
+    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook);
+    let state = Arc::new(http::AppState {
+        ready: false.into(),
+        turn_metrics: metrics,
+        signal_metrics: signaling.metrics.clone(),
+        signaling: signaling.clone(),
+        turn_secret,
+        credential_ttl: config.credential_ttl,
+        ice_uris,
+        tokens,
+    });
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr()?;
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(http = %http_addr, turn = %turn_addr, turn_tls = ?tls_addr, relay_ip = %relay_ip, advertised = %advertised,
+        relay_ports = ?config.relay_ports, workers = threads, "firstcall listening");
+    let app = http::router(state).merge(
+        axum::Router::new()
+            .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
+            .with_state(signaling),
+    );
+    let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Running {
+        http: http_addr,
+        turn: turn_addr,
+        turn_tls: tls_addr,
+        http_task,
+    })
+}

@@ -1,0 +1,561 @@
+//! The tokio driver for the sans-IO TURN core.
+//!
+//! One worker thread per core, each with its own current-thread runtime, its own
+//! `Server` core and its own SO_REUSEPORT UDP socket, TCP listener and (with a
+//! certificate) TLS listener on the shared TURN ports: the kernel spreads
+//! clients over workers by 4-tuple hash, so a client always meets the same core
+//! and workers share nothing on the packet path. Relay ports are split into one
+//! contiguous block per worker; quotas are shared.
+//!
+//! Inside a worker every task runs on one thread, so the core lives in a
+//! `RefCell` that is borrowed only between awaits: a relay socket's task hands
+//! its datagram to the core and sends the result itself, with no copy between
+//! tasks.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use firstcall_stun::{tcp_frame_len, ChannelData};
+use firstcall_turn::auth::Authenticator;
+use firstcall_turn::filter::PeerFilter;
+use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::server::{ClientAddr, Command, Config, PeerAddr, Quotas, RelayPort, Server, Transport};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+/// Everything a worker needs, prepared (and every socket bound) before it starts.
+pub struct WorkerSetup {
+    /// Worker index, for logs.
+    pub index: usize,
+    /// Core settings (relay ports are this worker's block).
+    pub config: Config,
+    /// Credentials.
+    pub auth: Authenticator,
+    /// Peer filter.
+    pub filter: PeerFilter,
+    /// Shared quotas.
+    pub quotas: Arc<Quotas>,
+    /// This worker's counters.
+    pub metrics: Arc<TurnMetrics>,
+    /// UDP listener (SO_REUSEPORT).
+    pub udp: std::net::UdpSocket,
+    /// TCP listener (SO_REUSEPORT).
+    pub tcp: std::net::TcpListener,
+    /// TLS listener and its config.
+    pub tls: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+/// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
+pub fn bind_reuseport(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let proto = if ty == Type::DGRAM {
+        Protocol::UDP
+    } else {
+        Protocol::TCP
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.set_nonblocking(true)?;
+    if ty == Type::DGRAM {
+        // Bursts of media arrive faster than one wake-up; a deeper queue avoids loss.
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+    }
+    s.bind(&addr.into())?;
+    if ty == Type::STREAM {
+        s.listen(1024)?;
+    }
+    Ok(s)
+}
+
+/// Split `range` into `n` contiguous blocks, one per worker.
+pub fn split_ports(range: &RangeInclusive<u16>, n: usize) -> Vec<RangeInclusive<u16>> {
+    let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+    let span = hi - lo + 1;
+    let n = (n as u32).clamp(1, span);
+    (0..n)
+        .map(|i| {
+            let a = lo + span * i / n;
+            let b = lo + span * (i + 1) / n - 1;
+            (a as u16)..=(b as u16)
+        })
+        .collect()
+}
+
+/// Start a worker on its own thread. Returns when its runtime is up.
+pub fn spawn_worker(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<()>> {
+    let name = format!("turn-{}", setup.index);
+    std::thread::Builder::new().name(name).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "TURN worker runtime failed to start");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            if let Err(e) = run_worker(setup).await {
+                tracing::error!(error = %e, "TURN worker stopped");
+            }
+        });
+    })
+}
+
+type StreamTx = mpsc::Sender<Vec<u8>>;
+
+struct Worker {
+    core: RefCell<Server<StdRng>>,
+    udp: Rc<UdpSocket>,
+    udp_state: quinn_udp::UdpSocketState,
+    /// Listening on a wildcard address: replies must leave from the address each client
+    /// wrote to (else a NAT in front of the client drops them), so remember it.
+    wildcard: bool,
+    client_local: RefCell<HashMap<SocketAddr, IpAddr>>,
+    relays: RefCell<HashMap<RelayPort, (Rc<UdpSocket>, JoinHandle<()>)>>,
+    streams: RefCell<HashMap<ClientAddr, StreamTx>>,
+    timer: Notify,
+    metrics: Arc<TurnMetrics>,
+    /// One receive buffer for every relay socket of this worker: relay tasks only
+    /// borrow it between awaits, so a live allocation costs no buffer of its own.
+    relay_buf: RefCell<Vec<u8>>,
+}
+
+/// Largest datagram a relay socket receives (UDP payload limit).
+const MAX_DATAGRAM: usize = 65_536;
+/// Frames queued per stream connection before further ones are dropped (and counted).
+const STREAM_QUEUE: usize = 512;
+/// A TLS handshake or a stream that sends no complete frame within this is closed.
+const STREAM_IDLE: Duration = Duration::from_secs(120);
+
+async fn run_worker(s: WorkerSetup) -> io::Result<()> {
+    let now = Instant::now();
+    let core = Server::new(
+        s.config.clone(),
+        s.auth,
+        s.filter,
+        s.quotas,
+        s.metrics.clone(),
+        StdRng::from_entropy(),
+        now,
+        unix_now(),
+    );
+    let udp = UdpSocket::from_std(s.udp)?;
+    let wildcard = udp.local_addr()?.ip().is_unspecified();
+    let udp_state = quinn_udp::UdpSocketState::new((&udp).into())?;
+    let w = Rc::new(Worker {
+        core: RefCell::new(core),
+        udp: Rc::new(udp),
+        udp_state,
+        wildcard,
+        client_local: RefCell::new(HashMap::new()),
+        relays: RefCell::new(HashMap::new()),
+        streams: RefCell::new(HashMap::new()),
+        timer: Notify::new(),
+        metrics: s.metrics,
+        relay_buf: RefCell::new(vec![0u8; MAX_DATAGRAM + 8]),
+    });
+    let tcp = TcpListener::from_std(s.tcp)?;
+    tokio::task::spawn_local(accept_loop(w.clone(), tcp, None));
+    if let Some((l, acceptor)) = s.tls {
+        tokio::task::spawn_local(accept_loop(w.clone(), TcpListener::from_std(l)?, Some(acceptor)));
+    }
+    tokio::task::spawn_local(timer_loop(w.clone()));
+    udp_loop(w).await
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Receive slot size: with GRO one slot may hold many datagrams from one sender.
+const RECV_SLOT: usize = 64 * 1024;
+
+/// The shared client socket carries every client's traffic, so it reads in
+/// batches: recvmmsg and UDP GRO through quinn-udp, one syscall for up to
+/// `BATCH_SIZE` buffers. Nothing is allocated per packet.
+async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
+    use quinn_udp::{RecvMeta, BATCH_SIZE};
+    use std::io::IoSliceMut;
+    let state = &w.udp_state;
+    let mut storage = vec![0u8; BATCH_SIZE * RECV_SLOT];
+    let mut metas = [RecvMeta::default(); BATCH_SIZE];
+    loop {
+        let n = {
+            let mut slots = storage.chunks_mut(RECV_SLOT);
+            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("storage holds BATCH_SIZE slots")));
+            w.udp.readable().await?;
+            match w.udp.try_io(tokio::io::Interest::READABLE, || {
+                state.recv((&*w.udp).into(), &mut iovs, &mut metas)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // ICMP port unreachable from an earlier send surfaces here on some
+                // kernels; it concerns that send, not this socket.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let now = Instant::now();
+        for (i, meta) in metas.iter().take(n).enumerate() {
+            let slot = &storage[i * RECV_SLOT..i * RECV_SLOT + meta.len.min(RECV_SLOT)];
+            let client = ClientAddr {
+                addr: meta.addr,
+                transport: Transport::Udp,
+            };
+            if w.wildcard {
+                if let Some(dst) = meta.dst_ip {
+                    remember_local(&w, meta.addr, dst);
+                }
+            }
+            // GRO coalesces same-sender datagrams of `stride` bytes (the last may be shorter).
+            for datagram in slot.chunks(meta.stride.max(1)) {
+                let fwd = w.core.borrow_mut().handle_client_input(datagram, client, now);
+                if let Some(f) = fwd {
+                    send_to_peer(&w, f.relay, f.peer, f.data);
+                }
+            }
+        }
+        flush(&w);
+    }
+}
+
+fn send_to_peer(w: &Worker, relay: RelayPort, peer: PeerAddr, data: &[u8]) {
+    let relays = w.relays.borrow();
+    let Some((sock, _)) = relays.get(&relay) else {
+        w.metrics.dropped("relay_socket_missing");
+        return;
+    };
+    if let Err(e) = send_now(sock, data, peer.0) {
+        w.metrics.dropped(if e.kind() == io::ErrorKind::WouldBlock {
+            "relay_send_would_block"
+        } else {
+            "relay_send_error"
+        });
+        tracing::trace!(error = %e, peer = %peer.0, "relay send failed");
+    }
+}
+
+/// Send one datagram now, or fail with the kernel's own error.
+///
+/// Tokio's `try_send_to` refuses with `WouldBlock` until the reactor has seen the
+/// socket writable, which a freshly opened relay socket has not: its first datagram
+/// (often the first packet of a call) was dropped that way. We never wait for
+/// writability on these sockets, so ask the kernel directly; a `WouldBlock` from it
+/// is a genuinely full send buffer, counted by the caller.
+fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<()> {
+    socket2::SockRef::from(sock).send_to(data, &to.into()).map(|_| ())
+}
+
+/// Most client addresses remembered for source-address selection; past that the map
+/// starts over (replies then use the default source until clients speak again).
+const MAX_REMEMBERED_CLIENTS: usize = 1 << 16;
+
+fn remember_local(w: &Worker, client: SocketAddr, local: IpAddr) {
+    let mut m = w.client_local.borrow_mut();
+    if m.get(&client) != Some(&local) {
+        if m.len() >= MAX_REMEMBERED_CLIENTS {
+            m.clear();
+        }
+        m.insert(client, local);
+    }
+}
+
+/// Send a datagram to a UDP client, from the address it wrote to.
+fn send_udp(w: &Worker, to: SocketAddr, data: &[u8]) {
+    let src_ip = if w.wildcard {
+        w.client_local.borrow().get(&to).copied()
+    } else {
+        None
+    };
+    let r = match src_ip {
+        Some(ip) => {
+            let t = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: data,
+                segment_size: None,
+                src_ip: Some(ip),
+            };
+            // Straight to sendmsg, for the reason given at `send_now`.
+            w.udp_state.try_send((&*w.udp).into(), &t)
+        }
+        None => send_now(&w.udp, data, to),
+    };
+    if let Err(e) = r {
+        w.metrics.dropped(if e.kind() == io::ErrorKind::WouldBlock {
+            "client_send_would_block"
+        } else {
+            "client_send_error"
+        });
+    }
+}
+
+fn send_to_client(w: &Worker, client: ClientAddr, payload: Vec<u8>) {
+    match client.transport {
+        Transport::Udp => send_udp(w, client.addr, &payload),
+        Transport::Tcp | Transport::Tls => {
+            let streams = w.streams.borrow();
+            match streams.get(&client).map(|tx| tx.try_send(payload)) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => w.metrics.dropped("stream_queue_full"),
+                None => w.metrics.dropped("stream_gone"),
+            }
+        }
+    }
+}
+
+/// Drain the core's transmits and commands.
+fn flush(w: &Rc<Worker>) {
+    loop {
+        let (t, c) = {
+            let mut core = w.core.borrow_mut();
+            (core.poll_transmit(), core.poll_command())
+        };
+        if t.is_none() && c.is_none() {
+            break;
+        }
+        if let Some(t) = t {
+            send_to_client(w, t.dst, t.payload);
+        }
+        match c {
+            Some(Command::BindRelay { ip, port }) => {
+                let ok = match bind_relay(w, ip, port) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(port = port.0, error = %e, "relay bind failed");
+                        false
+                    }
+                };
+                w.core.borrow_mut().handle_relay_bound(port, ok, Instant::now());
+            }
+            Some(Command::ReleaseRelay { port }) => {
+                if let Some((_, task)) = w.relays.borrow_mut().remove(&port) {
+                    task.abort();
+                }
+            }
+            None => {}
+        }
+    }
+    w.timer.notify_one();
+}
+
+fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
+    let addr = SocketAddr::new(ip, port.0);
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    let _ = s.set_send_buffer_size(1 << 20);
+    s.bind(&addr.into())?;
+    let sock = Rc::new(UdpSocket::from_std(s.into())?);
+    let task = tokio::task::spawn_local(relay_loop(w.clone(), sock.clone(), port));
+    w.relays.borrow_mut().insert(port, (sock, task));
+    Ok(())
+}
+
+async fn relay_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, port: RelayPort) {
+    /// Datagrams taken from one relay socket before others get a turn.
+    const DRAIN: usize = 64;
+    loop {
+        if let Err(e) = sock.readable().await {
+            tracing::warn!(port = port.0, error = %e, "relay socket failed");
+            return;
+        }
+        for _ in 0..DRAIN {
+            let mut buf = w.relay_buf.borrow_mut();
+            // Headroom for the ChannelData header, and room for TCP padding after the payload.
+            let (n, peer) = match sock.try_recv_from(&mut buf[4..MAX_DATAGRAM]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    tracing::warn!(port = port.0, error = %e, "relay socket failed");
+                    return;
+                }
+            };
+            let to = w
+                .core
+                .borrow_mut()
+                .handle_peer_traffic(&buf[4..4 + n], PeerAddr(peer), port, Instant::now());
+            match to {
+                Some(t) => {
+                    let Ok(len) = u16::try_from(n) else { continue };
+                    buf[..4].copy_from_slice(&ChannelData::header(t.channel, len));
+                    if t.client.transport == Transport::Udp {
+                        send_udp(&w, t.client.addr, &buf[..4 + n]);
+                    } else {
+                        let padded = 4 + n.next_multiple_of(4);
+                        buf[4 + n..padded].fill(0);
+                        send_to_client(&w, t.client, buf[..padded].to_vec());
+                    }
+                }
+                None => {
+                    drop(buf);
+                    flush(&w);
+                }
+            }
+        }
+    }
+}
+
+async fn timer_loop(w: Rc<Worker>) {
+    loop {
+        // Wake at least once a second to keep the core's wall clock anchored.
+        let now = Instant::now();
+        let deadline = w
+            .core
+            .borrow()
+            .poll_timeout()
+            .map_or(now + Duration::from_secs(1), |t| t.min(now + Duration::from_secs(1)));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                {
+                    let mut core = w.core.borrow_mut();
+                    core.set_unix_time(now, unix_now());
+                    core.handle_timeout(now);
+                }
+                flush(&w);
+            }
+            _ = w.timer.notified() => {}
+        }
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let w = w.clone();
+        match tls.clone() {
+            None => {
+                tokio::task::spawn_local(stream_conn(
+                    w,
+                    stream,
+                    ClientAddr {
+                        addr: from,
+                        transport: Transport::Tcp,
+                    },
+                ));
+            }
+            Some(acceptor) => {
+                tokio::task::spawn_local(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            stream_conn(
+                                w,
+                                s,
+                                ClientAddr {
+                                    addr: from,
+                                    transport: Transport::Tls,
+                                },
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            w.metrics.dropped("tls_handshake_failed");
+                            tracing::debug!(client = %from, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => w.metrics.dropped("tls_handshake_timeout"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn stream_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(w: Rc<Worker>, stream: S, client: ClientAddr) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    w.streams.borrow_mut().insert(client, tx);
+    tracing::debug!(client = %client.addr, transport = client.transport.as_str(), "stream connected");
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let reason = 'conn: loop {
+        let n = match tokio::time::timeout(STREAM_IDLE, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) => break 'conn "closed",
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => break 'conn "read_error",
+            Err(_) => break 'conn "idle",
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        loop {
+            match tcp_frame_len(&buf[start..]) {
+                Ok(Some(len)) => {
+                    let frame = &buf[start..start + len];
+                    let fwd = w.core.borrow_mut().handle_client_input(frame, client, Instant::now());
+                    if let Some(f) = fwd {
+                        send_to_peer(&w, f.relay, f.peer, f.data);
+                    }
+                    flush(&w);
+                    start += len;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is out of sync: no later byte can be trusted.
+                    w.metrics.dropped("stream_framing_error");
+                    tracing::debug!(client = %client.addr, error = %e, "closing stream");
+                    break 'conn "framing_error";
+                }
+            }
+        }
+        buf.drain(..start);
+    };
+    tracing::debug!(client = %client.addr, reason, "stream closed");
+    w.streams.borrow_mut().remove(&client);
+    w.core.borrow_mut().handle_client_closed(client);
+    flush(&w);
+    writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_blocks_cover_the_range_without_overlap() {
+        let blocks = split_ports(&(49152..=65535), 3);
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(*blocks[0].start(), 49152);
+        assert_eq!(*blocks[2].end(), 65535);
+        for w in blocks.windows(2) {
+            assert_eq!(*w[0].end() + 1, *w[1].start());
+        }
+        assert_eq!(split_ports(&(5000..=5001), 4).len(), 2, "never more blocks than ports");
+    }
+}

@@ -1,0 +1,1230 @@
+//! The signaling hub: sessions (seq/ack/resume), routing, and the server-owned
+//! call state machine.
+//!
+//! # Driving contract
+//!
+//! The driver gives every WebSocket a [`ConnId`] and feeds the hub with
+//! [`Hub::handle_connect`], [`Hub::handle_text`] (one per text frame) and
+//! [`Hub::handle_disconnect`]; it calls [`Hub::handle_timeout`] when
+//! [`Hub::poll_timeout`] is due, and after every call drains [`Hub::poll_output`]
+//! in order: frames to write, connections to close, webhooks to post. The hub
+//! never reads a clock (time is `now`; the wall clock for tokens is anchored with
+//! [`Hub::set_unix_time`]) and takes its randomness from the injected `R`.
+//!
+//! # Never a silent drop
+//!
+//! Every server frame a session is sent is kept until the client acknowledges
+//! it, whether or not a socket is attached; a resume replays exactly what is
+//! unacknowledged. A frame the hub refuses gets an `error` naming its `seq`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+use tracing::Span;
+
+use crate::metrics::SignalMetrics;
+use crate::protocol::*;
+
+/// Settings.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// How long a session without a socket is kept with its frames.
+    pub session_ttl: Duration,
+    /// How long a call rings before `timeout`/`unreachable`.
+    pub ring_timeout: Duration,
+    /// Server ping interval (told to clients as `heartbeat_ms`).
+    pub heartbeat: Duration,
+    /// Deadline for the first frame.
+    pub hello_timeout: Duration,
+    /// Acks are coalesced and sent at most this long after a frame.
+    pub ack_delay: Duration,
+    /// Most live calls one user may be in.
+    pub max_calls_per_user: usize,
+    /// Frames per second a session may send (sustained).
+    pub rate_per_sec: f64,
+    /// Burst allowance on top of the rate.
+    pub rate_burst: f64,
+    /// Unacknowledged frames a session may accumulate before it is given up.
+    pub max_unacked: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            session_ttl: Duration::from_secs(60),
+            ring_timeout: Duration::from_secs(45),
+            heartbeat: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(10),
+            ack_delay: Duration::from_millis(100),
+            max_calls_per_user: 8,
+            rate_per_sec: 100.0,
+            rate_burst: 200.0,
+            max_unacked: 4096,
+        }
+    }
+}
+
+/// Verifies hello tokens.
+pub trait TokenVerifier: Send + Sync {
+    /// The user a token names, if it is valid at `now_unix`.
+    fn verify(&self, token: &str, now_unix: u64) -> Result<UserId, String>;
+}
+
+/// Mints ICE servers (TURN credentials) for a user.
+pub trait IceProvider: Send + Sync {
+    /// ICE servers and the seconds they stay valid.
+    fn ice_servers(&self, user: &UserId, now_unix: u64) -> (Vec<IceServer>, u64);
+}
+
+/// A WebSocket connection, numbered by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Something for the driver to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Write a text frame.
+    Send {
+        /// Connection.
+        conn: ConnId,
+        /// JSON text.
+        text: String,
+    },
+    /// Close the socket with a WebSocket close code.
+    Close {
+        /// Connection.
+        conn: ConnId,
+        /// Close code (4000-4008).
+        code: u16,
+        /// Reason text.
+        reason: &'static str,
+    },
+    /// POST this event to the webhook (a callee has no device online).
+    Webhook {
+        /// The JSON body.
+        body: Value,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Hello(ConnId),
+    Ack(u64),
+    Heartbeat(u64),
+    Expire(u64),
+    Ring(u64),
+    Ice(u64),
+}
+
+struct Conn {
+    session: Option<SessionKey>,
+    last_rx: Instant,
+}
+
+type SessionKey = u64;
+type CallKey = u64;
+
+struct Session {
+    id: SessionId,
+    user: UserId,
+    device: DeviceId,
+    conn: Option<ConnId>,
+    out_seq: u64,
+    unacked: VecDeque<(u64, String)>,
+    in_seq: u64,
+    ack_scheduled: bool,
+    detached_at: Option<Instant>,
+    awaiting_ring: Vec<(u64, CallKey)>,
+    tokens: f64,
+    tokens_at: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallState {
+    Ringing,
+    Accepted,
+    Connected,
+}
+
+struct Call {
+    key: CallKey,
+    id: CallId,
+    caller: (UserId, DeviceId),
+    callee: UserId,
+    media: Media,
+    offer: String,
+    state: CallState,
+    accepted_device: Option<DeviceId>,
+    invited_at: Instant,
+    /// Callee devices that were sent `call.incoming`, and whether they rang.
+    devices: BTreeMap<DeviceId, bool>,
+    caller_signals: Vec<Value>,
+    ever_online: bool,
+    span: Span,
+}
+
+/// The hub. See the module docs.
+pub struct Hub<R> {
+    config: HubConfig,
+    rng: R,
+    tokens: Arc<dyn TokenVerifier>,
+    ice: Arc<dyn IceProvider>,
+    metrics: Arc<SignalMetrics>,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<SessionKey, Session>,
+    session_ids: HashMap<SessionId, SessionKey>,
+    devices: HashMap<(UserId, DeviceId), SessionKey>,
+    calls: HashMap<CallKey, Call>,
+    call_ids: HashMap<CallId, CallKey>,
+    /// Recently ended calls: a repeated invite with their id stays a no-op.
+    ended: HashMap<CallId, Instant>,
+    /// Last invite time per unordered user pair, for first-attempt accounting.
+    attempts: HashMap<(UserId, UserId), (Instant, bool)>,
+    timers: BTreeSet<(Instant, Timer)>,
+    out: VecDeque<Output>,
+    next_key: u64,
+    unix_anchor: (Instant, u64),
+    /// The latest `now` handed to any `handle_*` call.
+    now: Instant,
+}
+
+/// A refused frame: the error code and message sent back with its seq.
+type Refusal = (ErrorCode, String);
+
+fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
+    (code, msg.into())
+}
+
+/// A call ended this long ago is forgotten (a repeated invite then starts a new call).
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
+/// Within this window a second invite between the same users means the first attempt failed.
+const RETRY_WINDOW: Duration = Duration::from_secs(120);
+
+impl<R: RngCore> Hub<R> {
+    /// A hub with no sessions.
+    pub fn new(
+        config: HubConfig,
+        tokens: Arc<dyn TokenVerifier>,
+        ice: Arc<dyn IceProvider>,
+        metrics: Arc<SignalMetrics>,
+        rng: R,
+        now: Instant,
+        unix_now: u64,
+    ) -> Self {
+        Hub {
+            config,
+            rng,
+            tokens,
+            ice,
+            metrics,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            session_ids: HashMap::new(),
+            devices: HashMap::new(),
+            calls: HashMap::new(),
+            call_ids: HashMap::new(),
+            ended: HashMap::new(),
+            attempts: HashMap::new(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            next_key: 1,
+            unix_anchor: (now, unix_now),
+            now,
+        }
+    }
+
+    /// `heartbeat_ms` told to clients.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Re-anchor the wall clock.
+    pub fn set_unix_time(&mut self, now: Instant, unix: u64) {
+        self.unix_anchor = (now, unix);
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Arc<SignalMetrics> {
+        &self.metrics
+    }
+
+    /// Live sessions (attached or waiting for a resume).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Users with at least one socket attached now, sorted.
+    pub fn online_users(&self) -> Vec<UserId> {
+        let mut v: Vec<UserId> = self
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.user.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Live calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// A socket opened; it must say hello within the hello timeout.
+    pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
+        self.now = now;
+        self.conns.insert(
+            conn,
+            Conn {
+                session: None,
+                last_rx: now,
+            },
+        );
+        self.timers
+            .insert((now + self.config.hello_timeout, Timer::Hello(conn)));
+    }
+
+    /// A socket closed (or failed). Its session, if any, waits for a resume.
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.now = now;
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(key) = c.session {
+            self.detach(key, now);
+        }
+    }
+
+    /// Next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Hub::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// One text frame from `conn`.
+    pub fn handle_text(&mut self, conn: ConnId, text: &str, now: Instant) {
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.last_rx = now;
+        let Some(key) = c.session else {
+            self.handle_hello(conn, text, now);
+            return;
+        };
+        if text.len() > MAX_FRAME {
+            let seq = self.consume_next(key, now);
+            self.error(
+                key,
+                ErrorCode::TooLarge,
+                &format!("frame of {} bytes exceeds {MAX_FRAME}", text.len()),
+                seq,
+            );
+            return;
+        }
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let seq = self.consume_next(key, now);
+                self.error(key, ErrorCode::BadRequest, &format!("not JSON: {e}"), seq);
+                return;
+            }
+        };
+        let typ = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let typ = typ.as_str();
+        match typ {
+            "ack" => {
+                match v.get("seq").and_then(Value::as_u64) {
+                    Some(n) => self.handle_ack(key, n, now),
+                    None => self.error_unsequenced(conn, ErrorCode::BadRequest, "ack needs a numeric seq"),
+                }
+                return;
+            }
+            "ping" => {
+                self.out.push_back(Output::Send {
+                    conn,
+                    text: r#"{"type":"pong"}"#.into(),
+                });
+                return;
+            }
+            "pong" => return,
+            _ => {}
+        }
+        let Some(seq) = v.get("seq").and_then(Value::as_u64) else {
+            let seq = self.consume_next(key, now);
+            self.error(key, ErrorCode::BadRequest, "frame needs a numeric seq", seq);
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        if seq <= s.in_seq {
+            // A resend the server already processed: acknowledge again, do nothing else.
+            self.metrics.count("duplicate_frames", "total");
+            self.schedule_ack(key, now);
+            return;
+        }
+        if seq > s.in_seq + 1 {
+            let expected = s.in_seq + 1;
+            self.metrics.count("errors", ErrorCode::SeqGap.as_str());
+            let msg = format!("expected seq {expected}, got {seq}");
+            self.out.push_back(Output::Send {
+                conn,
+                text: error_json(ErrorCode::SeqGap, &msg, Some(seq)),
+            });
+            self.out.push_back(Output::Close {
+                conn,
+                code: close::SEQ_GAP,
+                reason: "seq gap",
+            });
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session = None;
+            }
+            self.detach(key, now);
+            return;
+        }
+        s.in_seq = seq;
+        // Token bucket: refill, then spend one.
+        let elapsed = now.saturating_duration_since(s.tokens_at).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.config.rate_per_sec).min(self.config.rate_burst);
+        s.tokens_at = now;
+        let limited = s.tokens < 1.0;
+        if !limited {
+            s.tokens -= 1.0;
+        }
+        self.schedule_ack(key, now);
+        if limited {
+            self.error(key, ErrorCode::RateLimited, "too many frames; slow down", Some(seq));
+            return;
+        }
+        if !CLIENT_TYPES.contains(&typ) {
+            self.error(key, ErrorCode::UnknownType, &format!("unknown type {typ:?}"), Some(seq));
+            return;
+        }
+        let frame: ClientFrame = match serde_json::from_value(v) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(key, ErrorCode::BadRequest, &format!("{typ}: {e}"), Some(seq));
+                return;
+            }
+        };
+        if let Err((code, msg)) = self.handle_call_frame(key, frame, now) {
+            self.error(key, code, &msg, Some(seq));
+        }
+    }
+
+    /// Fire what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Hello(conn) => {
+                    if self.conns.get(&conn).is_some_and(|c| c.session.is_none()) {
+                        self.out.push_back(Output::Send {
+                            conn,
+                            text: error_json(ErrorCode::BadRequest, "no hello within the deadline", None),
+                        });
+                        self.out.push_back(Output::Close {
+                            conn,
+                            code: close::TIMEOUT,
+                            reason: "no hello",
+                        });
+                        self.conns.remove(&conn);
+                    }
+                }
+                Timer::Ack(key) => {
+                    if let Some(s) = self.sessions.get_mut(&key) {
+                        s.ack_scheduled = false;
+                        if let Some(conn) = s.conn {
+                            let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
+                            self.out.push_back(Output::Send { conn, text });
+                        }
+                    }
+                }
+                Timer::Heartbeat(key) => self.heartbeat(key, now),
+                Timer::Expire(key) => {
+                    let due = self
+                        .sessions
+                        .get(&key)
+                        .and_then(|s| s.detached_at)
+                        .is_some_and(|d| d + self.config.session_ttl <= now);
+                    if due {
+                        self.expire_session(key, "ttl");
+                    }
+                }
+                Timer::Ring(ck) => {
+                    if let Some(c) = self.calls.get(&ck) {
+                        if c.state == CallState::Ringing {
+                            let reason = if c.ever_online {
+                                EndReason::Timeout
+                            } else {
+                                EndReason::Unreachable
+                            };
+                            self.end_call(ck, reason, None, None, now);
+                        }
+                    }
+                }
+                Timer::Ice(key) => self.refresh_ice(key, now),
+            }
+        }
+        self.ended.retain(|_, at| *at + ENDED_MEMORY > now);
+        self.attempts.retain(|_, (at, _)| *at + RETRY_WINDOW > now);
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        let (at, unix) = self.unix_anchor;
+        if now >= at {
+            unix + (now - at).as_secs()
+        } else {
+            unix.saturating_sub((at - now).as_secs())
+        }
+    }
+
+    fn key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    fn handle_hello(&mut self, conn: ConnId, text: &str, now: Instant) {
+        let reject = |this: &mut Self, code: ErrorCode, msg: &str, close_code: u16| {
+            this.metrics.count("errors", code.as_str());
+            this.out.push_back(Output::Send {
+                conn,
+                text: error_json(code, msg, None),
+            });
+            this.out.push_back(Output::Close {
+                conn,
+                code: close_code,
+                reason: "bad hello",
+            });
+            this.conns.remove(&conn);
+        };
+        if text.len() > MAX_FRAME {
+            return reject(self, ErrorCode::TooLarge, "hello too large", close::PROTOCOL);
+        }
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => {
+                return reject(
+                    self,
+                    ErrorCode::BadRequest,
+                    "first frame must be a JSON hello",
+                    close::PROTOCOL,
+                )
+            }
+        };
+        if v.get("type").and_then(Value::as_str) != Some("hello") {
+            return reject(
+                self,
+                ErrorCode::BadRequest,
+                "first frame must be hello",
+                close::PROTOCOL,
+            );
+        }
+        let hello: Hello = match serde_json::from_value(v) {
+            Ok(h) => h,
+            Err(e) => return reject(self, ErrorCode::BadRequest, &format!("hello: {e}"), close::PROTOCOL),
+        };
+        let user = match self.tokens.verify(&hello.token, self.unix_now(now)) {
+            Ok(u) => u,
+            Err(why) => return reject(self, ErrorCode::Unauthorized, &why, close::UNAUTHORIZED),
+        };
+        // Resume when the session is ours and still holds every frame after last_seq.
+        let resumable = hello.resume.as_ref().and_then(|r| {
+            let key = *self.session_ids.get(&r.session)?;
+            let s = self.sessions.get(&key)?;
+            let first_kept = s.unacked.front().map_or(s.out_seq + 1, |(q, _)| *q);
+            let ok =
+                s.user == user && s.device == hello.device && r.last_seq <= s.out_seq && r.last_seq + 1 >= first_kept;
+            ok.then_some((key, r.last_seq))
+        });
+        if let Some((key, last_seq)) = resumable {
+            self.metrics.count("resumes", "ok");
+            self.attach(key, conn, now);
+            let s = self.sessions.get_mut(&key).expect("resumable session exists");
+            while s.unacked.front().is_some_and(|(q, _)| *q <= last_seq) {
+                s.unacked.pop_front();
+            }
+            let welcome = self.welcome(key, true, now);
+            self.out.push_back(Output::Send { conn, text: welcome });
+            let s = self.sessions.get(&key).expect("resumable session exists");
+            self.metrics.add("replayed_frames", "total", s.unacked.len() as u64);
+            tracing::debug!(session = %s.id, user = %s.user, replayed = s.unacked.len(), "session resumed");
+            for (_, text) in &s.unacked {
+                self.out.push_back(Output::Send {
+                    conn,
+                    text: text.clone(),
+                });
+            }
+            self.ring_acked(key, last_seq);
+            return;
+        }
+        if hello.resume.is_some() {
+            self.metrics.count("resumes", "failed");
+        }
+        // A new session replaces any older one of the same device.
+        if let Some(old) = self.devices.get(&(user.clone(), hello.device.clone())).copied() {
+            self.expire_session(old, "replaced");
+        }
+        let key = self.key();
+        let id = self.new_session_id();
+        self.sessions.insert(
+            key,
+            Session {
+                id: id.clone(),
+                user: user.clone(),
+                device: hello.device.clone(),
+                conn: None,
+                out_seq: 0,
+                unacked: VecDeque::new(),
+                in_seq: 0,
+                ack_scheduled: false,
+                detached_at: None,
+                awaiting_ring: Vec::new(),
+                tokens: self.config.rate_burst,
+                tokens_at: now,
+            },
+        );
+        self.session_ids.insert(id.clone(), key);
+        self.devices.insert((user.clone(), hello.device.clone()), key);
+        self.metrics.count("sessions", "created");
+        self.metrics
+            .sessions_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.attach(key, conn, now);
+        let welcome = self.welcome(key, false, now);
+        self.out.push_back(Output::Send { conn, text: welcome });
+        tracing::debug!(session = %id, %user, device = %hello.device, "session created");
+        // Calls waiting for this user ring on the new device right away.
+        let waiting: Vec<CallKey> = self
+            .calls
+            .values()
+            .filter(|c| c.callee == user && c.state == CallState::Ringing)
+            .map(|c| c.key)
+            .collect();
+        for ck in waiting {
+            self.deliver_incoming(ck, key, now);
+        }
+    }
+
+    fn new_session_id(&mut self) -> SessionId {
+        let mut b = [0u8; 16];
+        self.rng.fill_bytes(&mut b);
+        let s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        SessionId::parse(&s).expect("hex is a valid session id")
+    }
+
+    fn welcome(&mut self, key: SessionKey, resumed: bool, now: Instant) -> String {
+        let unix = self.unix_now(now);
+        let s = &self.sessions[&key];
+        let (ice, ttl) = self.ice.ice_servers(&s.user, unix);
+        let refresh = Duration::from_secs((ttl * 4 / 5).max(1));
+        self.timers.insert((now + refresh, Timer::Ice(key)));
+        let calls = self.snapshot(&s.user, &s.device);
+        json!({
+            "type": "welcome",
+            "session": s.id,
+            "user": s.user,
+            "device": s.device,
+            "resumed": resumed,
+            "last_seq": s.in_seq,
+            "ice_servers": ice,
+            "ice_ttl": ttl,
+            "calls": calls,
+            "heartbeat_ms": self.config.heartbeat.as_millis() as u64,
+        })
+        .to_string()
+    }
+
+    fn snapshot(&self, user: &UserId, device: &DeviceId) -> Vec<Value> {
+        let mut v: Vec<&Call> = self
+            .calls
+            .values()
+            .filter(|c| &c.caller.0 == user || &c.callee == user)
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.into_iter()
+            .map(|c| {
+                let caller = &c.caller.0 == user;
+                json!({
+                    "call": c.id,
+                    "role": if caller { "caller" } else { "callee" },
+                    "peer": if caller { &c.callee } else { &c.caller.0 },
+                    "media": c.media,
+                    "state": match c.state { CallState::Ringing => "ringing", CallState::Accepted => "accepted", CallState::Connected => "connected" },
+                    "this_device": if caller { &c.caller.1 == device } else { c.accepted_device.as_ref() == Some(device) },
+                })
+            })
+            .collect()
+    }
+
+    fn attach(&mut self, key: SessionKey, conn: ConnId, now: Instant) {
+        let s = self.sessions.get_mut(&key).expect("attach to a live session");
+        if let Some(old) = s.conn.replace(conn) {
+            if old != conn {
+                self.out.push_back(Output::Close {
+                    conn: old,
+                    code: close::REPLACED,
+                    reason: "session taken over",
+                });
+                self.conns.remove(&old);
+            }
+        }
+        s.detached_at = None;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(key);
+        }
+        self.timers.insert((now + self.config.heartbeat, Timer::Heartbeat(key)));
+    }
+
+    fn detach(&mut self, key: SessionKey, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.conn = None;
+            s.detached_at = Some(now);
+            self.timers.insert((now + self.config.session_ttl, Timer::Expire(key)));
+            tracing::debug!(session = %s.id, unacked = s.unacked.len(), "session detached");
+        }
+    }
+
+    fn heartbeat(&mut self, key: SessionKey, now: Instant) {
+        let Some(s) = self.sessions.get(&key) else { return };
+        let Some(conn) = s.conn else { return };
+        let silent = self
+            .conns
+            .get(&conn)
+            .is_none_or(|c| now.saturating_duration_since(c.last_rx) >= self.config.heartbeat * 3);
+        if silent {
+            // Half-open socket: frames stay queued for the resume.
+            self.out.push_back(Output::Close {
+                conn,
+                code: close::TIMEOUT,
+                reason: "no heartbeat",
+            });
+            self.conns.remove(&conn);
+            self.detach(key, now);
+            return;
+        }
+        self.out.push_back(Output::Send {
+            conn,
+            text: r#"{"type":"ping"}"#.into(),
+        });
+        self.timers.insert((now + self.config.heartbeat, Timer::Heartbeat(key)));
+    }
+
+    fn refresh_ice(&mut self, key: SessionKey, now: Instant) {
+        let Some(s) = self.sessions.get(&key) else { return };
+        let (ice, ttl) = self.ice.ice_servers(&s.user, self.unix_now(now));
+        self.push(key, json!({"type": "ice_servers", "ice_servers": ice, "ice_ttl": ttl}));
+        self.timers
+            .insert((now + Duration::from_secs((ttl * 4 / 5).max(1)), Timer::Ice(key)));
+    }
+
+    /// The seq a refused, unparseable frame occupied (the next one expected).
+    fn consume_next(&mut self, key: SessionKey, now: Instant) -> Option<u64> {
+        let s = self.sessions.get_mut(&key)?;
+        s.in_seq += 1;
+        let seq = s.in_seq;
+        self.schedule_ack(key, now);
+        Some(seq)
+    }
+
+    fn schedule_ack(&mut self, key: SessionKey, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&key) {
+            if !s.ack_scheduled {
+                s.ack_scheduled = true;
+                self.timers.insert((now + self.config.ack_delay, Timer::Ack(key)));
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, key: SessionKey, n: u64, _now: Instant) {
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let before = s.unacked.len();
+        while s.unacked.front().is_some_and(|(q, _)| *q <= n) {
+            s.unacked.pop_front();
+        }
+        self.metrics
+            .unacked
+            .fetch_sub((before - s.unacked.len()) as i64, std::sync::atomic::Ordering::Relaxed);
+        self.ring_acked(key, n);
+    }
+
+    /// Devices that acknowledged `call.incoming` ring: tell the caller once per device.
+    fn ring_acked(&mut self, key: SessionKey, n: u64) {
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let device = s.device.clone();
+        let (done, rest): (Vec<_>, Vec<_>) = s.awaiting_ring.drain(..).partition(|(q, _)| *q <= n);
+        s.awaiting_ring = rest;
+        for (_, ck) in done {
+            let Some(c) = self.calls.get_mut(&ck) else { continue };
+            if c.state != CallState::Ringing || c.devices.get(&device) == Some(&true) {
+                continue;
+            }
+            c.devices.insert(device.clone(), true);
+            let (span, call, caller) = (c.span.clone(), c.id.clone(), c.caller.clone());
+            span.in_scope(|| tracing::info!(%device, "ringing"));
+            self.push_to(&caller, json!({"type": "call.ringing", "call": call, "device": device}));
+        }
+    }
+
+    /// Queue a sequenced frame for a session (and send it if a socket is attached).
+    fn push(&mut self, key: SessionKey, mut frame: Value) -> Option<u64> {
+        let s = self.sessions.get_mut(&key)?;
+        s.out_seq += 1;
+        let seq = s.out_seq;
+        if let Value::Object(m) = &mut frame {
+            m.insert("seq".into(), seq.into());
+        }
+        let text = frame.to_string();
+        if let Some(conn) = s.conn {
+            self.out.push_back(Output::Send {
+                conn,
+                text: text.clone(),
+            });
+        }
+        s.unacked.push_back((seq, text));
+        self.metrics.unacked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if s.unacked.len() > self.config.max_unacked {
+            // A client that never acknowledges cannot be kept forever.
+            self.expire_session(key, "unacked_overflow");
+        }
+        Some(seq)
+    }
+
+    fn push_to(&mut self, who: &(UserId, DeviceId), frame: Value) -> Option<u64> {
+        let key = *self.devices.get(who)?;
+        self.push(key, frame)
+    }
+
+    fn error(&mut self, key: SessionKey, code: ErrorCode, msg: &str, reference: Option<u64>) {
+        self.metrics.count("errors", code.as_str());
+        self.push(key, error_value(code, msg, reference));
+    }
+
+    fn error_unsequenced(&mut self, conn: ConnId, code: ErrorCode, msg: &str) {
+        self.metrics.count("errors", code.as_str());
+        self.out.push_back(Output::Send {
+            conn,
+            text: error_json(code, msg, None),
+        });
+    }
+
+    fn expire_session(&mut self, key: SessionKey, why: &'static str) {
+        let Some(s) = self.sessions.remove(&key) else { return };
+        self.session_ids.remove(&s.id);
+        if self.devices.get(&(s.user.clone(), s.device.clone())) == Some(&key) {
+            self.devices.remove(&(s.user.clone(), s.device.clone()));
+        }
+        if let Some(conn) = s.conn {
+            self.out.push_back(Output::Close {
+                conn,
+                code: close::REPLACED,
+                reason: "session ended",
+            });
+            self.conns.remove(&conn);
+        }
+        self.metrics
+            .unacked
+            .fetch_sub(s.unacked.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .sessions_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.count("sessions_ended", why);
+        tracing::debug!(session = %s.id, user = %s.user, why, lost = s.unacked.len(), "session ended");
+        if why == "replaced" {
+            // The same device is back with a new session: its calls carry on there.
+            return;
+        }
+        let me = (s.user.clone(), s.device.clone());
+        let gone: Vec<CallKey> = self
+            .calls
+            .values()
+            .filter(|c| c.caller == me || (c.callee == me.0 && c.accepted_device.as_ref() == Some(&me.1)))
+            .map(|c| c.key)
+            .collect();
+        for ck in gone {
+            // The other side learns the call failed, instead of waiting forever.
+            self.end_call(ck, EndReason::Failed, None, Some(&me), self.now);
+        }
+    }
+
+    fn handle_call_frame(&mut self, key: SessionKey, frame: ClientFrame, now: Instant) -> Result<(), Refusal> {
+        let s = &self.sessions[&key];
+        let me = (s.user.clone(), s.device.clone());
+        if let ClientFrame::Invite { call, to, media, sdp } = frame {
+            return self.invite(key, me, call, to, media, sdp, now);
+        }
+        let id = frame.call().clone();
+        let Some(&ck) = self.call_ids.get(&id) else {
+            if self.ended.contains_key(&id) {
+                // Late frames for a call that just ended are harmless: nothing to do.
+                return Ok(());
+            }
+            return Err(refuse(ErrorCode::UnknownCall, format!("no live call {id}")));
+        };
+        let c = &self.calls[&ck];
+        let is_caller = c.caller == me;
+        let is_callee_device = c.callee == me.0;
+        let is_accepted = is_callee_device && c.accepted_device.as_ref() == Some(&me.1);
+        match frame {
+            ClientFrame::Invite { .. } => unreachable!("handled above"),
+            ClientFrame::Accept { sdp, .. } => {
+                if !is_callee_device {
+                    return Err(refuse(ErrorCode::NotParticipant, "only the callee can accept"));
+                }
+                if c.state != CallState::Ringing {
+                    return if is_accepted {
+                        Ok(())
+                    } else {
+                        Err(refuse(ErrorCode::NotParticipant, "already answered on another device"))
+                    };
+                }
+                let c = self.calls.get_mut(&ck).expect("live call");
+                c.state = CallState::Accepted;
+                c.accepted_device = Some(me.1.clone());
+                let others: Vec<DeviceId> = c.devices.keys().filter(|d| **d != me.1).cloned().collect();
+                let (span, caller, callee) = (c.span.clone(), c.caller.clone(), c.callee.clone());
+                span.in_scope(|| tracing::info!(device = %me.1, "accepted"));
+                self.push_to(
+                    &caller,
+                    json!({"type": "call.accepted", "call": id, "device": me.1, "sdp": sdp}),
+                );
+                for d in others {
+                    self.push_to(
+                        &(callee.clone(), d),
+                        json!({"type": "call.ended", "call": id, "reason": EndReason::AnsweredElsewhere}),
+                    );
+                }
+                Ok(())
+            }
+            ClientFrame::Reject { .. } => {
+                if !is_callee_device {
+                    return Err(refuse(ErrorCode::NotParticipant, "only the callee can reject"));
+                }
+                if c.state != CallState::Ringing {
+                    return Err(refuse(
+                        ErrorCode::NotParticipant,
+                        "call already answered: hang up instead",
+                    ));
+                }
+                self.end_call(ck, EndReason::Rejected, None, Some(&me), now);
+                Ok(())
+            }
+            ClientFrame::Cancel { .. } => {
+                if !is_caller {
+                    return Err(refuse(ErrorCode::NotParticipant, "only the caller can cancel"));
+                }
+                let reason = if c.state == CallState::Ringing {
+                    EndReason::Cancelled
+                } else {
+                    EndReason::Hangup
+                };
+                self.end_call(ck, reason, None, Some(&me), now);
+                Ok(())
+            }
+            ClientFrame::Hangup { reason, .. } => {
+                let end = match (c.state, is_caller, is_accepted, is_callee_device) {
+                    (CallState::Ringing, true, _, _) => EndReason::Cancelled,
+                    (CallState::Ringing, false, _, true) => EndReason::Rejected,
+                    (_, true, _, _) | (_, _, true, _) => EndReason::Hangup,
+                    _ => return Err(refuse(ErrorCode::NotParticipant, "not a party of this call")),
+                };
+                self.end_call(ck, end, reason, Some(&me), now);
+                Ok(())
+            }
+            ClientFrame::Signal { data, .. } => {
+                let kind = validate_signal(&data).map_err(|m| refuse(ErrorCode::BadRequest, m))?;
+                let out = json!({"type": "call.signal", "call": id, "from": me.0, "from_device": me.1, "data": data});
+                let c = self.calls.get_mut(&ck).expect("live call");
+                c.span
+                    .in_scope(|| tracing::debug!(from = %me.0, device = %me.1, kind = ?kind, "signal"));
+                if is_caller {
+                    if c.state == CallState::Ringing {
+                        // Held with the invite for devices that come online later.
+                        c.caller_signals.push(data);
+                        let devices: Vec<DeviceId> = c.devices.keys().cloned().collect();
+                        let callee = c.callee.clone();
+                        for d in devices {
+                            self.push_to(&(callee.clone(), d), out.clone());
+                        }
+                    } else if let Some(d) = c.accepted_device.clone() {
+                        let callee = c.callee.clone();
+                        self.push_to(&(callee, d), out);
+                    }
+                    Ok(())
+                } else if is_accepted
+                    || (is_callee_device && c.state == CallState::Ringing && c.devices.contains_key(&me.1))
+                {
+                    let caller = c.caller.clone();
+                    self.push_to(&caller, out);
+                    Ok(())
+                } else {
+                    Err(refuse(ErrorCode::NotParticipant, "not a party of this call"))
+                }
+            }
+            ClientFrame::Connected {
+                local,
+                remote,
+                protocol,
+                ms,
+                ..
+            } => {
+                if !(is_caller || is_accepted) {
+                    return Err(refuse(ErrorCode::NotParticipant, "not a party of this call"));
+                }
+                if c.state == CallState::Ringing {
+                    return Err(refuse(ErrorCode::BadRequest, "call not accepted yet"));
+                }
+                let c = self.calls.get_mut(&ck).expect("live call");
+                if c.state == CallState::Accepted {
+                    c.state = CallState::Connected;
+                    let elapsed = now.saturating_duration_since(c.invited_at);
+                    self.metrics.observe_connect(elapsed);
+                    self.metrics.count("pair_types", pair_label(&local, &remote));
+                    let pair = ordered(&c.caller.0, &c.callee);
+                    let first = self.attempts.get(&pair).is_none_or(|(_, retried)| !retried);
+                    self.metrics
+                        .count("first_attempt", if first { "success" } else { "retry" });
+                    c.span.in_scope(|| {
+                        tracing::info!(%local, %remote, protocol = ?protocol, client_ms = ?ms, server_ms = elapsed.as_millis() as u64, first_attempt = first, "connected")
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invite(
+        &mut self,
+        key: SessionKey,
+        me: (UserId, DeviceId),
+        id: CallId,
+        to: UserId,
+        media: Media,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        if let Some(ck) = self.call_ids.get(&id) {
+            return if self.calls[ck].caller == me {
+                Ok(())
+            } else {
+                Err(refuse(ErrorCode::BadRequest, "call id already in use"))
+            };
+        }
+        if self.ended.contains_key(&id) {
+            return Ok(()); // a repeat of an invite that already ended
+        }
+        if to == me.0 {
+            return Err(refuse(ErrorCode::BadRequest, "cannot call yourself"));
+        }
+        let live = self
+            .calls
+            .values()
+            .filter(|c| c.caller.0 == me.0 || c.callee == me.0)
+            .count();
+        if live >= self.config.max_calls_per_user {
+            return Err(refuse(
+                ErrorCode::RateLimited,
+                format!("at most {} live calls per user", self.config.max_calls_per_user),
+            ));
+        }
+        let span = tracing::info_span!("call", call = %id, from = %me.0, to = %to, media = ?media);
+        span.in_scope(|| tracing::info!(device = %me.1, "invite"));
+        let pair = ordered(&me.0, &to);
+        let retried = self.attempts.get(&pair).is_some_and(|(at, _)| *at + RETRY_WINDOW > now);
+        self.attempts.insert(pair, (now, retried));
+        self.metrics.count("invites", "total");
+
+        let busy = self
+            .calls
+            .values()
+            .any(|c| c.state != CallState::Ringing && (c.callee == to || c.caller.0 == to));
+        if busy {
+            span.in_scope(|| tracing::info!("callee busy"));
+            self.ended.insert(id.clone(), now);
+            self.metrics.count("calls_ended", EndReason::Busy.as_str());
+            self.push(
+                key,
+                json!({"type": "call.ended", "call": id, "reason": EndReason::Busy}),
+            );
+            return Ok(());
+        }
+        // Glare: crossing invites between the same two users; the lower call id wins.
+        let crossing = self
+            .calls
+            .values()
+            .find(|c| c.state == CallState::Ringing && c.caller.0 == to && c.callee == me.0)
+            .map(|c| (c.key, c.id.clone()));
+        if let Some((other, other_id)) = crossing {
+            if id < other_id {
+                self.end_call(other, EndReason::Glare, None, None, now);
+            } else {
+                span.in_scope(|| tracing::info!(winner = %other_id, "glare: this invite loses"));
+                self.ended.insert(id.clone(), now);
+                self.metrics.count("calls_ended", EndReason::Glare.as_str());
+                self.push(
+                    key,
+                    json!({"type": "call.ended", "call": id, "reason": EndReason::Glare}),
+                );
+                return Ok(());
+            }
+        }
+        let ck = self.key();
+        // Session keys grow with time: oldest device first, deterministically.
+        let mut targets: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.user == to)
+            .map(|(k, _)| *k)
+            .collect();
+        targets.sort_unstable();
+        let online = targets.iter().any(|k| self.sessions[k].conn.is_some());
+        self.calls.insert(
+            ck,
+            Call {
+                key: ck,
+                id: id.clone(),
+                caller: me.clone(),
+                callee: to.clone(),
+                media,
+                offer: sdp,
+                state: CallState::Ringing,
+                accepted_device: None,
+                invited_at: now,
+                devices: BTreeMap::new(),
+                caller_signals: Vec::new(),
+                ever_online: online,
+                span: span.clone(),
+            },
+        );
+        self.call_ids.insert(id.clone(), ck);
+        self.timers.insert((now + self.config.ring_timeout, Timer::Ring(ck)));
+        for t in targets {
+            self.deliver_incoming(ck, t, now);
+        }
+        if !online {
+            span.in_scope(|| tracing::info!("callee has no device online: pending"));
+            self.push(key, json!({"type": "call.pending", "call": id}));
+            self.out.push_back(Output::Webhook {
+                body: json!({"event": "call.pending", "call": id, "from": me.0, "to": to, "media": media}),
+            });
+        }
+        Ok(())
+    }
+
+    /// Send `call.incoming` and every held caller signal to one callee session.
+    fn deliver_incoming(&mut self, ck: CallKey, target: SessionKey, now: Instant) {
+        let Some(s) = self.sessions.get(&target) else { return };
+        let device = s.device.clone();
+        let online = s.conn.is_some();
+        let Some(c) = self.calls.get_mut(&ck) else { return };
+        c.devices.entry(device.clone()).or_insert(false);
+        c.ever_online |= online;
+        let incoming = json!({
+            "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
+            "media": c.media, "sdp": c.offer,
+        });
+        let held: Vec<Value> = c
+            .caller_signals
+            .iter()
+            .map(|d| json!({"type": "call.signal", "call": c.id, "from": c.caller.0, "from_device": c.caller.1, "data": d}))
+            .collect();
+        c.span
+            .in_scope(|| tracing::info!(%device, held = held.len(), "incoming delivered"));
+        let _ = now;
+        if let Some(seq) = self.push(target, incoming) {
+            if let Some(s) = self.sessions.get_mut(&target) {
+                s.awaiting_ring.push((seq, ck));
+            }
+        }
+        for f in held {
+            self.push(target, f);
+        }
+    }
+
+    /// End a call: tell every party but `initiator`, forget it, count it.
+    fn end_call(
+        &mut self,
+        ck: CallKey,
+        reason: EndReason,
+        detail: Option<HangupReason>,
+        initiator: Option<&(UserId, DeviceId)>,
+        now: Instant,
+    ) {
+        let Some(c) = self.calls.remove(&ck) else { return };
+        self.call_ids.remove(&c.id);
+        self.ended.insert(c.id.clone(), now);
+        self.metrics.count("calls_ended", reason.as_str());
+        if reason != EndReason::Hangup || c.state != CallState::Connected {
+            if let Some(a) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
+                a.1 = true; // the next invite between them is a retry
+            }
+        } else if let Some(a) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
+            a.1 = false;
+        }
+        c.span
+            .in_scope(|| tracing::info!(reason = reason.as_str(), detail = ?detail, "ended"));
+        let mut frame = json!({"type": "call.ended", "call": c.id, "reason": reason});
+        if let Some(d) = detail {
+            frame["detail"] = json!(d);
+        }
+        let mut parties = vec![c.caller.clone()];
+        for d in c.devices.keys() {
+            parties.push((c.callee.clone(), d.clone()));
+        }
+        for p in parties {
+            if Some(&p) != initiator {
+                self.push_to(&p, frame.clone());
+            }
+        }
+    }
+}
+
+fn ordered(a: &UserId, b: &UserId) -> (UserId, UserId) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+fn pair_label(local: &str, remote: &str) -> &'static str {
+    let t = |s: &str| match s {
+        "host" => 0,
+        "srflx" => 1,
+        "prflx" => 2,
+        "relay" => 3,
+        _ => 4,
+    };
+    const L: [[&str; 5]; 5] = [
+        ["host-host", "host-srflx", "host-prflx", "host-relay", "host-other"],
+        ["srflx-host", "srflx-srflx", "srflx-prflx", "srflx-relay", "srflx-other"],
+        ["prflx-host", "prflx-srflx", "prflx-prflx", "prflx-relay", "prflx-other"],
+        ["relay-host", "relay-srflx", "relay-prflx", "relay-relay", "relay-other"],
+        ["other-host", "other-srflx", "other-prflx", "other-relay", "other-other"],
+    ];
+    L[t(local)][t(remote)]
+}
+
+/// An `error` frame; `reference` is the seq of the refused frame.
+pub fn error_value(code: ErrorCode, message: &str, reference: Option<u64>) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), "error".into());
+    m.insert("code".into(), json!(code));
+    m.insert("message".into(), message.into());
+    if let Some(r) = reference {
+        m.insert("ref".into(), r.into());
+    }
+    Value::Object(m)
+}
+
+fn error_json(code: ErrorCode, message: &str, reference: Option<u64>) -> String {
+    error_value(code, message, reference).to_string()
+}

@@ -1,0 +1,106 @@
+//! Signaling counters, rendered for Prometheus by the server.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the invite→connected histogram buckets.
+pub const CONNECT_BUCKETS: [f64; 12] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0, 45.0];
+
+/// Counters of one hub.
+#[derive(Debug, Default)]
+pub struct SignalMetrics {
+    /// Live sessions.
+    pub sessions_active: AtomicI64,
+    /// Frames sent and not yet acknowledged, over all sessions.
+    pub unacked: AtomicI64,
+    /// Labelled counters: family → label → count.
+    counters: Mutex<BTreeMap<&'static str, BTreeMap<&'static str, u64>>>,
+    connect_buckets: [AtomicU64; CONNECT_BUCKETS.len()],
+    connect_count: AtomicU64,
+    connect_sum_ms: AtomicU64,
+}
+
+impl SignalMetrics {
+    /// Add one to `family{label}`.
+    pub fn count(&self, family: &'static str, label: &'static str) {
+        self.add(family, label, 1);
+    }
+    /// Add `n` to `family{label}`.
+    pub fn add(&self, family: &'static str, label: &'static str, n: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry(family).or_default().entry(label).or_default() += n;
+    }
+    /// Current value of `family{label}`.
+    pub fn get(&self, family: &str, label: &str) -> u64 {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(family).and_then(|m| m.get(label)).copied().unwrap_or(0)
+    }
+    /// Record one invite→connected time.
+    pub fn observe_connect(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in CONNECT_BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.connect_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.connect_count.fetch_add(1, Relaxed);
+        self.connect_sum_ms.fetch_add(d.as_millis() as u64, Relaxed);
+    }
+
+    /// Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
+        let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
+        let families: [(&str, &str, &str); 10] = [
+            ("sessions", "Sessions created.", "event"),
+            ("sessions_ended", "Sessions ended, by reason.", "reason"),
+            ("resumes", "Resume attempts by result.", "result"),
+            ("replayed_frames", "Frames replayed on resume.", "kind"),
+            ("duplicate_frames", "Client frames received again and ignored.", "kind"),
+            ("errors", "Error frames sent, by code.", "code"),
+            ("invites", "Call invites.", "kind"),
+            ("calls_ended", "Calls ended, by reason.", "reason"),
+            (
+                "pair_types",
+                "Selected ICE candidate pair types of connected calls.",
+                "pair",
+            ),
+            (
+                "first_attempt",
+                "Connected calls by whether they were the first attempt between the two users.",
+                "result",
+            ),
+        ];
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for (family, help, label) in families {
+            let name = format!("firstcall_signal_{family}_total");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            if let Some(m) = c.get(family) {
+                for (k, v) in m {
+                    let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+                }
+            }
+        }
+        let name = "firstcall_signal_invite_to_connected_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from call.invite to the first call.connected.\n# TYPE {name} histogram"
+        );
+        for (i, b) in CONNECT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.connect_buckets[i].load(Relaxed)
+            );
+        }
+        let n = self.connect_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}",
+            self.connect_sum_ms.load(Relaxed) as f64 / 1000.0
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! Protocol v1 wire types (see `docs/protocol.md`).
+//!
+//! Incoming frames are parsed in two steps: the envelope (`type`, `seq`) first, so
+//! that a frame with bad fields can still be refused by its seq, then the body.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest text frame accepted (64 KiB); larger ones are refused with `too_large`.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident, $max:expr) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parse: 1..=max bytes of printable ASCII without spaces.
+            pub fn parse(s: &str) -> Option<Self> {
+                let ok = !s.is_empty() && s.len() <= $max && s.bytes().all(|b| b.is_ascii_graphic());
+                ok.then(|| $name(s.to_owned()))
+            }
+            /// The string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| serde::de::Error::custom(concat!("invalid ", stringify!($name))))
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user, as named by the token's `sub`.
+    UserId, 128
+);
+id_type!(
+    /// A client-chosen device id (stable per installation).
+    DeviceId, 128
+);
+id_type!(
+    /// A client-generated call id (a UUID in practice).
+    CallId, 64
+);
+id_type!(
+    /// A server-issued session id.
+    SessionId, 64
+);
+
+/// Audio-only or video call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Media {
+    /// Audio only.
+    Audio,
+    /// Audio and video.
+    Video,
+}
+
+/// Why a client hangs up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupReason {
+    /// The person hung up.
+    User,
+    /// ICE never connected (or failed and could not be restarted).
+    IceFailed,
+    /// Media could not be set up.
+    MediaFailed,
+}
+
+/// Why a call ended, as told to the parties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A party hung up.
+    Hangup,
+    /// The caller cancelled before an answer.
+    Cancelled,
+    /// The callee rejected.
+    Rejected,
+    /// The callee is in another connected call.
+    Busy,
+    /// No answer within the ring timeout.
+    Timeout,
+    /// No device of the callee came online within the ring timeout.
+    Unreachable,
+    /// Another device of the callee answered.
+    AnsweredElsewhere,
+    /// Two crossing invites: this one lost.
+    Glare,
+    /// The other side's session expired.
+    Failed,
+}
+
+impl EndReason {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Rejected => "rejected",
+            EndReason::Busy => "busy",
+            EndReason::Timeout => "timeout",
+            EndReason::Unreachable => "unreachable",
+            EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::Glare => "glare",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
+/// Error codes of `{"type":"error"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not valid JSON, or a field missing or of the wrong type.
+    BadRequest,
+    /// Frame over 64 KiB.
+    TooLarge,
+    /// Unknown `type`.
+    UnknownType,
+    /// No such live call.
+    UnknownCall,
+    /// The sender is not a party allowed to do this in this call.
+    NotParticipant,
+    /// Too many frames, or too many live calls.
+    RateLimited,
+    /// A jump in `seq` (closes with 4002).
+    SeqGap,
+    /// Bad or expired token (closes with 4003).
+    Unauthorized,
+}
+
+impl ErrorCode {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::NotParticipant => "not_participant",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SeqGap => "seq_gap",
+            ErrorCode::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// WebSocket close codes.
+pub mod close {
+    /// The first frame was not a valid hello.
+    pub const PROTOCOL: u16 = 4000;
+    /// A newer connection took this session over.
+    pub const REPLACED: u16 = 4001;
+    /// A jump in seq.
+    pub const SEQ_GAP: u16 = 4002;
+    /// Bad or expired token.
+    pub const UNAUTHORIZED: u16 = 4003;
+    /// No hello within 10 s, or no frame within three heartbeats.
+    pub const TIMEOUT: u16 = 4008;
+}
+
+/// `resume` in a hello.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Resume {
+    /// The session to resume.
+    pub session: SessionId,
+    /// Highest server seq the client has processed.
+    pub last_seq: u64,
+}
+
+/// The first client frame.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Hello {
+    /// JWT (or `dev:<user>` in dev mode).
+    pub token: String,
+    /// This installation's device id.
+    pub device: DeviceId,
+    /// Resume a previous session.
+    #[serde(default)]
+    pub resume: Option<Resume>,
+}
+
+/// An ICE server as RTCPeerConnection takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`/`turn:`/`turns:` URIs.
+    pub urls: Vec<String>,
+    /// TURN username.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Client → server frames that carry a seq.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum ClientFrame {
+    /// Start a call; the offer rides in it.
+    #[serde(rename = "call.invite")]
+    Invite {
+        /// Call id.
+        call: CallId,
+        /// Callee.
+        to: UserId,
+        /// Audio or video.
+        media: Media,
+        /// SDP offer.
+        sdp: String,
+    },
+    /// Answer.
+    #[serde(rename = "call.accept")]
+    Accept {
+        /// Call id.
+        call: CallId,
+        /// SDP answer.
+        sdp: String,
+    },
+    /// Decline (callee, before answering).
+    #[serde(rename = "call.reject")]
+    Reject {
+        /// Call id.
+        call: CallId,
+    },
+    /// Withdraw (caller, before an answer).
+    #[serde(rename = "call.cancel")]
+    Cancel {
+        /// Call id.
+        call: CallId,
+    },
+    /// End the call.
+    #[serde(rename = "call.hangup")]
+    Hangup {
+        /// Call id.
+        call: CallId,
+        /// Why.
+        #[serde(default)]
+        reason: Option<HangupReason>,
+    },
+    /// Trickled candidate, end-of-candidates, or renegotiation SDP.
+    #[serde(rename = "call.signal")]
+    Signal {
+        /// Call id.
+        call: CallId,
+        /// The payload, validated by [`validate_signal`].
+        data: Value,
+    },
+    /// ICE connected: the selected pair.
+    #[serde(rename = "call.connected")]
+    Connected {
+        /// Call id.
+        call: CallId,
+        /// Local candidate type.
+        local: String,
+        /// Remote candidate type.
+        remote: String,
+        /// udp/tcp/tls.
+        #[serde(default)]
+        protocol: Option<String>,
+        /// Milliseconds from the SDK's point of view.
+        #[serde(default)]
+        ms: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The call the frame is about.
+    pub fn call(&self) -> &CallId {
+        match self {
+            ClientFrame::Invite { call, .. }
+            | ClientFrame::Accept { call, .. }
+            | ClientFrame::Reject { call }
+            | ClientFrame::Cancel { call }
+            | ClientFrame::Hangup { call, .. }
+            | ClientFrame::Signal { call, .. }
+            | ClientFrame::Connected { call, .. } => call,
+        }
+    }
+}
+
+/// Known client frame types (for telling `unknown_type` from `bad_request`).
+pub const CLIENT_TYPES: &[&str] = &[
+    "call.invite",
+    "call.accept",
+    "call.reject",
+    "call.cancel",
+    "call.hangup",
+    "call.signal",
+    "call.connected",
+];
+
+/// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.
+pub fn validate_signal(data: &Value) -> Result<SignalKind, &'static str> {
+    let obj = data.as_object().ok_or("data must be an object")?;
+    if obj.len() != 1 {
+        return Err("data must have exactly one of candidate, end_of_candidates, sdp");
+    }
+    if let Some(c) = obj.get("candidate") {
+        let cand = c
+            .get("candidate")
+            .and_then(Value::as_str)
+            .ok_or("candidate.candidate must be a string")?;
+        return Ok(SignalKind::Candidate(candidate_type(cand)));
+    }
+    if obj.get("end_of_candidates") == Some(&Value::Bool(true)) {
+        return Ok(SignalKind::EndOfCandidates);
+    }
+    if let Some(sdp) = obj.get("sdp") {
+        let t = sdp
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or("sdp.type must be a string")?;
+        sdp.get("sdp")
+            .and_then(Value::as_str)
+            .ok_or("sdp.sdp must be a string")?;
+        if !["offer", "answer", "pranswer", "rollback"].contains(&t) {
+            return Err("sdp.type must be offer, answer, pranswer or rollback");
+        }
+        return Ok(SignalKind::Sdp);
+    }
+    Err("data must have exactly one of candidate, end_of_candidates, sdp")
+}
+
+/// What a signal carries, for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalKind {
+    /// A candidate of this type (host, srflx, prflx, relay, or unknown).
+    Candidate(&'static str),
+    /// End of candidates.
+    EndOfCandidates,
+    /// Renegotiation / ICE restart SDP.
+    Sdp,
+}
+
+/// The `typ` of an SDP candidate line.
+pub fn candidate_type(candidate: &str) -> &'static str {
+    let mut it = candidate.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "typ" {
+            return match it.next() {
+                Some("host") => "host",
+                Some("srflx") => "srflx",
+                Some("prflx") => "prflx",
+                Some("relay") => "relay",
+                _ => "unknown",
+            };
+        }
+    }
+    if candidate.is_empty() {
+        "end"
+    } else {
+        "unknown"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_parsed_not_trusted() {
+        assert!(UserId::parse("alice").is_some());
+        assert!(UserId::parse("").is_none());
+        assert!(UserId::parse("a b").is_none());
+        assert!(UserId::parse(&"x".repeat(129)).is_none());
+        assert!(serde_json::from_value::<CallId>(json!("has space")).is_err());
+    }
+
+    #[test]
+    fn client_frames_parse() {
+        let f: ClientFrame = serde_json::from_value(
+            json!({"type":"call.invite","seq":1,"call":"c1","to":"bob","media":"video","sdp":"v=0"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Invite {
+                media: Media::Video,
+                ..
+            }
+        ));
+        let f: ClientFrame = serde_json::from_value(json!({"type":"call.hangup","seq":2,"call":"c1"})).unwrap();
+        assert!(matches!(f, ClientFrame::Hangup { reason: None, .. }));
+        assert!(serde_json::from_value::<ClientFrame>(json!({"type":"call.invite","call":"c1"})).is_err());
+    }
+
+    #[test]
+    fn signal_data_validation() {
+        let c = json!({"candidate":{"candidate":"candidate:1 1 udp 2122260223 203.0.113.5 5000 typ srflx raddr 0.0.0.0 rport 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}});
+        assert_eq!(validate_signal(&c), Ok(SignalKind::Candidate("srflx")));
+        assert_eq!(
+            validate_signal(&json!({"end_of_candidates":true})),
+            Ok(SignalKind::EndOfCandidates)
+        );
+        assert_eq!(
+            validate_signal(&json!({"sdp":{"type":"offer","sdp":"v=0"}})),
+            Ok(SignalKind::Sdp)
+        );
+        assert!(validate_signal(&json!({"sdp":{"type":"bogus","sdp":"v=0"}})).is_err());
+        assert!(validate_signal(&json!({"candidate":{}, "sdp":{}})).is_err());
+        assert!(validate_signal(&json!("x")).is_err());
+    }
+}

@@ -1,0 +1,727 @@
+//! The signaling hub driven by model clients with a fake clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
+use firstcall_signal::metrics::SignalMetrics;
+use firstcall_signal::protocol::{IceServer, UserId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+
+struct DevTokens;
+impl TokenVerifier for DevTokens {
+    fn verify(&self, token: &str, _now: u64) -> Result<UserId, String> {
+        token
+            .strip_prefix("dev:")
+            .and_then(UserId::parse)
+            .ok_or_else(|| "bad token".into())
+    }
+}
+
+struct Ice;
+impl IceProvider for Ice {
+    fn ice_servers(&self, user: &UserId, now: u64) -> (Vec<IceServer>, u64) {
+        let s = IceServer {
+            urls: vec!["turn:192.0.2.1:3478".into()],
+            username: Some(format!("{}:{user}", now + 600)),
+            credential: Some("x".into()),
+        };
+        (vec![s], 600)
+    }
+}
+
+/// A client behaving as the SDK must: numbered frames kept until acked, resumes, resends.
+struct Client {
+    user: String,
+    device: String,
+    conn: Option<ConnId>,
+    session: Option<String>,
+    out_seq: u64,
+    unacked: VecDeque<(u64, Value)>,
+    last_in: u64,
+    /// Every sequenced frame processed, in order.
+    got: Vec<Value>,
+    /// Unsequenced frames (welcome, acks, errors before a session).
+    control: Vec<Value>,
+    closed_with: Option<u16>,
+}
+
+impl Client {
+    fn new(user: &str, device: &str) -> Self {
+        Client {
+            user: user.into(),
+            device: device.into(),
+            conn: None,
+            session: None,
+            out_seq: 0,
+            unacked: VecDeque::new(),
+            last_in: 0,
+            got: vec![],
+            control: vec![],
+            closed_with: None,
+        }
+    }
+    fn of_type(&self, t: &str) -> Vec<&Value> {
+        self.got.iter().filter(|v| v["type"] == t).collect()
+    }
+}
+
+struct World {
+    hub: Hub<StdRng>,
+    now: Instant,
+    clients: Vec<Client>,
+    next_conn: u64,
+    webhooks: Vec<Value>,
+    metrics: Arc<SignalMetrics>,
+}
+
+impl World {
+    fn new(cfg: HubConfig) -> Self {
+        let now = Instant::now();
+        let metrics = Arc::new(SignalMetrics::default());
+        let hub = Hub::new(
+            cfg,
+            Arc::new(DevTokens),
+            Arc::new(Ice),
+            metrics.clone(),
+            StdRng::seed_from_u64(1),
+            now,
+            1_800_000_000,
+        );
+        World {
+            hub,
+            now,
+            clients: vec![],
+            next_conn: 1,
+            webhooks: vec![],
+            metrics,
+        }
+    }
+
+    fn add(&mut self, user: &str, device: &str) -> usize {
+        self.clients.push(Client::new(user, device));
+        self.clients.len() - 1
+    }
+
+    /// Open a socket and say hello (resuming when the client has a session).
+    fn connect(&mut self, i: usize) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.hub.handle_connect(conn, self.now);
+        let c = &mut self.clients[i];
+        c.conn = Some(conn);
+        c.closed_with = None;
+        let mut hello = json!({"type": "hello", "token": format!("dev:{}", c.user), "device": c.device});
+        if let Some(s) = &c.session {
+            hello["resume"] = json!({"session": s, "last_seq": c.last_in});
+        }
+        self.hub.handle_text(conn, &hello.to_string(), self.now);
+        self.pump();
+    }
+
+    /// The socket dies: anything the server queued for it and not yet delivered is lost.
+    fn drop_conn(&mut self, i: usize) {
+        if let Some(conn) = self.clients[i].conn.take() {
+            self.pump_except(Some(conn));
+            self.hub.handle_disconnect(conn, self.now);
+            self.pump();
+        }
+    }
+
+    /// Send a sequenced frame (queued while disconnected, like the SDK).
+    fn send(&mut self, i: usize, mut frame: Value) -> u64 {
+        let c = &mut self.clients[i];
+        c.out_seq += 1;
+        frame["seq"] = json!(c.out_seq);
+        c.unacked.push_back((c.out_seq, frame.clone()));
+        if let Some(conn) = c.conn {
+            self.hub.handle_text(conn, &frame.to_string(), self.now);
+            self.pump();
+        }
+        self.clients[i].out_seq
+    }
+
+    fn raw(&mut self, i: usize, text: &str) {
+        let conn = self.clients[i].conn.expect("connected");
+        self.hub.handle_text(conn, text, self.now);
+        self.pump();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(t) = self.hub.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.hub.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = end;
+    }
+
+    fn pump(&mut self) {
+        self.pump_except(None)
+    }
+
+    /// Deliver outputs; frames for `lost` vanish (that socket is dying).
+    fn pump_except(&mut self, lost: Option<ConnId>) {
+        while let Some(o) = self.hub.poll_output() {
+            match o {
+                Output::Webhook { body } => self.webhooks.push(body),
+                Output::Close { conn, code, .. } => {
+                    if let Some(c) = self.clients.iter_mut().find(|c| c.conn == Some(conn)) {
+                        c.conn = None;
+                        c.closed_with = Some(code);
+                    }
+                }
+                Output::Send { conn, text } => {
+                    if Some(conn) == lost {
+                        continue;
+                    }
+                    let Some(i) = self.clients.iter().position(|c| c.conn == Some(conn)) else {
+                        continue;
+                    };
+                    let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    if v["type"] == "ping" {
+                        self.hub.handle_text(conn, r#"{"type":"pong"}"#, self.now);
+                        continue;
+                    }
+                    let mut ack = None;
+                    let mut resend = vec![];
+                    {
+                        let c = &mut self.clients[i];
+                        if v["type"] == "welcome" {
+                            if v["resumed"] == true {
+                                let done = v["last_seq"].as_u64().unwrap();
+                                c.unacked.retain(|(q, _)| *q > done);
+                            } else {
+                                // New session: numbering restarts; unacked frames are resent
+                                // (the protocol makes them idempotent).
+                                c.last_in = 0;
+                                let pending: Vec<Value> = c.unacked.drain(..).map(|(_, f)| f).collect();
+                                c.out_seq = 0;
+                                for mut f in pending {
+                                    c.out_seq += 1;
+                                    f["seq"] = json!(c.out_seq);
+                                    c.unacked.push_back((c.out_seq, f));
+                                }
+                            }
+                            c.session = Some(v["session"].as_str().unwrap().to_owned());
+                            resend = c.unacked.iter().map(|(_, f)| f.to_string()).collect();
+                            c.control.push(v);
+                        } else if v["type"] == "ack" {
+                            let n = v["seq"].as_u64().unwrap();
+                            c.unacked.retain(|(q, _)| *q > n);
+                            c.control.push(v);
+                        } else if let Some(seq) = v["seq"].as_u64() {
+                            assert!(seq <= c.last_in + 1, "server skipped from {} to {seq}", c.last_in);
+                            if seq == c.last_in + 1 {
+                                c.last_in = seq;
+                                c.got.push(v);
+                            }
+                            ack = Some(c.last_in);
+                        } else {
+                            c.control.push(v);
+                        }
+                    }
+                    for f in resend {
+                        self.hub.handle_text(conn, &f, self.now);
+                    }
+                    if let Some(n) = ack {
+                        self.hub
+                            .handle_text(conn, &json!({"type": "ack", "seq": n}).to_string(), self.now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn invite(call: &str, to: &str) -> Value {
+    json!({"type": "call.invite", "call": call, "to": to, "media": "video", "sdp": "v=0 offer"})
+}
+
+fn cand(n: u32) -> Value {
+    json!({"candidate": {"candidate": format!("candidate:{n} 1 udp 1 203.0.113.{n} 5000 typ relay"), "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u"}})
+}
+
+fn signal(call: &str, data: Value) -> Value {
+    json!({"type": "call.signal", "call": call, "data": data})
+}
+
+fn errors(c: &Client) -> Vec<String> {
+    c.got
+        .iter()
+        .chain(c.control.iter())
+        .filter(|v| v["type"] == "error")
+        .map(|v| v["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn welcome_carries_ice_servers_and_bad_tokens_close_4003() {
+    let mut w = World::new(HubConfig::default());
+    let a = w.add("alice", "phone");
+    w.connect(a);
+    let welcome = &w.clients[a].control[0];
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(welcome["ice_servers"][0]["urls"][0], "turn:192.0.2.1:3478");
+    assert_eq!(welcome["ice_ttl"], 600);
+    assert!(welcome["heartbeat_ms"].as_u64().unwrap() > 0);
+
+    let m = w.add("mallory", "x");
+    w.clients[m].user = "mallory bad".into();
+    w.connect(m);
+    assert_eq!(errors(&w.clients[m]), vec!["unauthorized"]);
+    assert_eq!(w.clients[m].closed_with, Some(4003));
+}
+
+#[test]
+fn ice_servers_are_refreshed_before_they_expire() {
+    let mut w = World::new(HubConfig::default());
+    let a = w.add("alice", "phone");
+    w.connect(a);
+    w.advance(Duration::from_secs(481));
+    let fresh = w.clients[a].of_type("ice_servers");
+    assert_eq!(fresh.len(), 1, "refreshed at 80% of the TTL");
+    assert!(fresh[0]["ice_servers"][0]["username"]
+        .as_str()
+        .unwrap()
+        .starts_with("1800001080:"));
+}
+
+#[test]
+fn full_call_with_two_callee_devices() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b1, b2) = (w.add("alice", "a"), w.add("bob", "b1"), w.add("bob", "b2"));
+    for i in [a, b1, b2] {
+        w.connect(i);
+    }
+    w.send(a, invite("c1", "bob"));
+    w.send(a, signal("c1", cand(1)));
+    for b in [b1, b2] {
+        let inc = w.clients[b].of_type("call.incoming");
+        assert_eq!(inc.len(), 1);
+        assert_eq!(inc[0]["from"], "alice");
+        assert_eq!(inc[0]["from_device"], "a");
+        assert_eq!(inc[0]["sdp"], "v=0 offer");
+        assert_eq!(
+            w.clients[b].of_type("call.signal").len(),
+            1,
+            "caller candidates reach ringing devices"
+        );
+    }
+    let ringing: Vec<_> = w.clients[a]
+        .of_type("call.ringing")
+        .iter()
+        .map(|v| v["device"].clone())
+        .collect();
+    assert_eq!(
+        ringing,
+        vec![json!("b1"), json!("b2")],
+        "one ringing per device that acked the incoming"
+    );
+
+    w.send(b2, json!({"type": "call.accept", "call": "c1", "sdp": "v=0 answer"}));
+    let acc = w.clients[a].of_type("call.accepted");
+    assert_eq!(
+        (acc[0]["device"].clone(), acc[0]["sdp"].clone()),
+        (json!("b2"), json!("v=0 answer"))
+    );
+    assert_eq!(w.clients[b1].of_type("call.ended")[0]["reason"], "answered_elsewhere");
+    // b1 may no longer act on the call.
+    w.send(b1, json!({"type": "call.accept", "call": "c1", "sdp": "x"}));
+    assert_eq!(errors(&w.clients[b1]), vec!["not_participant"]);
+
+    // After accept, signals flow only between caller and the answering device.
+    w.send(b2, signal("c1", cand(2)));
+    w.send(a, signal("c1", cand(3)));
+    assert_eq!(w.clients[a].of_type("call.signal")[0]["from_device"], "b2");
+    assert_eq!(w.clients[b2].of_type("call.signal").len(), 2);
+    assert_eq!(w.clients[b1].of_type("call.signal").len(), 1);
+
+    w.send(a, json!({"type": "call.connected", "call": "c1", "local": "relay", "remote": "srflx", "protocol": "udp", "ms": 900}));
+    assert_eq!(w.metrics.get("pair_types", "relay-srflx"), 1);
+    assert_eq!(w.metrics.get("first_attempt", "success"), 1);
+    w.send(b2, json!({"type": "call.hangup", "call": "c1", "reason": "user"}));
+    let ended = w.clients[a].of_type("call.ended");
+    assert_eq!(
+        (ended[0]["reason"].clone(), ended[0]["detail"].clone()),
+        (json!("hangup"), json!("user"))
+    );
+    assert!(
+        w.clients[b2].of_type("call.ended").is_empty(),
+        "the one who hung up is not told"
+    );
+    assert_eq!(w.hub.call_count(), 0);
+    // A repeated invite with the same id is a no-op.
+    w.send(a, invite("c1", "bob"));
+    assert_eq!(w.clients[b1].of_type("call.incoming").len(), 1);
+}
+
+#[test]
+fn offline_callee_gets_pending_invite_and_held_signals_in_order() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.send(a, invite("c2", "bob"));
+    for n in 1..=3 {
+        w.send(a, signal("c2", cand(n)));
+    }
+    w.send(a, signal("c2", json!({"end_of_candidates": true})));
+    assert_eq!(w.clients[a].of_type("call.pending").len(), 1);
+    assert_eq!(w.webhooks.len(), 1);
+    assert_eq!(w.webhooks[0]["to"], "bob");
+
+    w.advance(Duration::from_secs(5));
+    w.connect(b);
+    let types: Vec<_> = w.clients[b]
+        .got
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "call.incoming",
+            "call.signal",
+            "call.signal",
+            "call.signal",
+            "call.signal"
+        ]
+    );
+    let order: Vec<_> = w.clients[b]
+        .of_type("call.signal")
+        .iter()
+        .map(|v| v["data"].clone())
+        .collect();
+    assert_eq!(
+        order,
+        vec![cand(1), cand(2), cand(3), json!({"end_of_candidates": true})]
+    );
+    assert_eq!(w.clients[a].of_type("call.ringing").len(), 1);
+}
+
+#[test]
+fn unanswered_calls_time_out_or_are_unreachable() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.send(a, invite("never-online", "bob"));
+    w.advance(Duration::from_secs(45));
+    assert_eq!(w.clients[a].of_type("call.ended")[0]["reason"], "unreachable");
+    w.connect(b);
+    w.send(a, invite("no-answer", "bob"));
+    w.advance(Duration::from_secs(44));
+    assert_eq!(w.clients[a].of_type("call.ended").len(), 1);
+    w.advance(Duration::from_secs(1));
+    let ended = w.clients[a].of_type("call.ended");
+    assert_eq!(ended[1]["reason"], "timeout");
+    assert_eq!(w.clients[b].of_type("call.ended")[0]["reason"], "timeout");
+}
+
+#[test]
+fn reject_cancel_busy_and_glare() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b, c) = (w.add("alice", "a"), w.add("bob", "b"), w.add("carol", "c"));
+    for i in [a, b, c] {
+        w.connect(i);
+    }
+    w.send(a, invite("r1", "bob"));
+    w.send(b, json!({"type": "call.reject", "call": "r1"}));
+    assert_eq!(w.clients[a].of_type("call.ended")[0]["reason"], "rejected");
+    w.send(a, invite("x1", "bob"));
+    w.send(a, json!({"type": "call.cancel", "call": "x1"}));
+    assert_eq!(
+        w.clients[b].of_type("call.ended")[0]["reason"],
+        "cancelled",
+        "the rejecting device is not told of its own reject"
+    );
+
+    // Busy: bob is in a connected call with alice; carol calls bob.
+    w.send(a, invite("live", "bob"));
+    w.send(b, json!({"type": "call.accept", "call": "live", "sdp": "a"}));
+    w.send(c, invite("late", "bob"));
+    assert_eq!(w.clients[c].of_type("call.ended")[0]["reason"], "busy");
+    assert!(w.clients[b]
+        .of_type("call.incoming")
+        .iter()
+        .all(|v| v["call"] != "late"));
+    w.send(a, json!({"type": "call.hangup", "call": "live"}));
+
+    // Glare: alice and carol call each other; the lower id survives.
+    w.send(a, invite("zz-from-alice", "carol"));
+    w.send(c, invite("aa-from-carol", "alice"));
+    assert_eq!(
+        w.clients[a].of_type("call.ended").last().unwrap()["call"],
+        "zz-from-alice"
+    );
+    assert_eq!(w.clients[a].of_type("call.ended").last().unwrap()["reason"], "glare");
+    assert!(w.clients[a]
+        .of_type("call.incoming")
+        .iter()
+        .any(|v| v["call"] == "aa-from-carol"));
+    // And the other way round: the new invite has the higher id, so it loses.
+    w.send(b, invite("bb", "carol"));
+    w.send(c, invite("cc", "bob"));
+    assert_eq!(w.clients[c].of_type("call.ended").last().unwrap()["call"], "cc");
+    assert_eq!(w.clients[c].of_type("call.ended").last().unwrap()["reason"], "glare");
+}
+
+#[test]
+fn refused_frames_get_errors_with_ref_and_change_nothing() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    let s = w.send(a, json!({"type": "call.teleport", "call": "x"}));
+    let e = w.clients[a].of_type("error")[0].clone();
+    assert_eq!((e["code"].clone(), e["ref"].clone()), (json!("unknown_type"), json!(s)));
+    w.send(a, json!({"type": "call.accept", "call": "nope", "sdp": "x"}));
+    w.send(a, json!({"type": "call.invite", "call": "c", "to": "bob"}));
+    w.send(a, signal("nope", cand(1)));
+    w.send(a, invite("ok", "bob"));
+    w.send(b, signal("ok", json!({"bogus": 1})));
+    w.send(a, json!({"type": "call.accept", "call": "ok", "sdp": "x"}));
+    assert_eq!(
+        errors(&w.clients[a]),
+        [
+            "unknown_type",
+            "unknown_call",
+            "bad_request",
+            "unknown_call",
+            "not_participant"
+        ]
+    );
+    assert_eq!(errors(&w.clients[b]), ["bad_request"]);
+    // Oversized frame: too_large, the connection stays usable.
+    let big = json!({"type": "call.signal", "seq": w.clients[b].out_seq + 1, "call": "ok", "data": {"sdp": {"type": "offer", "sdp": "x".repeat(70_000)}}});
+    w.clients[b].out_seq += 1;
+    w.raw(b, &big.to_string());
+    w.raw(b, "not json at all");
+    w.clients[b].out_seq += 1;
+    assert_eq!(errors(&w.clients[b]), ["bad_request", "too_large", "bad_request"]);
+    w.send(b, json!({"type": "call.accept", "call": "ok", "sdp": "answer"}));
+    assert_eq!(
+        w.clients[a].of_type("call.accepted").len(),
+        1,
+        "still usable after refused frames"
+    );
+    assert!(w.clients[b].conn.is_some());
+}
+
+#[test]
+fn duplicate_seq_is_ignored_and_gap_closes_4002() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("d", "bob"));
+    let again = json!({"type": "call.signal", "seq": 2, "call": "d", "data": cand(1)});
+    w.clients[a].out_seq = 2;
+    w.raw(a, &again.to_string());
+    w.raw(a, &again.to_string());
+    assert_eq!(
+        w.clients[b].of_type("call.signal").len(),
+        1,
+        "a repeated seq is processed once"
+    );
+    w.advance(Duration::from_millis(200));
+    assert!(w.clients[a].control.iter().any(|v| v["type"] == "ack" && v["seq"] == 2));
+    w.raw(
+        a,
+        &json!({"type": "call.signal", "seq": 9, "call": "d", "data": cand(2)}).to_string(),
+    );
+    assert_eq!(w.clients[a].closed_with, Some(4002));
+    assert_eq!(errors(&w.clients[a]).last().unwrap(), "seq_gap");
+    // The session survives: resume and carry on.
+    w.connect(a);
+    assert_eq!(
+        w.clients[a]
+            .control
+            .iter()
+            .filter(|v| v["type"] == "welcome")
+            .next_back()
+            .unwrap()["resumed"],
+        true
+    );
+}
+
+#[test]
+fn resume_replays_exactly_the_unacked_frames() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("r", "bob"));
+    // Bob's socket dies; alice keeps signalling; the frames wait in bob's session.
+    w.drop_conn(b);
+    for n in 1..=5 {
+        w.send(a, signal("r", cand(n)));
+    }
+    w.advance(Duration::from_secs(30));
+    w.connect(b);
+    let welcome = w.clients[b]
+        .control
+        .iter()
+        .filter(|v| v["type"] == "welcome")
+        .next_back()
+        .unwrap()
+        .clone();
+    assert_eq!(welcome["resumed"], true);
+    let got: Vec<_> = w.clients[b]
+        .of_type("call.signal")
+        .iter()
+        .map(|v| v["data"].clone())
+        .collect();
+    assert_eq!(got, (1..=5).map(cand).collect::<Vec<_>>());
+    assert_eq!(w.metrics.get("replayed_frames", "total"), 5);
+}
+
+#[test]
+fn expired_session_fails_its_calls_and_resume_says_so() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("e", "bob"));
+    w.send(b, json!({"type": "call.accept", "call": "e", "sdp": "x"}));
+    w.drop_conn(b);
+    w.advance(Duration::from_secs(60));
+    assert_eq!(w.clients[a].of_type("call.ended")[0]["reason"], "failed");
+    w.connect(b);
+    let welcome = w.clients[b]
+        .control
+        .iter()
+        .filter(|v| v["type"] == "welcome")
+        .next_back()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        welcome["resumed"], false,
+        "an expired session cannot be resumed: never a silent gap"
+    );
+    assert_eq!(welcome["calls"], json!([]));
+    assert_eq!(w.metrics.get("resumes", "failed"), 1);
+}
+
+#[test]
+fn snapshot_lists_live_calls_on_a_fresh_session() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("snap", "bob"));
+    w.send(b, json!({"type": "call.accept", "call": "snap", "sdp": "x"}));
+    // Alice's app restarts: a new session for the same device, no resume.
+    w.clients[a].session = None;
+    w.drop_conn(a);
+    w.connect(a);
+    let welcome = w.clients[a]
+        .control
+        .iter()
+        .filter(|v| v["type"] == "welcome")
+        .next_back()
+        .unwrap()
+        .clone();
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(welcome["calls"][0]["call"], "snap");
+    assert_eq!(welcome["calls"][0]["state"], "accepted");
+    assert_eq!(welcome["calls"][0]["this_device"], true);
+    // The call goes on with the new session.
+    w.send(b, signal("snap", cand(7)));
+    assert_eq!(w.clients[a].of_type("call.signal").len(), 1);
+}
+
+#[test]
+fn no_hello_closes_4008_and_rate_limit_refuses() {
+    let mut w = World::new(HubConfig {
+        rate_burst: 5.0,
+        rate_per_sec: 1.0,
+        ..HubConfig::default()
+    });
+    w.hub.handle_connect(ConnId(999), w.now);
+    w.advance(Duration::from_secs(10));
+    assert!(
+        std::iter::from_fn(|| w.hub.poll_output()).count() == 0,
+        "outputs were pumped"
+    );
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("rl", "bob"));
+    for n in 0..6 {
+        w.send(a, signal("rl", cand(n)));
+    }
+    assert_eq!(errors(&w.clients[a]).iter().filter(|e| *e == "rate_limited").count(), 2);
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 4);
+}
+
+#[test]
+fn silent_socket_is_closed_after_three_heartbeats_and_frames_wait() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    // Bob's socket goes half-open: the server still thinks it is attached.
+    let conn_b = w.clients[b].conn.take().unwrap();
+    w.send(a, invite("h", "bob"));
+    w.advance(Duration::from_secs(46));
+    assert_eq!(
+        w.metrics.get("calls_ended", "timeout"),
+        1,
+        "the call still ends explicitly"
+    );
+    let _ = conn_b;
+    w.connect(b);
+    let types: Vec<_> = w.clients[b]
+        .got
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["call.incoming", "call.ended"], "half-open socket lost nothing");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    /// Any interleaving of socket drops, resumes, frames and time (within the session TTL)
+    /// delivers every signal exactly once, in order, both ways.
+    #[test]
+    fn drops_and_resumes_lose_nothing_and_duplicate_nothing(ops in proptest::collection::vec(0u8..8, 1..80)) {
+        let mut w = World::new(HubConfig::default());
+        let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+        w.connect(a);
+        w.connect(b);
+        w.send(a, invite("p", "bob"));
+        w.send(b, json!({"type": "call.accept", "call": "p", "sdp": "x"}));
+        let (mut sent_a, mut sent_b) = (0u32, 0u32);
+        for op in ops {
+            match op {
+                0 => { sent_a += 1; w.send(a, signal("p", cand(sent_a))); }
+                1 => { sent_b += 1; w.send(b, signal("p", cand(1000 + sent_b))); }
+                2 => w.drop_conn(a),
+                3 => w.drop_conn(b),
+                4 => if w.clients[a].conn.is_none() { w.connect(a) },
+                5 => if w.clients[b].conn.is_none() { w.connect(b) },
+                6 => w.advance(Duration::from_millis(150)),
+                _ => w.advance(Duration::from_secs(5)),
+            }
+        }
+        for i in [a, b] {
+            if w.clients[i].conn.is_none() { w.connect(i); }
+        }
+        w.advance(Duration::from_secs(1));
+        let at_b: Vec<Value> = w.clients[b].of_type("call.signal").iter().map(|v| v["data"].clone()).collect();
+        let at_a: Vec<Value> = w.clients[a].of_type("call.signal").iter().map(|v| v["data"].clone()).collect();
+        proptest::prop_assert_eq!(at_b, (1..=sent_a).map(cand).collect::<Vec<_>>());
+        proptest::prop_assert_eq!(at_a, (1..=sent_b).map(|n| cand(1000 + n)).collect::<Vec<_>>());
+        proptest::prop_assert!(w.clients.iter().all(|c| c.unacked.is_empty()), "every client frame acknowledged");
+        let _ = HashMap::<u8, u8>::new();
+    }
+}

@@ -1,0 +1,759 @@
+//! The TURN core driven with a fake clock: every expiry rule and error response.
+//!
+//! A test client speaks real STUN bytes to `Server`; the "driver" here binds
+//! nothing and simply acknowledges relay binds, so every time step is explicit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firstcall_stun::{
+    Attribute, ChannelData, ChannelNumber, Class, IntegrityKind, Message, MessageBuilder, Method, TransactionId,
+};
+use firstcall_turn::auth::{long_term_key, rest_credential, Authenticator, Secret};
+use firstcall_turn::filter::{Cidr, PeerFilter};
+use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::server::{ClientAddr, Command, Config, PeerAddr, Quotas, RelayPort, Server, Transport};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const REALM: &str = "firstcall.test";
+const SECRET: &str = "s3cret";
+/// Unix time at the start of every test.
+const T0_UNIX: u64 = 1_800_000_000;
+
+struct Harness {
+    server: Server<StdRng>,
+    t0: Instant,
+    now: Instant,
+    quotas: Arc<Quotas>,
+    metrics: Arc<TurnMetrics>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(|c| c, 10, 100, vec!["203.0.113.0/24".parse().unwrap()])
+    }
+
+    fn with(cfg: impl FnOnce(Config) -> Config, per_user: usize, total: usize, allow: Vec<Cidr>) -> Self {
+        let t0 = Instant::now();
+        let config = cfg(Config::new("192.0.2.1".parse().unwrap(), 50000..=50099));
+        let auth = Authenticator::new(REALM, vec![Secret::new(SECRET)], vec![("static".into(), "pw".into())]);
+        let filter =
+            PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()], 50000..=50099);
+        let quotas = Arc::new(Quotas::new(per_user, total));
+        let metrics = Arc::new(TurnMetrics::default());
+        let server = Server::new(
+            config,
+            auth,
+            filter,
+            quotas.clone(),
+            metrics.clone(),
+            StdRng::seed_from_u64(7),
+            t0,
+            T0_UNIX,
+        );
+        Harness {
+            server,
+            t0,
+            now: t0,
+            quotas,
+            metrics,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        while let Some(t) = self.server.poll_timeout() {
+            if t > self.now {
+                break;
+            }
+            self.server.handle_timeout(t);
+        }
+    }
+
+    /// Feed a packet, acknowledge relay binds, and return every transmit to the client.
+    fn send(&mut self, client: ClientAddr, packet: &[u8]) -> Vec<Vec<u8>> {
+        let fwd = self.server.handle_client_input(packet, client, self.now);
+        assert!(fwd.is_none(), "control message produced a forward");
+        self.drain(client)
+    }
+
+    fn drain(&mut self, client: ClientAddr) -> Vec<Vec<u8>> {
+        while let Some(cmd) = self.server.poll_command() {
+            if let Command::BindRelay { port, .. } = cmd {
+                self.server.handle_relay_bound(port, true, self.now);
+            }
+        }
+        let mut out = vec![];
+        while let Some(t) = self.server.poll_transmit() {
+            assert_eq!(t.dst, client);
+            out.push(t.payload);
+        }
+        out
+    }
+}
+
+fn udp(port: u16) -> ClientAddr {
+    ClientAddr {
+        addr: SocketAddr::from(([198, 51, 100, 7], port)),
+        transport: Transport::Udp,
+    }
+}
+
+fn peer(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, last], port))
+}
+
+/// A client holding a REST credential and the server's latest nonce.
+struct Client {
+    addr: ClientAddr,
+    username: String,
+    key: Vec<u8>,
+    nonce: String,
+    tid: u8,
+}
+
+impl Client {
+    fn rest(addr: ClientAddr, user: &str, expiry: u64) -> Self {
+        let (username, password) = rest_credential(&Secret::new(SECRET), user, expiry);
+        let key = long_term_key(&username, REALM, &password).as_ref().to_vec();
+        Client {
+            addr,
+            username,
+            key,
+            nonce: String::new(),
+            tid: 0,
+        }
+    }
+
+    fn request(&mut self, method: Method, attrs: &[Attribute<'_>]) -> (TransactionId, Vec<u8>) {
+        self.tid += 1;
+        let tid = TransactionId([self.tid; 12]);
+        let mut b = MessageBuilder::new(Class::Request, method, tid);
+        for a in attrs {
+            b.add(a);
+        }
+        b.add(&Attribute::Username(&self.username))
+            .add(&Attribute::Realm(REALM))
+            .add(&Attribute::Nonce(&self.nonce));
+        b.add_integrity(IntegrityKind::Sha1, &self.key).add_fingerprint();
+        (tid, b.finish())
+    }
+
+    /// Send an authenticated request, handling one 401/438 challenge like a real client.
+    fn call(&mut self, h: &mut Harness, method: Method, attrs: &[Attribute<'_>]) -> Vec<u8> {
+        for _ in 0..2 {
+            let (tid, raw) = self.request(method, attrs);
+            let mut out = h.send(self.addr, &raw);
+            assert_eq!(out.len(), 1, "one response per request");
+            let resp = out.remove(0);
+            let m = Message::decode(&resp).unwrap();
+            assert_eq!(m.transaction_id(), tid);
+            let code = m.error_code().map(|e| e.code);
+            if matches!(code, Some(401 | 438)) && self.nonce != m.nonce().unwrap() {
+                self.nonce = m.nonce().unwrap().to_owned();
+                continue;
+            }
+            return resp;
+        }
+        panic!("server kept challenging");
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
+        let resp = self.call(h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+        let m = Message::decode(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "allocate failed: {:?}", m.error_code());
+        assert!(
+            m.verify_integrity(&self.key),
+            "success responses carry MESSAGE-INTEGRITY"
+        );
+        m.find(|a| match a {
+            Attribute::XorRelayedAddress(r) => Some(*r),
+            _ => None,
+        })
+        .unwrap()
+    }
+}
+
+fn code_of(resp: &[u8]) -> Option<u16> {
+    Message::decode(resp).unwrap().error_code().map(|e| e.code)
+}
+
+fn relay_port(addr: SocketAddr) -> RelayPort {
+    RelayPort(addr.port())
+}
+
+#[test]
+fn binding_reflects_the_source_address_without_auth() {
+    let mut h = Harness::new();
+    let mut b = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([1; 12]));
+    b.add_fingerprint();
+    let out = h.send(udp(4000), &b.finish());
+    let m = Message::decode(&out[0]).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert!(m.attributes().contains(&Attribute::XorMappedAddress(udp(4000).addr)));
+    assert!(m.has_fingerprint(), "FINGERPRINT echoed when the request had one");
+}
+
+#[test]
+fn allocate_without_credentials_is_challenged_then_succeeds() {
+    // RFC 8656 §7.2 / RFC 8489 §9.2.4: 401 carries REALM and NONCE and no integrity.
+    let mut h = Harness::new();
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([9; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    let out = h.send(udp(4000), &b.finish());
+    let m = Message::decode(&out[0]).unwrap();
+    assert_eq!(m.error_code().unwrap().code, 401);
+    assert_eq!(m.realm(), Some(REALM));
+    assert!(m.nonce().is_some());
+    assert!(!m.has_integrity());
+
+    let mut c = Client::rest(udp(4000), "alice", T0_UNIX + 3600);
+    let relayed = c.allocate(&mut h);
+    assert_eq!(relayed.ip(), "192.0.2.1".parse::<IpAddr>().unwrap());
+    assert!((50000..=50099).contains(&relayed.port()));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn wrong_secret_and_expired_credentials_are_refused() {
+    let mut h = Harness::new();
+    let (username, password) = rest_credential(&Secret::new("not-the-secret"), "mallory", T0_UNIX + 3600);
+    let mut c = Client::rest(udp(4001), "x", 0);
+    c.username = username.clone();
+    c.key = long_term_key(&username, REALM, &password).as_ref().to_vec();
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&resp), Some(401));
+    assert_eq!(h.metrics.count("auth_failures", "bad_integrity"), 1);
+
+    // Valid signature, but expired one second ago.
+    let mut old = Client::rest(udp(4002), "alice", T0_UNIX - 1);
+    let resp = old.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&resp), Some(401));
+    assert_eq!(h.metrics.count("auth_failures", "expired"), 1);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn credential_expiry_follows_the_injected_wall_clock() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4003), "alice", T0_UNIX + 60);
+    c.allocate(&mut h);
+    h.advance(Duration::from_secs(61));
+    let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
+    assert_eq!(
+        code_of(&resp),
+        Some(401),
+        "a refresh with an expired REST credential is refused"
+    );
+}
+
+#[test]
+fn allocation_expires_unless_refreshed_and_lifetime_zero_deletes() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4004), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    // Default lifetime is 600 s (RFC 8656 §7.2).
+    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.allocation_count(), 1);
+    let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(1200)]);
+    assert_eq!(Message::decode(&resp).unwrap().lifetime(), Some(1200));
+    h.advance(Duration::from_secs(1199));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.allocation_count(), 0, "expired at exactly its lifetime");
+    assert!(std::iter::from_fn(|| h.server.poll_command()).any(|c| c
+        == Command::ReleaseRelay {
+            port: relay_port(relayed)
+        }));
+    assert_eq!(h.quotas.in_use(), 0);
+
+    // RFC 8656 §7.3: Refresh with LIFETIME 0 deletes at once.
+    let mut c2 = Client::rest(udp(4005), "bob", T0_UNIX + 100_000);
+    c2.allocate(&mut h);
+    let resp = c2.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    assert_eq!(Message::decode(&resp).unwrap().lifetime(), Some(0));
+    assert_eq!(h.server.allocation_count(), 0);
+    // A refresh after deletion: 437 Allocation Mismatch.
+    let resp = c2.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
+    assert_eq!(code_of(&resp), Some(437));
+}
+
+#[test]
+fn lifetime_is_clamped_to_the_maximum() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4006), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(999_999)]);
+    assert_eq!(Message::decode(&resp).unwrap().lifetime(), Some(3600));
+}
+
+#[test]
+fn permission_gates_peer_traffic_and_expires_after_300s() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4007), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let p = peer(9, 7000);
+    // Before a permission, peer data is dropped (RFC 8656 §10.3).
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(p), relay_port(relayed), h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+    assert_eq!(h.metrics.count("dropped", "no_permission"), 1);
+
+    let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
+    assert_eq!(Message::decode(&resp).unwrap().class(), Class::Success);
+    // Permission is per IP: another port of the same peer works (RFC 8656 §9).
+    let other_port = peer(9, 7001);
+    assert!(h
+        .server
+        .handle_peer_traffic(b"hello", PeerAddr(other_port), relay_port(relayed), h.now)
+        .is_none());
+    let t = h.server.poll_transmit().expect("Data indication");
+    let m = Message::decode(&t.payload).unwrap();
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    assert_eq!(m.data(), Some(&b"hello"[..]));
+    assert_eq!(m.peer_addresses().next(), Some(other_port));
+
+    // Send indication goes out through the relay.
+    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
+    b.add(&Attribute::XorPeerAddress(p)).add(&Attribute::Data(b"out"));
+    let raw = b.finish();
+    let fwd = h.server.handle_client_input(&raw, c.addr, h.now).unwrap();
+    assert_eq!(
+        (fwd.relay, fwd.peer, fwd.data),
+        (relay_port(relayed), PeerAddr(p), &b"out"[..])
+    );
+
+    h.advance(Duration::from_secs(299));
+    assert!(h.server.handle_client_input(&raw, c.addr, h.now).is_some());
+    h.advance(Duration::from_secs(1));
+    assert!(
+        h.server.handle_client_input(&raw, c.addr, h.now).is_none(),
+        "permission lasts 300 s"
+    );
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(p), relay_port(relayed), h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+}
+
+#[test]
+fn channel_bind_relays_channel_data_and_expires_after_600s() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4008), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let p = peer(10, 8000);
+    let ch = ChannelNumber::new(0x4001).unwrap();
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(Message::decode(&resp).unwrap().class(), Class::Success);
+
+    let mut buf = [0u8; 64];
+    let n = ChannelData::encode_into(ch, b"media", false, &mut buf).unwrap();
+    let fwd = h.server.handle_client_input(&buf[..n], c.addr, h.now).unwrap();
+    assert_eq!((fwd.peer, fwd.data), (PeerAddr(p), &b"media"[..]));
+    let back = h
+        .server
+        .handle_peer_traffic(b"reply", PeerAddr(p), relay_port(relayed), h.now)
+        .unwrap();
+    assert_eq!((back.client, back.channel), (c.addr, ch));
+
+    // Keep the allocation and permission alive so only the channel's expiry is under test.
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(290));
+        c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
+        c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
+    }
+    h.advance(Duration::from_secs(19)); // t = 599
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some());
+    h.advance(Duration::from_secs(1)); // t = 600
+    assert!(
+        h.server.handle_client_input(&buf[..n], c.addr, h.now).is_none(),
+        "channel lasts 600 s"
+    );
+    // Peer data now arrives as a Data indication instead.
+    assert!(h
+        .server
+        .handle_peer_traffic(b"reply", PeerAddr(p), relay_port(relayed), h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_some());
+
+    // RFC 8656 §12: an expired channel can't go to another peer for 5 more minutes...
+    let other = peer(11, 8000);
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(other)],
+    );
+    assert_eq!(code_of(&resp), Some(400));
+    // ...but can be re-bound to the same peer.
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(Message::decode(&resp).unwrap().class(), Class::Success);
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4009), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    let p = peer(12, 9000);
+    // Out-of-range channel number: 400.
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x3FFF), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), Some(400));
+    // Missing peer: 400.
+    let resp = c.call(&mut h, Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000)]);
+    assert_eq!(code_of(&resp), Some(400));
+    let ok = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4000), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&ok), None);
+    // The same peer on a second channel: 400.
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4002), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), Some(400));
+    // Error responses after authentication carry integrity.
+    assert!(Message::decode(&resp).unwrap().verify_integrity(&c.key));
+}
+
+#[test]
+fn stale_nonce_gets_438_and_the_client_recovers() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4010), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    let old_nonce = c.nonce.clone();
+    // Keep the allocation alive past the nonce lifetime (1 h).
+    for _ in 0..7 {
+        h.advance(Duration::from_secs(550));
+        let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+        let out = h.send(c.addr, &raw);
+        if code_of(&out[0]) == Some(438) {
+            let m = Message::decode(&out[0]).unwrap();
+            assert_eq!(m.realm(), Some(REALM), "438 carries REALM and a fresh NONCE");
+            assert_ne!(m.nonce().unwrap(), old_nonce);
+            c.nonce = m.nonce().unwrap().to_owned();
+            assert_eq!(
+                code_of(&c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)])),
+                None
+            );
+            assert_eq!(h.metrics.count("auth_failures", "stale_nonce"), 1);
+            return;
+        }
+        assert_eq!(code_of(&out[0]), None);
+    }
+    panic!("nonce never went stale");
+}
+
+#[test]
+fn nonce_from_another_client_is_rejected() {
+    let mut h = Harness::new();
+    let mut a = Client::rest(udp(4011), "alice", T0_UNIX + 100_000);
+    a.allocate(&mut h);
+    let mut b = Client::rest(udp(4012), "bob", T0_UNIX + 100_000);
+    b.nonce = a.nonce.clone();
+    let (_, raw) = b.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&h.send(b.addr, &raw)[0]), Some(401));
+}
+
+#[test]
+fn allocate_errors_per_rfc8656() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4013), "alice", T0_UNIX + 100_000);
+    // Missing REQUESTED-TRANSPORT: 400. TCP (6): 442.
+    assert_eq!(code_of(&c.call(&mut h, Method::ALLOCATE, &[])), Some(400));
+    assert_eq!(
+        code_of(&c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(6)])),
+        Some(442)
+    );
+    // IPv6 relay asked of an IPv4 server: 440.
+    let resp = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(17),
+            Attribute::RequestedAddressFamily(firstcall_stun::Family::V6),
+        ],
+    );
+    assert_eq!(code_of(&resp), Some(440));
+    // DONT-FRAGMENT is not supported: 420 naming it.
+    let resp = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::DontFragment],
+    );
+    assert_eq!(code_of(&resp), Some(420));
+    assert_eq!(h.server.allocation_count(), 0);
+
+    // Second Allocate from the same 5-tuple with a new transaction: 437.
+    let relayed = c.allocate(&mut h);
+    let resp = c.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&resp), Some(437));
+    // A retransmission (same transaction id) gets the original success.
+    c.tid -= 2; // back to the transaction of the successful allocate
+    let (_, raw) = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let out = h.send(c.addr, &raw);
+    let m = Message::decode(&out[0]).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert!(m.attributes().contains(&Attribute::XorRelayedAddress(relayed)));
+}
+
+#[test]
+fn quotas_per_user_and_total_give_486() {
+    let mut h = Harness::with(|c| c, 2, 3, vec![]);
+    let mut clients: Vec<Client> = (0..3)
+        .map(|i| Client::rest(udp(5000 + i), "alice", T0_UNIX + 100_000))
+        .collect();
+    clients[0].allocate(&mut h);
+    clients[1].allocate(&mut h);
+    let resp = clients[2].call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&resp), Some(486), "third allocation of one user");
+    let mut bob = Client::rest(udp(5010), "bob", T0_UNIX + 100_000);
+    bob.allocate(&mut h);
+    let mut carol = Client::rest(udp(5011), "carol", T0_UNIX + 100_000);
+    let resp = carol.call(&mut h, Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_eq!(code_of(&resp), Some(486), "total quota");
+    // Freeing one makes room.
+    bob.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    carol.allocate(&mut h);
+    assert_eq!(h.quotas.in_use(), 3);
+}
+
+#[test]
+fn refused_peers_get_403_and_are_counted() {
+    let mut h = Harness::with(|c| c, 10, 100, vec![]);
+    let mut c = Client::rest(udp(4014), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    for p in [
+        "127.0.0.1:80",
+        "10.0.0.1:80",
+        "169.254.169.254:80",
+        "[::ffff:127.0.0.1]:80",
+        "[64:ff9b::7f00:1]:80",
+    ] {
+        let p: SocketAddr = p.parse().unwrap();
+        let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
+        assert_eq!(code_of(&resp), Some(403), "{p} must be refused");
+    }
+    // The server's own relay range stays reachable (client-to-client relaying).
+    let resp = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress("192.0.2.1:50050".parse().unwrap())],
+    );
+    assert_eq!(code_of(&resp), None);
+    // All or nothing: one refused peer refuses the whole request.
+    let resp = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[
+            Attribute::XorPeerAddress("192.0.2.1:50051".parse().unwrap()),
+            Attribute::XorPeerAddress("127.0.0.1:1".parse().unwrap()),
+        ],
+    );
+    assert_eq!(code_of(&resp), Some(403));
+}
+
+#[test]
+fn send_to_own_relay_ip_off_relay_ports_is_dropped_despite_permission() {
+    let mut h = Harness::with(|c| c, 10, 100, vec![]);
+    let mut c = Client::rest(udp(4015), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    let own = "192.0.2.1:50050".parse().unwrap();
+    assert_eq!(
+        code_of(&c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(own)])),
+        None
+    );
+    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
+    b.add(&Attribute::XorPeerAddress("192.0.2.1:22".parse().unwrap()))
+        .add(&Attribute::Data(b"x"));
+    assert!(h.server.handle_client_input(&b.finish(), c.addr, h.now).is_none());
+    assert_eq!(
+        h.metrics.count("peers_refused", "loopback") + h.metrics.count("peers_refused", "documentation"),
+        1
+    );
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420() {
+    let mut h = Harness::new();
+    let mut b = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([4; 12]));
+    b.add(&Attribute::Other {
+        typ: 0x7FFE,
+        value: b"",
+    });
+    let out = h.send(udp(4016), &b.finish());
+    let m = Message::decode(&out[0]).unwrap();
+    assert_eq!(m.error_code().unwrap().code, 420);
+    assert!(m.attributes().contains(&Attribute::UnknownAttributes(&[0x7F, 0xFE])));
+}
+
+#[test]
+fn malformed_requests_get_400_and_garbage_is_counted() {
+    let mut h = Harness::new();
+    // A request with a truncated attribute: readable header, so 400.
+    let mut raw = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([5; 12])).finish();
+    raw.extend_from_slice(&[0x00, 0x19, 0x00, 0x08, 17, 0, 0, 0]);
+    raw[3] = 8;
+    let out = h.send(udp(4017), &raw);
+    assert_eq!(code_of(&out[0]), Some(400));
+    // Garbage: no response, counted.
+    assert!(h.send(udp(4017), &[0xFF; 30]).is_empty());
+    assert!(h.send(udp(4017), &[0x00, 0x01]).is_empty());
+    assert!(h.metrics.count("dropped", "not_stun_or_channel_data") >= 1);
+    assert!(h.metrics.count("dropped", "truncated") >= 1);
+}
+
+#[test]
+fn relay_bind_failure_retries_then_508() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4018), "alice", T0_UNIX + 100_000);
+    // Learn a nonce.
+    let (_, raw) = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    let out = h.send(c.addr, &raw);
+    c.nonce = Message::decode(&out[0]).unwrap().nonce().unwrap().to_owned();
+    let (_, raw) = c.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert!(h.server.handle_client_input(&raw, c.addr, h.now).is_none());
+    let mut ports = vec![];
+    while let Some(Command::BindRelay { port, .. }) = h.server.poll_command() {
+        ports.push(port);
+        h.server.handle_relay_bound(port, false, h.now);
+    }
+    assert_eq!(ports.len(), 8, "eight ports tried");
+    let t = h.server.poll_transmit().unwrap();
+    assert_eq!(code_of(&t.payload), Some(508));
+    assert_eq!(h.quotas.in_use(), 0, "quota released on failure");
+}
+
+#[test]
+fn tcp_close_deletes_the_allocation() {
+    let mut h = Harness::new();
+    let client = ClientAddr {
+        addr: "198.51.100.7:4100".parse().unwrap(),
+        transport: Transport::Tcp,
+    };
+    let mut c = Client::rest(client, "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    h.server.handle_client_closed(client);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(
+        h.server.poll_command(),
+        Some(Command::ReleaseRelay {
+            port: relay_port(relayed)
+        })
+    );
+    assert_eq!(h.metrics.count("allocations_deleted", "connection_closed"), 1);
+}
+
+#[test]
+fn static_users_authenticate() {
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4019), "x", 0);
+    c.username = "static".into();
+    c.key = long_term_key("static", REALM, "pw").as_ref().to_vec();
+    c.allocate(&mut h);
+    let _ = h.t0;
+}
+
+#[test]
+fn even_port_reservation_and_token_per_rfc8656() {
+    let mut h = Harness::new();
+    let mut rtp = Client::rest(udp(4200), "alice", T0_UNIX + 100_000);
+    let resp = rtp.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)],
+    );
+    let m = Message::decode(&resp).unwrap();
+    let relayed = m
+        .find(|a| {
+            if let Attribute::XorRelayedAddress(r) = a {
+                Some(*r)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(relayed.port() % 2, 0, "EVEN-PORT gives an even port");
+    let token = m
+        .find(|a| {
+            if let Attribute::ReservationToken(t) = a {
+                Some(*t)
+            } else {
+                None
+            }
+        })
+        .expect("R bit yields a token");
+
+    // EVEN-PORT together with RESERVATION-TOKEN: 400.
+    let mut rtcp = Client::rest(udp(4201), "alice", T0_UNIX + 100_000);
+    let both = [
+        Attribute::RequestedTransport(17),
+        Attribute::EvenPort(false),
+        Attribute::ReservationToken(token),
+    ];
+    assert_eq!(code_of(&rtcp.call(&mut h, Method::ALLOCATE, &both)), Some(400));
+    // The token gets the next port.
+    let resp = rtcp.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::ReservationToken(token)],
+    );
+    let m = Message::decode(&resp).unwrap();
+    assert!(m.attributes().contains(&Attribute::XorRelayedAddress(SocketAddr::new(
+        relayed.ip(),
+        relayed.port() + 1
+    ))));
+    // A token is good once.
+    let mut again = Client::rest(udp(4202), "alice", T0_UNIX + 100_000);
+    let resp = again.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::ReservationToken(token)],
+    );
+    assert_eq!(code_of(&resp), Some(508));
+
+    // An unredeemed reservation lapses after 30 s.
+    let mut c = Client::rest(udp(4203), "bob", T0_UNIX + 100_000);
+    let resp = c.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)],
+    );
+    let token = Message::decode(&resp)
+        .unwrap()
+        .find(|a| {
+            if let Attribute::ReservationToken(t) = a {
+                Some(*t)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    h.advance(Duration::from_secs(30));
+    let mut late = Client::rest(udp(4204), "bob", T0_UNIX + 100_000);
+    let resp = late.call(
+        &mut h,
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::ReservationToken(token)],
+    );
+    assert_eq!(code_of(&resp), Some(508));
+}

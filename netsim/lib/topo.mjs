@@ -1,0 +1,140 @@
+// A small internet in network namespaces.
+//
+//   client ns ── LAN ── nat ns ══ link ns (user-space delay/jitter/loss) ══ inet ns ── srv ns
+//
+// Public space is documentation ranges: the server is 203.0.113.1 (and .2 for the NAT
+// probe), NAT WAN links are 198.51.100.(4i+1)/30, LANs are 198.18.i.0/24. Nothing
+// routes outside these namespaces.
+import { execFileSync, spawn } from "node:child_process";
+
+const run = (args) => execFileSync(args[0], args.slice(1), { stdio: ["ignore", "pipe", "pipe"] }).toString();
+
+export class Lab {
+  constructor(linkemBin) {
+    this.prefix = `fcn${process.pid % 100000}`;
+    this.linkemBin = linkemBin;
+    this.namespaces = [];
+    this.procs = [];
+    this.inet = this.ns("inet");
+    this.sysctl(this.inet, "net.ipv4.ip_forward=1");
+    this.srv = this.ns("srv");
+    this.veth(this.srv, "eth0", this.inet, "srv");
+    this.ip(this.srv, "addr", "add", "203.0.113.1/24", "dev", "eth0");
+    this.ip(this.srv, "addr", "add", "203.0.113.2/24", "dev", "eth0");
+    this.ip(this.inet, "addr", "add", "203.0.113.254/24", "dev", "srv");
+    this.up(this.srv, "eth0");
+    this.up(this.inet, "srv");
+    this.ip(this.srv, "route", "add", "default", "via", "203.0.113.254");
+    this.sites = [];
+  }
+
+  ns(name) {
+    const full = `${this.prefix}-${name}`;
+    run(["ip", "netns", "add", full]);
+    this.namespaces.push(full);
+    this.ip(full, "link", "set", "lo", "up");
+    return full;
+  }
+  ip(ns, ...args) {
+    return run(["ip", "-n", ns, ...args]);
+  }
+  exec(ns, ...argv) {
+    return run(["ip", "netns", "exec", ns, ...argv]);
+  }
+  sysctl(ns, kv) {
+    this.exec(ns, "sysctl", "-qw", kv);
+  }
+  up(ns, dev) {
+    this.ip(ns, "link", "set", "dev", dev, "up");
+  }
+  veth(nsA, a, nsB, b) {
+    run(["ip", "link", "add", "fctmpa", "type", "veth", "peer", "name", "fctmpb"]);
+    run(["ip", "link", "set", "fctmpa", "netns", nsA, "name", a]);
+    run(["ip", "link", "set", "fctmpb", "netns", nsB, "name", b]);
+  }
+
+  /**
+   * A site: `clients` hosts on a LAN behind a NAT of `kind`
+   * ("none" | "cone" | "symmetric" | "udp-blocked"), reached over a link with
+   * `delayMs` one-way delay, `jitterMs` and `loss`.
+   */
+  addSite(kind, { clients = 1, delayMs = 0, jitterMs = 0, loss = 0 } = {}) {
+    const i = this.sites.length + 1;
+    const nat = this.ns(`n${i}`);
+    const link = this.ns(`l${i}`);
+    this.sysctl(nat, "net.ipv4.ip_forward=1");
+    const wanIp = `198.51.100.${4 * i + 1}`;
+    const inetIp = `198.51.100.${4 * i + 2}`;
+    // nat ─ link ─ inet, the link namespace forwarding frames in user space.
+    this.veth(nat, "wan", link, "a");
+    this.veth(link, "b", this.inet, `w${i}`);
+    this.ip(nat, "addr", "add", `${wanIp}/30`, "dev", "wan");
+    this.ip(this.inet, "addr", "add", `${inetIp}/30`, "dev", `w${i}`);
+    for (const [n, d] of [[nat, "wan"], [link, "a"], [link, "b"], [this.inet, `w${i}`]]) this.up(n, d);
+    // Veths leave TCP/UDP checksums for later (offload); frames re-injected by the user-space
+    // link would then arrive with partial checksums and be dropped. Compute them up front.
+    this.exec(nat, "ethtool", "-K", "wan", "tx", "off");
+    this.exec(this.inet, "ethtool", "-K", `w${i}`, "tx", "off");
+    this.ip(nat, "route", "add", "default", "via", inetIp);
+    const linkem = spawn("ip", ["netns", "exec", link, this.linkemBin, "a", "b", "--delay-ms", String(delayMs), "--jitter-ms", String(jitterMs), "--loss", String(loss), "--seed", String(1000 + i)], { stdio: "ignore" });
+    this.procs.push(linkem);
+    // LAN: a bridge in the NAT namespace with each client host on it.
+    this.ip(nat, "link", "add", "br0", "type", "bridge");
+    this.ip(nat, "addr", "add", `198.18.${i}.1/24`, "dev", "br0");
+    this.up(nat, "br0");
+    const hosts = [];
+    for (let k = 0; k < clients; k++) {
+      const c = this.ns(`c${i}${String.fromCharCode(97 + k)}`);
+      this.veth(c, "eth0", nat, `lan${k}`);
+      this.ip(nat, "link", "set", `lan${k}`, "master", "br0");
+      this.up(nat, `lan${k}`);
+      this.ip(c, "addr", "add", `198.18.${i}.${10 + k}/24`, "dev", "eth0");
+      this.up(c, "eth0");
+      this.ip(c, "route", "add", "default", "via", `198.18.${i}.1`);
+      hosts.push({ ns: c, ip: `198.18.${i}.${10 + k}` });
+    }
+    const ipt = (...a) => this.exec(nat, "iptables", ...a);
+    switch (kind) {
+      case "none":
+        this.ip(this.inet, "route", "add", `198.18.${i}.0/24`, "via", wanIp);
+        break;
+      case "cone":
+      case "symmetric":
+        ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", ...(kind === "symmetric" ? ["--random-fully"] : []));
+        // Without this, a peer's check arriving before our own outbound packet creates
+        // a conntrack entry that forces a new mapping: plain MASQUERADE turns symmetric.
+        ipt("-A", "FORWARD", "-i", "wan", "-p", "udp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP");
+        break;
+      case "udp-blocked":
+        ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE");
+        ipt("-A", "FORWARD", "-i", "br0", "-p", "tcp", "-d", "203.0.113.1", "-m", "multiport", "--dports", "443,3478", "-j", "ACCEPT");
+        ipt("-A", "FORWARD", "-i", "br0", "-j", "DROP");
+        break;
+      default:
+        throw new Error(`unknown NAT kind ${kind}`);
+    }
+    const site = { i, kind, nat, link, wanIp, hosts };
+    this.sites.push(site);
+    return site;
+  }
+
+  /** Which mapping the NAT in front of `host` really shows, measured with STUN. */
+  probe(host, script) {
+    try {
+      return JSON.parse(this.exec(host.ns, "python3", script, "203.0.113.1", "203.0.113.2", "3478"));
+    } catch (e) {
+      return { mapping: "unmeasured", error: String(e).slice(0, 200) };
+    }
+  }
+
+  close() {
+    for (const p of this.procs) p.kill("SIGKILL");
+    for (const ns of this.namespaces.reverse()) {
+      try {
+        run(["ip", "netns", "delete", ns]);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+}

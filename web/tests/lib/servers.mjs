@@ -1,0 +1,82 @@
+// Start servers inside a namespace and wait for them to be ready (bounded polling of a
+// real condition, never a fixed sleep). Only processes started here are stopped, by PID.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, openSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+
+export function firstcallBin() {
+  const candidates = [process.env.FIRSTCALL_BIN, join(root, "target/release/firstcall"), join(root, "target/debug/firstcall")];
+  const bin = candidates.find((p) => p && existsSync(p));
+  if (!bin) throw new Error("no firstcall binary: run `cargo build -p firstcall` or set FIRSTCALL_BIN");
+  return bin;
+}
+
+async function waitFor(what, fn, timeoutMs, proc, logFile) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`${what} exited early (${proc.exitCode}):\n${readLog(logFile)}`);
+    try {
+      if (await fn()) return;
+    } catch {
+      /* not yet */
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what} not ready after ${timeoutMs} ms:\n${readLog(logFile)}`);
+}
+
+function readLog(f) {
+  try {
+    return readFileSync(f, "utf8").slice(-4000);
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * `firstcall serve` inside `ns`, HTTP on 0.0.0.0:8080 (reachable as 127.0.0.1 and the ns address),
+ * TURN on the ns address.
+ */
+export async function startFirstcall(ns, extra = []) {
+  const dir = mkdtempSync(join(tmpdir(), "firstcall-web-"));
+  const logFile = join(dir, "server.log");
+  const argv = ns.exec([
+    firstcallBin(), "serve",
+    "--http-listen", "0.0.0.0:8080",
+    "--turn-listen", `${ns.addr}:3478`,
+    "--relay-ports", "50000-50199",
+    "--realm", "firstcall.test",
+    "--data-dir", join(dir, "data"),
+    "--log", "debug",
+    ...extra,
+  ]);
+  const out = openSync(logFile, "a");
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", out, out] });
+  // /healthz is fetched from inside the namespace by the browser later; here we
+  // check readiness through `ip netns exec` with a tiny node client.
+  const probe = ns.exec([process.execPath, "-e",
+    "fetch('http://127.0.0.1:8080/healthz').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))"]);
+  await waitFor("firstcall", () => runOk(probe), 15000, proc, logFile);
+  return {
+    proc,
+    logFile,
+    origin: "http://127.0.0.1:8080",
+    log: () => readLog(logFile),
+    stop() {
+      proc.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function runOk(argv) {
+  return new Promise((res) => {
+    const p = spawn(argv[0], argv.slice(1), { stdio: "ignore" });
+    p.on("exit", (code) => res(code === 0));
+    p.on("error", () => res(false));
+  });
+}

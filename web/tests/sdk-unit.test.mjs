@@ -1,0 +1,235 @@
+// The SDK's session logic (queue, acks, resume, backoff, heartbeats) with a fake
+// WebSocket and a fake clock: every timer fires only when the test advances time.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Session } from "../sdk/dist/firstcall.js";
+
+class FakeClock {
+  constructor() {
+    this.t = 0;
+    this.timers = new Map();
+    this.next = 1;
+  }
+  setTimeout = (fn, ms) => {
+    const id = this.next++;
+    this.timers.set(id, { at: this.t + ms, fn });
+    return id;
+  };
+  clearTimeout = (id) => this.timers.delete(id);
+  advance(ms) {
+    const end = this.t + ms;
+    for (;;) {
+      const due = [...this.timers.entries()].filter(([, v]) => v.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.timers.delete(due[0]);
+      this.t = due[1].at;
+      due[1].fn();
+    }
+    this.t = end;
+  }
+}
+
+function world({ random = 0.5 } = {}) {
+  const clock = new FakeClock();
+  const sockets = [];
+  class FakeWS {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      sockets.push(this);
+    }
+    send(d) {
+      if (this.readyState !== 1) throw new Error("not open");
+      this.sent.push(JSON.parse(d));
+    }
+    close() {
+      this.readyState = 3;
+    }
+    // test helpers
+    open() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    deliver(f) {
+      this.onmessage?.({ data: JSON.stringify(f) });
+    }
+    drop(code) {
+      this.readyState = 3;
+      this.onclose?.({ code });
+    }
+  }
+  let network = null;
+  const env = {
+    WebSocket: FakeWS,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    now: () => clock.t,
+    random: () => random,
+    onNetworkChange: (fn) => ((network = fn), () => {}),
+  };
+  const s = new Session("ws://x/v1/ws", "dev:alice", "dev1", env);
+  const welcome = (ws, extra = {}) =>
+    ws.deliver({ type: "welcome", session: "S1", user: "alice", device: "dev1", resumed: false, last_seq: 0, heartbeat_ms: 1000, ice_servers: [], ...extra });
+  return { s, clock, sockets, welcome, network: (on) => network(on) };
+}
+
+const types = (ws) => ws.sent.map((f) => f.type);
+
+test("frames sent before the socket is up are queued and go out after the welcome, in order", () => {
+  const { s, sockets, welcome } = world();
+  s.send({ type: "call.invite", call: "c" });
+  s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  s.open();
+  const ws = sockets[0];
+  assert.deepEqual(ws.sent, [], "nothing before open");
+  ws.open();
+  assert.deepEqual(types(ws), ["hello"]);
+  welcome(ws);
+  assert.deepEqual(types(ws), ["hello", "call.invite", "call.signal"]);
+  assert.deepEqual(ws.sent.slice(1).map((f) => f.seq), [1, 2]);
+  assert.equal(s.state, "connected");
+});
+
+test("acks release frames; unacknowledged frames are kept", () => {
+  const { s, sockets, welcome } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  for (let i = 0; i < 3; i++) s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  assert.equal(s.unacked.length, 3);
+  sockets[0].deliver({ type: "ack", seq: 2 });
+  assert.deepEqual(s.unacked.map((u) => u.seq), [3]);
+});
+
+test("a dropped socket resumes with last_seq and resends exactly what the server did not process", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  sockets[0].deliver({ type: "call.incoming", call: "c", seq: 1 });
+  sockets[0].deliver({ type: "call.signal", call: "c", seq: 2 });
+  for (let i = 0; i < 3; i++) s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  sockets[0].drop(1006);
+  clock.advance(0); // first retry is immediate
+  assert.equal(sockets.length, 2);
+  sockets[1].open();
+  assert.deepEqual(sockets[1].sent[0].resume, { session: "S1", last_seq: 2 });
+  // The server had processed our seq 1 only.
+  welcome(sockets[1], { resumed: true, last_seq: 1 });
+  assert.deepEqual(sockets[1].sent.slice(1).map((f) => f.seq), [2, 3]);
+});
+
+test("resumed:false renumbers from 1 and resends everything unacknowledged", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  s.send({ type: "call.invite", call: "c" });
+  s.send({ type: "call.accept", call: "d" });
+  sockets[0].deliver({ type: "ack", seq: 1 });
+  sockets[0].drop(1006);
+  clock.advance(0);
+  sockets[1].open();
+  welcome(sockets[1], { session: "S2", resumed: false });
+  assert.deepEqual(sockets[1].sent.slice(1).map((f) => [f.type, f.seq]), [["call.accept", 1]]);
+  assert.equal(s.sessionId, "S2");
+});
+
+test("inbound frames are processed once, in order, and acked in a coalesced ack", () => {
+  const { s, sockets, welcome, clock } = world();
+  const got = [];
+  s.on("frame", (f) => got.push(f.seq));
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  for (const seq of [1, 2, 2, 1, 3]) sockets[0].deliver({ type: "call.signal", call: "c", seq });
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.deepEqual(types(sockets[0]).filter((t) => t === "ack"), [], "ack is coalesced, not immediate");
+  clock.advance(60);
+  const acks = sockets[0].sent.filter((f) => f.type === "ack");
+  assert.deepEqual(acks, [{ type: "ack", seq: 3 }]);
+});
+
+test("reconnects back off exponentially with jitter", () => {
+  const { s, sockets, clock } = world({ random: 1 });
+  s.open();
+  const gaps = [];
+  let last = 0;
+  for (let i = 0; i < 7; i++) {
+    sockets[sockets.length - 1].drop(1006);
+    const before = sockets.length;
+    let waited = 0;
+    while (sockets.length === before && waited < 20000) {
+      clock.advance(10);
+      waited += 10;
+    }
+    gaps.push(clock.t - last);
+    last = clock.t;
+  }
+  // random()=1 → delay = base: 0, 250, 500, 1000, 2000, 4000, 8000 (rounded up to the 10 ms steps).
+  assert.deepEqual(gaps, [10, 250, 500, 1000, 2000, 4000, 8000]);
+  const { s: s2, sockets: sk2, clock: c2 } = world({ random: 0 });
+  s2.open();
+  sk2[0].drop(1006);
+  c2.advance(0);
+  sk2[1].drop(1006);
+  c2.advance(124);
+  assert.equal(sk2.length, 2, "jitter never shortens below half the base");
+  c2.advance(1);
+  assert.equal(sk2.length, 3);
+});
+
+test("two missed heartbeats tear the socket down and resume on a new one", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]); // heartbeat_ms 1000 → watchdog 3000 ms
+  clock.advance(2500);
+  sockets[0].deliver({ type: "ping" });
+  assert.deepEqual(sockets[0].sent.at(-1), { type: "pong" });
+  clock.advance(2999);
+  assert.equal(sockets.length, 1, "a ping re-arms the watchdog");
+  clock.advance(1);
+  assert.equal(sockets.length, 2, "silence for two heartbeats → new socket");
+  assert.equal(sockets[0].readyState, 3);
+});
+
+test("a network change resumes on a new socket at once", () => {
+  const { s, sockets, welcome, network } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  network(true);
+  assert.equal(sockets.length, 2);
+  sockets[1].open();
+  assert.equal(sockets[1].sent[0].resume.session, "S1");
+});
+
+test("close code 4003 (unauthorized) is fatal: no reconnect loop", () => {
+  const { s, sockets, clock } = world();
+  let fatal = null;
+  s.on("fatal", (e) => (fatal = e));
+  s.open();
+  sockets[0].open();
+  sockets[0].drop(4003);
+  clock.advance(60000);
+  assert.equal(sockets.length, 1);
+  assert.equal(fatal.code, 4003);
+  assert.equal(s.state, "closed");
+});
+
+test("a send that throws keeps the frame and resumes", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  sockets[0].readyState = 2; // closing: send throws
+  s.send({ type: "call.invite", call: "c" });
+  assert.equal(s.unacked.length, 1);
+  clock.advance(0);
+  sockets.at(-1).open();
+  welcome(sockets.at(-1), { resumed: true, last_seq: 0 });
+  assert.deepEqual(types(sockets.at(-1)), ["hello", "call.invite"]);
+});
