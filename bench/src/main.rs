@@ -3,6 +3,9 @@
 //!   firstcall-bench relay   --server ADDR --kind turn|bare [--secret S] --flows N --size B
 //!                           --start PPS --max PPS --duration-ms D --server-pid PID
 //!   firstcall-bench control --server ADDR --secret S --count N --concurrency C --server-pid PID
+//!   firstcall-bench signal  --server ADDR --proto firstcall|spreed --pairs P --start FPS --max FPS
+//!                           --duration-ms D --server-pid PID [--backend-ip IP]
+//!   firstcall-bench signal-idle --server ADDR --proto firstcall|spreed --counts N1,N2 --server-pid PID
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +15,25 @@ use firstcall_client::load;
 use firstcall_client::turn::Credentials;
 use firstcall_turn::auth::{rest_credential, Secret};
 use serde_json::json;
+
+mod sig;
+
+/// The protocol to speak and, for spreed, our stand-in for its Nextcloud backend.
+async fn proto(m: &HashMap<String, String>) -> sig::Proto {
+    match m.get("proto").map(String::as_str) {
+        Some("spreed") => {
+            let ip: std::net::IpAddr = get(m, "backend-ip", Some("127.0.0.1".parse().expect("literal address")));
+            let addr = sig::fake_spreed_backend(SocketAddr::new(ip, 0)).await.expect("fake backend binds");
+            sig::Proto::Spreed { backend: format!("http://{addr}/ocs/v2.php/apps/spreed/api/v1/signaling/backend") }
+        }
+        _ => sig::Proto::Firstcall,
+    }
+}
+
+/// Our own CPU use, seconds: tells a saturated generator from a saturated server.
+fn self_cpu() -> f64 {
+    cpu_seconds(std::process::id())
+}
 
 fn args() -> (String, HashMap<String, String>) {
     let mut it = std::env::args().skip(1);
@@ -141,6 +163,89 @@ async fn main() {
                 "rss_before_kib": rss0, "rss_after_kib": rss1,
                 "bytes_per_allocation": if ok > 0 { (rss1.saturating_sub(rss0)) as f64 * 1024.0 / ok as f64 } else { 0.0 },
             }}));
+        }
+        "signal" => {
+            let proto = proto(&m).await;
+            let pairs: usize = get(&m, "pairs", Some(100));
+            let mut rate: u64 = get(&m, "start", Some(2_000));
+            let max: u64 = get(&m, "max", Some(1_000_000));
+            let dur = Duration::from_millis(get(&m, "duration-ms", Some(2000)));
+            let grace = Duration::from_millis(1000);
+            let stats = std::sync::Arc::new(sig::Stats::default());
+            let mut conns = sig::open_pairs(&proto, server, pairs, stats.clone()).await.expect("open session pairs");
+            // Warm-up: the first frames on a connection pay for buffers and caches.
+            sig::run_step(&proto, &mut conns, &stats, rate / 2, Duration::from_millis(300), grace).await;
+            let (mut good, mut bad, mut refinements) = (0u64, None::<u64>, 0);
+            let mut best = json!(null);
+            // A step passes when at least 99% of frames arrive within the grace period and
+            // p99 latency stays under 250 ms (beyond that the server is queueing, not keeping up).
+            loop {
+                if rate > max || (bad.is_some() && refinements > 2) {
+                    break;
+                }
+                let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
+                let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
+                let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
+                let delivered = r.received as f64 / r.sent.max(1) as f64;
+                let achieved = r.sent as f64 / r.secs;
+                let ok = delivered >= 0.99 && r.p99_ms < 250.0 && r.errors == 0 && achieved >= 0.95 * rate as f64;
+                println!("{}", json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
+                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok}));
+                if ok {
+                    if rate > good {
+                        good = rate;
+                        best = json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
+                            "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
+                            "generator_cpu_share": me / r.secs});
+                    }
+                } else {
+                    bad = Some(bad.map_or(rate, |b: u64| b.min(rate)));
+                }
+                rate = match bad {
+                    None => (rate as f64 * 1.4) as u64,
+                    Some(b) => {
+                        refinements += 1;
+                        ((good.max(1) as f64 * b as f64).sqrt()) as u64
+                    }
+                };
+                if bad.is_some() && good > 0 && rate <= good {
+                    break;
+                }
+            }
+            // Latency at half of the peak, the figure the target names.
+            let half = json!(if good > 0 {
+                let r = sig::run_step(&proto, &mut conns, &stats, good / 2, dur, grace).await;
+                json!({"rate": good / 2, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms})
+            } else {
+                json!(null)
+            });
+            let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
+            println!("{}", json!({"result": {"peak": best, "half_peak": half, "pairs": pairs, "sockets_closed": closed}}));
+        }
+        "signal-idle" => {
+            let proto = proto(&m).await;
+            let counts: Vec<usize> = m
+                .get("counts")
+                .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| vec![1000]);
+            let conc: usize = get(&m, "concurrency", Some(128));
+            let mut points = vec![];
+            // Sessions accumulate: each count adds to those already open, and the server's
+            // growth from its baseline is divided by the sessions open at that point.
+            let rss0 = rss_kib(pid);
+            let mut held = vec![];
+            for &n in &counts {
+                let started = Instant::now();
+                let more = sig::open_idle(&proto, server, n - held.len(), conc).await.expect("open idle sessions");
+                let secs = started.elapsed().as_secs_f64();
+                held.extend(more);
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let rss = rss_kib(pid);
+                let per = (rss.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
+                println!("{}", json!({"step": true, "sessions": n, "rss_kib": rss, "bytes_per_session": per}));
+                points.push(json!({"sessions": n, "rss_before_kib": rss0, "rss_kib": rss, "bytes_per_session": per, "open_seconds": secs}));
+            }
+            println!("{}", json!({"result": {"points": points}}));
         }
         _ => {
             eprintln!("usage: firstcall-bench relay|control --server ADDR ...");

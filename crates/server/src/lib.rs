@@ -318,6 +318,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
             .with_state(signaling),
     );
+    // Signaling frames are small and latency-bound: without TCP_NODELAY, Nagle plus the
+    // peer's delayed ACK holds a frame back up to 40 ms whenever one is already in flight.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Running {
         http: http_addr,
