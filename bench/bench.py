@@ -216,7 +216,174 @@ def bench_control(a, tmp):
     return rows
 
 
+# ---------------------------------------------------------------- signaling
+
+SPREED = "/usr/bin/nextcloud-spreed-signaling-server"
+SPREED_CLIENT = "/usr/bin/nextcloud-spreed-signaling-client"
+
+
+class SigNetns:
+    """A network namespace of our own for the signaling bench: spreed's load client
+    serves its fake backend on the first non-loopback address it sees, so it gets a
+    veth with a documentation address (198.18.0.1) that leads nowhere. Everything else
+    talks over this namespace's loopback."""
+
+    def __init__(self):
+        self.name = f"fcbench-{os.getpid()}"
+        self.run(["ip", "netns", "add", self.name])
+        for cmd in (["link", "set", "lo", "up"],
+                    ["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+                    ["addr", "add", "198.18.0.1/24", "dev", "v0"],
+                    ["link", "set", "v0", "up"], ["link", "set", "v1", "up"]):
+            self.run(["ip", "-n", self.name] + cmd)
+        # 50,000 sessions from one generator: widen the ephemeral range (this namespace only).
+        self.run(self.exec(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"]))
+
+    def exec(self, argv):
+        return ["ip", "netns", "exec", self.name] + argv
+
+    @staticmethod
+    def run(argv):
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def close(self):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def listening(pid, port):
+    """A TCP socket in LISTEN on `port` in the network namespace of `pid`."""
+    try:
+        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].split(":")[1], 16) == port:
+                return True
+    except OSError:
+        pass
+    return False
+
+
+def start_sig_firstcall(ns, tmp):
+    port = 18080
+    p = Proc("firstcall-sig", ns.exec([
+        str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
+        "--turn-listen", "127.0.0.1:13478", "--turn-secret", SECRET, "--log", "warn",
+        "--data-dir", str(tmp / "firstcall-sig-data")]))
+    wait_for(lambda: p.check() and listening(p.pid, port), "firstcall (signaling)")
+    return p, f"127.0.0.1:{port}"
+
+
+def spreed_config(tmp, port):
+    conf = tmp / "spreed.conf"
+    conf.write_text(f"""[http]
+listen = 127.0.0.1:{port}
+[app]
+debug = false
+[sessions]
+hashkey = {os.urandom(16).hex()}
+blockkey = {os.urandom(8).hex()}
+[clients]
+internalsecret = bench-internal
+[backend]
+# Any backend URL: the benchmark's fake Nextcloud answers every hello.
+allowall = true
+secret = {SECRET}
+timeout = 10
+connectionsperhost = 64
+[nats]
+# In-process message bus (this version's spelling); no NATS server.
+url = :loopback:
+[mcu]
+[turn]
+""")
+    return conf
+
+
+def start_sig_spreed(ns, tmp):
+    port = 18081
+    conf = spreed_config(tmp, port)
+    p = Proc("spreed", ns.exec([SPREED, "-config", str(conf)]))
+    wait_for(lambda: p.check() and listening(p.pid, port), "nextcloud-spreed-signaling")
+    return p, f"127.0.0.1:{port}", conf
+
+
+def spreed_own_client(ns, conf, addr, clients, seconds):
+    """spreed's own load client: every client sends to a random other client, pausing
+    1 ms between frames; it prints totals every 10 s. Returns the last report."""
+    out = subprocess.run(ns.exec(["timeout", "-s", "INT", str(seconds), SPREED_CLIENT, "-config", str(conf),
+                                  "-addr", addr, "-maxClients", str(clients)]),
+                         capture_output=True, text=True, timeout=seconds + 30)
+    import re
+    reports = re.findall(r"Stats: sent=(\d+) \((\d+)/sec\), recv=(\d+) \((\d+)/sec\)", out.stdout + out.stderr)
+    if not reports:
+        raise RuntimeError("spreed client printed no stats:\n" + (out.stdout + out.stderr)[-2000:])
+    sent, sps, recv, rps = map(int, reports[-1])
+    return {"clients": clients, "sent_per_s": sps, "received_per_s": rps}
+
+
+def bench_signal(a, tmp):
+    pairs = 50 if a.quick else 1000
+    rates = ["--start", "500", "--max", "2000", "--duration-ms", "300"] if a.quick else \
+        ["--start", "10000", "--max", "2000000", "--duration-ms", "2000"]
+    counts = "300" if a.quick else "10000,50000"
+    servers = ["firstcall"] + (["spreed"] if have_server("spreed") else [])
+    rows = []
+    ns = SigNetns()
+    try:
+        for name in servers:
+            row = {"server": name}
+            for what in ["throughput", "idle"]:
+                if name == "firstcall":
+                    p, addr = start_sig_firstcall(ns, tmp)
+                else:
+                    p, addr, conf = start_sig_spreed(ns, tmp)
+                try:
+                    if what == "throughput":
+                        lines = run_tool(ns.exec([str(REL / "firstcall-bench"), "signal", "--server", addr, "--proto", name,
+                                                  "--pairs", str(pairs), "--server-pid", str(p.pid)] + rates), 900)
+                        row["result"] = next(l["result"] for l in lines if "result" in l)
+                        row["steps"] = [l for l in lines if l.get("step")]
+                    else:
+                        lines = run_tool(ns.exec([str(REL / "firstcall-bench"), "signal-idle", "--server", addr, "--proto", name,
+                                                  "--counts", counts, "--server-pid", str(p.pid)]), 900)
+                        row["idle"] = next(l["result"] for l in lines if "result" in l)["points"]
+                    p.check()
+                finally:
+                    p.stop()
+            if name == "spreed" and not a.quick:
+                p, addr, conf = start_sig_spreed(ns, tmp)
+                try:
+                    row["own_client"] = spreed_own_client(ns, conf, addr, 100, 22)
+                    p.check()
+                finally:
+                    p.stop()
+            log(f"signal {name}: {row.get('result')} idle {row.get('idle')} own client {row.get('own_client')}")
+            rows.append(row)
+    finally:
+        ns.close()
+    return rows
+
+
+def bench_callsetup(a, tmp):
+    """Two Chromium pages on one host, repeated calls (bench/callsetup.mjs)."""
+    n = 3 if a.quick else 20
+    env = dict(os.environ, FIRSTCALL_BIN=str(REL / "firstcall"))
+    log(f"callsetup: {n} calls between two Chromium pages")
+    out = subprocess.run(["node", str(ROOT / "bench" / "callsetup.mjs"), "--calls", str(n)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"callsetup failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    res = next(json.loads(l)["result"] for l in out.stdout.splitlines() if l.startswith('{"result"'))
+    log(f"callsetup: p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms, first {res['first_call_ms']} ms")
+    return [{"server": "firstcall", "result": res}]
+
+
 def have_server(name):
+    if name == "spreed" and not Path(SPREED).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("nextcloud-spreed-signaling missing (scripts/install-deps installs it)")
+        log("SKIP spreed: nextcloud-spreed-signaling not installed")
+        return False
+
     if name == "coturn" and not shutil.which("turnserver"):
         if os.environ.get("CI"):
             raise RuntimeError("coturn missing (scripts/install-deps installs it)")
@@ -225,7 +392,7 @@ def have_server(name):
     return True
 
 
-BENCHES = {"relay": bench_relay, "control": bench_control}
+BENCHES = {"relay": bench_relay, "control": bench_control, "signal": bench_signal, "callsetup": bench_callsetup}
 
 
 # ---------------------------------------------------------------- report
@@ -257,6 +424,21 @@ def summarise(results):
             "firstcall_bytes_per_allocation": round(f["bytes_per_allocation"]),
             "coturn_bytes_per_allocation": c and round(c["bytes_per_allocation"]),
         }
+    sig = {r["server"]: r for r in results.get("signal") or []}
+    if "firstcall" in sig:
+        f, sp = sig["firstcall"], sig.get("spreed")
+        fp = (f.get("result") or {}).get("peak") or {}
+        spp = ((sp or {}).get("result") or {}).get("peak") or {}
+        half = (f.get("result") or {}).get("half_peak") or {}
+        s["signal"] = {
+            "firstcall_frames_per_s": fp.get("frames_per_second") and round(fp["frames_per_second"]),
+            "spreed_frames_per_s": spp.get("frames_per_second") and round(spp["frames_per_second"]),
+            "vs_spreed": ratio(fp.get("frames_per_second"), spp.get("frames_per_second")),
+            "cpu_per_million_vs_spreed": ratio(fp.get("server_cpu_s_per_million"), spp.get("server_cpu_s_per_million")),
+            "firstcall_p99_ms_half_peak": half.get("p99_ms"),
+            "firstcall_bytes_per_idle_session": {str(x["sessions"]): round(x["bytes_per_session"]) for x in f.get("idle") or []},
+            "spreed_bytes_per_idle_session": {str(x["sessions"]): round(x["bytes_per_session"]) for x in (sp or {}).get("idle") or []},
+        }
     return s
 
 
@@ -265,6 +447,9 @@ TARGETS = [
     ("relay vs bare forwarder", ">= 0.7x", lambda s: [v["vs_bare"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 0.7),
     ("allocations/s vs coturn", ">= 2x", lambda s: [s.get("control", {}).get("vs_coturn")], lambda v: v >= 2),
     ("bytes per live allocation", "< 2048", lambda s: [s.get("control", {}).get("firstcall_bytes_per_allocation")], lambda v: v < 2048),
+    ("signaling frames/s vs spreed", ">= 3x", lambda s: [s.get("signal", {}).get("vs_spreed")], lambda v: v >= 3),
+    ("signaling p99 at half of peak (ms)", "< 5", lambda s: [s.get("signal", {}).get("firstcall_p99_ms_half_peak")], lambda v: v < 5),
+    ("bytes per idle session", "< 16384", lambda s: list(s.get("signal", {}).get("firstcall_bytes_per_idle_session", {}).values()), lambda v: v < 16384),
 ]
 
 
@@ -299,6 +484,33 @@ def markdown(doc):
         for r in ctl:
             x = r["result"]
             m.append(f"| {r['server']} | {x['allocations']} | {x['failures']} | {x['per_second']:.0f} | {x['bytes_per_allocation']:.0f} |")
+    sig = doc["results"].get("signal")
+    if sig:
+        m += ["", "## Signaling", "",
+              "Frames relayed between pairs of sessions (firstcall: `call.signal` inside a call; spreed: `message` to a "
+              "session), open loop, the same generator for both. Peak: highest offered rate with 99% delivered within 1 s, "
+              "p99 under 250 ms and no errors. Idle memory: the server's RSS growth divided by open sessions.", "",
+              "| server | peak frames/s | p99 at peak (ms) | p50 / p99 at half peak (ms) | server CPU s / M frames | bytes per idle session |",
+              "|---|---|---|---|---|---|"]
+        for r in sig:
+            res = r.get("result") or {}
+            pk, hf = res.get("peak") or {}, res.get("half_peak") or {}
+            idle = ", ".join(f"{x['bytes_per_session']:.0f} at {x['sessions']}" for x in r.get("idle") or [])
+            m.append(f"| {r['server']} | {pk.get('frames_per_second', 0):.0f} | {pk.get('p99_ms', 0):.1f} | "
+                     f"{hf.get('p50_ms', 0):.2f} / {hf.get('p99_ms', 0):.2f} | {pk.get('server_cpu_s_per_million', 0):.1f} | {idle} |")
+        own = [r for r in sig if r.get("own_client")]
+        for r in own:
+            o = r["own_client"]
+            m += ["", f"spreed's own load client (`nextcloud-spreed-signaling-client -maxClients {o['clients']}`, "
+                  f"closed loop, 1 ms pause per client): {o['received_per_s']} frames/s received."]
+    cs = doc["results"].get("callsetup")
+    if cs:
+        r = cs[0]["result"]
+        m += ["", "## Call setup (two Chromium pages on one host)", "",
+              f"{r['calls']} calls, each from `client.call()` to ICE connected on the caller (getUserMedia, offer, "
+              f"trickle, checks), then hung up: {r['connected_first_attempt']}/{r['calls']} connected on the first "
+              f"attempt; first call {r['first_call_ms']} ms; p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, max {r['max_ms']} ms; "
+              f"pairs {', '.join(r['pairs'])}."]
     if doc.get("notes"):
         m += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(m) + "\n"
@@ -341,6 +553,33 @@ def plots(doc, out):
         plt.close(fig)
 
 
+def plot_signal(doc, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sig = doc["results"].get("signal")
+    if not sig:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for r in sig:
+        steps = r.get("steps") or []
+        a1.plot([x["rate"] / 1000 for x in steps], [x["p99_ms"] for x in steps], "o-", label=r["server"])
+        idle = r.get("idle") or []
+        a2.plot([x["sessions"] for x in idle], [x["bytes_per_session"] / 1024 for x in idle], "o-", label=r["server"])
+    a1.set_xlabel("offered kframes/s")
+    a1.set_ylabel("p99 delivery latency (ms)")
+    a1.set_yscale("log")
+    a1.set_title("signaling latency vs load")
+    a1.legend()
+    a2.set_xlabel("idle sessions")
+    a2.set_ylabel("KiB per session")
+    a2.set_title("memory per idle session")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "signal.png", dpi=100)
+    plt.close(fig)
+
+
 def machine():
     model = ""
     try:
@@ -368,6 +607,20 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results, failures = {}, []
+    # `--only` reruns some benchmarks and keeps the others' latest figures (marked with
+    # their own date), so one table always shows every benchmark.
+    prev = out / "latest.json"
+    if a.only and prev.exists() and not a.quick:
+        try:
+            old = json.loads(prev.read_text())
+            if not old.get("quick"):
+                for k, v in old.get("results", {}).items():
+                    if k not in a.only:
+                        results[k] = v
+                        for r in v:
+                            r.setdefault("date", old.get("date"))
+        except (OSError, ValueError):
+            pass
     with tempfile.TemporaryDirectory(prefix="firstcall-bench-") as t:
         for name in a.only or list(BENCHES):
             try:
@@ -383,11 +636,16 @@ def main():
             f"One server thread each (--threads {a.threads}, coturn --relay-threads {a.threads}); on a 2-core "
             "machine the generator runs on the other core, and can itself be the limit: see achieved_rate in "
             "latest.json, which falls below the offered rate when the generator cannot keep up.",
+            "Signaling: both servers run with their default thread counts (a tokio runtime and GOMAXPROCS, "
+            "one thread per CPU) in a network namespace of the bench's own, and share the machine's CPUs with "
+            "the generator, so peak frames/s is bounded by the machine; server CPU per million frames is the "
+            "efficiency figure that does not depend on the generator.",
         ],
     }
     (out / "latest.json").write_text(json.dumps(doc, indent=1))
     (out / "latest.md").write_text(markdown(doc))
     plots(doc, out)
+    plot_signal(doc, out)
     print(markdown(doc))
     if failures:
         sys.exit(1)
