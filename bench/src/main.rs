@@ -236,7 +236,13 @@ async fn main() {
             let mut held = vec![];
             for &n in &counts {
                 let started = Instant::now();
-                let more = sig::open_idle(&proto, server, n - held.len(), conc).await.expect("open idle sessions");
+                let more = match sig::open_idle(&proto, server, n - held.len(), conc).await {
+                    Ok(more) => more,
+                    Err(e) => {
+                        println!("{}", json!({"result": {"points": points, "error": format!("at {n} sessions: {e}")}}));
+                        return;
+                    }
+                };
                 let secs = started.elapsed().as_secs_f64();
                 held.extend(more);
                 tokio::time::sleep(Duration::from_millis(1000)).await;

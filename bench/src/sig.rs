@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Which server protocol to speak.
@@ -75,7 +76,10 @@ async fn ws_open(server: SocketAddr, path: &str, i: usize) -> Result<Ws, String>
     sock.bind(source(i)).map_err(|e| format!("bind: {e}"))?;
     let tcp = sock.connect(server).await.map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{server}{path}"), tcp)
+    // A small read buffer: tungstenite zeroes the unused part of it on every read, and
+    // the default 128 KiB made the generator, not the server, the bottleneck.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}{path}"), tcp, Some(config))
         .await
         .map_err(|e| format!("websocket: {e}"))?;
     Ok(ws)
@@ -168,8 +172,20 @@ fn field_u64(t: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// What a connection has received (highest inbound seq) and acknowledged, shared with
+/// the ack flusher.
+#[derive(Default)]
+struct AckState {
+    last_in: AtomicU64,
+    acked: AtomicU64,
+}
+
+fn ack_frame(seq: u64) -> Message {
+    Message::text(format!(r#"{{"type":"ack","seq":{seq}}}"#))
+}
+
 /// Spawn the reader and writer of a load connection.
-fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> mpsc::UnboundedSender<Message> {
+fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (mpsc::UnboundedSender<Message>, Arc<AckState>) {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     tokio::spawn(async move {
@@ -189,25 +205,13 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> mpsc::UnboundedSender<Mess
     });
     let acks = tx.clone();
     let firstcall = matches!(proto, Proto::Firstcall);
+    let state = Arc::new(AckState::default());
+    let st = state.clone();
     tokio::spawn(async move {
-        let mut last_in = 0u64;
-        let mut acked = 0u64;
-        loop {
-            // Acks are coalesced as the SDK does: every 32 frames or after 50 ms of quiet.
-            let m = match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
-                Err(_) => {
-                    if firstcall && last_in > acked {
-                        acked = last_in;
-                        let _ = acks.send(Message::text(format!(r#"{{"type":"ack","seq":{last_in}}}"#)));
-                    }
-                    continue;
-                }
-                Ok(Some(Ok(m))) => m,
-                Ok(_) => {
-                    stats.closed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
+        // Acks are coalesced as the SDK does: every 32 frames here, and the rest by the
+        // flusher in `open_pairs` (no per-frame timer: that was the generator's bottleneck).
+        while let Some(m) = stream.next().await {
+            let Ok(m) = m else { break };
             let Message::Text(t) = m else { continue };
             if let Some(sent) = field_u64(&t, r#""usernameFragment":""#) {
                 let lat = now_us().saturating_sub(sent);
@@ -222,25 +226,56 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> mpsc::UnboundedSender<Mess
             } else if t.contains(r#""type":"ping""#) {
                 let _ = acks.send(Message::text(r#"{"type":"pong"}"#));
             }
-            if firstcall {
+            if firstcall && !t.contains(r#""type":"ack""#) {
                 if let Some(seq) = field_u64(&t, r#""seq":"#) {
-                    if !t.contains(r#""type":"ack""#) {
-                        last_in = last_in.max(seq);
-                        if last_in - acked >= 32 {
-                            acked = last_in;
-                            let _ = acks.send(Message::text(format!(r#"{{"type":"ack","seq":{last_in}}}"#)));
-                        }
+                    let last = st.last_in.fetch_max(seq, Ordering::Relaxed).max(seq);
+                    if last - st.acked.load(Ordering::Relaxed) >= 32 {
+                        st.acked.store(last, Ordering::Relaxed);
+                        let _ = acks.send(ack_frame(last));
                     }
                 }
             }
         }
+        stats.closed.fetch_add(1, Ordering::Relaxed);
     });
-    tx
+    (tx, state)
+}
+
+/// Acknowledge, within 100 ms, whatever the per-32 acks left pending. A tenth of the
+/// connections every 10 ms: acks for all of them at once would arrive at the server as
+/// one burst that delays the frames behind it, which real clients do not do.
+fn spawn_ack_flusher(conns: Vec<(mpsc::UnboundedSender<Message>, Arc<AckState>)>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let slice = conns.len().div_ceil(10).max(1);
+        let mut round = 0usize;
+        loop {
+            tick.tick().await;
+            let mut live = 0;
+            let from = (round % 10) * slice;
+            round += 1;
+            for (tx, st) in conns.iter().skip(from).take(slice) {
+                if tx.is_closed() {
+                    continue;
+                }
+                live += 1;
+                let last = st.last_in.load(Ordering::Relaxed);
+                if last > st.acked.load(Ordering::Relaxed) {
+                    st.acked.store(last, Ordering::Relaxed);
+                    let _ = tx.send(ack_frame(last));
+                }
+            }
+            if live == 0 && conns.iter().all(|(tx, _)| tx.is_closed()) {
+                return;
+            }
+        }
+    });
 }
 
 /// Open `pairs` pairs of sessions ready to exchange load frames.
 pub async fn open_pairs(proto: &Proto, server: SocketAddr, pairs: usize, stats: Arc<Stats>) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(pairs * 2);
+    let mut flush = Vec::with_capacity(pairs * 2);
     for p in 0..pairs {
         let (mut a, a_addr) = hello(proto, server, 2 * p).await?;
         let (mut b, b_addr) = hello(proto, server, 2 * p + 1).await?;
@@ -263,8 +298,15 @@ pub async fn open_pairs(proto: &Proto, server: SocketAddr, pairs: usize, stats: 
             }
         }
         // Each side's address is the other's recipient.
-        conns.push(Conn { tx: drive(proto, a, stats.clone()), address: b_addr, seq: 1, call: call.clone() });
-        conns.push(Conn { tx: drive(proto, b, stats.clone()), address: a_addr, seq: 1, call });
+        let (atx, ast) = drive(proto, a, stats.clone());
+        let (btx, bst) = drive(proto, b, stats.clone());
+        flush.push((atx.clone(), ast));
+        flush.push((btx.clone(), bst));
+        conns.push(Conn { tx: atx, address: b_addr, seq: 1, call: call.clone() });
+        conns.push(Conn { tx: btx, address: a_addr, seq: 1, call });
+    }
+    if let Proto::Firstcall = proto {
+        spawn_ack_flusher(flush);
     }
     Ok(conns)
 }
