@@ -572,7 +572,7 @@ def plot_signal(doc, out):
         return
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for r in sig:
-        steps = r.get("steps") or []
+        steps = sorted(r.get("steps") or [], key=lambda x: x["rate"])
         a1.plot([x["rate"] / 1000 for x in steps], [x["p99_ms"] for x in steps], "o-", label=r["server"])
         idle = r.get("idle") or []
         a2.plot([x["sessions"] for x in idle], [x["bytes_per_session"] / 1024 for x in idle], "o-", label=r["server"])

@@ -233,3 +233,75 @@ test("a send that throws keeps the frame and resumes", () => {
   welcome(sockets.at(-1), { resumed: true, last_seq: 0 });
   assert.deepEqual(types(sockets.at(-1)), ["hello", "call.invite"]);
 });
+
+// Pre-warming: the Client keeps one peer connection gathering (TURN allocations included)
+// before any call, so the first call does not wait two round trips per TURN server.
+import { createClient } from "../sdk/dist/firstcall.js";
+
+function clientWorld(options = {}) {
+  const w = world();
+  const pcs = [];
+  class FakePC {
+    constructor(config) {
+      this.config = config;
+      this.signalingState = "stable";
+      pcs.push(this);
+    }
+    close() {
+      this.signalingState = "closed";
+    }
+  }
+  const env = { ...w.s.env, WebSocket: w.s.env.WebSocket, RTCPeerConnection: FakePC };
+  const sockets = [];
+  class WS extends env.WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env: { ...env, WebSocket: WS }, ...options });
+  return { c, pcs, sockets, clock: w.clock };
+}
+
+const turn = (cred) => [{ urls: ["turn:192.0.2.1:3478?transport=udp"], username: "1:alice", credential: cred }];
+const welcomeFrame = (extra) => ({ type: "welcome", session: "S1", user: "alice", device: "dev1", resumed: false, last_seq: 0, heartbeat_ms: 1000, ...extra });
+
+test("a welcome with ICE servers pre-warms one peer connection; unchanged servers reuse it", () => {
+  const { c, pcs, sockets } = clientWorld();
+  assert.equal(pcs.length, 0, "nothing before ICE servers are known");
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  assert.equal(pcs.length, 1);
+  assert.equal(pcs[0].config.iceCandidatePoolSize, 1);
+  assert.deepEqual(pcs[0].config.iceServers, turn("p1"));
+  // A resume with the same servers keeps the warm one.
+  sockets[0].deliver(welcomeFrame({ resumed: true, ice_servers: turn("p1") }));
+  assert.equal(pcs.length, 1);
+  // The call takes it when its configuration matches; then there is none left.
+  assert.equal(c.takeWarmPeer(c.rtcConfiguration()), pcs[0]);
+  assert.equal(c.takeWarmPeer(c.rtcConfiguration()), null);
+});
+
+test("refreshed ICE servers replace the warm peer connection; close() releases it", () => {
+  const { c, pcs, sockets } = clientWorld();
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  sockets[0].deliver({ type: "ice_servers", seq: 1, ice_servers: turn("p2"), ice_ttl: 3600 });
+  assert.equal(pcs.length, 2);
+  assert.equal(pcs[0].signalingState, "closed", "stale credentials would fail their TURN refreshes");
+  assert.deepEqual(pcs[1].config.iceServers, turn("p2"));
+  // A warm connection built for other settings is never handed to a call.
+  assert.equal(c.takeWarmPeer({ iceServers: turn("p1") }), null);
+  assert.equal(pcs[1].signalingState, "closed");
+  c.prewarm();
+  assert.equal(pcs.length, 3);
+  c.close();
+  assert.equal(pcs[2].signalingState, "closed");
+});
+
+test("prewarm: false never builds a peer connection ahead of a call", () => {
+  const { pcs, sockets } = clientWorld({ prewarm: false });
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  assert.equal(pcs.length, 0);
+});
