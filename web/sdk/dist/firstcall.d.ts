@@ -177,6 +177,8 @@ export declare class Call extends Emitter {
         remote: Record<string, number>;
     };
     connectMs: number | null;
+    /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
+    iceConnectedMs: number | null;
     selectedPair: {
         local: string;
         remote: string;

@@ -7,12 +7,15 @@
 //   the socket is up is queued, never dropped;
 // - tears the socket down and resumes when the network changes or heartbeats stop;
 // - holds ICE servers from the welcome before the first call, and swaps in fresh ones;
+//   keeps one peer connection gathering (TURN allocations included) before each call so
+//   the call does not wait for them (`prewarm: false` turns this off);
 // - trickles each candidate the moment it is found, buffers remote candidates until the
 //   remote description is set, and sends end-of-candidates;
 // - restarts ICE within the same call on `failed`, or on `disconnected` beyond a grace
 //   period; a call that cannot connect in 45 s hangs up with `ice_failed`;
 // - reports `call.connected` with the selected pair's types and the time it took;
-// - keeps a timeline of everything that happened, per call.
+// - keeps a timeline of everything that happened, per call, including every STUN/TURN
+//   server that could not be reached or refused (`candidate error`).
 
 export type Media = "audio" | "video";
 export type ClientState = "connecting" | "connected" | "reconnecting" | "closed";
@@ -566,6 +569,8 @@ export class Call extends Emitter {
   /** Candidate counts by type, gathered locally and received from the peer. */
   readonly candidates = { local: {} as Record<string, number>, remote: {} as Record<string, number> };
   connectMs: number | null = null;
+  /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
+  iceConnectedMs: number | null = null;
   selectedPair: { local: string; remote: string; protocol: string } | null = null;
   /** @internal */ offer: string | null = null;
   /** @internal */ fromDevice: string | null = null;
@@ -764,7 +769,10 @@ export class Call extends Emitter {
   }
 
   private onIceState(s: RTCIceConnectionState): void {
-    this.mark(`ice ${s}`);
+    if ((s === "connected" || s === "completed") && this.iceConnectedMs === null) {
+      this.iceConnectedMs = this.client.env.now() - this.t0;
+      this.mark(`ice ${s}`, { ms: this.iceConnectedMs });
+    } else this.mark(`ice ${s}`);
     const env = this.client.env;
     if (s === "failed") this.restartIce("ice failed");
     else if (s === "disconnected") {
