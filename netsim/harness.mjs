@@ -59,11 +59,23 @@ async function waitHealthy(lab, proc, logFile) {
   throw new Error("firstcall not healthy in 20 s");
 }
 
+/** Navigate, retrying (3 tries) only when Chromium aborts the load for a network change. */
+async function gotoRetrying(page, url) {
+  for (let i = 0; ; i++) {
+    try {
+      return await page.goto(url);
+    } catch (e) {
+      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
+      process.stderr.write(`  (network change while loading ${url}; retrying)\n`);
+    }
+  }
+}
+
 /** A page in `ns` with an SDK client for `user`; incoming calls auto-accepted. */
 async function openPage(browser, user, { create = false } = {}) {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
-  await page.goto(`${ORIGIN}/healthz`);
+  await gotoRetrying(page, `${ORIGIN}/healthz`);
   if (!create) {
     await page.evaluate(async (user) => {
       const sdk = await import("/sdk/firstcall.js");

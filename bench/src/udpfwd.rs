@@ -1,76 +1,109 @@
 //! `firstcall-udpfwd --listen ADDR`: the physical limit for the relay benchmark.
 //!
-//! The same two hops a TURN relay makes, with no TURN logic: a datagram from A
+//! The same path a TURN relay gives a packet, with no TURN logic: a datagram from A
 //! (`D` + flow id + payload) enters on the listener, leaves through the flow's own
-//! relay socket to the forwarder's second socket (the "peer" hop through the kernel),
-//! and goes out of the listener to B (registered with `R` + flow id). Reads use the
-//! same batched calls (quinn-udp recvmmsg/GRO) as firstcall's listener.
+//! relay socket to the flow's second relay socket (the "peer" hop between two
+//! allocations, through the kernel), and goes out of the listener to B (registered with
+//! `R` + flow id). Each flow gets its own pair of relay sockets, as two TURN allocations
+//! do. Reads use the same batched calls (quinn-udp recvmmsg/GRO) as firstcall; sends are
+//! direct `sendto` calls, as firstcall's are (tokio's `try_send_to` refuses a send until
+//! its reactor has seen the socket writable, which drops packets the kernel would take).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use tokio::net::UdpSocket;
 
 const SLOT: usize = 64 * 1024;
 
+/// One flow: where B is, and the relay socket pair its packets cross.
+struct Route {
+    out: Rc<UdpSocket>,
+    hop_in: SocketAddr,
+}
+
+fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
+    let _ = socket2::SockRef::from(sock).send_to(data, &to.into());
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let listen: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("usage: firstcall-udpfwd --listen ADDR");
-    let l = std::sync::Arc::new(UdpSocket::bind(listen).await?);
-    // The peer hop: every flow sends from `hop_out` to `hop_in`, as one relay to another.
-    let hop_in = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let hop_out = UdpSocket::bind("127.0.0.1:0").await?;
-    let hop_in_addr = hop_in.local_addr()?;
-    let routes: std::rc::Rc<std::cell::RefCell<HashMap<[u8; 4], SocketAddr>>> = Default::default();
+    let l = Rc::new(UdpSocket::bind(listen).await?);
+    let routes: Rc<RefCell<HashMap<[u8; 4], Route>>> = Default::default();
     let local = tokio::task::LocalSet::new();
-    let (l2, routes2, hop_in2) = (l.clone(), routes.clone(), hop_in.clone());
-    local.spawn_local(async move {
-        let state = UdpSocketState::new((&*hop_in2).into()).expect("socket state");
-        pump(&hop_in2, &state, |data, _from| {
-            if data.len() >= 5 {
-                let id: [u8; 4] = data[1..5].try_into().expect("4 bytes");
-                if let Some(b) = routes2.borrow().get(&id) {
-                    let _ = l2.try_send_to(data, *b);
-                }
-            }
-        })
-        .await;
-    });
     local
         .run_until(async move {
             let state = UdpSocketState::new((&*l).into()).expect("socket state");
-            pump(&l, &state, |data, from| match data.first() {
-                Some(b'R') if data.len() >= 5 => {
-                    routes.borrow_mut().insert(data[1..5].try_into().expect("4 bytes"), from);
-                    let _ = l.try_send_to(b"ok", from);
+            let pending: RefCell<Vec<(SocketAddr, [u8; 4])>> = RefCell::default();
+            loop {
+                pump_once(&l, &state, |data, from| match data.first() {
+                    Some(b'R') if data.len() >= 5 => {
+                        let id: [u8; 4] = data[1..5].try_into().expect("4 bytes");
+                        pending.borrow_mut().push((from, id));
+                    }
+                    Some(b'D') if data.len() >= 5 => {
+                        let id: [u8; 4] = data[1..5].try_into().expect("4 bytes");
+                        if let Some(r) = routes.borrow().get(&id) {
+                            send(&r.out, data, r.hop_in);
+                        }
+                    }
+                    _ => {}
+                })
+                .await;
+                // New flows: a relay socket pair each, and a reader on the far one.
+                for (b, id) in pending.borrow_mut().drain(..) {
+                    if routes.borrow().contains_key(&id) {
+                        send(&l, b"ok", b);
+                        continue;
+                    }
+                    let (Ok(out), Ok(hop_in)) = (UdpSocket::bind("127.0.0.1:0").await, UdpSocket::bind("127.0.0.1:0").await) else {
+                        continue;
+                    };
+                    let Ok(hop_in_addr) = hop_in.local_addr() else { continue };
+                    routes.borrow_mut().insert(id, Route { out: Rc::new(out), hop_in: hop_in_addr });
+                    let l2 = l.clone();
+                    tokio::task::spawn_local(async move {
+                        let state = UdpSocketState::new((&hop_in).into()).expect("socket state");
+                        loop {
+                            if !pump_once(&hop_in, &state, |data, _| send(&l2, data, b)).await {
+                                return;
+                            }
+                        }
+                    });
+                    send(&l, b"ok", b);
                 }
-                Some(b'D') => {
-                    let _ = hop_out.try_send_to(data, hop_in_addr);
-                }
-                _ => {}
-            })
-            .await;
+            }
         })
         .await;
     Ok(())
 }
 
-async fn pump(sock: &UdpSocket, state: &UdpSocketState, mut f: impl FnMut(&[u8], SocketAddr)) {
-    let mut storage = vec![0u8; BATCH_SIZE * SLOT];
-    let mut metas = [RecvMeta::default(); BATCH_SIZE];
-    loop {
+thread_local! {
+    static STORAGE: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BATCH_SIZE * SLOT]);
+}
+
+/// Wait for one batch on `sock` and hand each datagram to `f`. False when the socket failed.
+async fn pump_once(sock: &UdpSocket, state: &UdpSocketState, mut f: impl FnMut(&[u8], SocketAddr)) -> bool {
+    if sock.readable().await.is_err() {
+        return false;
+    }
+    // One buffer shared by every socket of this thread: a batch is handled before the next wait.
+    STORAGE.with(|storage| {
+        let mut storage = storage.borrow_mut();
+        let mut metas = [RecvMeta::default(); BATCH_SIZE];
         let n = {
             let mut slots = storage.chunks_mut(SLOT);
-            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("slots")));
-            if sock.readable().await.is_err() {
-                return;
-            }
+            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
             match sock.try_io(tokio::io::Interest::READABLE, || state.recv(sock.into(), &mut iovs, &mut metas)) {
                 Ok(n) => n,
-                Err(_) => continue,
+                Err(_) => return true,
             }
         };
         for (i, m) in metas.iter().take(n).enumerate() {
@@ -79,5 +112,6 @@ async fn pump(sock: &UdpSocket, state: &UdpSocketState, mut f: impl FnMut(&[u8],
                 f(d, m.addr);
             }
         }
-    }
+        true
+    })
 }

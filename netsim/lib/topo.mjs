@@ -32,6 +32,11 @@ export class Lab {
     const full = `${this.prefix}-${name}`;
     run(["ip", "netns", "add", full]);
     this.namespaces.push(full);
+    // No IPv6 duplicate-address detection: its completion a second or two after a link
+    // comes up is an address change that Chromium reports as a network change, aborting
+    // page loads (ERR_NETWORK_CHANGED) and resetting ICE gathering mid-call.
+    this.sysctl(full, "net.ipv6.conf.default.accept_dad=0");
+    this.sysctl(full, "net.ipv6.conf.all.accept_dad=0");
     this.ip(full, "link", "set", "lo", "up");
     return full;
   }

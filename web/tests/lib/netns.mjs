@@ -24,6 +24,12 @@ export class NetNs {
     this.addr = addr.split("/")[0];
     ip("netns", "add", this.name);
     try {
+      // No IPv6 duplicate-address detection: its completion shortly after the veth comes
+      // up is an address change Chromium treats as a network change (ERR_NETWORK_CHANGED,
+      // ICE gathering reset), which made early calls in a fresh namespace flaky.
+      for (const k of ["default", "all"]) {
+        execFileSync("ip", ["netns", "exec", this.name, "sysctl", "-qw", `net.ipv6.conf.${k}.accept_dad=0`]);
+      }
       ip("-n", this.name, "link", "set", "lo", "up");
       ip("-n", this.name, "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p");
       ip("-n", this.name, "addr", "add", addr, "dev", "wan0");

@@ -4,7 +4,15 @@
 export async function openClient(browser, origin, user, { mode = "connect", options = {}, autoAccept = false } = {}) {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
-  await page.goto(`${origin}/healthz`);
+  // Chromium aborts a load on a network change (ERR_NETWORK_CHANGED); retry that only.
+  for (let i = 0; ; i++) {
+    try {
+      await page.goto(`${origin}/healthz`);
+      break;
+    } catch (e) {
+      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
+    }
+  }
   await page.evaluate(
     async ({ user, mode, options, autoAccept }) => {
       const sdk = await import("/sdk/firstcall.js");
