@@ -26,6 +26,14 @@ struct Route {
     hop_in: SocketAddr,
 }
 
+/// The buffer sizes firstcall's TURN driver asks for: 4 MiB on the listener, 1 MiB on
+/// relay sockets (the kernel caps both at net.core.rmem_max/wmem_max).
+fn buffers(sock: &UdpSocket, bytes: usize) {
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(bytes);
+    let _ = s.set_send_buffer_size(bytes);
+}
+
 fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
     let _ = socket2::SockRef::from(sock).send_to(data, &to.into());
 }
@@ -35,6 +43,7 @@ async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let listen: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("usage: firstcall-udpfwd --listen ADDR");
     let l = Rc::new(UdpSocket::bind(listen).await?);
+    buffers(&l, 4 << 20);
     let routes: Rc<RefCell<HashMap<[u8; 4], Route>>> = Default::default();
     let local = tokio::task::LocalSet::new();
     local
@@ -66,6 +75,8 @@ async fn main() -> std::io::Result<()> {
                         continue;
                     };
                     let Ok(hop_in_addr) = hop_in.local_addr() else { continue };
+                    buffers(&out, 1 << 20);
+                    buffers(&hop_in, 1 << 20);
                     routes.borrow_mut().insert(id, Route { out: Rc::new(out), hop_in: hop_in_addr });
                     let l2 = l.clone();
                     tokio::task::spawn_local(async move {
