@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Lab } from "./lib/topo.mjs";
-import { launchIn } from "../web/tests/lib/browser.mjs";
+import { launchIn, gotoRetrying } from "../web/tests/lib/browser.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
@@ -57,18 +57,6 @@ async function waitHealthy(lab, proc, logFile) {
     }
   }
   throw new Error("firstcall not healthy in 20 s");
-}
-
-/** Navigate, retrying (3 tries) only when Chromium aborts the load for a network change. */
-async function gotoRetrying(page, url) {
-  for (let i = 0; ; i++) {
-    try {
-      return await page.goto(url);
-    } catch (e) {
-      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
-      process.stderr.write(`  (network change while loading ${url}; retrying)\n`);
-    }
-  }
 }
 
 /** A page in `ns` with an SDK client for `user`; incoming calls auto-accepted. */
@@ -223,7 +211,7 @@ async function placeCalls(sc, calls, hostA, hostB, nat, closers, logFile) {
     await sleep(200);
   }
   const serverLog = readFileSync(logFile, "utf8");
-  if (process.env.NETSIM_TIMELINES) (await import("node:fs")).writeFileSync(process.env.NETSIM_TIMELINES, JSON.stringify(records, null, 1));
+  if (process.env.NETSIM_TIMELINES) writeFileSync(process.env.NETSIM_TIMELINES, JSON.stringify(records, null, 1));
   return { records, nat, relayAllocations: (serverLog.match(/allocation created/g) ?? []).length };
 }
 

@@ -23,10 +23,63 @@ async fn proto(m: &HashMap<String, String>) -> sig::Proto {
     match m.get("proto").map(String::as_str) {
         Some("spreed") => {
             let ip: std::net::IpAddr = get(m, "backend-ip", Some("127.0.0.1".parse().expect("literal address")));
-            let addr = sig::fake_spreed_backend(SocketAddr::new(ip, 0)).await.expect("fake backend binds");
-            sig::Proto::Spreed { backend: format!("http://{addr}/ocs/v2.php/apps/spreed/api/v1/signaling/backend") }
+            let addr = sig::fake_spreed_backend(SocketAddr::new(ip, 0))
+                .await
+                .expect("fake backend binds");
+            sig::Proto::Spreed {
+                backend: format!("http://{addr}/ocs/v2.php/apps/spreed/api/v1/signaling/backend"),
+            }
         }
         _ => sig::Proto::Firstcall,
+    }
+}
+
+/// The offered-rate search of both load benchmarks: step the rate up by 1.4x until a
+/// step fails, then narrow the gap between the highest passing and the lowest failing rate
+/// three times (geometric midpoint).
+struct PeakSearch {
+    rate: u64,
+    max: u64,
+    good: u64,
+    bad: Option<u64>,
+    refinements: u32,
+}
+
+impl PeakSearch {
+    fn new(start: u64, max: u64) -> Self {
+        PeakSearch {
+            rate: start,
+            max,
+            good: 0,
+            bad: None,
+            refinements: 0,
+        }
+    }
+
+    /// The rate to offer next, or `None` when the search is over.
+    fn next(&self) -> Option<u64> {
+        let narrowed = self.bad.is_some() && (self.refinements > 2 || (self.good > 0 && self.rate <= self.good));
+        (self.rate <= self.max && !narrowed).then_some(self.rate)
+    }
+
+    /// Record the outcome of the rate `next` gave; true when it is the best so far.
+    fn record(&mut self, ok: bool) -> bool {
+        let rate = self.rate;
+        let best = ok && rate > self.good;
+        if best {
+            self.good = rate;
+        }
+        if !ok {
+            self.bad = Some(self.bad.map_or(rate, |b| b.min(rate)));
+        }
+        self.rate = match self.bad {
+            None => (rate as f64 * 1.4) as u64,
+            Some(b) => {
+                self.refinements += 1;
+                ((self.good.max(1) as f64 * b as f64).sqrt()) as u64
+            }
+        };
+        best
     }
 }
 
@@ -65,12 +118,18 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn creds(m: &HashMap<String, String>) -> Credentials {
     let secret: String = get(m, "secret", Some("bench-secret".into()));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (username, password) = rest_credential(&Secret::new(secret), "bench", now + 7200);
     Credentials { username, password }
 }
@@ -85,8 +144,7 @@ async fn main() {
             let kind: String = get(&m, "kind", Some("turn".into()));
             let n: usize = get(&m, "flows", Some(1));
             let size: usize = get(&m, "size", Some(100));
-            let mut rate: u64 = get(&m, "start", Some(10_000));
-            let max: u64 = get(&m, "max", Some(1_000_000));
+            let mut search = PeakSearch::new(get(&m, "start", Some(10_000)), get(&m, "max", Some(1_000_000)));
             let dur = Duration::from_millis(get(&m, "duration-ms", Some(2000)));
             let flows = if kind == "bare" {
                 load::bare_flows(server, n).await.expect("bare forwarder flows")
@@ -94,35 +152,27 @@ async fn main() {
                 load::turn_flows(server, &creds(&m), n).await.expect("TURN flows")
             };
             let mut best: Option<serde_json::Value> = None;
-            let mut good = 0u64;
-            let mut bad = None;
-            // Step the offered rate up by 1.4x until loss exceeds 1%, then narrow the gap
-            // between the last good and the first bad rate twice (geometric midpoint).
-            let mut refinements = 0;
-            loop {
-                if rate > max || (bad.is_some() && refinements > 2) {
-                    break;
-                }
+            // A step passes with at most 1% loss.
+            while let Some(rate) = search.next() {
                 let cpu0 = cpu_seconds(pid);
                 let r = load::run(&flows, size, rate, dur).await;
                 let cpu = cpu_seconds(pid) - cpu0;
                 let loss = r.loss();
-                let per_million = if r.received > 0 { cpu / r.received as f64 * 1e6 } else { 0.0 };
-                let achieved = r.sent as f64 / r.duration.as_secs_f64();
-                println!("{}", json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received, "loss": loss, "cpu_s": cpu, "cpu_s_per_million": per_million}));
-                if loss > 0.01 {
-                    bad = Some(rate);
-                } else if rate > good {
-                    good = rate;
-                    best = Some(json!({"rate": rate, "achieved_rate": achieved, "loss": loss, "cpu_s_per_million": per_million, "mbit_s": achieved * size as f64 * 8.0 / 1e6}));
-                }
-                rate = match bad {
-                    None => (rate as f64 * 1.4) as u64,
-                    Some(b) => {
-                        refinements += 1;
-                        ((good.max(1) as f64 * b as f64).sqrt()) as u64
-                    }
+                let per_million = if r.received > 0 {
+                    cpu / r.received as f64 * 1e6
+                } else {
+                    0.0
                 };
+                let achieved = r.sent as f64 / r.duration.as_secs_f64();
+                println!(
+                    "{}",
+                    json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received, "loss": loss, "cpu_s": cpu, "cpu_s_per_million": per_million})
+                );
+                if search.record(loss <= 0.01) {
+                    best = Some(
+                        json!({"rate": rate, "achieved_rate": achieved, "loss": loss, "cpu_s_per_million": per_million, "mbit_s": achieved * size as f64 * 8.0 / 1e6}),
+                    );
+                }
             }
             println!("{}", json!({"result": best}));
         }
@@ -158,69 +208,62 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let rss1 = rss_kib(pid);
             let ok = held.len();
-            println!("{}", json!({"result": {
-                "allocations": ok, "failures": failures, "concurrency": conc, "seconds": secs, "per_second": ok as f64 / secs,
-                "rss_before_kib": rss0, "rss_after_kib": rss1,
-                "bytes_per_allocation": if ok > 0 { (rss1.saturating_sub(rss0)) as f64 * 1024.0 / ok as f64 } else { 0.0 },
-            }}));
+            println!(
+                "{}",
+                json!({"result": {
+                    "allocations": ok, "failures": failures, "concurrency": conc, "seconds": secs, "per_second": ok as f64 / secs,
+                    "rss_before_kib": rss0, "rss_after_kib": rss1,
+                    "bytes_per_allocation": if ok > 0 { (rss1.saturating_sub(rss0)) as f64 * 1024.0 / ok as f64 } else { 0.0 },
+                }})
+            );
         }
         "signal" => {
             let proto = proto(&m).await;
             let pairs: usize = get(&m, "pairs", Some(100));
-            let mut rate: u64 = get(&m, "start", Some(2_000));
-            let max: u64 = get(&m, "max", Some(1_000_000));
+            let start: u64 = get(&m, "start", Some(2_000));
+            let mut search = PeakSearch::new(start, get(&m, "max", Some(1_000_000)));
             let dur = Duration::from_millis(get(&m, "duration-ms", Some(2000)));
             let grace = Duration::from_millis(1000);
             let stats = std::sync::Arc::new(sig::Stats::default());
-            let mut conns = sig::open_pairs(&proto, server, pairs, stats.clone()).await.expect("open session pairs");
+            let mut conns = sig::open_pairs(&proto, server, pairs, stats.clone())
+                .await
+                .expect("open session pairs");
             // Warm-up: the first frames on a connection pay for buffers and caches.
-            sig::run_step(&proto, &mut conns, &stats, rate / 2, Duration::from_millis(300), grace).await;
-            let (mut good, mut bad, mut refinements) = (0u64, None::<u64>, 0);
+            sig::run_step(&proto, &mut conns, &stats, start / 2, Duration::from_millis(300), grace).await;
             let mut best = json!(null);
             // A step passes when at least 99% of frames arrive within the grace period and
             // p99 latency stays under 250 ms (beyond that the server is queueing, not keeping up).
-            loop {
-                if rate > max || (bad.is_some() && refinements > 2) {
-                    break;
-                }
+            while let Some(rate) = search.next() {
                 let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
                 let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
                 let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
                 let delivered = r.received as f64 / r.sent.max(1) as f64;
                 let achieved = r.sent as f64 / r.secs;
                 let ok = delivered >= 0.99 && r.p99_ms < 250.0 && r.errors == 0 && achieved >= 0.95 * rate as f64;
-                println!("{}", json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
-                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok}));
-                if ok {
-                    if rate > good {
-                        good = rate;
-                        best = json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
-                            "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
-                            "generator_cpu_share": me / r.secs});
-                    }
-                } else {
-                    bad = Some(bad.map_or(rate, |b: u64| b.min(rate)));
-                }
-                rate = match bad {
-                    None => (rate as f64 * 1.4) as u64,
-                    Some(b) => {
-                        refinements += 1;
-                        ((good.max(1) as f64 * b as f64).sqrt()) as u64
-                    }
-                };
-                if bad.is_some() && good > 0 && rate <= good {
-                    break;
+                println!(
+                    "{}",
+                    json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
+                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok})
+                );
+                if search.record(ok) {
+                    best = json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
+                        "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
+                        "generator_cpu_share": me / r.secs});
                 }
             }
             // Latency at half of the peak, the figure the target names.
-            let half = json!(if good > 0 {
+            let good = search.good;
+            let half = if good > 0 {
                 let r = sig::run_step(&proto, &mut conns, &stats, good / 2, dur, grace).await;
                 json!({"rate": good / 2, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms})
             } else {
                 json!(null)
-            });
+            };
             let closed = stats.closed.load(std::sync::atomic::Ordering::Relaxed);
-            println!("{}", json!({"result": {"peak": best, "half_peak": half, "pairs": pairs, "sockets_closed": closed}}));
+            println!(
+                "{}",
+                json!({"result": {"peak": best, "half_peak": half, "pairs": pairs, "sockets_closed": closed}})
+            );
         }
         "signal-idle" => {
             let proto = proto(&m).await;
@@ -239,7 +282,10 @@ async fn main() {
                 let more = match sig::open_idle(&proto, server, n - held.len(), conc).await {
                     Ok(more) => more,
                     Err(e) => {
-                        println!("{}", json!({"result": {"points": points, "error": format!("at {n} sessions: {e}")}}));
+                        println!(
+                            "{}",
+                            json!({"result": {"points": points, "error": format!("at {n} sessions: {e}")}})
+                        );
                         return;
                     }
                 };
@@ -248,7 +294,10 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 let rss = rss_kib(pid);
                 let per = (rss.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
-                println!("{}", json!({"step": true, "sessions": n, "rss_kib": rss, "bytes_per_session": per}));
+                println!(
+                    "{}",
+                    json!({"step": true, "sessions": n, "rss_kib": rss, "bytes_per_session": per})
+                );
                 points.push(json!({"sessions": n, "rss_before_kib": rss0, "rss_kib": rss, "bytes_per_session": per, "open_seconds": secs}));
             }
             println!("{}", json!({"result": {"points": points}}));

@@ -33,8 +33,6 @@ pub enum Proto {
 /// Counters shared by every connection of a run.
 #[derive(Default)]
 pub struct Stats {
-    /// Frames handed to sockets.
-    pub sent: AtomicU64,
     /// Load frames delivered to their recipient.
     pub received: AtomicU64,
     /// Error frames received (rate limits, refusals).
@@ -139,7 +137,12 @@ pub async fn hello(proto: &Proto, server: SocketAddr, i: usize) -> Result<(Ws, S
 }
 
 /// Open `n` idle sessions, `conc` at a time. They answer pings until dropped.
-pub async fn open_idle(proto: &Proto, server: SocketAddr, n: usize, conc: usize) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+pub async fn open_idle(
+    proto: &Proto,
+    server: SocketAddr,
+    n: usize,
+    conc: usize,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
@@ -273,7 +276,12 @@ fn spawn_ack_flusher(conns: Vec<(mpsc::UnboundedSender<Message>, Arc<AckState>)>
 }
 
 /// Open `pairs` pairs of sessions ready to exchange load frames.
-pub async fn open_pairs(proto: &Proto, server: SocketAddr, pairs: usize, stats: Arc<Stats>) -> Result<Vec<Conn>, String> {
+pub async fn open_pairs(
+    proto: &Proto,
+    server: SocketAddr,
+    pairs: usize,
+    stats: Arc<Stats>,
+) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(pairs * 2);
     let mut flush = Vec::with_capacity(pairs * 2);
     for p in 0..pairs {
@@ -283,10 +291,14 @@ pub async fn open_pairs(proto: &Proto, server: SocketAddr, pairs: usize, stats: 
         if let Proto::Firstcall = proto {
             // A call between the two, so that call.signal is accepted.
             let inv = json!({"type": "call.invite", "seq": 1, "call": call, "to": b_addr, "media": "audio", "sdp": "v=0\r\n"});
-            a.send(Message::text(inv.to_string())).await.map_err(|e| e.to_string())?;
+            a.send(Message::text(inv.to_string()))
+                .await
+                .map_err(|e| e.to_string())?;
             while !next_text(&mut b).await?.contains(r#""type":"call.incoming""#) {}
             let acc = json!({"type": "call.accept", "seq": 1, "call": call, "sdp": "v=0\r\n"});
-            b.send(Message::text(acc.to_string())).await.map_err(|e| e.to_string())?;
+            b.send(Message::text(acc.to_string()))
+                .await
+                .map_err(|e| e.to_string())?;
             loop {
                 let t = next_text(&mut a).await?;
                 if t.contains(r#""type":"call.accepted""#) {
@@ -302,8 +314,18 @@ pub async fn open_pairs(proto: &Proto, server: SocketAddr, pairs: usize, stats: 
         let (btx, bst) = drive(proto, b, stats.clone());
         flush.push((atx.clone(), ast));
         flush.push((btx.clone(), bst));
-        conns.push(Conn { tx: atx, address: b_addr, seq: 1, call: call.clone() });
-        conns.push(Conn { tx: btx, address: a_addr, seq: 1, call });
+        conns.push(Conn {
+            tx: atx,
+            address: b_addr,
+            seq: 1,
+            call: call.clone(),
+        });
+        conns.push(Conn {
+            tx: btx,
+            address: a_addr,
+            seq: 1,
+            call,
+        });
     }
     if let Proto::Firstcall = proto {
         spawn_ack_flusher(flush);
@@ -319,7 +341,10 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
     match proto {
         Proto::Firstcall => {
             c.seq += 1;
-            format!(r#"{{"type":"call.signal","seq":{},"call":"{}","data":{cand}}}"#, c.seq, c.call)
+            format!(
+                r#"{{"type":"call.signal","seq":{},"call":"{}","data":{cand}}}"#,
+                c.seq, c.call
+            )
         }
         Proto::Spreed { .. } => format!(
             r#"{{"type":"message","message":{{"recipient":{{"type":"session","sessionid":"{}"}},"data":{cand}}}}}"#,
@@ -346,7 +371,14 @@ pub struct Step {
 
 /// Offer `rate` frames/s for `dur`, round-robin over `conns`, then wait up to
 /// `grace` for stragglers.
-pub async fn run_step(proto: &Proto, conns: &mut [Conn], stats: &Stats, rate: u64, dur: Duration, grace: Duration) -> Step {
+pub async fn run_step(
+    proto: &Proto,
+    conns: &mut [Conn],
+    stats: &Stats,
+    rate: u64,
+    dur: Duration,
+    grace: Duration,
+) -> Step {
     let recv0 = stats.received.load(Ordering::Relaxed);
     let err0 = stats.errors.load(Ordering::Relaxed);
     if let Ok(mut l) = stats.latencies.lock() {
@@ -370,7 +402,6 @@ pub async fn run_step(proto: &Proto, conns: &mut [Conn], stats: &Stats, rate: u6
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    stats.sent.fetch_add(sent, Ordering::Relaxed);
     let deadline = Instant::now() + grace;
     while stats.received.load(Ordering::Relaxed) - recv0 < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -378,8 +409,21 @@ pub async fn run_step(proto: &Proto, conns: &mut [Conn], stats: &Stats, rate: u6
     let received = stats.received.load(Ordering::Relaxed) - recv0;
     let mut l = stats.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     l.sort_unstable();
-    let pct = |p: f64| if l.is_empty() { 0.0 } else { l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0 };
-    Step { sent, received, secs, p50_ms: pct(0.5), p99_ms: pct(0.99), errors: stats.errors.load(Ordering::Relaxed) - err0 }
+    let pct = |p: f64| {
+        if l.is_empty() {
+            0.0
+        } else {
+            l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
+    };
+    Step {
+        sent,
+        received,
+        secs,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        errors: stats.errors.load(Ordering::Relaxed) - err0,
+    }
 }
 
 /// A stand-in for the Nextcloud backend that spreed asks to authorise each hello:

@@ -41,24 +41,29 @@ fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let listen: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect("usage: firstcall-udpfwd --listen ADDR");
+    let listen: SocketAddr = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .expect("usage: firstcall-udpfwd --listen ADDR");
     let l = Rc::new(UdpSocket::bind(listen).await?);
     buffers(&l, 4 << 20);
-    let routes: Rc<RefCell<HashMap<[u8; 4], Route>>> = Default::default();
+    // Only this task touches the routes and the new registrations; the readers spawned
+    // per flow need nothing but their own socket, B's address and the listener.
+    let mut routes: HashMap<[u8; 4], Route> = HashMap::new();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
             let state = UdpSocketState::new((&*l).into()).expect("socket state");
-            let pending: RefCell<Vec<(SocketAddr, [u8; 4])>> = RefCell::default();
+            let mut pending: Vec<(SocketAddr, [u8; 4])> = Vec::new();
             loop {
                 pump_once(&l, &state, |data, from| match data.first() {
                     Some(b'R') if data.len() >= 5 => {
                         let id: [u8; 4] = data[1..5].try_into().expect("4 bytes");
-                        pending.borrow_mut().push((from, id));
+                        pending.push((from, id));
                     }
                     Some(b'D') if data.len() >= 5 => {
                         let id: [u8; 4] = data[1..5].try_into().expect("4 bytes");
-                        if let Some(r) = routes.borrow().get(&id) {
+                        if let Some(r) = routes.get(&id) {
                             send(&r.out, data, r.hop_in);
                         }
                     }
@@ -66,18 +71,27 @@ async fn main() -> std::io::Result<()> {
                 })
                 .await;
                 // New flows: a relay socket pair each, and a reader on the far one.
-                for (b, id) in pending.borrow_mut().drain(..) {
-                    if routes.borrow().contains_key(&id) {
+                for (b, id) in std::mem::take(&mut pending) {
+                    if routes.contains_key(&id) {
                         send(&l, b"ok", b);
                         continue;
                     }
-                    let (Ok(out), Ok(hop_in)) = (UdpSocket::bind("127.0.0.1:0").await, UdpSocket::bind("127.0.0.1:0").await) else {
+                    let (Ok(out), Ok(hop_in)) = (
+                        UdpSocket::bind("127.0.0.1:0").await,
+                        UdpSocket::bind("127.0.0.1:0").await,
+                    ) else {
                         continue;
                     };
                     let Ok(hop_in_addr) = hop_in.local_addr() else { continue };
                     buffers(&out, 1 << 20);
                     buffers(&hop_in, 1 << 20);
-                    routes.borrow_mut().insert(id, Route { out: Rc::new(out), hop_in: hop_in_addr });
+                    routes.insert(
+                        id,
+                        Route {
+                            out: Rc::new(out),
+                            hop_in: hop_in_addr,
+                        },
+                    );
                     let l2 = l.clone();
                     tokio::task::spawn_local(async move {
                         let state = UdpSocketState::new((&hop_in).into()).expect("socket state");
@@ -112,7 +126,9 @@ async fn pump_once(sock: &UdpSocket, state: &UdpSocketState, mut f: impl FnMut(&
             let mut slots = storage.chunks_mut(SLOT);
             let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
-            match sock.try_io(tokio::io::Interest::READABLE, || state.recv(sock.into(), &mut iovs, &mut metas)) {
+            match sock.try_io(tokio::io::Interest::READABLE, || {
+                state.recv(sock.into(), &mut iovs, &mut metas)
+            }) {
                 Ok(n) => n,
                 Err(_) => return true,
             }

@@ -146,7 +146,10 @@ impl Signaling {
                             }
                         }
                         Out::Close(code, reason) => {
-                            let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                            let close = Message::Close(Some(CloseFrame {
+                                code,
+                                reason: reason.into(),
+                            }));
                             let _ = sink.send(close).await;
                             break 'outer;
                         }

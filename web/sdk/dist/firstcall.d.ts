@@ -140,7 +140,8 @@ export declare class Client extends Emitter {
     online(): Promise<string[]>;
     close(): void;
     private warm;
-    private stopped;
+    /** @internal True while any call has not ended. */
+    inCall(): boolean;
     /** @internal The RTCConfiguration every call's peer connection gets. */
     rtcConfiguration(): RTCConfiguration;
     /**

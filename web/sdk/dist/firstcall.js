@@ -331,7 +331,6 @@ export class Client extends Emitter {
         this.calls = new Map();
         this.timeline = [];
         this.warm = null;
-        this.stopped = false;
         this.options = options;
         this.env = { ...defaultEnv(), ...(options.env ?? {}) };
         this.started = this.env.now();
@@ -391,8 +390,11 @@ export class Client extends Emitter {
             c.hangup();
         this.warm?.pc.close();
         this.warm = null;
-        this.stopped = true;
         this.session.close();
+    }
+    /** @internal True while any call has not ended. */
+    inCall() {
+        return [...this.calls.values()].some((c) => c.state !== "ended");
     }
     /** @internal The RTCConfiguration every call's peer connection gets. */
     rtcConfiguration() {
@@ -410,7 +412,7 @@ export class Client extends Emitter {
      * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
      */
     prewarm() {
-        if (this.options.prewarm === false || this.stopped || !this.env.RTCPeerConnection || !this.iceServers.length)
+        if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection || !this.iceServers.length)
             return;
         const config = this.rtcConfiguration();
         const key = JSON.stringify(config);
@@ -468,7 +470,7 @@ export class Client extends Emitter {
             this.iceServers = f.ice_servers ?? [];
             this.log("client", "ice servers refreshed", { ttl: f.ice_ttl });
             this.emit("ice-servers", this.iceServers);
-            if (![...this.calls.values()].some((c) => c.state !== "ended"))
+            if (!this.inCall())
                 this.prewarm();
             return;
         }
@@ -654,7 +656,7 @@ export class Call extends Emitter {
         this.emit("state", "ended");
         this.emit("ended", reason);
         // Ready for the next call once no call is in progress.
-        if (![...this.client.calls.values()].some((c) => c.state !== "ended"))
+        if (!this.client.inCall())
             this.client.prewarm();
     }
     armConnectTimeout() {

@@ -452,12 +452,15 @@ export class Client extends Emitter {
     for (const c of this.calls.values()) c.hangup();
     this.warm?.pc.close();
     this.warm = null;
-    this.stopped = true;
     this.session.close();
   }
 
   private warm: { pc: RTCPeerConnection; key: string } | null = null;
-  private stopped = false;
+
+  /** @internal True while any call has not ended. */
+  inCall(): boolean {
+    return [...this.calls.values()].some((c) => c.state !== "ended");
+  }
 
   /** @internal The RTCConfiguration every call's peer connection gets. */
   rtcConfiguration(): RTCConfiguration {
@@ -476,7 +479,7 @@ export class Client extends Emitter {
    * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
    */
   prewarm(): void {
-    if (this.options.prewarm === false || this.stopped || !this.env.RTCPeerConnection || !this.iceServers.length) return;
+    if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection || !this.iceServers.length) return;
     const config = this.rtcConfiguration();
     const key = JSON.stringify(config);
     if (this.warm?.key === key) return;
@@ -533,7 +536,7 @@ export class Client extends Emitter {
       this.iceServers = f.ice_servers ?? [];
       this.log("client", "ice servers refreshed", { ttl: f.ice_ttl });
       this.emit("ice-servers", this.iceServers);
-      if (![...this.calls.values()].some((c) => c.state !== "ended")) this.prewarm();
+      if (!this.inCall()) this.prewarm();
       return;
     }
     if (f.type === "error") {
@@ -714,7 +717,7 @@ export class Call extends Emitter {
     this.emit("state", "ended");
     this.emit("ended", reason);
     // Ready for the next call once no call is in progress.
-    if (![...this.client.calls.values()].some((c) => c.state !== "ended")) this.client.prewarm();
+    if (!this.client.inCall()) this.client.prewarm();
   }
 
   private armConnectTimeout(): void {

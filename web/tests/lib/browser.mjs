@@ -47,3 +47,15 @@ export async function launchIn(ns, { trustCerts = [], extraArgs = [] } = {}) {
   };
   return { browser, close };
 }
+
+/** Navigate, retrying (3 tries) only when Chromium aborts the load for a network change. */
+export async function gotoRetrying(page, url) {
+  for (let i = 0; ; i++) {
+    try {
+      return await page.goto(url);
+    } catch (e) {
+      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
+      process.stderr.write(`  (network change while loading ${url}; retrying)\n`);
+    }
+  }
+}

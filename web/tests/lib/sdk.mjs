@@ -1,18 +1,11 @@
 // Helpers to drive the SDK inside pages served by firstcall (the SDK is at /sdk/firstcall.js).
+import { gotoRetrying } from "./browser.mjs";
 
 /** Open a page as `user` with a client; incoming calls are collected in window.calls. */
 export async function openClient(browser, origin, user, { mode = "connect", options = {}, autoAccept = false } = {}) {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
-  // Chromium aborts a load on a network change (ERR_NETWORK_CHANGED); retry that only.
-  for (let i = 0; ; i++) {
-    try {
-      await page.goto(`${origin}/healthz`);
-      break;
-    } catch (e) {
-      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
-    }
-  }
+  await gotoRetrying(page, `${origin}/healthz`);
   await page.evaluate(
     async ({ user, mode, options, autoAccept }) => {
       const sdk = await import("/sdk/firstcall.js");
