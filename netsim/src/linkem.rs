@@ -6,8 +6,8 @@
 //! Run it in a namespace whose only job is this link; A and B carry no addresses, so
 //! the kernel itself never forwards between them. Stops on SIGTERM/SIGKILL.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,24 @@ struct Opts {
 fn parse() -> Result<Opts, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut pos = vec![];
-    let mut o = Opts { a: String::new(), b: String::new(), delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, seed: 1 };
+    let mut o = Opts {
+        a: String::new(),
+        b: String::new(),
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+        loss: 0.0,
+        seed: 1,
+    };
     let mut i = 0;
     while i < args.len() {
         let val = |i: usize| args.get(i + 1).cloned().ok_or(format!("{} needs a value", args[i]));
         match args[i].as_str() {
-            "--delay-ms" => o.delay = Duration::from_secs_f64(val(i)?.parse::<f64>().map_err(|e| e.to_string())? / 1000.0),
-            "--jitter-ms" => o.jitter = Duration::from_secs_f64(val(i)?.parse::<f64>().map_err(|e| e.to_string())? / 1000.0),
+            "--delay-ms" => {
+                o.delay = Duration::from_secs_f64(val(i)?.parse::<f64>().map_err(|e| e.to_string())? / 1000.0)
+            }
+            "--jitter-ms" => {
+                o.jitter = Duration::from_secs_f64(val(i)?.parse::<f64>().map_err(|e| e.to_string())? / 1000.0)
+            }
             "--loss" => o.loss = val(i)?.parse().map_err(|e: std::num::ParseFloatError| e.to_string())?,
             "--seed" => o.seed = val(i)?.parse().map_err(|e: std::num::ParseIntError| e.to_string())?,
             s if !s.starts_with("--") => {
@@ -42,7 +53,9 @@ fn parse() -> Result<Opts, String> {
         i += 2;
     }
     if pos.len() != 2 {
-        return Err("usage: firstcall-linkem IFACE_A IFACE_B [--delay-ms D] [--jitter-ms J] [--loss P] [--seed S]".into());
+        return Err(
+            "usage: firstcall-linkem IFACE_A IFACE_B [--delay-ms D] [--jitter-ms J] [--loss P] [--seed S]".into(),
+        );
     }
     if !(0.0..=1.0).contains(&o.loss) {
         return Err("--loss is a probability in 0..=1".into());
@@ -76,14 +89,25 @@ impl Raw {
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = proto as u16;
             sll.sll_ifindex = ifindex;
-            if libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+            if libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) < 0
+            {
                 return Err(format!("bind {iface}: {}", std::io::Error::last_os_error()));
             }
             // Ignore frames this socket itself sends (PACKET_IGNORE_OUTGOING = 23).
             let one: i32 = 1;
             libc::setsockopt(fd, libc::SOL_PACKET, 23, &one as *const _ as *const libc::c_void, 4);
             let big: i32 = 4 << 20;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &big as *const _ as *const libc::c_void, 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &big as *const _ as *const libc::c_void,
+                4,
+            );
             Ok(Raw { fd, ifindex })
         }
     }
@@ -94,7 +118,14 @@ impl Raw {
         unsafe {
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            let n = libc::recvfrom(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0, &mut sll as *mut _ as *mut libc::sockaddr, &mut len);
+            let n = libc::recvfrom(
+                self.fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            );
             if n <= 0 {
                 return None;
             }
@@ -113,7 +144,14 @@ impl Raw {
             sll.sll_ifindex = self.ifindex;
             sll.sll_halen = 6;
             sll.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
-            libc::sendto(self.fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            libc::sendto(
+                self.fd,
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
         }
     }
 }
@@ -151,7 +189,10 @@ fn main() {
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
     let (mut forwarded, mut dropped) = (0u64, 0u64);
-    eprintln!("firstcall-linkem: {} <-> {} delay {:?} jitter {:?} loss {}", o.a, o.b, o.delay, o.jitter, o.loss);
+    eprintln!(
+        "firstcall-linkem: {} <-> {} delay {:?} jitter {:?} loss {}",
+        o.a, o.b, o.delay, o.jitter, o.loss
+    );
     loop {
         let now = Instant::now();
         while let Some(Reverse((at, _, _, _))) = queue.peek() {
@@ -162,10 +203,20 @@ fn main() {
             ends[1 - dir].send(&frame);
             forwarded += 1;
         }
-        let timeout_ms = queue.peek().map_or(100, |Reverse((at, ..))| at.saturating_duration_since(now).as_millis().max(1) as i32);
+        let timeout_ms = queue.peek().map_or(100, |Reverse((at, ..))| {
+            at.saturating_duration_since(now).as_millis().max(1) as i32
+        });
         let mut fds = [
-            libc::pollfd { fd: ends[0].fd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: ends[1].fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: ends[0].fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: ends[1].fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: fds is a valid array of two pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
@@ -180,7 +231,11 @@ fn main() {
                     dropped += 1;
                     continue;
                 }
-                let extra = if o.jitter.is_zero() { Duration::ZERO } else { o.jitter.mul_f64(rng.next_f64()) };
+                let extra = if o.jitter.is_zero() {
+                    Duration::ZERO
+                } else {
+                    o.jitter.mul_f64(rng.next_f64())
+                };
                 seq += 1;
                 queue.push(Reverse((Instant::now() + o.delay + extra, seq, dir, buf[..n].to_vec())));
             }

@@ -28,6 +28,9 @@ fn the_first_datagram_through_a_fresh_relay_arrives() {
     const ROUNDS: usize = 30;
     let delivered = rt.block_on(async {
         let mut delivered = 0;
+        // Every client stays open to the end: a closed client's port may come back as a
+        // later client's, whose Allocate then rightly meets the old allocation (437).
+        let mut keep = Vec::new();
         for i in 0..ROUNDS {
             let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
             let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
@@ -43,6 +46,7 @@ fn the_first_datagram_through_a_fresh_relay_arrives() {
                 Ok(Relayed::Data { peer, data }) if peer == ra && data == payload => delivered += 1,
                 other => eprintln!("round {i}: {other:?}"),
             }
+            keep.push((a, b));
         }
         delivered
     });

@@ -5,6 +5,6 @@
 //! resumes its session after a drop and resends what the server has not
 //! processed. Tests and benchmarks use it against the real server.
 
-pub mod signal;
 pub mod load;
+pub mod signal;
 pub mod turn;

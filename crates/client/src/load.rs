@@ -38,7 +38,11 @@ pub async fn turn_flows(server: SocketAddr, creds: &Credentials, n: usize) -> Re
         let (Transport::Udp(ta), Transport::Udp(tb)) = (a.transport, b.transport) else {
             unreachable!("Kind::Udp makes a UDP transport")
         };
-        flows.push(Flow { tx: Arc::new(ta), rx: Arc::new(tb), header: vec![0x40, 0x01] });
+        flows.push(Flow {
+            tx: Arc::new(ta),
+            rx: Arc::new(tb),
+            header: vec![0x40, 0x01],
+        });
     }
     Ok(flows)
 }
@@ -58,19 +62,29 @@ pub async fn bare_flows(server: SocketAddr, n: usize) -> std::io::Result<Vec<Flo
         let mut ok = false;
         for _ in 0..20 {
             rx.send(&reg).await?;
-            if tokio::time::timeout(Duration::from_millis(200), rx.recv(&mut ack)).await.is_ok() {
+            if tokio::time::timeout(Duration::from_millis(200), rx.recv(&mut ack))
+                .await
+                .is_ok()
+            {
                 ok = true;
                 break;
             }
         }
         if !ok {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "forwarder did not acknowledge a flow"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "forwarder did not acknowledge a flow",
+            ));
         }
         let tx = UdpSocket::bind("127.0.0.1:0").await?;
         tx.connect(server).await?;
         let mut header = vec![b'D'];
         header.extend_from_slice(&id);
-        flows.push(Flow { tx: Arc::new(tx), rx: Arc::new(rx), header });
+        flows.push(Flow {
+            tx: Arc::new(tx),
+            rx: Arc::new(rx),
+            header,
+        });
     }
     Ok(flows)
 }
@@ -149,7 +163,11 @@ pub async fn run(flows: &[Flow], payload: usize, rate: u64, duration: Duration) 
     for r in readers {
         let _ = r.await;
     }
-    RunResult { sent, received: received.load(Ordering::Relaxed), duration: elapsed }
+    RunResult {
+        sent,
+        received: received.load(Ordering::Relaxed),
+        duration: elapsed,
+    }
 }
 
 /// An allocation whose relayed address the control-plane benchmark uses as its peer.

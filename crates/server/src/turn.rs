@@ -8,12 +8,15 @@
 //! contiguous block per worker; quotas are shared.
 //!
 //! Inside a worker every task runs on one thread, so the core lives in a
-//! `RefCell` that is borrowed only between awaits: a relay socket's task hands
-//! its datagram to the core and sends the result itself, with no copy between
-//! tasks.
+//! `RefCell` that is borrowed only between awaits. Relay sockets have no task of
+//! their own: they sit in one per-worker `mio::Poll` (an epoll set), whose file
+//! descriptor the worker's single relay task waits on. A live allocation then costs
+//! the driver one file descriptor and one map entry, no task, no reactor
+//! registration and no buffer; the relay task hands each datagram to the core and
+//! sends the result itself, with no copy between tasks.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -29,10 +32,10 @@ use firstcall_turn::server::{ClientAddr, Command, Config, PeerAddr, Quotas, Rela
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 /// Everything a worker needs, prepared (and every socket bound) before it starts.
 pub struct WorkerSetup {
@@ -126,13 +129,21 @@ struct Worker {
     /// wrote to (else a NAT in front of the client drops them), so remember it.
     wildcard: bool,
     client_local: RefCell<HashMap<SocketAddr, IpAddr>>,
-    relays: RefCell<HashMap<RelayPort, (Rc<UdpSocket>, JoinHandle<()>)>>,
+    relays: RefCell<HashMap<RelayPort, RelaySocket>>,
+    /// Where relay sockets are registered; the relay task owns the `Poll` itself.
+    relay_registry: mio::Registry,
     streams: RefCell<HashMap<ClientAddr, StreamTx>>,
     timer: Notify,
     metrics: Arc<TurnMetrics>,
-    /// One receive buffer for every relay socket of this worker: relay tasks only
-    /// borrow it between awaits, so a live allocation costs no buffer of its own.
+    /// One receive buffer for every relay socket of this worker.
     relay_buf: RefCell<Vec<u8>>,
+}
+
+struct RelaySocket {
+    sock: mio::net::UdpSocket,
+    /// Already in the relay task's ready queue: edge-triggered readiness reports a
+    /// busy socket again on every new datagram, and it must be queued only once.
+    queued: bool,
 }
 
 /// Largest datagram a relay socket receives (UDP payload limit).
@@ -157,6 +168,8 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let udp = UdpSocket::from_std(s.udp)?;
     let wildcard = udp.local_addr()?.ip().is_unspecified();
     let udp_state = quinn_udp::UdpSocketState::new((&udp).into())?;
+    let relay_poll = mio::Poll::new()?;
+    let relay_registry = relay_poll.registry().try_clone()?;
     let w = Rc::new(Worker {
         core: RefCell::new(core),
         udp: Rc::new(udp),
@@ -164,6 +177,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         wildcard,
         client_local: RefCell::new(HashMap::new()),
         relays: RefCell::new(HashMap::new()),
+        relay_registry,
         streams: RefCell::new(HashMap::new()),
         timer: Notify::new(),
         metrics: s.metrics,
@@ -175,7 +189,10 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         tokio::task::spawn_local(accept_loop(w.clone(), TcpListener::from_std(l)?, Some(acceptor)));
     }
     tokio::task::spawn_local(timer_loop(w.clone()));
-    udp_loop(w).await
+    let relay_task = tokio::task::spawn_local(relay_loop(w.clone(), relay_poll));
+    let r = udp_loop(w).await;
+    relay_task.abort();
+    r
 }
 
 fn unix_now() -> u64 {
@@ -240,11 +257,11 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
 
 fn send_to_peer(w: &Worker, relay: RelayPort, peer: PeerAddr, data: &[u8]) {
     let relays = w.relays.borrow();
-    let Some((sock, _)) = relays.get(&relay) else {
+    let Some(r) = relays.get(&relay) else {
         w.metrics.dropped("relay_socket_missing");
         return;
     };
-    if let Err(e) = send_now(sock, data, peer.0) {
+    if let Err(e) = r.sock.send_to(data, peer.0) {
         w.metrics.dropped(if e.kind() == io::ErrorKind::WouldBlock {
             "relay_send_would_block"
         } else {
@@ -348,8 +365,10 @@ fn flush(w: &Rc<Worker>) {
                 w.core.borrow_mut().handle_relay_bound(port, ok, Instant::now());
             }
             Some(Command::ReleaseRelay { port }) => {
-                if let Some((_, task)) = w.relays.borrow_mut().remove(&port) {
-                    task.abort();
+                if let Some(mut r) = w.relays.borrow_mut().remove(&port) {
+                    // Closing the descriptor would drop it from the epoll set too;
+                    // deregistering first keeps that explicit.
+                    let _ = w.relay_registry.deregister(&mut r.sock);
                 }
             }
             None => {}
@@ -365,55 +384,133 @@ fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
     let _ = s.set_recv_buffer_size(1 << 20);
     let _ = s.set_send_buffer_size(1 << 20);
     s.bind(&addr.into())?;
-    let sock = Rc::new(UdpSocket::from_std(s.into())?);
-    let task = tokio::task::spawn_local(relay_loop(w.clone(), sock.clone(), port));
-    w.relays.borrow_mut().insert(port, (sock, task));
+    let mut sock = mio::net::UdpSocket::from_std(s.into());
+    w.relay_registry
+        .register(&mut sock, mio::Token(usize::from(port.0)), mio::Interest::READABLE)?;
+    w.relays.borrow_mut().insert(port, RelaySocket { sock, queued: false });
     Ok(())
 }
 
-async fn relay_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, port: RelayPort) {
-    /// Datagrams taken from one relay socket before others get a turn.
-    const DRAIN: usize = 64;
-    loop {
-        if let Err(e) = sock.readable().await {
-            tracing::warn!(port = port.0, error = %e, "relay socket failed");
+/// Datagrams taken from one relay socket before the next ready one gets a turn.
+const DRAIN: usize = 64;
+
+/// The worker's one relay task: waits on the epoll set of every relay socket, then
+/// serves the ready sockets round-robin, `DRAIN` datagrams each per round, yielding
+/// to the client-socket loop between rounds.
+async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
+    // SAFETY: `mio::Poll` owns its epoll descriptor, never replaces it and closes it
+    // only on drop, which cannot happen while the `AsyncFd` owns the `Poll`.
+    let registered = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) };
+    let mut afd = match registered {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "relay poll could not be registered; relaying to clients is off");
             return;
         }
-        for _ in 0..DRAIN {
-            let mut buf = w.relay_buf.borrow_mut();
-            // Headroom for the ChannelData header, and room for TCP padding after the payload.
-            let (n, peer) = match sock.try_recv_from(&mut buf[4..MAX_DATAGRAM]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+    };
+    let mut events = mio::Events::with_capacity(1024);
+    let mut ready: VecDeque<RelayPort> = VecDeque::new();
+    loop {
+        let polled = if ready.is_empty() {
+            let mut guard = match afd.readable_mut().await {
+                Ok(g) => g,
                 Err(e) => {
-                    tracing::warn!(port = port.0, error = %e, "relay socket failed");
+                    tracing::error!(error = %e, "relay poll failed");
                     return;
                 }
             };
-            let to = w
-                .core
-                .borrow_mut()
-                .handle_peer_traffic(&buf[4..4 + n], PeerAddr(peer), port, Instant::now());
-            match to {
-                Some(t) => {
-                    let Ok(len) = u16::try_from(n) else { continue };
-                    buf[..4].copy_from_slice(&ChannelData::header(t.channel, len));
-                    if t.client.transport == Transport::Udp {
-                        send_udp(&w, t.client.addr, &buf[..4 + n]);
-                    } else {
-                        let padded = 4 + n.next_multiple_of(4);
-                        buf[4 + n..padded].fill(0);
-                        send_to_client(&w, t.client, buf[..padded].to_vec());
+            let r = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO));
+            if r.is_ok() && events.is_empty() {
+                // Nothing left in the set: wait for its next edge.
+                guard.clear_ready();
+                continue;
+            }
+            r
+        } else {
+            // Sockets still hold data; pick up newly ready ones without waiting.
+            afd.get_mut().poll(&mut events, Some(Duration::ZERO))
+        };
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::error!(error = %e, "relay poll failed");
+                return;
+            }
+        }
+        {
+            let mut relays = w.relays.borrow_mut();
+            for ev in events.iter() {
+                let Ok(p) = u16::try_from(ev.token().0) else { continue };
+                let port = RelayPort(p);
+                if let Some(r) = relays.get_mut(&port) {
+                    if !r.queued {
+                        r.queued = true;
+                        ready.push_back(port);
                     }
-                }
-                None => {
-                    drop(buf);
-                    flush(&w);
                 }
             }
         }
+        for _ in 0..ready.len() {
+            let Some(port) = ready.pop_front() else { break };
+            let more = drain_relay(&w, port);
+            if let Some(r) = w.relays.borrow_mut().get_mut(&port) {
+                if more {
+                    ready.push_back(port);
+                } else {
+                    r.queued = false;
+                }
+            }
+        }
+        tokio::task::yield_now().await;
     }
+}
+
+/// Relay up to `DRAIN` datagrams from one relay socket to its client. Returns whether
+/// the socket may hold more.
+fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
+    for _ in 0..DRAIN {
+        let mut buf = w.relay_buf.borrow_mut();
+        // Headroom for the ChannelData header, and room for TCP padding after the payload.
+        let received = match w.relays.borrow().get(&port) {
+            Some(r) => r.sock.recv_from(&mut buf[4..MAX_DATAGRAM]),
+            None => return false,
+        };
+        let (n, peer) = match received {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            // ICMP unreachable from an earlier send to a peer: about that send only.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                w.metrics.dropped("relay_recv_error");
+                tracing::warn!(port = port.0, error = %e, "relay socket receive failed");
+                return false;
+            }
+        };
+        let to = w
+            .core
+            .borrow_mut()
+            .handle_peer_traffic(&buf[4..4 + n], PeerAddr(peer), port, Instant::now());
+        match to {
+            Some(t) => {
+                let Ok(len) = u16::try_from(n) else { continue };
+                buf[..4].copy_from_slice(&ChannelData::header(t.channel, len));
+                if t.client.transport == Transport::Udp {
+                    send_udp(w, t.client.addr, &buf[..4 + n]);
+                } else {
+                    let padded = 4 + n.next_multiple_of(4);
+                    buf[4 + n..padded].fill(0);
+                    send_to_client(w, t.client, buf[..padded].to_vec());
+                }
+            }
+            None => {
+                drop(buf);
+                flush(w);
+            }
+        }
+    }
+    true
 }
 
 async fn timer_loop(w: Rc<Worker>) {

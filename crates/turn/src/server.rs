@@ -252,7 +252,8 @@ pub struct Server<R> {
     filter: PeerFilter,
     quotas: Arc<Quotas>,
     metrics: Arc<TurnMetrics>,
-    allocations: HashMap<ClientAddr, Allocation>,
+    /// Boxed: the table keeps spare buckets, which then cost a pointer each, not a record.
+    allocations: HashMap<ClientAddr, Box<Allocation>>,
     by_port: HashMap<RelayPort, ClientAddr>,
     pending: HashMap<RelayPort, Pending>,
     expiries: BTreeSet<(Instant, ClientAddr)>,
@@ -262,22 +263,74 @@ pub struct Server<R> {
     unix_anchor: (Instant, u64),
 }
 
+/// One live allocation. An allocation has a handful of permissions and channels (one
+/// per remote candidate), so they live in short vectors searched in order: smaller
+/// than hash maps, and as fast at these sizes. The caps keep the search short.
 struct Allocation {
     port: RelayPort,
     relayed: SocketAddr,
-    username: String,
-    quota_user: String,
+    username: Box<str>,
     expires: Instant,
     allocate_tid: TransactionId,
-    allocate_response: Vec<u8>,
-    permissions: HashMap<IpAddr, Instant>,
-    channels: HashMap<ChannelNumber, Channel>,
-    channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
+    allocate_response: Box<[u8]>,
+    permissions: Vec<(IpAddr, Instant)>,
+    /// Bound channels, including expired ones still in their cool-down.
+    channels: Vec<Channel>,
 }
 
 struct Channel {
+    number: ChannelNumber,
     peer: SocketAddr,
     expires: Instant,
+}
+
+/// Most permissions one allocation holds; more get 508 (Insufficient Capacity).
+pub const MAX_PERMISSIONS: usize = 128;
+/// Most channels (bound or cooling down) one allocation holds; more get 508.
+pub const MAX_CHANNELS: usize = 128;
+
+impl Allocation {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|(p, exp)| *p == ip && *exp > now)
+    }
+
+    /// How many permissions would exist after installing `ips` (expired ones not counted).
+    fn permissions_after(&self, ips: &[IpAddr], now: Instant) -> usize {
+        let live = self.permissions.iter().filter(|(_, e)| *e > now).count();
+        let mut new: Vec<IpAddr> = Vec::new();
+        for ip in ips {
+            if !self.permitted(*ip, now) && !new.contains(ip) {
+                new.push(*ip);
+            }
+        }
+        live + new.len()
+    }
+
+    fn permit(&mut self, ip: IpAddr, expires: Instant, now: Instant) {
+        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
+            Some(slot) => slot.1 = expires,
+            None => {
+                self.permissions.retain(|(_, e)| *e > now);
+                push_small(&mut self.permissions, (ip, expires));
+            }
+        }
+    }
+
+    fn channel(&self, number: ChannelNumber) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.number == number)
+    }
+
+    fn channel_to(&self, peer: SocketAddr) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.peer == peer)
+    }
+}
+
+/// Push onto a vector that is usually tiny: grow 1, 2, 4… instead of starting at 4.
+fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(1));
+    }
+    v.push(item);
 }
 
 struct Pending {
@@ -415,17 +468,18 @@ impl<R: RngCore> Server<R> {
             return None;
         }
         let peer_ip = crate::filter::normalise(peer.0.ip());
-        if alloc.permissions.get(&peer_ip).is_none_or(|exp| *exp <= now) {
+        if !alloc.permitted(peer_ip, now) {
             // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
             self.metrics.dropped("no_permission");
             tracing::trace!(relay = relay.0, peer = %peer.0, "dropped peer data without permission");
             return None;
         }
         self.metrics.relayed(Direction::ToClient, data.len());
-        if let Some(ch) = alloc.channel_by_peer.get(&peer.0) {
-            if alloc.channels.get(ch).is_some_and(|c| c.expires > now) {
-                return Some(ToClient { client, channel: *ch });
-            }
+        if let Some(ch) = alloc.channel_to(peer.0).filter(|c| c.expires > now) {
+            return Some(ToClient {
+                client,
+                channel: ch.number,
+            });
         }
         // RFC 8656 §11.2: no channel, so a Data indication.
         let mut b = MessageBuilder::new(Class::Indication, Method::DATA, self.random_tid());
@@ -455,7 +509,7 @@ impl<R: RngCore> Server<R> {
                     return;
                 }
             }
-            self.quotas.release(&quota_user(&p.request.username));
+            self.quotas.release(quota_user(&p.request.username));
             self.error_response(
                 p.client,
                 p.tid,
@@ -500,18 +554,16 @@ impl<R: RngCore> Server<R> {
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
         self.allocations.insert(
             p.client,
-            Allocation {
+            Box::new(Allocation {
                 port,
                 relayed,
-                quota_user: quota_user(&p.request.username),
-                username: p.request.username,
+                username: p.request.username.into_boxed_str(),
                 expires,
                 allocate_tid: p.tid,
-                allocate_response: response,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_by_peer: HashMap::new(),
-            },
+                allocate_response: response.into_boxed_slice(),
+                permissions: Vec::new(),
+                channels: Vec::new(),
+            }),
         );
     }
 
@@ -534,17 +586,8 @@ impl<R: RngCore> Server<R> {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             for a in self.allocations.values_mut() {
-                a.permissions.retain(|_, exp| *exp > now);
-                let dead: Vec<_> = a
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.expires + CHANNEL_COOLDOWN <= now)
-                    .map(|(n, c)| (*n, c.peer))
-                    .collect();
-                for (n, peer) in dead {
-                    a.channels.remove(&n);
-                    a.channel_by_peer.remove(&peer);
-                }
+                a.permissions.retain(|(_, exp)| *exp > now);
+                a.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
             }
             self.next_sweep = (!self.allocations.is_empty()).then_some(now + SWEEP_INTERVAL);
         }
@@ -597,13 +640,13 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_allocation");
             return None;
         };
-        let Some(ch) = alloc.channels.get(&cd.channel).filter(|c| c.expires > now) else {
+        let Some(ch) = alloc.channel(cd.channel).filter(|c| c.expires > now) else {
             self.metrics.dropped("unbound_channel");
             tracing::trace!(client = %client.addr, channel = ?cd.channel, "dropped ChannelData on unbound channel");
             return None;
         };
         let peer_ip = crate::filter::normalise(ch.peer.ip());
-        if alloc.permissions.get(&peer_ip).is_none_or(|e| *e <= now) {
+        if !alloc.permitted(peer_ip, now) {
             self.metrics.dropped("no_permission");
             return None;
         }
@@ -769,7 +812,7 @@ impl<R: RngCore> Server<R> {
         let err = match self.allocations.get(&client) {
             None => ErrorCode::ALLOCATION_MISMATCH,
             Some(a) if a.expires <= now => ErrorCode::ALLOCATION_MISMATCH,
-            Some(a) if a.username != authed.username => ErrorCode::WRONG_CREDENTIALS,
+            Some(a) if *a.username != *authed.username => ErrorCode::WRONG_CREDENTIALS,
             Some(_) => return Some(authed),
         };
         self.error_response(client, msg.transaction_id(), msg.method(), err, Some(&authed), &[]);
@@ -784,13 +827,14 @@ impl<R: RngCore> Server<R> {
         let Some(authed) = self.authenticate(msg, client, now) else {
             return;
         };
-        let err = |this: &mut Self, code| {
+        let err = |this: &mut Self, code: ErrorCode<'static>| {
+            tracing::debug!(client = %client.addr, code = code.code, reason = %code.reason, "Allocate refused");
             this.error_response(client, tid, Method::ALLOCATE, code, Some(&authed), &[]);
         };
         if let Some(a) = self.allocations.get(&client) {
             // RFC 8656 §7.2 step 2: a retransmitted Allocate gets the original response.
             if a.allocate_tid == tid {
-                let payload = a.allocate_response.clone();
+                let payload = a.allocate_response.to_vec();
                 self.transmits.push_back(Transmit { dst: client, payload });
             } else {
                 err(self, ErrorCode::ALLOCATION_MISMATCH);
@@ -852,7 +896,7 @@ impl<R: RngCore> Server<R> {
         if reserved.is_some() {
             choice = PortChoice::Reserved;
         }
-        let user = quota_user(&authed.username);
+        let user = quota_user(&authed.username).to_owned();
         if let Err(q) = self.quotas.try_acquire(&user) {
             tracing::info!(client = %client.addr, %user, quota = ?q, "allocation quota reached");
             self.metrics.dropped(match q {
@@ -986,10 +1030,28 @@ impl<R: RngCore> Server<R> {
                 return;
             }
         }
+        let ips: Vec<IpAddr> = peers.iter().map(|p| crate::filter::normalise(p.ip())).collect();
+        if self
+            .allocations
+            .get(&client)
+            .is_some_and(|a| a.permissions_after(&ips, now) > MAX_PERMISSIONS)
+        {
+            tracing::debug!(client = %client.addr, "CreatePermission refused: permission cap reached");
+            self.metrics.dropped("permission_cap");
+            self.error_response(
+                client,
+                msg.transaction_id(),
+                msg.method(),
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(&authed),
+                &[],
+            );
+            return;
+        }
         let expires = now + self.config.permission_lifetime;
         if let Some(a) = self.allocations.get_mut(&client) {
-            for p in &peers {
-                a.permissions.insert(crate::filter::normalise(p.ip()), expires);
+            for ip in ips {
+                a.permit(ip, expires, now);
             }
         }
         tracing::debug!(client = %client.addr, peers = ?peers, "permissions installed");
@@ -1027,26 +1089,41 @@ impl<R: RngCore> Server<R> {
         };
         // A channel (even expired, within its cool-down) stays tied to its peer, and a
         // peer to its channel (RFC 8656 §12).
-        let channel_taken = a.channels.get(&channel).is_some_and(|c| c.peer != peer);
-        let peer_taken = a.channel_by_peer.get(&peer).is_some_and(|c| *c != channel);
+        let channel_taken = a.channel(channel).is_some_and(|c| c.peer != peer);
+        let peer_taken = a.channel_to(peer).is_some_and(|c| c.number != channel);
         if channel_taken {
             return bad(self, "channel bound to another peer");
         }
         if peer_taken {
             return bad(self, "peer bound to another channel");
         }
-        a.channels.insert(
-            channel,
-            Channel {
-                peer,
-                expires: now + self.config.channel_lifetime,
-            },
-        );
-        a.channel_by_peer.insert(peer, channel);
-        a.permissions.insert(
-            crate::filter::normalise(peer.ip()),
-            now + self.config.permission_lifetime,
-        );
+        let ip = crate::filter::normalise(peer.ip());
+        let renewal = a.channel(channel).is_some();
+        if (!renewal && a.channels.len() >= MAX_CHANNELS) || a.permissions_after(&[ip], now) > MAX_PERMISSIONS {
+            tracing::debug!(client = %client.addr, "ChannelBind refused: channel or permission cap reached");
+            self.metrics.dropped("channel_cap");
+            return self.error_response(
+                client,
+                tid,
+                Method::CHANNEL_BIND,
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                Some(&authed),
+                &[],
+            );
+        }
+        let expires = now + self.config.channel_lifetime;
+        match a.channels.iter_mut().find(|c| c.number == channel) {
+            Some(c) => c.expires = expires,
+            None => push_small(
+                &mut a.channels,
+                Channel {
+                    number: channel,
+                    peer,
+                    expires,
+                },
+            ),
+        }
+        a.permit(ip, now + self.config.permission_lifetime, now);
         tracing::debug!(client = %client.addr, %peer, ?channel, "channel bound");
         let payload = self.success(tid, Method::CHANNEL_BIND, &authed, &[]);
         self.transmits.push_back(Transmit { dst: client, payload });
@@ -1061,11 +1138,7 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_allocation");
             return None;
         };
-        if alloc
-            .permissions
-            .get(&crate::filter::normalise(peer.ip()))
-            .is_none_or(|e| *e <= now)
-        {
+        if !alloc.permitted(crate::filter::normalise(peer.ip()), now) {
             self.metrics.dropped("no_permission");
             return None;
         }
@@ -1089,7 +1162,7 @@ impl<R: RngCore> Server<R> {
         };
         self.expiries.remove(&(a.expires, client));
         self.by_port.remove(&a.port);
-        self.quotas.release(&a.quota_user);
+        self.quotas.release(quota_user(&a.username));
         self.commands.push_back(Command::ReleaseRelay { port: a.port });
         self.metrics.allocation_deleted(reason);
         tracing::info!(client = %client.addr, relayed = %a.relayed, user = %a.username, reason, "allocation deleted");
@@ -1170,8 +1243,6 @@ impl<R: RngCore> Server<R> {
 }
 
 /// The user a REST username belongs to (`1700000000:alice` → `alice`), for quotas.
-fn quota_user(username: &str) -> String {
-    parse_rest_username(username)
-        .map(|r| r.user.to_owned())
-        .unwrap_or_else(|| username.to_owned())
+fn quota_user(username: &str) -> &str {
+    parse_rest_username(username).map_or(username, |r| r.user)
 }

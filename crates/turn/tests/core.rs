@@ -757,3 +757,88 @@ fn even_port_reservation_and_token_per_rfc8656() {
     );
     assert_eq!(code_of(&resp), Some(508));
 }
+
+#[test]
+fn permission_and_channel_caps_give_508_and_change_nothing() {
+    use firstcall_turn::server::{MAX_CHANNELS, MAX_PERMISSIONS};
+    let mut h = Harness::new();
+    let mut c = Client::rest(udp(4010), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    // Channels also install permissions, so bind MAX_CHANNELS to distinct peers first...
+    for i in 0..MAX_CHANNELS {
+        let resp = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[
+                Attribute::ChannelNumber(0x4000 + i as u16),
+                Attribute::XorPeerAddress(peer(i as u8, 9000)),
+            ],
+        );
+        assert_eq!(code_of(&resp), None, "channel {i}");
+    }
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attribute::ChannelNumber(0x5000),
+            Attribute::XorPeerAddress(peer(200, 9000)),
+        ],
+    );
+    assert_eq!(code_of(&resp), Some(508), "one channel past the cap");
+    assert!(Message::decode(&resp).unwrap().verify_integrity(&c.key));
+    // Renewing a bound channel is not a new one.
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attribute::ChannelNumber(0x4000),
+            Attribute::XorPeerAddress(peer(0, 9000)),
+        ],
+    );
+    assert_eq!(code_of(&resp), None);
+    // The refused bind installed no permission for its peer.
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(peer(200, 9000)), relay_port(relayed), h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+
+    // ...then permissions up to their own cap, all or nothing.
+    assert_eq!(
+        MAX_PERMISSIONS, MAX_CHANNELS,
+        "the test fills both caps with one set of peers"
+    );
+    let resp = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[
+            Attribute::XorPeerAddress(peer(201, 1)),
+            Attribute::XorPeerAddress(peer(0, 1)),
+        ],
+    );
+    assert_eq!(code_of(&resp), Some(508));
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(peer(201, 1)), relay_port(relayed), h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none(), "no permission was installed");
+    // Re-permitting a peer already permitted is a refresh, within the cap.
+    let resp = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress(peer(5, 1))],
+    );
+    assert_eq!(code_of(&resp), None);
+    assert_eq!(h.metrics.count("dropped", "permission_cap"), 1);
+    assert_eq!(h.metrics.count("dropped", "channel_cap"), 1);
+
+    // Expired permissions make room again (RFC 8656 §9: a permission lasts 300 s).
+    h.advance(Duration::from_secs(301));
+    c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
+    let resp = c.call(
+        &mut h,
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress(peer(201, 1))],
+    );
+    assert_eq!(code_of(&resp), None);
+}
