@@ -5,6 +5,11 @@
 //! to B's allocation and on to B as ChannelData: two relay hops per packet. The offer
 //! is open-loop (paced at a fixed rate, never waiting for replies), and loss is what
 //! B did not receive.
+//!
+//! The generator must not be what it measures, so it is cheap per packet: each A
+//! writes its share of a 1 ms tick with one `sendmmsg` (separate datagrams, as many
+//! clients would send them: no GSO, so no server gets pre-coalesced input), and each
+//! B drains its socket with `recvmmsg`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +43,8 @@ pub async fn turn_flows(server: SocketAddr, creds: &Credentials, n: usize) -> Re
         let (Transport::Udp(ta), Transport::Udp(tb)) = (a.transport, b.transport) else {
             unreachable!("Kind::Udp makes a UDP transport")
         };
+        generator_buffers(&ta);
+        generator_buffers(&tb);
         flows.push(Flow {
             tx: Arc::new(ta),
             rx: Arc::new(tb),
@@ -78,6 +85,8 @@ pub async fn bare_flows(server: SocketAddr, n: usize) -> std::io::Result<Vec<Flo
         }
         let tx = UdpSocket::bind("127.0.0.1:0").await?;
         tx.connect(server).await?;
+        generator_buffers(&tx);
+        generator_buffers(&rx);
         let mut header = vec![b'D'];
         header.extend_from_slice(&id);
         flows.push(Flow {
@@ -120,10 +129,20 @@ pub async fn run(flows: &[Flow], payload: usize, rate: u64, duration: Duration) 
         let rx = f.rx.clone();
         let (received, stop) = (received.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            let mut bufs = vec![[0u8; 2048]; RECV_BATCH];
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), rx.recv(&mut buf)).await {
-                    received.fetch_add(1, Ordering::Relaxed);
+                if tokio::time::timeout(Duration::from_millis(50), rx.readable())
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                match rx.try_io(tokio::io::Interest::READABLE, || recv_batch(&rx, &mut bufs)) {
+                    Ok(n) => {
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {}
                 }
             }
         }));
@@ -144,17 +163,23 @@ pub async fn run(flows: &[Flow], payload: usize, rate: u64, duration: Duration) 
     let started = Instant::now();
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let mut sent = 0u64;
-    let mut i = 0usize;
+    let mut next = 0usize;
+    let n = flows.len();
     while sent < total {
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        while sent < due {
-            let f = &flows[i % flows.len()];
-            // A full socket buffer is loss the sender caused, not the server: count it
-            // as sent and lost, which is what open-loop means.
-            let _ = f.tx.try_send(&packets[i % flows.len()]);
-            sent += 1;
-            i += 1;
+        let owed = (due - sent) as usize;
+        // Round-robin: flow `next` onwards gets one packet more when `owed` doesn't divide.
+        for k in 0..n.min(owed.max(1)) {
+            let idx = (next + k) % n;
+            let count = owed / n + usize::from(k < owed % n);
+            if count > 0 {
+                // A full socket buffer is loss the sender caused, not the server: count
+                // it as sent and lost, which is what open-loop means.
+                send_batch(&flows[idx].tx, &packets[idx], count);
+            }
         }
+        next = (next + owed % n) % n;
+        sent = due;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
@@ -184,4 +209,109 @@ pub async fn setup_one(server: SocketAddr, creds: &Credentials, peer: SocketAddr
     c.permit(peer).await?;
     c.bind_channel(0x4001, peer).await?;
     Ok(c)
+}
+
+/// Socket buffers of the generator's own sockets. A B socket is drained by the same
+/// thread that paces the A sockets, so it must hold a whole tick's burst (and more, when
+/// the timer is late); the kernel's default (~200 KB, about 90 datagrams of 1000 B) was
+/// the limit every server hit at the same rate. SO_*BUFFORCE passes net.core.*mem_max
+/// when run as root (the bench is); otherwise the capped size is what we get.
+fn generator_buffers(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    const BYTES: libc::c_int = 8 << 20;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: a c_int option value of the right size, on a live socket.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&BYTES as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+}
+
+/// Datagrams one `recvmmsg` may return.
+const RECV_BATCH: usize = 64;
+
+/// Receive what the socket holds, up to `bufs.len()` datagrams, in one `recvmmsg`.
+fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; iovs.len()];
+    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at one live iovec over a live buffer of its stated
+    // length, and all of them outlive the call.
+    let r = unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Send `count` copies of `packet` on the connected socket, 64 per `sendmmsg`; returns
+/// how many the kernel took (a full buffer stops the batch: those are lost).
+fn send_batch(sock: &UdpSocket, packet: &[u8], count: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    const MAX: usize = 64;
+    let mut iov = libc::iovec {
+        iov_base: packet.as_ptr() as *mut libc::c_void,
+        iov_len: packet.len(),
+    };
+    // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
+    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+    for h in hdrs.iter_mut() {
+        h.msg_hdr.msg_iov = &mut iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(MAX);
+        // SAFETY: every header points at the one iovec, which covers `packet` (only
+        // read by sendmmsg) and outlives the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        done += r as usize;
+        if (r as usize) < n {
+            break;
+        }
+    }
+    done
 }
