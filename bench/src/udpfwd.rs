@@ -5,9 +5,11 @@
 //! relay socket to the flow's second relay socket (the "peer" hop between two
 //! allocations, through the kernel), and goes out of the listener to B (registered with
 //! `R` + flow id). Each flow gets its own pair of relay sockets, as two TURN allocations
-//! do. Reads use the same batched calls (quinn-udp recvmmsg/GRO) as firstcall; sends are
-//! direct `sendto` calls, as firstcall's are (tokio's `try_send_to` refuses a send until
-//! its reactor has seen the socket writable, which drops packets the kernel would take).
+//! do. It uses the same batched calls as firstcall: reads are quinn-udp recvmmsg/GRO,
+//! and a run of equal-size datagrams from one socket to one destination leaves in one
+//! GSO sendmsg (written straight to the kernel: tokio's `try_send_to` refuses a send
+//! until its reactor has seen the socket writable, which drops packets the kernel would
+//! take).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,8 +36,63 @@ fn buffers(sock: &UdpSocket, bytes: usize) {
     let _ = s.set_send_buffer_size(bytes);
 }
 
-fn send(sock: &UdpSocket, data: &[u8], to: SocketAddr) {
-    let _ = socket2::SockRef::from(sock).send_to(data, &to.into());
+/// Queue one datagram; it joins the pending GSO run when it can, else the run is sent.
+fn send(sock: &Rc<UdpSocket>, data: &[u8], to: SocketAddr) {
+    TX.with(|tx| {
+        let mut tx = tx.borrow_mut();
+        let Some(tx) = tx.as_mut() else { return };
+        let joins = tx.key.as_ref().is_some_and(|(s, t)| Rc::ptr_eq(s, sock) && *t == to)
+            && !tx.closed
+            && data.len() <= tx.seg
+            && tx.count < tx.max
+            && tx.buf.len() + data.len() <= 64_000;
+        if !joins {
+            tx.flush();
+            tx.key = Some((sock.clone(), to));
+            tx.seg = data.len();
+        } else if data.len() < tx.seg {
+            tx.closed = true;
+        }
+        tx.buf.extend_from_slice(data);
+        tx.count += 1;
+    });
+}
+
+fn flush() {
+    TX.with(|tx| {
+        if let Some(tx) = tx.borrow_mut().as_mut() {
+            tx.flush();
+        }
+    });
+}
+
+/// The pending run: one socket, one destination, one segment size.
+struct Tx {
+    state: UdpSocketState,
+    key: Option<(Rc<UdpSocket>, SocketAddr)>,
+    buf: Vec<u8>,
+    seg: usize,
+    count: usize,
+    closed: bool,
+    max: usize,
+}
+
+impl Tx {
+    fn flush(&mut self) {
+        if let Some((sock, to)) = self.key.take() {
+            let t = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: (self.count > 1).then_some(self.seg),
+                src_ip: None,
+            };
+            let _ = self.state.try_send((&*sock).into(), &t);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -47,6 +104,19 @@ async fn main() -> std::io::Result<()> {
         .expect("usage: firstcall-udpfwd --listen ADDR");
     let l = Rc::new(UdpSocket::bind(listen).await?);
     buffers(&l, 4 << 20);
+    let tx_state = UdpSocketState::new((&*l).into())?;
+    let max = tx_state.max_gso_segments().clamp(1, BATCH_SIZE);
+    TX.with(|tx| {
+        *tx.borrow_mut() = Some(Tx {
+            state: tx_state,
+            key: None,
+            buf: Vec::with_capacity(128 * 1024),
+            seg: 0,
+            count: 0,
+            closed: false,
+            max,
+        })
+    });
     // Only this task touches the routes and the new registrations; the readers spawned
     // per flow need nothing but their own socket, B's address and the listener.
     let mut routes: HashMap<[u8; 4], Route> = HashMap::new();
@@ -103,6 +173,7 @@ async fn main() -> std::io::Result<()> {
                     });
                     send(&l, b"ok", b);
                 }
+                flush();
             }
         })
         .await;
@@ -111,6 +182,7 @@ async fn main() -> std::io::Result<()> {
 
 thread_local! {
     static STORAGE: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BATCH_SIZE * SLOT]);
+    static TX: RefCell<Option<Tx>> = const { RefCell::new(None) };
 }
 
 /// Wait for one batch on `sock` and hand each datagram to `f`. False when the socket failed.
@@ -139,6 +211,7 @@ async fn pump_once(sock: &UdpSocket, state: &UdpSocketState, mut f: impl FnMut(&
                 f(d, m.addr);
             }
         }
+        flush();
         true
     })
 }

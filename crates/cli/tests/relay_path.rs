@@ -64,3 +64,72 @@ fn the_first_datagram_through_a_fresh_relay_arrives() {
         );
     }
 }
+
+/// Relay bursts leave in batched (GSO) sends: a run of equal-size datagrams to one
+/// destination becomes one `sendmsg`, which the kernel cuts apart again. Every
+/// datagram must still arrive alone, whole and in order, in both hops, including a
+/// shorter one ending a run and a longer one starting the next.
+#[test]
+fn a_burst_through_two_relays_arrives_whole_and_in_order() {
+    let server = start_firstcall(&["--turn-secret", "burst"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (username, password) = rest_credential(&Secret::new("burst"), "burst-test", now + 600);
+    let creds = Credentials { username, password };
+    // Sizes in runs: equal ones batch, a shorter one closes a batch, a longer one opens one.
+    let sizes: Vec<usize> = (0..80)
+        .map(|i| match i % 40 {
+            0..=29 => 500,
+            30 => 120,
+            31..=38 => 1100,
+            _ => 7,
+        })
+        .collect();
+    let got = rt.block_on(async {
+        let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let ra = a.allocate(None).await.unwrap().relayed;
+        let rb = b.allocate(None).await.unwrap().relayed;
+        a.bind_channel(0x4001, rb).await.unwrap();
+        b.bind_channel(0x4002, ra).await.unwrap();
+        // One tight loop, no await between datagrams, so that the server finds runs of
+        // them queued and batches its sends.
+        let firstcall_client::turn::Transport::Udp(sock) = &a.transport else {
+            unreachable!("Kind::Udp")
+        };
+        sock.writable().await.unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..*n).map(|k| (i + k) as u8).collect();
+            let mut frame = vec![0x40, 0x01];
+            frame.extend_from_slice(&(*n as u16).to_be_bytes());
+            frame.extend_from_slice(&payload);
+            let sent = socket2::SockRef::from(sock).send(&frame).unwrap();
+            assert_eq!(sent, frame.len());
+        }
+        let mut got = Vec::new();
+        while got.len() < sizes.len() {
+            match b.recv_relayed(Duration::from_secs(3)).await {
+                Ok(Relayed::Channel { channel, data }) => {
+                    assert_eq!(channel, 0x4002);
+                    got.push(data);
+                }
+                other => panic!("after {} datagrams: {other:?}", got.len()),
+            }
+        }
+        got
+    });
+    for (i, (data, n)) in got.iter().zip(&sizes).enumerate() {
+        let want: Vec<u8> = (0..*n).map(|k| (i + k) as u8).collect();
+        assert_eq!(data, &want, "datagram {i} (size {n}) arrived changed or out of order");
+    }
+    assert_eq!(
+        server.metric("firstcall_turn_relayed_packets_total{direction=\"to_client\"}"),
+        sizes.len() as u64
+    );
+}

@@ -135,9 +135,41 @@ struct Worker {
     streams: RefCell<HashMap<ClientAddr, StreamTx>>,
     timer: Notify,
     metrics: Arc<TurnMetrics>,
-    /// One receive buffer for every relay socket of this worker.
-    relay_buf: RefCell<Vec<u8>>,
+    /// One receive buffer (`BATCH_SIZE` slots) for every relay socket of this worker.
+    relay_storage: RefCell<Vec<u8>>,
+    /// Outgoing UDP datagrams, gathered so that a run to one destination leaves in one
+    /// GSO `sendmsg`; see [`TxBatch`].
+    tx: RefCell<TxBatch>,
 }
+
+/// Which socket a batched datagram leaves from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TxSrc {
+    /// The shared client socket (to a UDP client).
+    Client,
+    /// An allocation's relay socket (to a peer).
+    Relay(RelayPort),
+}
+
+/// Consecutive datagrams from one socket to one destination, of one size (the last may
+/// be shorter), sent as one GSO `sendmsg`: the kernel cuts them apart again, so each
+/// still leaves as its own datagram, for one syscall per run instead of one per packet.
+/// A relay burst is exactly such a run (a peer's packets to its channel, a client's to
+/// its peer). Every UDP send goes through here, in order, so batching never reorders a
+/// destination's datagrams; the batch is flushed at the end of every pass over input.
+struct TxBatch {
+    key: Option<(TxSrc, SocketAddr)>,
+    buf: Vec<u8>,
+    seg: usize,
+    count: usize,
+    /// The last datagram was shorter than `seg`: GSO allows nothing after it.
+    closed: bool,
+    /// Most segments in one send (the kernel's and quinn-udp's limits).
+    max_segments: usize,
+}
+
+/// Most bytes in one GSO send (the UDP length field, less headroom).
+const MAX_GSO_BYTES: usize = 64_000;
 
 struct RelaySocket {
     sock: mio::net::UdpSocket,
@@ -168,6 +200,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let udp = UdpSocket::from_std(s.udp)?;
     let wildcard = udp.local_addr()?.ip().is_unspecified();
     let udp_state = quinn_udp::UdpSocketState::new((&udp).into())?;
+    let max_segments = udp_state.max_gso_segments().clamp(1, quinn_udp::BATCH_SIZE);
     let relay_poll = mio::Poll::new()?;
     let relay_registry = relay_poll.registry().try_clone()?;
     let w = Rc::new(Worker {
@@ -181,7 +214,15 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         streams: RefCell::new(HashMap::new()),
         timer: Notify::new(),
         metrics: s.metrics,
-        relay_buf: RefCell::new(vec![0u8; MAX_DATAGRAM + 8]),
+        relay_storage: RefCell::new(vec![0u8; quinn_udp::BATCH_SIZE * RECV_SLOT]),
+        tx: RefCell::new(TxBatch {
+            key: None,
+            buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
+            seg: 0,
+            count: 0,
+            closed: false,
+            max_segments,
+        }),
     });
     let tcp = TcpListener::from_std(s.tcp)?;
     tokio::task::spawn_local(accept_loop(w.clone(), tcp, None));
@@ -256,30 +297,92 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
 }
 
 fn send_to_peer(w: &Worker, relay: RelayPort, peer: PeerAddr, data: &[u8]) {
-    let relays = w.relays.borrow();
-    let Some(r) = relays.get(&relay) else {
-        w.metrics.dropped("relay_socket_missing");
-        return;
-    };
-    if let Err(e) = r.sock.send_to(data, peer.0) {
-        w.metrics.dropped(if e.kind() == io::ErrorKind::WouldBlock {
-            "relay_send_would_block"
-        } else {
-            "relay_send_error"
-        });
-        tracing::trace!(error = %e, peer = %peer.0, "relay send failed");
-    }
+    tx_push(w, TxSrc::Relay(relay), peer.0, &[data]);
 }
 
-/// Send one datagram now, or fail with the kernel's own error.
-///
-/// Tokio's `try_send_to` refuses with `WouldBlock` until the reactor has seen the
-/// socket writable, which a freshly opened relay socket has not: its first datagram
-/// (often the first packet of a call) was dropped that way. We never wait for
-/// writability on these sockets, so ask the kernel directly; a `WouldBlock` from it
-/// is a genuinely full send buffer, counted by the caller.
-fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<()> {
-    socket2::SockRef::from(sock).send_to(data, &to.into()).map(|_| ())
+/// Queue one datagram (the concatenation of `parts`) in the worker's batch, sending
+/// the batch first if this datagram cannot join it.
+fn tx_push(w: &Worker, src: TxSrc, to: SocketAddr, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let joins = {
+        let b = w.tx.borrow();
+        b.key == Some((src, to))
+            && !b.closed
+            && len <= b.seg
+            && b.count < b.max_segments
+            && b.buf.len() + len <= MAX_GSO_BYTES
+    };
+    if !joins {
+        tx_flush(w);
+    }
+    let mut b = w.tx.borrow_mut();
+    if b.count == 0 {
+        b.key = Some((src, to));
+        b.seg = len;
+    } else if len < b.seg {
+        b.closed = true;
+    }
+    for p in parts {
+        b.buf.extend_from_slice(p);
+    }
+    b.count += 1;
+}
+
+/// Send whatever the batch holds.
+fn tx_flush(w: &Worker) {
+    let mut b = w.tx.borrow_mut();
+    let Some((src, to)) = b.key.take() else { return };
+    let count = std::mem::take(&mut b.count);
+    b.closed = false;
+    let t = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: &b.buf,
+        segment_size: (count > 1).then_some(b.seg),
+        src_ip: None,
+    };
+    let sent = match src {
+        TxSrc::Client => {
+            // Replies leave from the address the client wrote to (see `wildcard`).
+            let src_ip = if w.wildcard {
+                w.client_local.borrow().get(&to).copied()
+            } else {
+                None
+            };
+            let t = quinn_udp::Transmit { src_ip, ..t };
+            // Straight to sendmsg: tokio's `try_send_to` refuses until its reactor has
+            // seen the socket writable, which dropped a fresh socket's first datagram.
+            match w.udp_state.try_send((&*w.udp).into(), &t) {
+                Ok(()) => None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some("client_send_would_block"),
+                Err(e) => {
+                    tracing::trace!(error = %e, %to, "client send failed");
+                    Some("client_send_error")
+                }
+            }
+        }
+        TxSrc::Relay(port) => match w
+            .relays
+            .borrow()
+            .get(&port)
+            .map(|r| w.udp_state.try_send((&r.sock).into(), &t))
+        {
+            Some(Ok(())) => None,
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Some("relay_send_would_block"),
+            Some(Err(e)) => {
+                tracing::trace!(error = %e, peer = %to, "relay send failed");
+                Some("relay_send_error")
+            }
+            None => Some("relay_socket_missing"),
+        },
+    };
+    let failed = sent;
+    if let Some(reason) = failed {
+        for _ in 0..count {
+            w.metrics.dropped(reason);
+        }
+    }
+    b.buf.clear();
 }
 
 /// Most client addresses remembered for source-address selection; past that the map
@@ -298,32 +401,7 @@ fn remember_local(w: &Worker, client: SocketAddr, local: IpAddr) {
 
 /// Send a datagram to a UDP client, from the address it wrote to.
 fn send_udp(w: &Worker, to: SocketAddr, data: &[u8]) {
-    let src_ip = if w.wildcard {
-        w.client_local.borrow().get(&to).copied()
-    } else {
-        None
-    };
-    let r = match src_ip {
-        Some(ip) => {
-            let t = quinn_udp::Transmit {
-                destination: to,
-                ecn: None,
-                contents: data,
-                segment_size: None,
-                src_ip: Some(ip),
-            };
-            // Straight to sendmsg, for the reason given at `send_now`.
-            w.udp_state.try_send((&*w.udp).into(), &t)
-        }
-        None => send_now(&w.udp, data, to),
-    };
-    if let Err(e) = r {
-        w.metrics.dropped(if e.kind() == io::ErrorKind::WouldBlock {
-            "client_send_would_block"
-        } else {
-            "client_send_error"
-        });
-    }
+    tx_push(w, TxSrc::Client, to, &[data]);
 }
 
 fn send_to_client(w: &Worker, client: ClientAddr, payload: Vec<u8>) {
@@ -374,6 +452,7 @@ fn flush(w: &Rc<Worker>) {
             None => {}
         }
     }
+    tx_flush(w);
     w.timer.notify_one();
 }
 
@@ -384,6 +463,9 @@ fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
     let _ = s.set_recv_buffer_size(1 << 20);
     let _ = s.set_send_buffer_size(1 << 20);
     s.bind(&addr.into())?;
+    // GRO: a run of datagrams from one peer (a GSO send from another relay, on
+    // loopback) arrives as one read. Without it each is read on its own, still correct.
+    enable_gro(&s);
     let mut sock = mio::net::UdpSocket::from_std(s.into());
     w.relay_registry
         .register(&mut sock, mio::Token(usize::from(port.0)), mio::Interest::READABLE)?;
@@ -391,11 +473,8 @@ fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
     Ok(())
 }
 
-/// Datagrams taken from one relay socket before the next ready one gets a turn.
-const DRAIN: usize = 64;
-
 /// The worker's one relay task: waits on the epoll set of every relay socket, then
-/// serves the ready sockets round-robin, `DRAIN` datagrams each per round, yielding
+/// serves the ready sockets round-robin, one `recvmmsg` each per round, yielding
 /// to the client-socket loop between rounds.
 async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
     // SAFETY: `mio::Poll` owns its epoll descriptor, never replaces it and closes it
@@ -466,51 +545,83 @@ async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
     }
 }
 
-/// Relay up to `DRAIN` datagrams from one relay socket to its client. Returns whether
-/// the socket may hold more.
+/// Relay what one `recvmmsg` on a relay socket returns (up to `BATCH_SIZE` reads, each
+/// possibly several GRO-coalesced datagrams) to the clients. Returns whether the socket
+/// may hold more.
 fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
-    for _ in 0..DRAIN {
-        let mut buf = w.relay_buf.borrow_mut();
-        // Headroom for the ChannelData header, and room for TCP padding after the payload.
-        let received = match w.relays.borrow().get(&port) {
-            Some(r) => r.sock.recv_from(&mut buf[4..MAX_DATAGRAM]),
-            None => return false,
-        };
-        let (n, peer) = match received {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            // ICMP unreachable from an earlier send to a peer: about that send only.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                w.metrics.dropped("relay_recv_error");
-                tracing::warn!(port = port.0, error = %e, "relay socket receive failed");
-                return false;
-            }
-        };
-        let to = w
-            .core
-            .borrow_mut()
-            .handle_peer_traffic(&buf[4..4 + n], PeerAddr(peer), port, Instant::now());
-        match to {
-            Some(t) => {
-                let Ok(len) = u16::try_from(n) else { continue };
-                buf[..4].copy_from_slice(&ChannelData::header(t.channel, len));
-                if t.client.transport == Transport::Udp {
-                    send_udp(w, t.client.addr, &buf[..4 + n]);
-                } else {
-                    let padded = 4 + n.next_multiple_of(4);
-                    buf[4 + n..padded].fill(0);
-                    send_to_client(w, t.client, buf[..padded].to_vec());
+    use quinn_udp::{RecvMeta, BATCH_SIZE};
+    use std::io::IoSliceMut;
+    let mut storage = w.relay_storage.borrow_mut();
+    let mut metas = [RecvMeta::default(); BATCH_SIZE];
+    let received = {
+        let relays = w.relays.borrow();
+        let Some(r) = relays.get(&port) else { return false };
+        let mut slots = storage.chunks_mut(RECV_SLOT);
+        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("storage holds BATCH_SIZE slots")));
+        w.udp_state.recv((&r.sock).into(), &mut iovs, &mut metas)
+    };
+    let n = match received {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+        // ICMP unreachable from an earlier send to a peer: about that send only.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return true,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+        Err(e) => {
+            w.metrics.dropped("relay_recv_error");
+            tracing::warn!(port = port.0, error = %e, "relay socket receive failed");
+            return false;
+        }
+    };
+    let now = Instant::now();
+    for (i, meta) in metas.iter().take(n).enumerate() {
+        let slot = &storage[i * RECV_SLOT..i * RECV_SLOT + meta.len.min(RECV_SLOT)];
+        for datagram in slot.chunks(meta.stride.max(1)) {
+            let to = w
+                .core
+                .borrow_mut()
+                .handle_peer_traffic(datagram, PeerAddr(meta.addr), port, now);
+            match to {
+                Some(t) => {
+                    let Ok(len) = u16::try_from(datagram.len()) else {
+                        continue;
+                    };
+                    let header = ChannelData::header(t.channel, len);
+                    if t.client.transport == Transport::Udp {
+                        tx_push(w, TxSrc::Client, t.client.addr, &[&header, datagram]);
+                    } else {
+                        // Over TCP/TLS, ChannelData is padded to a multiple of 4 (RFC 8656 §12.5).
+                        let mut frame = Vec::with_capacity(4 + datagram.len().next_multiple_of(4));
+                        frame.extend_from_slice(&header);
+                        frame.extend_from_slice(datagram);
+                        frame.resize(4 + datagram.len().next_multiple_of(4), 0);
+                        send_to_client(w, t.client, frame);
+                    }
                 }
-            }
-            None => {
-                drop(buf);
-                flush(w);
+                None => flush(w),
             }
         }
     }
-    true
+    drop(storage);
+    tx_flush(w);
+    n == BATCH_SIZE
+}
+
+/// Ask the kernel to coalesce received datagrams (UDP_GRO); quinn-udp reads the
+/// segment size it reports. Best effort: without it every datagram is read alone.
+fn enable_gro(s: &Socket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a c_int option value of the right size, on a live socket.
+    let _ = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 async fn timer_loop(w: Rc<Worker>) {
