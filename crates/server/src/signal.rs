@@ -167,7 +167,8 @@ impl Signaling {
         });
         while let Some(msg) = stream.next().await {
             let text = match msg {
-                Ok(Message::Text(t)) => t.to_string(),
+                // Not `to_string()`, which formats through `Display`.
+                Ok(Message::Text(t)) => t.as_str().to_owned(),
                 Ok(Message::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => continue, // WebSocket-level ping/pong

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tracing::Span;
 
@@ -161,7 +162,7 @@ struct Call {
     invited_at: Instant,
     /// Callee devices that were sent `call.incoming`, and whether they rang.
     devices: BTreeMap<DeviceId, bool>,
-    caller_signals: Vec<Value>,
+    caller_signals: Vec<Box<RawValue>>,
     ever_online: bool,
     span: Span,
 }
@@ -326,19 +327,27 @@ impl<R: RngCore> Hub<R> {
             );
             return;
         }
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                let seq = self.consume_next(key, now);
-                self.error(key, ErrorCode::BadRequest, &format!("not JSON: {e}"), seq);
-                return;
+        // The envelope straight from the text; anything unusual about it goes through a
+        // `Value`, which tells "not JSON" from a missing or non-numeric field.
+        let (typ, seq) = match serde_json::from_str::<Envelope>(text) {
+            Ok(e) => (e.typ.unwrap_or(std::borrow::Cow::Borrowed("")), e.seq),
+            Err(_) => {
+                let v: Value = match serde_json::from_str(text) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let seq = self.consume_next(key, now);
+                        self.error(key, ErrorCode::BadRequest, &format!("not JSON: {e}"), seq);
+                        return;
+                    }
+                };
+                let typ = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+                (std::borrow::Cow::Owned(typ), v.get("seq").and_then(Value::as_u64))
             }
         };
-        let typ = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
-        let typ = typ.as_str();
+        let typ = typ.as_ref();
         match typ {
             "ack" => {
-                match v.get("seq").and_then(Value::as_u64) {
+                match seq {
                     Some(n) => self.handle_ack(key, n, now),
                     None => self.error_unsequenced(conn, ErrorCode::BadRequest, "ack needs a numeric seq"),
                 }
@@ -354,7 +363,7 @@ impl<R: RngCore> Hub<R> {
             "pong" => return,
             _ => {}
         }
-        let Some(seq) = v.get("seq").and_then(Value::as_u64) else {
+        let Some(seq) = seq else {
             let seq = self.consume_next(key, now);
             self.error(key, ErrorCode::BadRequest, "frame needs a numeric seq", seq);
             return;
@@ -403,7 +412,7 @@ impl<R: RngCore> Hub<R> {
             self.error(key, ErrorCode::UnknownType, &format!("unknown type {typ:?}"), Some(seq));
             return;
         }
-        let frame: ClientFrame = match serde_json::from_value(v) {
+        let frame = match ClientFrame::parse(typ, text) {
             Ok(f) => f,
             Err(e) => {
                 self.error(key, ErrorCode::BadRequest, &format!("{typ}: {e}"), Some(seq));
@@ -775,13 +784,22 @@ impl<R: RngCore> Hub<R> {
 
     /// Queue a sequenced frame for a session (and send it if a socket is attached).
     fn push(&mut self, key: SessionKey, mut frame: Value) -> Option<u64> {
+        self.push_with(key, |seq| {
+            if let Value::Object(m) = &mut frame {
+                m.insert("seq".into(), seq.into());
+            }
+            // Not `to_string()`: that goes through `Display` and a formatter, which cost
+            // several reallocations per frame.
+            serde_json::to_string(&frame).expect("a Value always serializes")
+        })
+    }
+
+    /// Queue a sequenced frame that `text` writes given its seq.
+    fn push_with(&mut self, key: SessionKey, text: impl FnOnce(u64) -> String) -> Option<u64> {
         let s = self.sessions.get_mut(&key)?;
         s.out_seq += 1;
         let seq = s.out_seq;
-        if let Value::Object(m) = &mut frame {
-            m.insert("seq".into(), seq.into());
-        }
-        let text = frame.to_string();
+        let text = text(seq);
         if let Some(conn) = s.conn {
             self.out.push_back(Output::Send {
                 conn,
@@ -800,6 +818,12 @@ impl<R: RngCore> Hub<R> {
     fn push_to(&mut self, who: &(UserId, DeviceId), frame: Value) -> Option<u64> {
         let key = *self.devices.get(who)?;
         self.push(key, frame)
+    }
+
+    /// Relay a signal to one device: the sender's `data` copied verbatim.
+    fn push_signal(&mut self, who: &(UserId, DeviceId), call: &CallId, from: &(UserId, DeviceId), data: &RawValue) {
+        let Some(&key) = self.devices.get(who) else { return };
+        self.push_with(key, |seq| signal_text(call, from, data, seq));
     }
 
     fn error(&mut self, key: SessionKey, code: ErrorCode, msg: &str, reference: Option<u64>) {
@@ -940,29 +964,28 @@ impl<R: RngCore> Hub<R> {
             }
             ClientFrame::Signal { data, .. } => {
                 let kind = validate_signal(&data).map_err(|m| refuse(ErrorCode::BadRequest, m))?;
-                let out = json!({"type": "call.signal", "call": id, "from": me.0, "from_device": me.1, "data": data});
                 let c = self.calls.get_mut(&ck).expect("live call");
                 c.span
                     .in_scope(|| tracing::debug!(from = %me.0, device = %me.1, kind = ?kind, "signal"));
                 if is_caller {
                     if c.state == CallState::Ringing {
                         // Held with the invite for devices that come online later.
-                        c.caller_signals.push(data);
+                        c.caller_signals.push(data.clone());
                         let devices: Vec<DeviceId> = c.devices.keys().cloned().collect();
                         let callee = c.callee.clone();
                         for d in devices {
-                            self.push_to(&(callee.clone(), d), out.clone());
+                            self.push_signal(&(callee.clone(), d), &id, &me, &data);
                         }
                     } else if let Some(d) = c.accepted_device.clone() {
                         let callee = c.callee.clone();
-                        self.push_to(&(callee, d), out);
+                        self.push_signal(&(callee, d), &id, &me, &data);
                     }
                     Ok(())
                 } else if is_accepted
                     || (is_callee_device && c.state == CallState::Ringing && c.devices.contains_key(&me.1))
                 {
                     let caller = c.caller.clone();
-                    self.push_to(&caller, out);
+                    self.push_signal(&caller, &id, &me, &data);
                     Ok(())
                 } else {
                     Err(refuse(ErrorCode::NotParticipant, "not a party of this call"))
@@ -1131,11 +1154,8 @@ impl<R: RngCore> Hub<R> {
             "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
             "media": c.media, "sdp": c.offer,
         });
-        let held: Vec<Value> = c
-            .caller_signals
-            .iter()
-            .map(|d| json!({"type": "call.signal", "call": c.id, "from": c.caller.0, "from_device": c.caller.1, "data": d}))
-            .collect();
+        let held: Vec<Box<RawValue>> = c.caller_signals.clone();
+        let (id, caller) = (c.id.clone(), c.caller.clone());
         c.span
             .in_scope(|| tracing::info!(%device, held = held.len(), "incoming delivered"));
         let _ = now;
@@ -1144,8 +1164,8 @@ impl<R: RngCore> Hub<R> {
                 s.awaiting_ring.push((seq, ck));
             }
         }
-        for f in held {
-            self.push(target, f);
+        for d in held {
+            self.push_with(target, |seq| signal_text(&id, &caller, &d, seq));
         }
     }
 
@@ -1223,6 +1243,29 @@ pub fn error_value(code: ErrorCode, message: &str, reference: Option<u64>) -> Va
         m.insert("ref".into(), r.into());
     }
     Value::Object(m)
+}
+
+/// A relayed `call.signal` frame.
+fn signal_text(call: &CallId, from: &(UserId, DeviceId), data: &RawValue, seq: u64) -> String {
+    #[derive(serde::Serialize)]
+    struct SignalOut<'a> {
+        #[serde(rename = "type")]
+        typ: &'static str,
+        call: &'a CallId,
+        from: &'a UserId,
+        from_device: &'a DeviceId,
+        data: &'a RawValue,
+        seq: u64,
+    }
+    let out = SignalOut {
+        typ: "call.signal",
+        call,
+        from: &from.0,
+        from_device: &from.1,
+        data,
+        seq,
+    };
+    serde_json::to_string(&out).expect("strings, raw JSON and a number always serialize")
 }
 
 fn error_json(code: ErrorCode, message: &str, reference: Option<u64>) -> String {

@@ -2,10 +2,15 @@
 //!
 //! Incoming frames are parsed in two steps: the envelope (`type`, `seq`) first, so
 //! that a frame with bad fields can still be refused by its seq, then the body.
+//! Both steps read the text itself (no intermediate `Value` tree), and a signal's
+//! `data` is kept as the raw JSON the client sent: it is relayed, not interpreted,
+//! so it is validated in place and copied out verbatim.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Largest text frame accepted (64 KiB); larger ones are refused with `too_large`.
@@ -257,12 +262,15 @@ pub enum ClientFrame {
         reason: Option<HangupReason>,
     },
     /// Trickled candidate, end-of-candidates, or renegotiation SDP.
-    #[serde(rename = "call.signal")]
+    ///
+    /// Parsed by [`ClientFrame::parse`] only: raw JSON cannot pass through serde's
+    /// buffering of internally tagged enums.
+    #[serde(rename = "call.signal", skip_deserializing)]
     Signal {
         /// Call id.
         call: CallId,
-        /// The payload, validated by [`validate_signal`].
-        data: Value,
+        /// The payload as sent, validated by [`validate_signal`].
+        data: Box<RawValue>,
     },
     /// ICE connected: the selected pair.
     #[serde(rename = "call.connected")]
@@ -282,7 +290,38 @@ pub enum ClientFrame {
     },
 }
 
+/// The envelope of every client frame after `hello`: read first, borrowing from the
+/// text, to route the frame (or refuse it by its seq) before its body is parsed.
+/// Fails on anything unusual (not an object, a non-string type, a non-integer seq, a
+/// duplicate key); the hub then takes its slower path, which names the exact fault.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// `type`.
+    #[serde(rename = "type", borrow, default)]
+    pub typ: Option<Cow<'a, str>>,
+    /// `seq`.
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
 impl ClientFrame {
+    /// Parse a sequenced frame whose envelope says `typ`.
+    pub fn parse(typ: &str, text: &str) -> Result<ClientFrame, serde_json::Error> {
+        if typ == "call.signal" {
+            #[derive(Deserialize)]
+            struct Signal {
+                call: CallId,
+                data: Box<RawValue>,
+            }
+            let s: Signal = serde_json::from_str(text)?;
+            return Ok(ClientFrame::Signal {
+                call: s.call,
+                data: s.data,
+            });
+        }
+        serde_json::from_str(text)
+    }
+
     /// The call the frame is about.
     pub fn call(&self) -> &CallId {
         match self {
@@ -309,7 +348,30 @@ pub const CLIENT_TYPES: &[&str] = &[
 ];
 
 /// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.
-pub fn validate_signal(data: &Value) -> Result<SignalKind, &'static str> {
+///
+/// A trickled candidate (nearly every signal) is checked by a borrowed parse of just
+/// the fields that matter; anything else goes through a `Value`, which also gives the
+/// precise complaint.
+pub fn validate_signal(data: &RawValue) -> Result<SignalKind, &'static str> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CandidateOnly<'a> {
+        #[serde(borrow)]
+        candidate: Inner<'a>,
+    }
+    #[derive(Deserialize)]
+    struct Inner<'a> {
+        #[serde(borrow)]
+        candidate: Cow<'a, str>,
+    }
+    if let Ok(c) = serde_json::from_str::<CandidateOnly>(data.get()) {
+        return Ok(SignalKind::Candidate(candidate_type(&c.candidate.candidate)));
+    }
+    let v: Value = serde_json::from_str(data.get()).map_err(|_| "data must be JSON")?;
+    validate_signal_value(&v)
+}
+
+fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
     let obj = data.as_object().ok_or("data must be an object")?;
     if obj.len() != 1 {
         return Err("data must have exactly one of candidate, end_of_candidates, sdp");
@@ -404,20 +466,54 @@ mod tests {
         assert!(serde_json::from_value::<ClientFrame>(json!({"type":"call.invite","call":"c1"})).is_err());
     }
 
+    fn raw(v: Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
+    }
+
+    #[test]
+    fn signal_frames_keep_their_data_verbatim() {
+        let text = r#"{"type":"call.signal","seq":3,"call":"c1","data":{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","sdpMid":"0"}}}"#;
+        let env: Envelope = serde_json::from_str(text).unwrap();
+        assert_eq!((env.typ.as_deref(), env.seq), (Some("call.signal"), Some(3)));
+        let ClientFrame::Signal { call, data } = ClientFrame::parse("call.signal", text).unwrap() else {
+            panic!("not a signal")
+        };
+        assert_eq!(call.as_str(), "c1");
+        assert_eq!(
+            data.get(),
+            r#"{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","sdpMid":"0"}}"#
+        );
+        assert_eq!(validate_signal(&data), Ok(SignalKind::Candidate("host")));
+        // Odd envelopes are refused here, for the hub's precise slow path.
+        for odd in [
+            r#"{"type":1,"seq":1}"#,
+            r#"{"type":"x","seq":"1"}"#,
+            r#"[1]"#,
+            r#"{"seq":1,"seq":2}"#,
+        ] {
+            assert!(serde_json::from_str::<Envelope>(odd).is_err(), "{odd}");
+        }
+    }
+
     #[test]
     fn signal_data_validation() {
-        let c = json!({"candidate":{"candidate":"candidate:1 1 udp 2122260223 203.0.113.5 5000 typ srflx raddr 0.0.0.0 rport 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}});
+        let c = raw(
+            json!({"candidate":{"candidate":"candidate:1 1 udp 2122260223 203.0.113.5 5000 typ srflx raddr 0.0.0.0 rport 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}}),
+        );
         assert_eq!(validate_signal(&c), Ok(SignalKind::Candidate("srflx")));
+        // A candidate with a second key is not "exactly one".
+        assert!(validate_signal(&raw(json!({"candidate":{"candidate":"a"},"sdp":{}}))).is_err());
+        assert!(validate_signal(&raw(json!({"candidate":{"candidate":5}}))).is_err());
         assert_eq!(
-            validate_signal(&json!({"end_of_candidates":true})),
+            validate_signal(&raw(json!({"end_of_candidates":true}))),
             Ok(SignalKind::EndOfCandidates)
         );
         assert_eq!(
-            validate_signal(&json!({"sdp":{"type":"offer","sdp":"v=0"}})),
+            validate_signal(&raw(json!({"sdp":{"type":"offer","sdp":"v=0"}}))),
             Ok(SignalKind::Sdp)
         );
-        assert!(validate_signal(&json!({"sdp":{"type":"bogus","sdp":"v=0"}})).is_err());
-        assert!(validate_signal(&json!({"candidate":{}, "sdp":{}})).is_err());
-        assert!(validate_signal(&json!("x")).is_err());
+        assert!(validate_signal(&raw(json!({"sdp":{"type":"bogus","sdp":"v=0"}}))).is_err());
+        assert!(validate_signal(&raw(json!({"candidate":{}, "sdp":{}}))).is_err());
+        assert!(validate_signal(&raw(json!("x"))).is_err());
     }
 }
