@@ -61,6 +61,8 @@ pub struct Conn {
     seq: u64,
     /// The call this session signals on (firstcall only).
     call: String,
+    /// What this session has received and acknowledged (firstcall only).
+    acks: Arc<AckState>,
 }
 
 /// Loopback source address `i` (127.0.0.1 … 127.0.0.16) so that 50,000 connections
@@ -312,19 +314,21 @@ pub async fn open_pairs(
         // Each side's address is the other's recipient.
         let (atx, ast) = drive(proto, a, stats.clone());
         let (btx, bst) = drive(proto, b, stats.clone());
-        flush.push((atx.clone(), ast));
-        flush.push((btx.clone(), bst));
+        flush.push((atx.clone(), ast.clone()));
+        flush.push((btx.clone(), bst.clone()));
         conns.push(Conn {
             tx: atx,
             address: b_addr,
             seq: 1,
             call: call.clone(),
+            acks: ast,
         });
         conns.push(Conn {
             tx: btx,
             address: a_addr,
             seq: 1,
             call,
+            acks: bst,
         });
     }
     if let Proto::Firstcall = proto {
@@ -341,8 +345,16 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
     match proto {
         Proto::Firstcall => {
             c.seq += 1;
+            // A pending ack rides on the frame, as the SDK does (protocol.md).
+            let last = c.acks.last_in.load(Ordering::Relaxed);
+            let ack = if last > c.acks.acked.load(Ordering::Relaxed) {
+                c.acks.acked.store(last, Ordering::Relaxed);
+                format!(r#","ack":{last}"#)
+            } else {
+                String::new()
+            };
             format!(
-                r#"{{"type":"call.signal","seq":{},"call":"{}","data":{cand}}}"#,
+                r#"{{"type":"call.signal","seq":{},"call":"{}"{ack},"data":{cand}}}"#,
                 c.seq, c.call
             )
         }

@@ -186,6 +186,10 @@ impl SignalClient {
                 }
             };
             let v: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            // An acknowledgement riding on any other frame means what an `ack` frame does.
+            if let (Some(n), false) = (v["ack"].as_u64(), v["type"] == "ack") {
+                self.unacked.retain(|(q, _)| *q > n);
+            }
             match v["type"].as_str() {
                 Some("ack") => {
                     let n = v["seq"].as_u64().unwrap_or(0);

@@ -329,8 +329,8 @@ impl<R: RngCore> Hub<R> {
         }
         // The envelope straight from the text; anything unusual about it goes through a
         // `Value`, which tells "not JSON" from a missing or non-numeric field.
-        let (typ, seq) = match serde_json::from_str::<Envelope>(text) {
-            Ok(e) => (e.typ.unwrap_or(std::borrow::Cow::Borrowed("")), e.seq),
+        let (typ, seq, ack) = match serde_json::from_str::<Envelope>(text) {
+            Ok(e) => (e.typ.unwrap_or(std::borrow::Cow::Borrowed("")), e.seq, e.ack),
             Err(_) => {
                 let v: Value = match serde_json::from_str(text) {
                     Ok(v) => v,
@@ -341,10 +341,14 @@ impl<R: RngCore> Hub<R> {
                     }
                 };
                 let typ = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
-                (std::borrow::Cow::Owned(typ), v.get("seq").and_then(Value::as_u64))
+                let ack = v.get("ack").and_then(Value::as_u64);
+                (std::borrow::Cow::Owned(typ), v.get("seq").and_then(Value::as_u64), ack)
             }
         };
         let typ = typ.as_ref();
+        if let (Some(n), false) = (ack, typ == "ack") {
+            self.handle_ack(key, n, now);
+        }
         match typ {
             "ack" => {
                 match seq {
@@ -448,7 +452,8 @@ impl<R: RngCore> Hub<R> {
                     }
                 }
                 Timer::Ack(key) => {
-                    if let Some(s) = self.sessions.get_mut(&key) {
+                    // Not scheduled any more: a frame to the session carried the ack.
+                    if let Some(s) = self.sessions.get_mut(&key).filter(|s| s.ack_scheduled) {
                         s.ack_scheduled = false;
                         if let Some(conn) = s.conn {
                             let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
@@ -784,9 +789,12 @@ impl<R: RngCore> Hub<R> {
 
     /// Queue a sequenced frame for a session (and send it if a socket is attached).
     fn push(&mut self, key: SessionKey, mut frame: Value) -> Option<u64> {
-        self.push_with(key, |seq| {
+        self.push_with(key, |seq, ack| {
             if let Value::Object(m) = &mut frame {
                 m.insert("seq".into(), seq.into());
+                if let Some(a) = ack {
+                    m.insert("ack".into(), a.into());
+                }
             }
             // Not `to_string()`: that goes through `Display` and a formatter, which cost
             // several reallocations per frame.
@@ -794,12 +802,18 @@ impl<R: RngCore> Hub<R> {
         })
     }
 
-    /// Queue a sequenced frame that `text` writes given its seq.
-    fn push_with(&mut self, key: SessionKey, text: impl FnOnce(u64) -> String) -> Option<u64> {
+    /// Queue a sequenced frame that `text` writes given its seq and, when the session
+    /// is owed an acknowledgement and has a socket, the ack to carry (which then replaces
+    /// the separate `ack` frame).
+    fn push_with(&mut self, key: SessionKey, text: impl FnOnce(u64, Option<u64>) -> String) -> Option<u64> {
         let s = self.sessions.get_mut(&key)?;
         s.out_seq += 1;
         let seq = s.out_seq;
-        let text = text(seq);
+        let ack = (s.ack_scheduled && s.conn.is_some()).then_some(s.in_seq);
+        if ack.is_some() {
+            s.ack_scheduled = false;
+        }
+        let text = text(seq, ack);
         if let Some(conn) = s.conn {
             self.out.push_back(Output::Send {
                 conn,
@@ -823,7 +837,7 @@ impl<R: RngCore> Hub<R> {
     /// Relay a signal to one device: the sender's `data` copied verbatim.
     fn push_signal(&mut self, who: &(UserId, DeviceId), call: &CallId, from: &(UserId, DeviceId), data: &RawValue) {
         let Some(&key) = self.devices.get(who) else { return };
-        self.push_with(key, |seq| signal_text(call, from, data, seq));
+        self.push_with(key, |seq, ack| signal_text(call, from, data, seq, ack));
     }
 
     fn error(&mut self, key: SessionKey, code: ErrorCode, msg: &str, reference: Option<u64>) {
@@ -1165,7 +1179,7 @@ impl<R: RngCore> Hub<R> {
             }
         }
         for d in held {
-            self.push_with(target, |seq| signal_text(&id, &caller, &d, seq));
+            self.push_with(target, |seq, ack| signal_text(&id, &caller, &d, seq, ack));
         }
     }
 
@@ -1246,7 +1260,7 @@ pub fn error_value(code: ErrorCode, message: &str, reference: Option<u64>) -> Va
 }
 
 /// A relayed `call.signal` frame.
-fn signal_text(call: &CallId, from: &(UserId, DeviceId), data: &RawValue, seq: u64) -> String {
+fn signal_text(call: &CallId, from: &(UserId, DeviceId), data: &RawValue, seq: u64, ack: Option<u64>) -> String {
     #[derive(serde::Serialize)]
     struct SignalOut<'a> {
         #[serde(rename = "type")]
@@ -1256,6 +1270,8 @@ fn signal_text(call: &CallId, from: &(UserId, DeviceId), data: &RawValue, seq: u
         from_device: &'a DeviceId,
         data: &'a RawValue,
         seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ack: Option<u64>,
     }
     let out = SignalOut {
         typ: "call.signal",
@@ -1264,6 +1280,7 @@ fn signal_text(call: &CallId, from: &(UserId, DeviceId), data: &RawValue, seq: u
         from_device: &from.1,
         data,
         seq,
+        ack,
     };
     serde_json::to_string(&out).expect("strings, raw JSON and a number always serialize")
 }

@@ -302,6 +302,10 @@ pub struct Envelope<'a> {
     /// `seq`.
     #[serde(default)]
     pub seq: Option<u64>,
+    /// A cumulative acknowledgement riding on a sequenced frame (same meaning as an
+    /// `ack` frame's `seq`), which spares the peer a separate `ack` frame.
+    #[serde(default)]
+    pub ack: Option<u64>,
 }
 
 impl ClientFrame {

@@ -76,6 +76,8 @@ struct World {
     next_conn: u64,
     webhooks: Vec<Value>,
     metrics: Arc<SignalMetrics>,
+    /// Clients acknowledge every frame at once with an `ack` frame (else never).
+    auto_ack: bool,
 }
 
 impl World {
@@ -98,6 +100,7 @@ impl World {
             next_conn: 1,
             webhooks: vec![],
             metrics,
+            auto_ack: true,
         }
     }
 
@@ -194,6 +197,10 @@ impl World {
                     let mut resend = vec![];
                     {
                         let c = &mut self.clients[i];
+                        // An ack riding on any frame (protocol.md), like an `ack` frame.
+                        if let (Some(n), false) = (v["ack"].as_u64(), v["type"] == "ack") {
+                            c.unacked.retain(|(q, _)| *q > n);
+                        }
                         if v["type"] == "welcome" {
                             if v["resumed"] == true {
                                 let done = v["last_seq"].as_u64().unwrap();
@@ -231,7 +238,7 @@ impl World {
                     for f in resend {
                         self.hub.handle_text(conn, &f, self.now);
                     }
-                    if let Some(n) = ack {
+                    if let Some(n) = ack.filter(|_| self.auto_ack) {
                         self.hub
                             .handle_text(conn, &json!({"type": "ack", "seq": n}).to_string(), self.now);
                     }
@@ -724,4 +731,53 @@ proptest::proptest! {
         proptest::prop_assert!(w.clients.iter().all(|c| c.unacked.is_empty()), "every client frame acknowledged");
         let _ = HashMap::<u8, u8>::new();
     }
+}
+
+#[test]
+fn acks_ride_on_frames_both_ways() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("p", "bob"));
+    w.send(b, json!({"type": "call.accept", "call": "p", "sdp": "v=0 answer"}));
+    w.advance(Duration::from_secs(1));
+    w.auto_ack = false;
+    let acks_to_alice = |w: &World| w.clients[a].control.iter().filter(|v| v["type"] == "ack").count();
+    let before = acks_to_alice(&w);
+
+    // Server -> client: alice's signal is owed an ack; bob's reply to her carries it, and
+    // no separate ack frame follows.
+    let sent = w.send(a, signal("p", cand(1)));
+    w.send(b, signal("p", cand(2)));
+    let reply = w.clients[a].of_type("call.signal").last().cloned().unwrap();
+    assert_eq!(
+        reply["ack"],
+        json!(sent),
+        "the frame to alice acknowledges her seq {sent}"
+    );
+    assert!(
+        w.clients[a].unacked.is_empty(),
+        "alice released her frames on the riding ack"
+    );
+    w.advance(Duration::from_secs(1));
+    assert_eq!(acks_to_alice(&w), before, "no separate ack frame after a riding one");
+
+    // Client -> server: the server keeps bob's four frames from alice (candidates 1, 3,
+    // 4, 5) and alice's one from bob (candidate 2) until each acknowledges.
+    for n in 3..=5 {
+        w.send(a, signal("p", cand(n)));
+    }
+    let held = w.metrics.unacked.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(held, 5);
+    let last = w.clients[b].last_in;
+    let seq = w.clients[b].out_seq + 1;
+    w.clients[b].out_seq = seq;
+    let frame = json!({"type": "call.signal", "call": "p", "seq": seq, "ack": last, "data": cand(6)});
+    w.raw(b, &frame.to_string());
+    let now_held = w.metrics.unacked.load(std::sync::atomic::Ordering::Relaxed);
+    // Bob's acknowledged frames went; his signal added one (unacknowledged) for alice.
+    assert_eq!(now_held, 2, "the ack on bob's frame released his four");
+    assert_eq!(w.clients[a].of_type("call.signal").last().unwrap()["data"], cand(6));
+    assert!(errors(&w.clients[b]).is_empty());
 }

@@ -109,6 +109,8 @@ export declare class Session extends Emitter {
     private scheduleReconnect;
     private armWatchdog;
     private onFrame;
+    /** The server has processed our frames up to `n`: stop keeping them. */
+    private release;
     private scheduleAck;
     private onWelcome;
 }

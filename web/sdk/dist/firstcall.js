@@ -130,8 +130,17 @@ export class Session extends Emitter {
         const seq = ++this.outSeq;
         const f = { ...frame, seq };
         this.unacked.push({ seq, frame: f });
-        if (this.ws && this.state === "connected")
-            this.raw(JSON.stringify(f));
+        if (this.ws && this.state === "connected") {
+            if (this.ackTimer) {
+                // Our pending ack rides on this frame instead of a frame of its own.
+                this.env.clearTimeout(this.ackTimer);
+                this.ackTimer = null;
+                this.raw(JSON.stringify({ ...f, ack: this.lastIn }));
+            }
+            else {
+                this.raw(JSON.stringify(f));
+            }
+        }
         else
             this.emit("log", "queued", { type: frame.type, seq });
         return seq;
@@ -256,15 +265,14 @@ export class Session extends Emitter {
         this.watchdog = this.env.setTimeout(() => this.restart("heartbeat lost"), this.heartbeatMs * 2 + 1000);
     }
     onFrame(ws, f) {
+        if (typeof f.ack === "number" && f.type !== "ack")
+            this.release(f.ack);
         switch (f.type) {
             case "welcome":
                 return this.onWelcome(ws, f);
-            case "ack": {
-                const n = Number(f.seq);
-                while (this.unacked.length && this.unacked[0].seq <= n)
-                    this.unacked.shift();
+            case "ack":
+                this.release(Number(f.seq));
                 return;
-            }
             case "ping":
                 ws.send('{"type":"pong"}');
                 return;
@@ -287,6 +295,11 @@ export class Session extends Emitter {
         this.lastIn = f.seq;
         this.scheduleAck(ws);
         this.emit("frame", f);
+    }
+    /** The server has processed our frames up to `n`: stop keeping them. */
+    release(n) {
+        while (this.unacked.length && this.unacked[0].seq <= n)
+            this.unacked.shift();
     }
     scheduleAck(ws) {
         if (this.ackTimer)

@@ -195,8 +195,16 @@ export class Session extends Emitter {
     const seq = ++this.outSeq;
     const f = { ...frame, seq };
     this.unacked.push({ seq, frame: f });
-    if (this.ws && this.state === "connected") this.raw(JSON.stringify(f));
-    else this.emit("log", "queued", { type: frame.type, seq });
+    if (this.ws && this.state === "connected") {
+      if (this.ackTimer) {
+        // Our pending ack rides on this frame instead of a frame of its own.
+        this.env.clearTimeout(this.ackTimer);
+        this.ackTimer = null;
+        this.raw(JSON.stringify({ ...f, ack: this.lastIn }));
+      } else {
+        this.raw(JSON.stringify(f));
+      }
+    } else this.emit("log", "queued", { type: frame.type, seq });
     return seq;
   }
 
@@ -315,14 +323,13 @@ export class Session extends Emitter {
   }
 
   private onFrame(ws: WebSocketLike, f: Frame): void {
+    if (typeof f.ack === "number" && f.type !== "ack") this.release(f.ack);
     switch (f.type) {
       case "welcome":
         return this.onWelcome(ws, f);
-      case "ack": {
-        const n = Number(f.seq);
-        while (this.unacked.length && this.unacked[0].seq <= n) this.unacked.shift();
+      case "ack":
+        this.release(Number(f.seq));
         return;
-      }
       case "ping":
         ws.send('{"type":"pong"}');
         return;
@@ -344,6 +351,11 @@ export class Session extends Emitter {
     this.lastIn = f.seq;
     this.scheduleAck(ws);
     this.emit("frame", f);
+  }
+
+  /** The server has processed our frames up to `n`: stop keeping them. */
+  private release(n: number): void {
+    while (this.unacked.length && this.unacked[0].seq <= n) this.unacked.shift();
   }
 
   private scheduleAck(ws: WebSocketLike): void {
