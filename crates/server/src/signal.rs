@@ -1,13 +1,13 @@
 //! The WebSocket driver for the signaling hub.
 //!
-//! One actor task owns the `Hub`; each socket has a reader (frames in) and a
-//! writer (frames out through a bounded queue). A socket too slow to drain its
+//! The `Hub` sits behind one lock; each socket has a reader, which hands its frames
+//! to the hub itself, and a writer (frames out through a bounded queue). A socket too slow to drain its
 //! queue is cut: its frames stay unacknowledged in its session and are
 //! replayed when the client resumes, so nothing is lost by cutting it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -20,7 +20,7 @@ use firstcall_turn::auth::{rest_credential, Secret};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// TURN credentials for welcomes and refreshes, coturn REST style.
 pub struct TurnIce {
@@ -45,22 +45,30 @@ impl IceProvider for TurnIce {
     }
 }
 
-enum Input {
-    Connect(ConnId, mpsc::Sender<Out>),
-    Text(ConnId, String),
-    Disconnect(ConnId),
-    Online(tokio::sync::oneshot::Sender<Vec<UserId>>),
-}
-
 enum Out {
     Text(String),
     Close(u16, &'static str),
 }
 
-/// Handle to the hub actor.
+/// The hub and the sockets it writes to, behind one lock.
+struct Shared {
+    hub: Hub<StdRng>,
+    conns: HashMap<ConnId, mpsc::Sender<Out>>,
+    /// When the timer task will next wake, so that an earlier deadline can wake it.
+    armed: Option<Instant>,
+}
+
+/// Handle to the hub.
+///
+/// Each socket's reader calls the hub itself, under a lock held only for the call and
+/// for handing the outputs to the sockets' writer queues: no hop through an actor task,
+/// which cost a channel send and a wake-up per frame. A timer task fires the hub's
+/// timers.
 #[derive(Clone)]
 pub struct Signaling {
-    tx: mpsc::Sender<Input>,
+    shared: Arc<Mutex<Shared>>,
+    timer: Arc<Notify>,
+    webhook: Option<crate::webhook::Webhook>,
     next: Arc<AtomicU64>,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
@@ -77,7 +85,7 @@ fn unix_now() -> u64 {
 }
 
 impl Signaling {
-    /// Start the hub actor.
+    /// Start the hub and its timer task.
     pub fn start(
         config: HubConfig,
         tokens: Arc<dyn TokenVerifier>,
@@ -94,22 +102,85 @@ impl Signaling {
             Instant::now(),
             unix_now(),
         );
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(hub, rx, webhook));
-        Signaling {
-            tx,
+        let sig = Signaling {
+            shared: Arc::new(Mutex::new(Shared {
+                hub,
+                conns: HashMap::new(),
+                armed: None,
+            })),
+            timer: Arc::new(Notify::new()),
+            webhook,
             next: Arc::new(AtomicU64::new(1)),
             metrics,
-        }
+        };
+        tokio::spawn(timer_loop(sig.clone()));
+        sig
     }
 
     /// Users with a socket attached now.
     pub async fn online(&self) -> Vec<UserId> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Input::Online(tx)).await.is_err() {
-            return vec![];
+        self.lock().hub.online_users()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic inside the hub is a bug that has already ended signaling; nothing
+        // sensible can continue on its half-updated state.
+        self.shared
+            .lock()
+            .expect("signaling hub lock poisoned by an earlier panic")
+    }
+
+    /// Run `f` on the hub, then hand everything it produced to the sockets (and the
+    /// webhook), and wake the timer task if the hub now has an earlier deadline.
+    fn with_hub(&self, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, mpsc::Sender<Out>>)) {
+        let mut hooks = Vec::new();
+        let wake = {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            f(&mut s.hub, &mut s.conns);
+            loop {
+                let mut slow = Vec::new();
+                while let Some(o) = s.hub.poll_output() {
+                    match o {
+                        Output::Send { conn, text } => {
+                            if let Some(tx) = s.conns.get(&conn) {
+                                if tx.try_send(Out::Text(text)).is_err() {
+                                    slow.push(conn);
+                                }
+                            }
+                        }
+                        Output::Close { conn, code, reason } => {
+                            if let Some(tx) = s.conns.remove(&conn) {
+                                let _ = tx.try_send(Out::Close(code, reason));
+                            }
+                        }
+                        Output::Webhook { body } => hooks.push(body),
+                    }
+                }
+                if slow.is_empty() {
+                    break;
+                }
+                for conn in slow {
+                    // Dropping the sender ends the writer; the session keeps the frames.
+                    if s.conns.remove(&conn).is_some() {
+                        tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
+                        s.hub.metrics().count("sockets_cut", "slow");
+                        s.hub.handle_disconnect(conn, Instant::now());
+                    }
+                }
+            }
+            let next = s.hub.poll_timeout();
+            next.is_some_and(|d| s.armed.is_none_or(|a| d < a))
+        };
+        if wake {
+            self.timer.notify_one();
         }
-        rx.await.unwrap_or_default()
+        for body in hooks {
+            match &self.webhook {
+                Some(w) => w.post(body),
+                None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
+            }
+        }
     }
 
     /// The `GET /v1/ws` handler.
@@ -128,9 +199,10 @@ impl Signaling {
     async fn socket(self, ws: WebSocket) {
         let conn = ConnId(self.next.fetch_add(1, Ordering::Relaxed));
         let (out_tx, mut out_rx) = mpsc::channel::<Out>(SOCKET_QUEUE);
-        if self.tx.send(Input::Connect(conn, out_tx)).await.is_err() {
-            return;
-        }
+        self.with_hub(|hub, conns| {
+            conns.insert(conn, out_tx);
+            hub.handle_connect(conn, Instant::now());
+        });
         let (mut sink, mut stream) = ws.split();
         let writer = tokio::spawn(async move {
             // Everything queued goes out in one write: under load a socket gets many frames
@@ -173,94 +245,44 @@ impl Signaling {
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => continue, // WebSocket-level ping/pong
             };
-            if self.tx.send(Input::Text(conn, text)).await.is_err() {
-                break;
-            }
+            self.with_hub(|hub, _| hub.handle_text(conn, &text, Instant::now()));
         }
-        let _ = self.tx.send(Input::Disconnect(conn)).await;
+        self.with_hub(|hub, conns| {
+            conns.remove(&conn);
+            hub.handle_disconnect(conn, Instant::now());
+        });
         // Let queued frames (e.g. a final error) drain, bounded.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
 }
 
-async fn run(mut hub: Hub<StdRng>, mut rx: mpsc::Receiver<Input>, webhook: Option<crate::webhook::Webhook>) {
-    let mut conns: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
+/// Fire the hub's timers: sleep until its next deadline (at most a second, to keep its
+/// wall clock anchored), or until a call on the hub set an earlier one.
+async fn timer_loop(sig: Signaling) {
     let mut last_anchor = Instant::now();
-    // One timer, moved only when the hub's deadline changes: a fresh sleep per input
-    // registered and cancelled a timer entry for every frame.
-    let timer = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(timer);
     loop {
-        let deadline = hub
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
+        let deadline = {
+            let mut s = sig.lock();
+            let cap = Instant::now() + Duration::from_secs(1);
+            let d = s.hub.poll_timeout().map_or(cap, |d| d.min(cap));
+            s.armed = Some(d);
+            d
+        };
         tokio::select! {
-            input = rx.recv() => {
-                let Some(input) = input else { return };
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 let now = Instant::now();
-                // Take what else is queued (bounded) before flushing outputs, so that a
-                // burst is handled in one pass.
-                let mut next = Some(input);
-                let mut n = 0;
-                while let Some(input) = next.take() {
-                    match input {
-                        Input::Connect(c, tx) => {
-                            conns.insert(c, tx);
-                            hub.handle_connect(c, now);
-                        }
-                        Input::Text(c, t) => hub.handle_text(c, &t, now),
-                        Input::Disconnect(c) => {
-                            conns.remove(&c);
-                            hub.handle_disconnect(c, now);
-                        }
-                        Input::Online(reply) => {
-                            let _ = reply.send(hub.online_users());
-                        }
-                    }
-                    n += 1;
-                    if n < 256 {
-                        next = rx.try_recv().ok();
-                    }
+                let anchor = now.duration_since(last_anchor) > Duration::from_secs(1);
+                if anchor {
+                    last_anchor = now;
                 }
-            }
-            _ = &mut timer => hub.handle_timeout(Instant::now()),
-        }
-        if last_anchor.elapsed() > Duration::from_secs(1) {
-            last_anchor = Instant::now();
-            hub.set_unix_time(last_anchor, unix_now());
-        }
-        let mut slow = Vec::new();
-        while let Some(o) = hub.poll_output() {
-            match o {
-                Output::Send { conn, text } => {
-                    if let Some(tx) = conns.get(&conn) {
-                        if tx.try_send(Out::Text(text)).is_err() {
-                            slow.push(conn);
-                        }
+                sig.with_hub(|hub, _| {
+                    if anchor {
+                        hub.set_unix_time(now, unix_now());
                     }
-                }
-                Output::Close { conn, code, reason } => {
-                    if let Some(tx) = conns.remove(&conn) {
-                        let _ = tx.try_send(Out::Close(code, reason));
-                    }
-                }
-                Output::Webhook { body } => match &webhook {
-                    Some(w) => w.post(body),
-                    None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
-                },
+                    hub.handle_timeout(now);
+                });
             }
-        }
-        for conn in slow {
-            // Dropping the sender ends the writer; the session keeps the frames.
-            if conns.remove(&conn).is_some() {
-                tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
-                hub.metrics().count("sockets_cut", "slow");
-                hub.handle_disconnect(conn, Instant::now());
-            }
+            _ = sig.timer.notified() => {}
         }
     }
 }
