@@ -463,6 +463,13 @@ TARGETS = [
 ]
 
 
+def low_latency_rate(r, p99_ms=5.0):
+    """Highest offered rate among passing steps whose p99 stayed under `p99_ms`: the
+    latency the peak's half cannot show when the peak itself saturates the machine."""
+    rates = [st["rate"] for st in r.get("steps") or [] if st.get("ok") and st.get("p99_ms", 1e9) < p99_ms]
+    return max(rates) if rates else None
+
+
 def markdown(doc):
     m = [f"# Benchmarks ({'quick' if doc['quick'] else 'full'} run, {doc['date']})", "",
          f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['cpu_model']}; server threads: {doc['threads']}. "
@@ -500,14 +507,16 @@ def markdown(doc):
               "Frames relayed between pairs of sessions (firstcall: `call.signal` inside a call; spreed: `message` to a "
               "session), open loop, the same generator for both. Peak: highest offered rate with 99% delivered within 1 s, "
               "p99 under 250 ms and no errors. Idle memory: the server's RSS growth divided by open sessions.", "",
-              "| server | peak frames/s | p99 at peak (ms) | p50 / p99 at half peak (ms) | server CPU s / M frames | bytes per idle session |",
-              "|---|---|---|---|---|---|"]
+              "| server | peak frames/s | p99 at peak (ms) | p50 / p99 at half peak (ms) | highest rate with p99 under 5 ms | server CPU s / M frames | bytes per idle session |",
+              "|---|---|---|---|---|---|---|"]
         for r in sig:
             res = r.get("result") or {}
             pk, hf = res.get("peak") or {}, res.get("half_peak") or {}
             idle = ", ".join(f"{x['bytes_per_session']:.0f} at {x['sessions']}" for x in r.get("idle") or [])
+            fast = low_latency_rate(r)
             m.append(f"| {r['server']} | {pk.get('frames_per_second', 0):.0f} | {pk.get('p99_ms', 0):.1f} | "
-                     f"{hf.get('p50_ms', 0):.2f} / {hf.get('p99_ms', 0):.2f} | {pk.get('server_cpu_s_per_million', 0):.1f} | {idle} |")
+                     f"{hf.get('p50_ms', 0):.2f} / {hf.get('p99_ms', 0):.2f} | {fast or 'none measured'} | "
+                     f"{pk.get('server_cpu_s_per_million', 0):.1f} | {idle} |")
         own = [r for r in sig if r.get("own_client")]
         for r in own:
             o = r["own_client"]
