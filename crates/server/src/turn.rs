@@ -170,6 +170,10 @@ struct TxBatch {
 
 /// Most bytes in one GSO send (the UDP length field, less headroom).
 const MAX_GSO_BYTES: usize = 64_000;
+/// Largest datagram sent in a GSO run: the kernel refuses a segment over the path MTU,
+/// where a lone datagram would be fragmented and delivered. 1452 fits a 1500-byte MTU
+/// with IPv6 and UDP headers; larger datagrams (rare in media) go out alone.
+const MAX_GSO_SEGMENT: usize = 1452;
 
 struct RelaySocket {
     sock: mio::net::UdpSocket,
@@ -230,10 +234,16 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         tokio::task::spawn_local(accept_loop(w.clone(), TcpListener::from_std(l)?, Some(acceptor)));
     }
     tokio::task::spawn_local(timer_loop(w.clone()));
-    let relay_task = tokio::task::spawn_local(relay_loop(w.clone(), relay_poll));
-    let r = udp_loop(w).await;
-    relay_task.abort();
-    r
+    let mut relay_task = tokio::task::spawn_local(relay_loop(w.clone(), relay_poll));
+    // Either loop ending ends the worker: one without the other would keep granting
+    // allocations it cannot serve.
+    tokio::select! {
+        r = udp_loop(w) => {
+            relay_task.abort();
+            r
+        }
+        _ = &mut relay_task => Err(io::Error::other("relay task stopped")),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -306,10 +316,14 @@ fn tx_push(w: &Worker, src: TxSrc, to: SocketAddr, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let joins = {
         let b = w.tx.borrow();
+        // quinn-udp lowers its limit to 1 when the kernel refuses GSO: follow it.
+        let max_segments = b.max_segments.min(w.udp_state.max_gso_segments());
         b.key == Some((src, to))
             && !b.closed
+            && len > 0
             && len <= b.seg
-            && b.count < b.max_segments
+            && b.seg <= MAX_GSO_SEGMENT
+            && b.count < max_segments
             && b.buf.len() + len <= MAX_GSO_BYTES
     };
     if !joins {
@@ -341,48 +355,72 @@ fn tx_flush(w: &Worker) {
         segment_size: (count > 1).then_some(b.seg),
         src_ip: None,
     };
-    let sent = match src {
-        TxSrc::Client => {
-            // Replies leave from the address the client wrote to (see `wildcard`).
-            let src_ip = if w.wildcard {
-                w.client_local.borrow().get(&to).copied()
-            } else {
-                None
-            };
-            let t = quinn_udp::Transmit { src_ip, ..t };
-            // Straight to sendmsg: tokio's `try_send_to` refuses until its reactor has
-            // seen the socket writable, which dropped a fresh socket's first datagram.
-            match w.udp_state.try_send((&*w.udp).into(), &t) {
-                Ok(()) => None,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some("client_send_would_block"),
-                Err(e) => {
-                    tracing::trace!(error = %e, %to, "client send failed");
-                    Some("client_send_error")
+    let mut lost = count;
+    let sent = match tx_send(w, src, &t) {
+        Err(e) if count > 1 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+            // The kernel refused the run as a whole (GSO unsupported on this route, or a
+            // segment over the path MTU): quinn-udp has turned GSO off; send each alone.
+            tracing::debug!(error = %e, %to, count, "GSO send refused; sending datagrams one by one");
+            let mut last = Ok(());
+            lost = 0;
+            for chunk in b.buf.chunks(b.seg.max(1)) {
+                let one = quinn_udp::Transmit {
+                    contents: chunk,
+                    segment_size: None,
+                    ..t
+                };
+                if let Err(e) = tx_send(w, src, &one) {
+                    lost += 1;
+                    last = Err(e);
                 }
             }
+            last
         }
-        TxSrc::Relay(port) => match w
-            .relays
-            .borrow()
-            .get(&port)
-            .map(|r| w.udp_state.try_send((&r.sock).into(), &t))
-        {
-            Some(Ok(())) => None,
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Some("relay_send_would_block"),
-            Some(Err(e)) => {
-                tracing::trace!(error = %e, peer = %to, "relay send failed");
-                Some("relay_send_error")
-            }
-            None => Some("relay_socket_missing"),
-        },
+        r => r,
     };
-    let failed = sent;
+    let failed = match (src, sent) {
+        (_, Ok(())) => None,
+        (TxSrc::Client, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Some("client_send_would_block"),
+        (TxSrc::Relay(_), Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Some("relay_send_would_block"),
+        (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => Some("relay_socket_missing"),
+        (TxSrc::Client, Err(e)) => {
+            tracing::trace!(error = %e, %to, "client send failed");
+            Some("client_send_error")
+        }
+        (TxSrc::Relay(_), Err(e)) => {
+            tracing::trace!(error = %e, peer = %to, "relay send failed");
+            Some("relay_send_error")
+        }
+    };
     if let Some(reason) = failed {
-        for _ in 0..count {
+        for _ in 0..lost {
             w.metrics.dropped(reason);
         }
     }
     b.buf.clear();
+}
+
+/// One sendmsg of `t` from `src`'s socket. A relay socket already released is
+/// `NotFound`.
+fn tx_send(w: &Worker, src: TxSrc, t: &quinn_udp::Transmit<'_>) -> io::Result<()> {
+    match src {
+        TxSrc::Client => {
+            // Replies leave from the address the client wrote to (see `wildcard`).
+            let src_ip = if w.wildcard {
+                w.client_local.borrow().get(&t.destination).copied()
+            } else {
+                None
+            };
+            let t = quinn_udp::Transmit { src_ip, ..*t };
+            // Straight to sendmsg: tokio's `try_send_to` refuses until its reactor has
+            // seen the socket writable, which dropped a fresh socket's first datagram.
+            w.udp_state.try_send((&*w.udp).into(), &t)
+        }
+        TxSrc::Relay(port) => match w.relays.borrow().get(&port) {
+            Some(r) => w.udp_state.try_send((&r.sock).into(), t),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "relay socket released")),
+        },
+    }
 }
 
 /// Most client addresses remembered for source-address selection; past that the map

@@ -341,7 +341,18 @@ impl<R: RngCore> Hub<R> {
                     }
                 };
                 let typ = v.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
-                let ack = v.get("ack").and_then(Value::as_u64);
+                let ack = match v.get("ack") {
+                    None => None,
+                    Some(a) => match a.as_u64() {
+                        Some(n) => Some(n),
+                        None if typ == "ack" => None,
+                        None => {
+                            let seq = self.consume_next(key, now);
+                            self.error(key, ErrorCode::BadRequest, "ack must be a non-negative integer", seq);
+                            return;
+                        }
+                    },
+                };
                 (std::borrow::Cow::Owned(typ), v.get("seq").and_then(Value::as_u64), ack)
             }
         };

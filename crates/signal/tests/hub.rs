@@ -780,4 +780,20 @@ fn acks_ride_on_frames_both_ways() {
     assert_eq!(now_held, 2, "the ack on bob's frame released his four");
     assert_eq!(w.clients[a].of_type("call.signal").last().unwrap()["data"], cand(6));
     assert!(errors(&w.clients[b]).is_empty());
+
+    // A riding ack that is not a count is refused, by the frame's seq, and the frame
+    // does nothing.
+    let relayed = w.clients[a].of_type("call.signal").len();
+    let seq = w.clients[b].out_seq + 1;
+    w.clients[b].out_seq = seq;
+    let frame = json!({"type": "call.signal", "call": "p", "seq": seq, "ack": "7", "data": cand(7)});
+    w.raw(b, &frame.to_string());
+    assert_eq!(errors(&w.clients[b]), vec!["bad_request"]);
+    let err = w.clients[b].of_type("error").last().cloned().unwrap();
+    assert_eq!(err["ref"], json!(seq));
+    assert_eq!(
+        w.clients[a].of_type("call.signal").len(),
+        relayed,
+        "the frame was not relayed"
+    );
 }

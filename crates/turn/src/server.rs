@@ -301,6 +301,10 @@ impl Allocation {
         for ip in ips {
             if !self.permitted(*ip, now) && !new.contains(ip) {
                 new.push(*ip);
+                if live + new.len() > MAX_PERMISSIONS {
+                    // Over the cap already: a request with thousands of peers stops here.
+                    break;
+                }
             }
         }
         live + new.len()
