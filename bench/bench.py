@@ -262,12 +262,22 @@ def listening(pid, port):
     return False
 
 
+def pin(role, argv):
+    """Signaling server and generator each get a core of their own (servers on CPU 1, the
+    generator and spreed's own client on CPU 0), so that neither measures the other: on a
+    shared pair of cores the peak saturated both and "half of peak" still measured a full
+    machine. No pinning on a single core or without taskset."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return argv
+    return ["taskset", "-c", "1" if role == "server" else "0"] + argv
+
+
 def start_sig_firstcall(ns, tmp):
     port = 18080
-    p = Proc("firstcall-sig", ns.exec([
+    p = Proc("firstcall-sig", ns.exec(pin("server", [
         str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
         "--turn-listen", "127.0.0.1:13478", "--turn-secret", SECRET, "--log", "warn",
-        "--data-dir", str(tmp / "firstcall-sig-data")]))
+        "--data-dir", str(tmp / "firstcall-sig-data")])))
     wait_for(lambda: p.check() and listening(p.pid, port), "firstcall (signaling)")
     return p, f"127.0.0.1:{port}"
 
@@ -301,7 +311,7 @@ url = :loopback:
 def start_sig_spreed(ns, tmp):
     port = 18081
     conf = spreed_config(tmp, port)
-    p = Proc("spreed", ns.exec([SPREED, "-config", str(conf)]))
+    p = Proc("spreed", ns.exec(pin("server", [SPREED, "-config", str(conf)])))
     wait_for(lambda: p.check() and listening(p.pid, port), "nextcloud-spreed-signaling")
     return p, f"127.0.0.1:{port}", conf
 
@@ -309,8 +319,8 @@ def start_sig_spreed(ns, tmp):
 def spreed_own_client(ns, conf, addr, clients, seconds):
     """spreed's own load client: every client sends to a random other client, pausing
     1 ms between frames; it prints totals every 10 s. Returns the last report."""
-    out = subprocess.run(ns.exec(["timeout", "-s", "INT", str(seconds), SPREED_CLIENT, "-config", str(conf),
-                                  "-addr", addr, "-maxClients", str(clients)]),
+    out = subprocess.run(ns.exec(pin("generator", ["timeout", "-s", "INT", str(seconds), SPREED_CLIENT, "-config", str(conf),
+                                  "-addr", addr, "-maxClients", str(clients)])),
                          capture_output=True, text=True, timeout=seconds + 30)
     import re
     reports = re.findall(r"Stats: sent=(\d+) \((\d+)/sec\), recv=(\d+) \((\d+)/sec\)", out.stdout + out.stderr)
@@ -344,13 +354,15 @@ def bench_signal(a, tmp):
                     p, addr, conf = start_sig_spreed(ns, tmp)
                 try:
                     if what == "throughput":
-                        lines = run_tool(ns.exec([str(REL / "firstcall-bench"), "signal", "--server", addr, "--proto", name,
-                                                  "--pairs", str(pairs), "--server-pid", str(p.pid)] + rates), 900)
+                        lines = run_tool(ns.exec(pin("generator", [str(REL / "firstcall-bench"), "signal", "--server", addr,
+                                                  "--proto", name, "--pairs", str(pairs),
+                                                  "--server-pid", str(p.pid)] + rates)), 900)
                         row["result"] = next(l["result"] for l in lines if "result" in l)
                         row["steps"] = [l for l in lines if l.get("step")]
                     else:
-                        lines = run_tool(ns.exec([str(REL / "firstcall-bench"), "signal-idle", "--server", addr, "--proto", name,
-                                                  "--counts", counts, "--server-pid", str(p.pid)]), 900)
+                        lines = run_tool(ns.exec(pin("generator", [str(REL / "firstcall-bench"), "signal-idle", "--server",
+                                                  addr, "--proto", name, "--counts", counts,
+                                                  "--server-pid", str(p.pid)])), 900)
                         idle = next(l["result"] for l in lines if "result" in l)
                         row["idle"] = idle["points"]
                         if idle.get("error"):
@@ -655,10 +667,10 @@ def main():
             f"One server thread each (--threads {a.threads}, coturn --relay-threads {a.threads}); on a 2-core "
             "machine the generator runs on the other core, and can itself be the limit: see achieved_rate in "
             "latest.json, which falls below the offered rate when the generator cannot keep up.",
-            "Signaling: both servers run with their default thread counts (a tokio runtime and GOMAXPROCS, "
-            "one thread per CPU) in a network namespace of the bench's own, and share the machine's CPUs with "
-            "the generator, so peak frames/s is bounded by the machine; server CPU per million frames is the "
-            "efficiency figure that does not depend on the generator.",
+            "Signaling: both servers run with their default runtimes (tokio, GOMAXPROCS) in a network namespace "
+            "of the bench's own, pinned to CPU 1 with taskset; the generator (and spreed's own client) is pinned "
+            "to CPU 0, so each server has one core to itself and half of its peak is half of that core. Server "
+            "CPU per million frames is the efficiency figure that does not depend on the generator.",
             f"Open-files limit for this run: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; idle-session counts "
             "are capped 1,000 below it, since every session holds a socket in the server and one in the generator.",
         ],
