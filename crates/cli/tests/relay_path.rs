@@ -8,23 +8,29 @@ use common::*;
 use firstcall_client::turn::{Client, Credentials, Kind, Relayed};
 use firstcall_turn::auth::{rest_credential, Secret};
 
+/// A firstcall with TURN secret `secret`, a runtime for the clients, and a REST
+/// credential for `user` valid for ten minutes.
+fn setup(secret: &str, user: &str) -> (Server, tokio::runtime::Runtime, Credentials) {
+    let server = start_firstcall(&["--turn-secret", secret]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let (username, password) = rest_credential(&Secret::new(secret), user, now + 600);
+    (server, rt, Credentials { username, password })
+}
+
 /// Regression: the first datagram through a freshly opened relay socket used to be
 /// dropped (`relay_send_would_block`), because tokio refused to send before its
 /// reactor had seen the new socket writable. That first datagram is often a call's
 /// first connectivity check, so every allocation here sends at once and must arrive.
 #[test]
 fn the_first_datagram_through_a_fresh_relay_arrives() {
-    let server = start_firstcall(&["--turn-secret", "fresh"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (username, password) = rest_credential(&Secret::new("fresh"), "relay-test", now + 600);
-    let creds = Credentials { username, password };
+    let (server, rt, creds) = setup("fresh", "relay-test");
     const ROUNDS: usize = 30;
     let delivered = rt.block_on(async {
         let mut delivered = 0;
@@ -71,17 +77,7 @@ fn the_first_datagram_through_a_fresh_relay_arrives() {
 /// shorter one ending a run and a longer one starting the next.
 #[test]
 fn a_burst_through_two_relays_arrives_whole_and_in_order() {
-    let server = start_firstcall(&["--turn-secret", "burst"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (username, password) = rest_credential(&Secret::new("burst"), "burst-test", now + 600);
-    let creds = Credentials { username, password };
+    let (server, rt, creds) = setup("burst", "burst-test");
     // Sizes in runs: equal ones batch, a shorter one closes a batch, a longer one opens one.
     let sizes: Vec<usize> = (0..80)
         .map(|i| match i % 40 {

@@ -186,15 +186,13 @@ impl SignalClient {
                 }
             };
             let v: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            // An acknowledgement riding on any other frame means what an `ack` frame does.
-            if let (Some(n), false) = (v["ack"].as_u64(), v["type"] == "ack") {
+            // An `ack` frame's seq, or an acknowledgement riding on any other frame.
+            let acked = if v["type"] == "ack" { &v["seq"] } else { &v["ack"] };
+            if let Some(n) = acked.as_u64() {
                 self.unacked.retain(|(q, _)| *q > n);
             }
             match v["type"].as_str() {
-                Some("ack") => {
-                    let n = v["seq"].as_u64().unwrap_or(0);
-                    self.unacked.retain(|(q, _)| *q > n);
-                }
+                Some("ack") => {}
                 Some("ping") => {
                     let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
                 }

@@ -164,8 +164,6 @@ struct TxBatch {
     count: usize,
     /// The last datagram was shorter than `seg`: GSO allows nothing after it.
     closed: bool,
-    /// Most segments in one send (the kernel's and quinn-udp's limits).
-    max_segments: usize,
 }
 
 /// Most bytes in one GSO send (the UDP length field, less headroom).
@@ -204,7 +202,6 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let udp = UdpSocket::from_std(s.udp)?;
     let wildcard = udp.local_addr()?.ip().is_unspecified();
     let udp_state = quinn_udp::UdpSocketState::new((&udp).into())?;
-    let max_segments = udp_state.max_gso_segments().clamp(1, quinn_udp::BATCH_SIZE);
     let relay_poll = mio::Poll::new()?;
     let relay_registry = relay_poll.registry().try_clone()?;
     let w = Rc::new(Worker {
@@ -225,7 +222,6 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
             seg: 0,
             count: 0,
             closed: false,
-            max_segments,
         }),
     });
     let tcp = TcpListener::from_std(s.tcp)?;
@@ -256,35 +252,55 @@ fn unix_now() -> u64 {
 /// Receive slot size: with GRO one slot may hold many datagrams from one sender.
 const RECV_SLOT: usize = 64 * 1024;
 
+/// One recvmmsg (quinn-udp, with GRO) into `storage`, cut into `BATCH_SIZE` slots of
+/// `RECV_SLOT` bytes; returns how many slots were filled.
+fn recv_batch(
+    state: &quinn_udp::UdpSocketState,
+    sock: quinn_udp::UdpSockRef<'_>,
+    storage: &mut [u8],
+    metas: &mut [quinn_udp::RecvMeta; quinn_udp::BATCH_SIZE],
+) -> io::Result<usize> {
+    use std::io::IoSliceMut;
+    let mut slots = storage.chunks_mut(RECV_SLOT);
+    let mut iovs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+        std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("storage holds BATCH_SIZE slots")));
+    state.recv(sock, &mut iovs, metas)
+}
+
+/// The filled slots of a [`recv_batch`], each with its meta. A slot may hold several
+/// datagrams: GRO coalesces same-sender datagrams of `meta.stride` bytes (the last may
+/// be shorter).
+fn reads<'a>(
+    storage: &'a [u8],
+    metas: &'a [quinn_udp::RecvMeta],
+) -> impl Iterator<Item = (&'a quinn_udp::RecvMeta, &'a [u8])> {
+    metas
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m, &storage[i * RECV_SLOT..i * RECV_SLOT + m.len.min(RECV_SLOT)]))
+}
+
 /// The shared client socket carries every client's traffic, so it reads in
 /// batches: recvmmsg and UDP GRO through quinn-udp, one syscall for up to
 /// `BATCH_SIZE` buffers. Nothing is allocated per packet.
 async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
     use quinn_udp::{RecvMeta, BATCH_SIZE};
-    use std::io::IoSliceMut;
-    let state = &w.udp_state;
     let mut storage = vec![0u8; BATCH_SIZE * RECV_SLOT];
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     loop {
-        let n = {
-            let mut slots = storage.chunks_mut(RECV_SLOT);
-            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("storage holds BATCH_SIZE slots")));
-            w.udp.readable().await?;
-            match w.udp.try_io(tokio::io::Interest::READABLE, || {
-                state.recv((&*w.udp).into(), &mut iovs, &mut metas)
-            }) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                // ICMP port unreachable from an earlier send surfaces here on some
-                // kernels; it concerns that send, not this socket.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
-            }
+        w.udp.readable().await?;
+        let n = match w.udp.try_io(tokio::io::Interest::READABLE, || {
+            recv_batch(&w.udp_state, (&*w.udp).into(), &mut storage, &mut metas)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            // ICMP port unreachable from an earlier send surfaces here on some
+            // kernels; it concerns that send, not this socket.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
         };
         let now = Instant::now();
-        for (i, meta) in metas.iter().take(n).enumerate() {
-            let slot = &storage[i * RECV_SLOT..i * RECV_SLOT + meta.len.min(RECV_SLOT)];
+        for (meta, slot) in reads(&storage, &metas[..n]) {
             let client = ClientAddr {
                 addr: meta.addr,
                 transport: Transport::Udp,
@@ -294,7 +310,6 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
                     remember_local(&w, meta.addr, dst);
                 }
             }
-            // GRO coalesces same-sender datagrams of `stride` bytes (the last may be shorter).
             for datagram in slot.chunks(meta.stride.max(1)) {
                 let fwd = w.core.borrow_mut().handle_client_input(datagram, client, now);
                 if let Some(f) = fwd {
@@ -316,8 +331,9 @@ fn tx_push(w: &Worker, src: TxSrc, to: SocketAddr, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let joins = {
         let b = w.tx.borrow();
-        // quinn-udp lowers its limit to 1 when the kernel refuses GSO: follow it.
-        let max_segments = b.max_segments.min(w.udp_state.max_gso_segments());
+        // quinn-udp's limit (its batch size at most), which it lowers to 1 when the kernel
+        // refuses GSO.
+        let max_segments = w.udp_state.max_gso_segments().min(quinn_udp::BATCH_SIZE);
         b.key == Some((src, to))
             && !b.closed
             && len > 0
@@ -588,16 +604,11 @@ async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
 /// may hold more.
 fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
     use quinn_udp::{RecvMeta, BATCH_SIZE};
-    use std::io::IoSliceMut;
     let mut storage = w.relay_storage.borrow_mut();
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
-    let received = {
-        let relays = w.relays.borrow();
-        let Some(r) = relays.get(&port) else { return false };
-        let mut slots = storage.chunks_mut(RECV_SLOT);
-        let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
-            std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("storage holds BATCH_SIZE slots")));
-        w.udp_state.recv((&r.sock).into(), &mut iovs, &mut metas)
+    let received = match w.relays.borrow().get(&port) {
+        Some(r) => recv_batch(&w.udp_state, (&r.sock).into(), &mut storage, &mut metas),
+        None => return false,
     };
     let n = match received {
         Ok(n) => n,
@@ -612,8 +623,7 @@ fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
         }
     };
     let now = Instant::now();
-    for (i, meta) in metas.iter().take(n).enumerate() {
-        let slot = &storage[i * RECV_SLOT..i * RECV_SLOT + meta.len.min(RECV_SLOT)];
+    for (meta, slot) in reads(&storage, &metas[..n]) {
         for datagram in slot.chunks(meta.stride.max(1)) {
             let to = w
                 .core

@@ -248,6 +248,17 @@ impl World {
     }
 }
 
+/// Alice and Bob, both connected, in call `call`: Alice invited, Bob accepted.
+fn in_call(call: &str) -> (World, usize, usize) {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite(call, "bob"));
+    w.send(b, json!({"type": "call.accept", "call": call, "sdp": "v=0 answer"}));
+    (w, a, b)
+}
+
 fn invite(call: &str, to: &str) -> Value {
     json!({"type": "call.invite", "call": call, "to": to, "media": "video", "sdp": "v=0 offer"})
 }
@@ -593,12 +604,7 @@ fn resume_replays_exactly_the_unacked_frames() {
 
 #[test]
 fn expired_session_fails_its_calls_and_resume_says_so() {
-    let mut w = World::new(HubConfig::default());
-    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
-    w.connect(a);
-    w.connect(b);
-    w.send(a, invite("e", "bob"));
-    w.send(b, json!({"type": "call.accept", "call": "e", "sdp": "x"}));
+    let (mut w, a, b) = in_call("e");
     w.drop_conn(b);
     w.advance(Duration::from_secs(60));
     assert_eq!(w.clients[a].of_type("call.ended")[0]["reason"], "failed");
@@ -620,12 +626,7 @@ fn expired_session_fails_its_calls_and_resume_says_so() {
 
 #[test]
 fn snapshot_lists_live_calls_on_a_fresh_session() {
-    let mut w = World::new(HubConfig::default());
-    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
-    w.connect(a);
-    w.connect(b);
-    w.send(a, invite("snap", "bob"));
-    w.send(b, json!({"type": "call.accept", "call": "snap", "sdp": "x"}));
+    let (mut w, a, b) = in_call("snap");
     // Alice's app restarts: a new session for the same device, no resume.
     w.clients[a].session = None;
     w.drop_conn(a);
@@ -701,12 +702,7 @@ proptest::proptest! {
     /// delivers every signal exactly once, in order, both ways.
     #[test]
     fn drops_and_resumes_lose_nothing_and_duplicate_nothing(ops in proptest::collection::vec(0u8..8, 1..80)) {
-        let mut w = World::new(HubConfig::default());
-        let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
-        w.connect(a);
-        w.connect(b);
-        w.send(a, invite("p", "bob"));
-        w.send(b, json!({"type": "call.accept", "call": "p", "sdp": "x"}));
+        let (mut w, a, b) = in_call("p");
         let (mut sent_a, mut sent_b) = (0u32, 0u32);
         for op in ops {
             match op {
@@ -735,12 +731,7 @@ proptest::proptest! {
 
 #[test]
 fn acks_ride_on_frames_both_ways() {
-    let mut w = World::new(HubConfig::default());
-    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
-    w.connect(a);
-    w.connect(b);
-    w.send(a, invite("p", "bob"));
-    w.send(b, json!({"type": "call.accept", "call": "p", "sdp": "v=0 answer"}));
+    let (mut w, a, b) = in_call("p");
     w.advance(Duration::from_secs(1));
     w.auto_ack = false;
     let acks_to_alice = |w: &World| w.clients[a].control.iter().filter(|v| v["type"] == "ack").count();
@@ -771,10 +762,10 @@ fn acks_ride_on_frames_both_ways() {
     let held = w.metrics.unacked.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(held, 5);
     let last = w.clients[b].last_in;
-    let seq = w.clients[b].out_seq + 1;
-    w.clients[b].out_seq = seq;
-    let frame = json!({"type": "call.signal", "call": "p", "seq": seq, "ack": last, "data": cand(6)});
-    w.raw(b, &frame.to_string());
+    w.send(
+        b,
+        json!({"type": "call.signal", "call": "p", "ack": last, "data": cand(6)}),
+    );
     let now_held = w.metrics.unacked.load(std::sync::atomic::Ordering::Relaxed);
     // Bob's acknowledged frames went; his signal added one (unacknowledged) for alice.
     assert_eq!(now_held, 2, "the ack on bob's frame released his four");
@@ -784,10 +775,10 @@ fn acks_ride_on_frames_both_ways() {
     // A riding ack that is not a count is refused, by the frame's seq, and the frame
     // does nothing.
     let relayed = w.clients[a].of_type("call.signal").len();
-    let seq = w.clients[b].out_seq + 1;
-    w.clients[b].out_seq = seq;
-    let frame = json!({"type": "call.signal", "call": "p", "seq": seq, "ack": "7", "data": cand(7)});
-    w.raw(b, &frame.to_string());
+    let seq = w.send(
+        b,
+        json!({"type": "call.signal", "call": "p", "ack": "7", "data": cand(7)}),
+    );
     assert_eq!(errors(&w.clients[b]), vec!["bad_request"]);
     let err = w.clients[b].of_type("error").last().cloned().unwrap();
     assert_eq!(err["ref"], json!(seq));
