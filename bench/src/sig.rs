@@ -9,17 +9,15 @@
 //! each other by session id (`message` to a session), the closest equivalent.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use base64::Engine;
+use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Which server protocol to speak.
 #[derive(Clone, Debug)]
@@ -52,9 +50,9 @@ fn now_us() -> u64 {
     epoch().elapsed().as_micros() as u64
 }
 
-/// One open session: its writer queue and the id peers address it by.
+/// One open session, driven: its link and the id peers address it by.
 pub struct Conn {
-    tx: mpsc::UnboundedSender<Message>,
+    link: Arc<Link>,
     /// firstcall: the user name; spreed: the public session id.
     pub address: String,
     /// Next outbound seq (firstcall only).
@@ -71,33 +69,225 @@ fn source(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8)), 0)
 }
 
+/// Masking keys for the frames one connection sends (RFC 6455 5.3), from xorshift:
+/// the generator needs keys that vary, not secrecy.
+struct Mask(u64);
+
+impl Mask {
+    fn new(seed: usize) -> Mask {
+        Mask(0x9e37_79b9_7f4a_7c15 ^ (seed as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1)
+    }
+
+    fn next(&mut self) -> [u8; 4] {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 as u32).to_ne_bytes()
+    }
+}
+
+/// A client WebSocket over TCP, spoken with the server's own RFC 6455 codec
+/// (`firstcall_signal::ws`) from the client side, used while sessions are set up.
+///
+/// The load generator writes frames to the socket itself, without a writer task per
+/// connection: a generator whose every frame cost a channel send and a task wake-up
+/// ran out of CPU before the server did.
+pub struct Ws {
+    sock: TcpStream,
+    dec: Decoder,
+    /// Bytes read but not yet decoded.
+    buf: Vec<u8>,
+    mask: Mask,
+}
+
 async fn ws_open(server: SocketAddr, path: &str, i: usize) -> Result<Ws, String> {
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(source(i)).map_err(|e| format!("bind: {e}"))?;
-    let tcp = sock.connect(server).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    // A small read buffer: tungstenite zeroes the unused part of it on every read, and
-    // the default 128 KiB made the generator, not the server, the bottleneck.
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}{path}"), tcp, Some(config))
+    let mut sock = sock.connect(server).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = sock.set_nodelay(true);
+    let mut mask = Mask::new(i);
+    let key: Vec<u8> = (0..4).flat_map(|_| mask.next()).collect();
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("websocket: {e}"))?;
-    Ok(ws)
+        .map_err(|e| format!("upgrade request: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(p + 4);
+            }
+            if buf.len() > 16 * 1024 {
+                return Err("upgrade response headers over 16 KiB".to_string());
+            }
+            let mut chunk = [0u8; 1024];
+            match sock.read(&mut chunk).await {
+                Ok(0) => return Err("closed during the upgrade".to_string()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("upgrade response: {e}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "upgrade timed out".to_string())??;
+    let status = String::from_utf8_lossy(&buf[..head]);
+    if !status.starts_with("HTTP/1.1 101") {
+        return Err(format!("upgrade refused: {}", status.lines().next().unwrap_or("")));
+    }
+    buf.drain(..head);
+    Ok(Ws {
+        sock,
+        dec: Decoder::new(Role::Client, 1 << 20),
+        buf,
+        mask,
+    })
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// What the next message asks of its reader.
+enum Got {
+    Text(String),
+    Ping(Vec<u8>),
+    Closed(String),
+    Other,
+}
 
-async fn next_text(ws: &mut Ws) -> Result<String, String> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
-            Err(_) => return Err("timed out".into()),
-            Ok(None) => return Err("closed".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.to_string()),
-            Ok(Some(Ok(Message::Close(f)))) => return Err(format!("closed: {f:?}")),
-            Ok(Some(Ok(_))) => {}
+fn got(m: Option<Message<'_>>) -> Got {
+    match m {
+        Some(Message::Text(t)) => Got::Text(t.to_owned()),
+        Some(Message::Ping(p)) => Got::Ping(p.to_vec()),
+        Some(Message::Close(c)) => Got::Closed(format!("closed: {c:?}")),
+        _ => Got::Other,
+    }
+}
+
+impl Ws {
+    async fn send_text(&mut self, t: &str) -> Result<(), String> {
+        let mut f = Vec::with_capacity(t.len() + 8);
+        ws::encode(&mut f, OpCode::Text, t.as_bytes(), Some(self.mask.next()));
+        self.sock.write_all(&f).await.map_err(|e| e.to_string())
+    }
+
+    /// The next text message, answering pings on the way; `None` waits for ever.
+    async fn next_text_within(&mut self, limit: Option<Duration>) -> Result<String, String> {
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            let (m, n) = self.dec.decode(&mut self.buf).map_err(|e| e.to_string())?;
+            if n > 0 {
+                let g = got(m);
+                self.buf.drain(..n);
+                match g {
+                    Got::Text(t) => return Ok(t),
+                    Got::Closed(why) => return Err(why),
+                    Got::Ping(p) => {
+                        let mut f = vec![];
+                        ws::encode(&mut f, OpCode::Pong, &p, Some(self.mask.next()));
+                        self.sock.write_all(&f).await.map_err(|e| e.to_string())?;
+                    }
+                    Got::Other => {}
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.sock.read(&mut chunk);
+            let r = match deadline {
+                Some(d) => tokio::time::timeout_at(d, read)
+                    .await
+                    .map_err(|_| "timed out".to_string())?,
+                None => read.await,
+            };
+            match r {
+                Ok(0) => return Err("closed".into()),
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
+
+    async fn next_text(&mut self) -> Result<String, String> {
+        self.next_text_within(Some(Duration::from_secs(15))).await
+    }
+}
+
+/// A driven connection's socket, written by whoever sends (the step loop, the ack
+/// flusher, its own reader) and read by its reader task.
+struct Link {
+    sock: TcpStream,
+    out: Mutex<LinkOut>,
+    /// Wakes the reader task when the socket would block: it then waits to write.
+    wake: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+struct LinkOut {
+    /// Encoded frames the kernel has not taken yet.
+    bytes: Vec<u8>,
+    blocked: bool,
+    dead: bool,
+    mask: Mask,
+}
+
+impl Link {
+    fn send_text(&self, t: &str) {
+        let Ok(mut o) = self.out.lock() else { return };
+        if o.dead {
+            return;
+        }
+        let key = o.mask.next();
+        ws::encode(&mut o.bytes, OpCode::Text, t.as_bytes(), Some(key));
+        if o.blocked {
+            return;
+        }
+        match write_queued(&self.sock, &mut o.bytes) {
+            Ok(true) => {}
+            Ok(false) => {
+                o.blocked = true;
+                self.wake.notify_one();
+            }
+            Err(_) => {
+                o.dead = true;
+                o.bytes.clear();
+            }
+        }
+    }
+}
+
+/// Read once from a readable socket, clearing its readiness after a short read (which
+/// emptied it) as tokio's `AsyncRead` does, instead of a second read that would only
+/// say `WouldBlock`. The same as the server's.
+fn read_some(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(sock)).read(buf)?;
+        if 0 < n && n < buf.len() {
+            short = Some(n);
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
+/// Write from the front of `bytes` until empty (true) or the socket would block (false).
+fn write_queued(sock: &TcpStream, bytes: &mut Vec<u8>) -> std::io::Result<bool> {
+    while !bytes.is_empty() {
+        match sock.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Open a session and say hello; returns the socket and the address peers use.
@@ -107,9 +297,9 @@ pub async fn hello(proto: &Proto, server: SocketAddr, i: usize) -> Result<(Ws, S
             let mut ws = ws_open(server, "/v1/ws", i).await?;
             let user = format!("b{i}");
             let h = json!({"type": "hello", "token": format!("dev:{user}"), "device": "d"});
-            ws.send(Message::text(h.to_string())).await.map_err(|e| e.to_string())?;
+            ws.send_text(&h.to_string()).await?;
             loop {
-                let t = next_text(&mut ws).await?;
+                let t = ws.next_text().await?;
                 let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
                 match v["type"].as_str() {
                     Some("welcome") => return Ok((ws, user)),
@@ -121,9 +311,9 @@ pub async fn hello(proto: &Proto, server: SocketAddr, i: usize) -> Result<(Ws, S
         Proto::Spreed { backend } => {
             let mut ws = ws_open(server, "/spreed", i).await?;
             let h = json!({"type": "hello", "hello": {"version": "1.0", "auth": {"url": backend, "params": {"n": i}}}});
-            ws.send(Message::text(h.to_string())).await.map_err(|e| e.to_string())?;
+            ws.send_text(&h.to_string()).await?;
             loop {
-                let t = next_text(&mut ws).await?;
+                let t = ws.next_text().await?;
                 let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
                 match v["type"].as_str() {
                     Some("hello") => {
@@ -157,11 +347,9 @@ pub async fn open_idle(
             let (mut ws, _) = r.map_err(|e| e.to_string())??;
             out.push(tokio::spawn(async move {
                 // Reading answers WebSocket pings; firstcall's JSON pings get a pong.
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        if t.contains(r#""type":"ping""#) {
-                            let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-                        }
+                while let Ok(t) = ws.next_text_within(None).await {
+                    if t.contains(r#""type":"ping""#) && ws.send_text(r#"{"type":"pong"}"#).await.is_err() {
+                        return;
                     }
                 }
             }));
@@ -185,92 +373,143 @@ struct AckState {
     acked: AtomicU64,
 }
 
-fn ack_frame(seq: u64) -> Message {
-    Message::text(format!(r#"{{"type":"ack","seq":{seq}}}"#))
+fn ack_frame(seq: u64) -> String {
+    format!(r#"{{"type":"ack","seq":{seq}}}"#)
 }
 
-/// Spawn the reader and writer of a load connection.
-fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (mpsc::UnboundedSender<Message>, Arc<AckState>) {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
+/// Make `ws` a load connection: a reader task records deliveries and acks; frames go
+/// out through the returned link.
+fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>) {
+    let Ws {
+        sock,
+        mut dec,
+        mut buf,
+        mask,
+    } = ws;
+    let link = Arc::new(Link {
+        sock,
+        out: Mutex::new(LinkOut {
+            bytes: Vec::new(),
+            blocked: false,
+            dead: false,
+            mask,
+        }),
+        wake: tokio::sync::Notify::new(),
+        closed: AtomicBool::new(false),
     });
-    let acks = tx.clone();
     let firstcall = matches!(proto, Proto::Firstcall);
     let state = Arc::new(AckState::default());
-    let st = state.clone();
+    let (l, st) = (link.clone(), state.clone());
     tokio::spawn(async move {
         // Acks are coalesced as the SDK does: every 32 frames here, and the rest by the
         // flusher in `open_pairs` (no per-frame timer: that was the generator's bottleneck).
-        while let Some(m) = stream.next().await {
-            let Ok(m) = m else { break };
-            let Message::Text(t) = m else { continue };
-            if let Some(sent) = field_u64(&t, r#""usernameFragment":""#) {
+        let on_text = |t: &str| {
+            if let Some(sent) = field_u64(t, r#""usernameFragment":""#) {
                 let lat = now_us().saturating_sub(sent);
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut l) = stats.latencies.lock() {
-                    l.push(lat.min(u32::MAX as u64) as u32);
+                if let Ok(mut v) = stats.latencies.lock() {
+                    v.push(lat.min(u32::MAX as u64) as u32);
                 }
             } else if t.contains(r#""type":"error""#) {
                 if stats.errors.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("first error frame: {t}");
                 }
             } else if t.contains(r#""type":"ping""#) {
-                let _ = acks.send(Message::text(r#"{"type":"pong"}"#));
+                l.send_text(r#"{"type":"pong"}"#);
             }
             if firstcall && !t.contains(r#""type":"ack""#) {
-                if let Some(seq) = field_u64(&t, r#""seq":"#) {
+                if let Some(seq) = field_u64(t, r#""seq":"#) {
                     let last = st.last_in.fetch_max(seq, Ordering::Relaxed).max(seq);
                     if last - st.acked.load(Ordering::Relaxed) >= 32 {
                         st.acked.store(last, Ordering::Relaxed);
-                        let _ = acks.send(ack_frame(last));
+                        l.send_text(&ack_frame(last));
                     }
                 }
             }
+        };
+        let mut writing = false;
+        let woken = l.wake.notified();
+        tokio::pin!(woken);
+        'conn: loop {
+            tokio::select! {
+                biased;
+                _ = &mut woken, if !writing => {
+                    woken.set(l.wake.notified());
+                    writing = l.out.lock().map(|o| o.blocked).unwrap_or(false);
+                }
+                r = l.sock.writable(), if writing => {
+                    let Ok(mut o) = l.out.lock() else { break };
+                    match r.and_then(|_| write_queued(&l.sock, &mut o.bytes)) {
+                        Ok(true) => {
+                            o.blocked = false;
+                            writing = false;
+                        }
+                        Ok(false) => {}
+                        Err(_) => break,
+                    }
+                }
+                r = l.sock.readable() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match read_some(&l.sock, &mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break,
+                    }
+                    let mut at = 0;
+                    loop {
+                        match dec.decode(&mut buf[at..]) {
+                            Ok((_, 0)) => break,
+                            Ok((m, n)) => {
+                                at += n;
+                                match m {
+                                    Some(Message::Text(t)) => on_text(t),
+                                    Some(Message::Close(_)) => break 'conn,
+                                    _ => {}
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("server broke the WebSocket protocol: {e}");
+                                break 'conn;
+                            }
+                        }
+                    }
+                    buf.drain(..at);
+                }
+            }
         }
+        l.closed.store(true, Ordering::Relaxed);
         stats.closed.fetch_add(1, Ordering::Relaxed);
     });
-    (tx, state)
+    (link, state)
 }
 
 /// Acknowledge, within 100 ms, whatever the per-32 acks left pending. A tenth of the
 /// connections every 10 ms: acks for all of them at once would arrive at the server as
 /// one burst that delays the frames behind it, which real clients do not do.
-fn spawn_ack_flusher(conns: Vec<(mpsc::UnboundedSender<Message>, Arc<AckState>)>) {
+fn spawn_ack_flusher(conns: Vec<(Arc<Link>, Arc<AckState>)>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         let slice = conns.len().div_ceil(10).max(1);
         let mut round = 0usize;
         loop {
             tick.tick().await;
-            let mut live = 0;
             let from = (round % 10) * slice;
             round += 1;
-            for (tx, st) in conns.iter().skip(from).take(slice) {
-                if tx.is_closed() {
+            for (link, st) in conns.iter().skip(from).take(slice) {
+                if link.closed.load(Ordering::Relaxed) {
                     continue;
                 }
-                live += 1;
                 let last = st.last_in.load(Ordering::Relaxed);
                 if last > st.acked.load(Ordering::Relaxed) {
                     st.acked.store(last, Ordering::Relaxed);
-                    let _ = tx.send(ack_frame(last));
+                    link.send_text(&ack_frame(last));
                 }
             }
-            if live == 0 && conns.iter().all(|(tx, _)| tx.is_closed()) {
+            if conns.iter().all(|(l, _)| l.closed.load(Ordering::Relaxed)) {
                 return;
             }
         }
@@ -293,16 +532,12 @@ pub async fn open_pairs(
         if let Proto::Firstcall = proto {
             // A call between the two, so that call.signal is accepted.
             let inv = json!({"type": "call.invite", "seq": 1, "call": call, "to": b_addr, "media": "audio", "sdp": "v=0\r\n"});
-            a.send(Message::text(inv.to_string()))
-                .await
-                .map_err(|e| e.to_string())?;
-            while !next_text(&mut b).await?.contains(r#""type":"call.incoming""#) {}
+            a.send_text(&inv.to_string()).await?;
+            while !b.next_text().await?.contains(r#""type":"call.incoming""#) {}
             let acc = json!({"type": "call.accept", "seq": 1, "call": call, "sdp": "v=0\r\n"});
-            b.send(Message::text(acc.to_string()))
-                .await
-                .map_err(|e| e.to_string())?;
+            b.send_text(&acc.to_string()).await?;
             loop {
-                let t = next_text(&mut a).await?;
+                let t = a.next_text().await?;
                 if t.contains(r#""type":"call.accepted""#) {
                     break;
                 }
@@ -317,14 +552,14 @@ pub async fn open_pairs(
         flush.push((atx.clone(), ast.clone()));
         flush.push((btx.clone(), bst.clone()));
         conns.push(Conn {
-            tx: atx,
+            link: atx,
             address: b_addr,
             seq: 1,
             call: call.clone(),
             acks: ast,
         });
         conns.push(Conn {
-            tx: btx,
+            link: btx,
             address: a_addr,
             seq: 1,
             call,
@@ -409,7 +644,7 @@ pub async fn run_step(
             let c = &mut conns[next];
             next = (next + 1) % n;
             let f = load_frame(proto, c);
-            let _ = c.tx.send(Message::text(f));
+            c.link.send_text(&f);
             sent += 1;
         }
     }

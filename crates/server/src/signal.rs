@@ -1,26 +1,31 @@
 //! The WebSocket driver for the signaling hub.
 //!
-//! The `Hub` sits behind one lock; each socket has a reader, which hands its frames
-//! to the hub itself, and a writer (frames out through a bounded queue). A socket too slow to drain its
-//! queue is cut: its frames stay unacknowledged in its session and are
-//! replayed when the client resumes, so nothing is lost by cutting it.
+//! The `Hub` sits behind one lock. Each socket has one task, which reads WebSocket
+//! frames (RFC 6455, [`firstcall_signal::ws`]) and hands them to the hub itself; the
+//! frames the hub sends are written straight to their sockets by the task that caused
+//! them. A socket too slow to drain its queue is cut: its frames stay unacknowledged in
+//! its session and are replayed when the client resumes, so nothing is lost by cutting it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
 use firstcall_signal::metrics::SignalMetrics;
 use firstcall_signal::protocol::{IceServer, UserId, MAX_FRAME};
+use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use firstcall_turn::auth::{rest_credential, Secret};
-use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, Notify};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// TURN credentials for welcomes and refreshes, coturn REST style.
 pub struct TurnIce {
@@ -45,25 +50,22 @@ impl IceProvider for TurnIce {
     }
 }
 
-enum Out {
-    Text(String),
-    Close(u16, &'static str),
-}
-
 /// The hub and the sockets it writes to, behind one lock.
 struct Shared {
     hub: Hub<StdRng>,
-    conns: HashMap<ConnId, mpsc::Sender<Out>>,
+    conns: HashMap<ConnId, Arc<Outlet>>,
     /// When the timer task will next wake, so that an earlier deadline can wake it.
     armed: Option<Instant>,
 }
 
 /// Handle to the hub.
 ///
-/// Each socket's reader calls the hub itself, under a lock held only for the call and
-/// for handing the outputs to the sockets' writer queues: no hop through an actor task,
-/// which cost a channel send and a wake-up per frame. A timer task fires the hub's
-/// timers.
+/// Each socket's task calls the hub itself, under a lock held only for the call and for
+/// appending the frames it produced to the recipients' outlets; right after, still on
+/// the same task, each recipient's frames are written to its socket. A relayed frame
+/// thus costs one read and one write and no task hand-off: the writer task per socket
+/// that tungstenite's split needed was a channel send, a wake-up and a poll per frame.
+/// A timer task fires the hub's timers.
 #[derive(Clone)]
 pub struct Signaling {
     shared: Arc<Mutex<Shared>>,
@@ -74,14 +76,134 @@ pub struct Signaling {
     pub metrics: Arc<SignalMetrics>,
 }
 
-/// Frames queued per socket before it counts as too slow.
-const SOCKET_QUEUE: usize = 1024;
+/// Bytes queued for a socket (beyond what its kernel buffer took) before it counts as
+/// too slow and is cut.
+const SOCKET_QUEUE_BYTES: usize = 1 << 20;
+
+/// How long a closing socket gets to take its last frames and close its end.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Bytes per read; a frame that does not fit is assembled across reads.
+const READ_CHUNK: usize = 4096;
 
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// One socket's way out. The hub appends frames under its lock, so they queue in the
+/// order it produced them; whichever task comes next writes from the front.
+struct Outlet {
+    sock: TcpStream,
+    out: Mutex<OutBuf>,
+    /// Wakes the socket's own task: its socket would block, or it is to close.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct OutBuf {
+    /// Encoded frames not yet taken by the kernel.
+    bytes: Vec<u8>,
+    /// The socket's task waits for it to become writable; others only append.
+    blocked: bool,
+    /// Already in this `with_hub` call's list of outlets to write.
+    listed: bool,
+    /// A close frame is queued: after it, nothing more is sent.
+    closing: bool,
+    /// A write failed: the peer is gone, drop whatever comes.
+    failed: bool,
+}
+
+impl Outlet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutBuf> {
+        // Nothing panics while holding it (appends and non-blocking writes).
+        self.out.lock().expect("outlet lock poisoned by an earlier panic")
+    }
+
+    /// Queue one frame; false if the queue is over its limit (the frame is not queued).
+    fn append(b: &mut OutBuf, op: OpCode, payload: &[u8]) -> bool {
+        if b.closing || b.failed {
+            return true;
+        }
+        if b.bytes.len() + payload.len() > SOCKET_QUEUE_BYTES {
+            return false;
+        }
+        ws::encode(&mut b.bytes, op, payload, None);
+        true
+    }
+
+    /// Write what is queued, unless the socket's task is already waiting to. Wakes the
+    /// task when the socket would block, failed, or has sent its close frame.
+    fn push(&self) {
+        let mut b = self.lock();
+        b.listed = false;
+        if b.blocked || b.failed {
+            return;
+        }
+        match write_queued(&self.sock, &mut b) {
+            Ok(true) if !b.closing => {}
+            Ok(drained) => {
+                b.blocked = !drained;
+                self.wake.notify_one();
+            }
+            Err(_) => {
+                b.failed = true;
+                b.bytes = Vec::new();
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Queue a frame of the socket's own (pong, close) and write it.
+    fn send(&self, op: OpCode, payload: &[u8]) {
+        let mut b = self.lock();
+        if op == OpCode::Close {
+            if !b.closing && !b.failed {
+                b.bytes.extend_from_slice(payload);
+                b.closing = true;
+            }
+        } else {
+            // Control frames are tiny; the limit is for the hub's frames.
+            let _ = Outlet::append(&mut b, op, payload);
+        }
+        drop(b);
+        self.push();
+    }
+}
+
+/// Write from the front of the queue until it is empty (true) or the socket would
+/// block (false).
+fn write_queued(sock: &TcpStream, b: &mut OutBuf) -> std::io::Result<bool> {
+    while !b.bytes.is_empty() {
+        match sock.try_write(&b.bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) if n == b.bytes.len() => b.bytes.clear(),
+            Ok(n) => {
+                b.bytes.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    // Give back a buffer a burst (or the welcome) grew, so that idle sockets stay
+    // small; one relayed frame fits in what is kept.
+    if b.bytes.capacity() > 512 {
+        b.bytes = Vec::new();
+    }
+    Ok(true)
+}
+
+/// Why a socket's task stops reading.
+#[derive(Debug)]
+enum Stop {
+    /// The peer closed TCP, or reading failed.
+    Gone,
+    /// The peer sent a close frame (answered) or broke the protocol (close frame sent).
+    Closing,
+    /// The hub closed the socket, and its close frame is out.
+    Closed,
 }
 
 impl Signaling {
@@ -130,10 +252,12 @@ impl Signaling {
             .expect("signaling hub lock poisoned by an earlier panic")
     }
 
-    /// Run `f` on the hub, then hand everything it produced to the sockets (and the
-    /// webhook), and wake the timer task if the hub now has an earlier deadline.
-    fn with_hub(&self, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, mpsc::Sender<Out>>)) {
+    /// Run `f` on the hub, queue everything it produced on the sockets' outlets (and
+    /// post webhooks), write those sockets, and wake the timer task if the hub now has
+    /// an earlier deadline.
+    fn with_hub(&self, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, Arc<Outlet>>)) {
         let mut hooks = Vec::new();
+        let mut touched: Vec<Arc<Outlet>> = Vec::new();
         let wake = {
             let mut guard = self.lock();
             let s = &mut *guard;
@@ -143,15 +267,28 @@ impl Signaling {
                 while let Some(o) = s.hub.poll_output() {
                     match o {
                         Output::Send { conn, text } => {
-                            if let Some(tx) = s.conns.get(&conn) {
-                                if tx.try_send(Out::Text(text)).is_err() {
+                            if let Some(outlet) = s.conns.get(&conn) {
+                                let mut b = outlet.lock();
+                                if !Outlet::append(&mut b, OpCode::Text, text.as_bytes()) {
                                     slow.push(conn);
+                                } else if !b.listed {
+                                    b.listed = true;
+                                    touched.push(outlet.clone());
                                 }
                             }
                         }
                         Output::Close { conn, code, reason } => {
-                            if let Some(tx) = s.conns.remove(&conn) {
-                                let _ = tx.try_send(Out::Close(code, reason));
+                            if let Some(outlet) = s.conns.remove(&conn) {
+                                let mut b = outlet.lock();
+                                if !b.closing && !b.failed {
+                                    ws::encode_close(&mut b.bytes, code, reason, None);
+                                    b.closing = true;
+                                }
+                                if !b.listed {
+                                    b.listed = true;
+                                    drop(b);
+                                    touched.push(outlet);
+                                }
                             }
                         }
                         Output::Webhook { body } => hooks.push(body),
@@ -161,17 +298,25 @@ impl Signaling {
                     break;
                 }
                 for conn in slow {
-                    // Dropping the sender ends the writer; the session keeps the frames.
-                    if s.conns.remove(&conn).is_some() {
+                    // Cutting drops the socket; the session keeps the frames for resume.
+                    if let Some(outlet) = s.conns.remove(&conn) {
                         tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
                         s.hub.metrics().count("sockets_cut", "slow");
                         s.hub.handle_disconnect(conn, Instant::now());
+                        let mut b = outlet.lock();
+                        b.failed = true;
+                        b.bytes = Vec::new();
+                        drop(b);
+                        outlet.wake.notify_one();
                     }
                 }
             }
             let next = s.hub.poll_timeout();
             next.is_some_and(|d| s.armed.is_none_or(|a| d < a))
         };
+        for outlet in touched {
+            outlet.push();
+        }
         if wake {
             self.timer.notify_one();
         }
@@ -183,77 +328,315 @@ impl Signaling {
         }
     }
 
-    /// The `GET /v1/ws` handler.
-    pub async fn upgrade(State(sig): State<Signaling>, ws: WebSocketUpgrade) -> Response {
-        // Frames up to 4x the protocol limit reach the hub, which answers `too_large`;
-        // beyond that the socket itself is refused.
-        // tungstenite's default read buffer is 128 KiB and it zeroes the spare part on every
-        // read: that memset was a quarter of the server's CPU per frame and made each idle
-        // session hold 128 KiB. Signaling frames are small; larger ones just take more reads.
-        ws.max_message_size(MAX_FRAME * 4)
-            .max_frame_size(MAX_FRAME * 4)
-            .read_buffer_size(4096)
-            .on_upgrade(move |s| sig.socket(s))
+    /// The `GET /v1/ws` handler: the WebSocket opening handshake (RFC 6455 4.2).
+    ///
+    /// Done here rather than by axum's extractor so that the socket comes back as the
+    /// plain `TcpStream`, which the hub's callers write to directly.
+    pub async fn upgrade(State(sig): State<Signaling>, mut req: Request) -> Response {
+        let accept = match handshake(req.headers()) {
+            Ok(a) => a,
+            Err((status, why)) => {
+                let mut r = (status, format!("{why}\n")).into_response();
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    r.headers_mut()
+                        .insert(header::SEC_WEBSOCKET_VERSION, header::HeaderValue::from_static("13"));
+                }
+                return r;
+            }
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(up) => match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
+                    Ok(parts) => {
+                        // Copied out: the `Bytes` would keep hyper's whole read buffer
+                        // (8 KiB) alive for the life of the socket.
+                        let early = parts.read_buf.to_vec();
+                        drop(parts.read_buf);
+                        sig.socket(parts.io.into_inner(), early).await
+                    }
+                    // `serve` hands hyper TCP streams only; anything else is a bug here.
+                    Err(_) => tracing::error!("upgraded connection is not a TCP stream: dropped"),
+                },
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .expect("static status and valid header values")
     }
 
-    async fn socket(self, ws: WebSocket) {
+    async fn socket(self, sock: TcpStream, early: Vec<u8>) {
         let conn = ConnId(self.next.fetch_add(1, Ordering::Relaxed));
-        let (out_tx, mut out_rx) = mpsc::channel::<Out>(SOCKET_QUEUE);
+        let outlet = Arc::new(Outlet {
+            sock,
+            out: Mutex::new(OutBuf::default()),
+            wake: Notify::new(),
+        });
         self.with_hub(|hub, conns| {
-            conns.insert(conn, out_tx);
+            conns.insert(conn, outlet.clone());
             hub.handle_connect(conn, Instant::now());
         });
-        let (mut sink, mut stream) = ws.split();
-        let writer = tokio::spawn(async move {
-            // Everything queued goes out in one write: under load a socket gets many frames
-            // per wakeup, and one syscall each was most of the writer's cost.
-            'outer: while let Some(first) = out_rx.recv().await {
-                let mut next = Some(first);
-                let mut batch = 0;
-                while let Some(o) = next.take() {
-                    match o {
-                        Out::Text(t) => {
-                            if sink.feed(Message::Text(t.into())).await.is_err() {
-                                break 'outer;
+        // Frames up to 4x the protocol limit reach the hub, which answers `too_large`;
+        // beyond that the socket is closed with 1009.
+        let mut dec = Decoder::new(Role::Server, MAX_FRAME * 4);
+        // Bytes read but not yet a whole frame (usually none: then nothing is held).
+        let mut pending = early;
+        let mut stop = self.take_frames(conn, &outlet, &mut dec, &mut pending, None);
+        let mut writing = false;
+        // One waiter for the whole life of the socket, not one per loop turn.
+        let woken = outlet.wake.notified();
+        tokio::pin!(woken);
+        while stop.is_none() {
+            tokio::select! {
+                biased;
+                _ = &mut woken, if !writing => {
+                    woken.set(outlet.wake.notified());
+                    let b = outlet.lock();
+                    if b.failed || (b.closing && !b.blocked) {
+                        stop = Some(if b.failed { Stop::Gone } else { Stop::Closed });
+                    }
+                    writing = b.blocked;
+                }
+                r = outlet.sock.writable(), if writing => {
+                    let mut b = outlet.lock();
+                    match r.and_then(|_| write_queued(&outlet.sock, &mut b)) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            b.blocked = false;
+                            writing = false;
+                            if b.closing {
+                                stop = Some(Stop::Closed);
                             }
                         }
-                        Out::Close(code, reason) => {
-                            let close = Message::Close(Some(CloseFrame {
-                                code,
-                                reason: reason.into(),
-                            }));
-                            let _ = sink.send(close).await;
-                            break 'outer;
-                        }
-                    }
-                    batch += 1;
-                    if batch < 64 {
-                        next = out_rx.try_recv().ok();
+                        Err(_) => stop = Some(Stop::Gone),
                     }
                 }
-                if sink.flush().await.is_err() {
-                    break;
+                r = outlet.sock.readable() => {
+                    stop = match r {
+                        Ok(()) => self.on_readable(conn, &outlet, &mut dec, &mut pending),
+                        Err(_) => Some(Stop::Gone),
+                    };
                 }
             }
-            let _ = sink.close().await;
-        });
-        while let Some(msg) = stream.next().await {
-            let text = match msg {
-                // Not `to_string()`, which formats through `Display`.
-                Ok(Message::Text(t)) => t.as_str().to_owned(),
-                Ok(Message::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => continue, // WebSocket-level ping/pong
-            };
-            self.with_hub(|hub, _| hub.handle_text(conn, &text, Instant::now()));
         }
         self.with_hub(|hub, conns| {
             conns.remove(&conn);
             hub.handle_disconnect(conn, Instant::now());
         });
-        // Let queued frames (e.g. a final error) drain, bounded.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        if !matches!(stop, Some(Stop::Gone)) {
+            // RFC 6455 7.1.1: after the closing handshake the server closes TCP first.
+            // Bounded: a peer that neither reads nor closes is dropped.
+            let _ = tokio::time::timeout(CLOSE_LINGER, linger(&outlet)).await;
+        }
     }
+
+    /// Read what the socket has and hand every whole frame on.
+    fn on_readable(&self, conn: ConnId, outlet: &Outlet, dec: &mut Decoder, pending: &mut Vec<u8>) -> Option<Stop> {
+        let mut chunk = [0u8; READ_CHUNK];
+        match read_some(&outlet.sock, &mut chunk) {
+            Ok(0) => Some(Stop::Gone),
+            Ok(n) => self.take_frames(conn, outlet, dec, pending, Some(&mut chunk[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(_) => Some(Stop::Gone),
+        }
+    }
+
+    /// Decode the frames in `pending` followed by `fresh`, act on each, and keep the
+    /// unfinished tail in `pending`. Fresh bytes are decoded where they lie when nothing
+    /// is pending, the usual case.
+    fn take_frames(
+        &self,
+        conn: ConnId,
+        outlet: &Outlet,
+        dec: &mut Decoder,
+        pending: &mut Vec<u8>,
+        fresh: Option<&mut [u8]>,
+    ) -> Option<Stop> {
+        match fresh {
+            Some(f) if pending.is_empty() => {
+                let (at, stop) = self.decode_all(conn, outlet, dec, f);
+                if stop.is_none() {
+                    pending.extend_from_slice(&f[at..]);
+                }
+                stop
+            }
+            fresh => {
+                if let Some(f) = fresh {
+                    pending.extend_from_slice(f);
+                }
+                let (at, stop) = self.decode_all(conn, outlet, dec, pending);
+                pending.drain(..at);
+                // A large frame's buffer goes once it is used up.
+                if pending.is_empty() && pending.capacity() > READ_CHUNK {
+                    *pending = Vec::new();
+                }
+                stop
+            }
+        }
+    }
+
+    /// Act on every whole frame at the front of `buf`; how many bytes they took.
+    fn decode_all(&self, conn: ConnId, outlet: &Outlet, dec: &mut Decoder, buf: &mut [u8]) -> (usize, Option<Stop>) {
+        let mut at = 0;
+        loop {
+            match dec.decode(&mut buf[at..]) {
+                Ok((_, 0)) => return (at, None),
+                Ok((msg, n)) => {
+                    at += n;
+                    if let Some(stop) = self.on_message(conn, outlet, msg) {
+                        return (at, Some(stop));
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(conn = conn.0, error = %e, code = e.close_code(), "WebSocket protocol error: closing");
+                    self.metrics.count("sockets_cut", e.label());
+                    let mut close = Vec::new();
+                    ws::encode_close(&mut close, e.close_code(), &e.to_string(), None);
+                    outlet.send(OpCode::Close, &close);
+                    return (at, Some(Stop::Closing));
+                }
+            }
+        }
+    }
+
+    fn on_message(&self, conn: ConnId, outlet: &Outlet, msg: Option<Message<'_>>) -> Option<Stop> {
+        match msg {
+            None | Some(Message::Pong(_)) => None,
+            Some(Message::Text(t)) => {
+                self.with_hub(|hub, _| hub.handle_text(conn, t, Instant::now()));
+                None
+            }
+            Some(Message::Binary(b)) => {
+                let t = String::from_utf8_lossy(b);
+                self.with_hub(|hub, _| hub.handle_text(conn, &t, Instant::now()));
+                None
+            }
+            Some(Message::Ping(p)) => {
+                outlet.send(OpCode::Pong, p);
+                None
+            }
+            Some(Message::Close(c)) => {
+                // 5.5.1: answer with a close frame, echoing the status code.
+                let mut close = Vec::new();
+                match c {
+                    Some((code, _)) => ws::encode_close(&mut close, code, "", None),
+                    None => ws::encode(&mut close, OpCode::Close, &[], None),
+                }
+                outlet.send(OpCode::Close, &close);
+                Some(Stop::Closing)
+            }
+        }
+    }
+}
+
+/// Read once from a socket known to be readable.
+///
+/// A read that comes back short has emptied the socket, so the readiness flag is
+/// cleared then (as tokio's own `AsyncRead` does), sparing the read that would only say
+/// `WouldBlock`: `try_read` keeps the flag, which cost two `recvfrom` per frame.
+pub(crate) fn read_some(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(sock)).read(buf)?;
+        if 0 < n && n < buf.len() {
+            // Edge-triggered: bytes arriving after this read raise a new event, and
+            // tokio clears the flag only if none has come since it was set.
+            short = Some(n);
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
+/// Send what is still queued, close our half, and read until the peer closes its half.
+async fn linger(outlet: &Outlet) {
+    loop {
+        {
+            let mut b = outlet.lock();
+            if b.failed {
+                return;
+            }
+            match write_queued(&outlet.sock, &mut b) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+        if outlet.sock.writable().await.is_err() {
+            return;
+        }
+    }
+    let _ = socket2::SockRef::from(&outlet.sock).shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 512];
+    loop {
+        if outlet.sock.readable().await.is_err() {
+            return;
+        }
+        match outlet.sock.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Check a WebSocket opening handshake (RFC 6455 4.2.1) and compute its
+/// `Sec-WebSocket-Accept`; a refusal carries its status and what was wrong.
+fn handshake(h: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "this is a WebSocket endpoint: `Upgrade: websocket` expected",
+        ));
+    }
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::BAD_REQUEST, "`Connection: upgrade` expected"));
+    }
+    // 4.2.2: an unsupported version is answered with 426 and the versions we speak.
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 expected"));
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().trim_ascii())
+        .filter(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .is_ok_and(|d| d.len() == 16)
+        });
+    match key {
+        Some(key) => Ok(accept_key(key)),
+        None => Err((
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` must be 16 bytes in base64",
+        )),
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455 4.2.2, item 5.4).
+fn accept_key(key: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
 /// Fire the hub's timers: sleep until its next deadline (at most a second, to keep its

@@ -136,7 +136,10 @@ struct Session {
     out_seq: u64,
     unacked: VecDeque<(u64, String)>,
     in_seq: u64,
-    ack_scheduled: bool,
+    /// When the separate `ack` frame is due, if one is owed and no frame carried it yet.
+    /// Timer entries are never removed, so one left over from an ack that rode on a
+    /// frame must not fire for a later one: it fires only at this very deadline.
+    ack_due: Option<Instant>,
     detached_at: Option<Instant>,
     awaiting_ring: Vec<(u64, CallKey)>,
     tokens: f64,
@@ -464,8 +467,12 @@ impl<R: RngCore> Hub<R> {
                 }
                 Timer::Ack(key) => {
                     // Not scheduled any more: a frame to the session carried the ack.
-                    if let Some(s) = self.sessions.get_mut(&key).filter(|s| s.ack_scheduled) {
-                        s.ack_scheduled = false;
+                    if let Some(s) = self
+                        .sessions
+                        .get_mut(&key)
+                        .filter(|s| s.ack_due.is_some_and(|d| d <= now))
+                    {
+                        s.ack_due = None;
                         if let Some(conn) = s.conn {
                             let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
                             self.out.push_back(Output::Send { conn, text });
@@ -609,7 +616,7 @@ impl<R: RngCore> Hub<R> {
                 out_seq: 0,
                 unacked: VecDeque::new(),
                 in_seq: 0,
-                ack_scheduled: false,
+                ack_due: None,
                 detached_at: None,
                 awaiting_ring: Vec::new(),
                 tokens: self.config.rate_burst,
@@ -761,9 +768,10 @@ impl<R: RngCore> Hub<R> {
 
     fn schedule_ack(&mut self, key: SessionKey, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&key) {
-            if !s.ack_scheduled {
-                s.ack_scheduled = true;
-                self.timers.insert((now + self.config.ack_delay, Timer::Ack(key)));
+            if s.ack_due.is_none() {
+                let due = now + self.config.ack_delay;
+                s.ack_due = Some(due);
+                self.timers.insert((due, Timer::Ack(key)));
             }
         }
     }
@@ -820,9 +828,9 @@ impl<R: RngCore> Hub<R> {
         let s = self.sessions.get_mut(&key)?;
         s.out_seq += 1;
         let seq = s.out_seq;
-        let ack = (s.ack_scheduled && s.conn.is_some()).then_some(s.in_seq);
+        let ack = (s.ack_due.is_some() && s.conn.is_some()).then_some(s.in_seq);
         if ack.is_some() {
-            s.ack_scheduled = false;
+            s.ack_due = None;
         }
         let text = text(seq, ack);
         if let Some(conn) = s.conn {

@@ -7,3 +7,4 @@
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod ws;

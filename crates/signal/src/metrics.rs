@@ -54,7 +54,7 @@ impl SignalMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
         let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
-        let families: [(&str, &str, &str); 10] = [
+        let families: [(&str, &str, &str); 11] = [
             ("sessions", "Sessions created.", "event"),
             ("sessions_ended", "Sessions ended, by reason.", "reason"),
             ("resumes", "Resume attempts by result.", "result"),
@@ -62,6 +62,11 @@ impl SignalMetrics {
             ("duplicate_frames", "Client frames received again and ignored.", "kind"),
             ("errors", "Error frames sent, by code.", "code"),
             ("invites", "Call invites.", "kind"),
+            (
+                "sockets_cut",
+                "Sockets the server closed: too slow to take their frames, or breaking the WebSocket protocol.",
+                "reason",
+            ),
             ("calls_ended", "Calls ended, by reason.", "reason"),
             (
                 "pair_types",

@@ -730,6 +730,36 @@ proptest::proptest! {
 }
 
 #[test]
+fn an_ack_timer_left_over_from_a_riding_ack_does_not_fire_for_a_later_frame() {
+    // protocol.md: an ack owed to a client goes separately only when no frame has
+    // carried it within the ack delay. A frame that arrives after an ack rode starts a
+    // fresh delay of its own.
+    let (mut w, a, b) = in_call("p");
+    w.advance(Duration::from_secs(1));
+    w.auto_ack = false;
+    let acks_to_alice = |w: &World| w.clients[a].control.iter().filter(|v| v["type"] == "ack").count();
+    let before = acks_to_alice(&w);
+    let delay = HubConfig::default().ack_delay;
+    w.send(a, signal("p", cand(1)));
+    w.advance(delay / 4);
+    w.send(b, signal("p", cand(2))); // carries the ack for cand 1
+    w.advance(delay / 4);
+    let second = w.send(a, signal("p", cand(3)));
+    // The first frame's timer comes due now: nothing is owed for that frame any more.
+    w.advance(delay / 2);
+    assert_eq!(
+        acks_to_alice(&w),
+        before,
+        "no separate ack before the second frame's own delay"
+    );
+    // The second frame's own delay runs out with nothing to carry its ack.
+    w.advance(delay / 2);
+    assert_eq!(acks_to_alice(&w), before + 1);
+    let ack = w.clients[a].control.iter().rfind(|v| v["type"] == "ack").unwrap();
+    assert_eq!(ack["seq"], json!(second));
+}
+
+#[test]
 fn acks_ride_on_frames_both_ways() {
     let (mut w, a, b) = in_call("p");
     w.advance(Duration::from_secs(1));

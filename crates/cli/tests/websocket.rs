@@ -1,0 +1,260 @@
+//! The WebSocket layer of `/v1/ws` (RFC 6455) against the real binary, spoken byte by
+//! byte from a plain TCP socket: the handshake, control frames, fragments, and every
+//! protocol error closing the socket with its status code while other sessions go on.
+//! Frames here are built and parsed by hand, not with the server's codec.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// Send an HTTP request made of `head` lines and read the response head.
+fn request(server: &Server, head: &str) -> (TcpStream, String, Vec<u8>) {
+    let mut s = TcpStream::connect(server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET /v1/ws HTTP/1.1\r\nHost: x\r\n{head}\r\n").as_bytes())
+        .unwrap();
+    let mut buf = vec![];
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).expect("response within 5 s");
+        assert!(n > 0, "closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let rest = buf.split_off(end);
+    (s, String::from_utf8(buf).unwrap(), rest)
+}
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n";
+
+/// An open WebSocket, the handshake done.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn open(server: &Server) -> Raw {
+    // The key and accept value of RFC 6455 section 1.3.
+    let (s, head, buf) = request(
+        server,
+        &format!("{UPGRADE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    Raw { s, buf }
+}
+
+/// A client frame: FIN flag, opcode and payload, masked with a fixed key.
+fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![if fin { 0x80 } else { 0 } | op];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+impl Raw {
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// The next server frame: (opcode, payload). Server frames are never masked.
+    fn next(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked (RFC 6455 5.1)");
+                let (len, head) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= head + len {
+                    let op = self.buf[0] & 0x0f;
+                    let payload = self.buf[head..head + len].to_vec();
+                    self.buf.drain(..head + len);
+                    return (op, payload);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("a frame within 5 s");
+            assert!(n > 0, "closed while a frame was expected");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next text frame's JSON, skipping nothing: the next frame must be text.
+    fn next_json(&mut self) -> serde_json::Value {
+        let (op, p) = self.next();
+        assert_eq!(
+            op,
+            1,
+            "text frame expected, got opcode {op}: {:?}",
+            String::from_utf8_lossy(&p)
+        );
+        serde_json::from_slice(&p).unwrap()
+    }
+
+    /// Expect a close frame with `code`, then the server closing TCP.
+    fn expect_close(&mut self, code: u16) -> String {
+        let (op, p) = self.next();
+        assert_eq!(op, 8, "close frame expected: {:?}", String::from_utf8_lossy(&p));
+        assert_eq!(u16::from_be_bytes([p[0], p[1]]), code);
+        let reason = String::from_utf8(p[2..].to_vec()).unwrap();
+        // RFC 6455 7.1.1: the server closes the TCP connection first.
+        let mut rest = [0u8; 64];
+        assert_eq!(self.s.read(&mut rest).expect("EOF within 5 s"), 0, "server closes TCP");
+        reason
+    }
+
+    fn hello(&mut self, user: &str) {
+        let h = format!(r#"{{"type":"hello","token":"dev:{user}","device":"d"}}"#);
+        self.send(&frame(true, 1, h.as_bytes()));
+        assert_eq!(self.next_json()["type"], "welcome");
+    }
+}
+
+#[test]
+fn handshake_refusals_say_what_is_wrong() {
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    // A plain GET is not an upgrade.
+    let (_, head, _) = request(&server, "");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // RFC 6455 4.2.2: an unsupported version gets 426 and the version we speak.
+    let (_, head, _) = request(
+        &server,
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+    // 4.1: the key is 16 random bytes in base64.
+    let (mut s, head, mut body) = request(&server, &format!("{UPGRADE}Sec-WebSocket-Key: c2hvcnQ=\r\n"));
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    while !String::from_utf8_lossy(&body).contains('\n') {
+        let mut chunk = [0u8; 256];
+        let n = s.read(&mut chunk).expect("the body within 5 s");
+        assert!(n > 0, "closed before the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&body).contains("Sec-WebSocket-Key"),
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[test]
+fn pings_fragments_and_the_closing_handshake() {
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    let mut c = open(&server);
+    // 5.5.2: a pong carries the ping's payload.
+    c.send(&frame(true, 9, b"are you there"));
+    assert_eq!(c.next(), (10, b"are you there".to_vec()));
+    // A hello in three fragments, a ping between two of them (5.4 allows it).
+    let h = br#"{"type":"hello","token":"dev:frag","device":"d"}"#;
+    let mut bytes = frame(false, 1, &h[..10]);
+    bytes.extend(frame(false, 0, &h[10..30]));
+    bytes.extend(frame(true, 9, b"p"));
+    bytes.extend(frame(true, 0, &h[30..]));
+    c.send(&bytes);
+    assert_eq!(c.next(), (10, b"p".to_vec()));
+    assert_eq!(c.next_json()["type"], "welcome");
+    // 5.5.1: the server answers a close frame with one echoing the code, then closes.
+    c.send(&frame(true, 8, &1000u16.to_be_bytes()));
+    c.expect_close(1000);
+}
+
+#[test]
+fn protocol_errors_close_with_their_code_and_others_go_on() {
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    let mut bystander = open(&server);
+    bystander.hello("bystander");
+    let unmasked = {
+        let mut f = vec![0x81, 2];
+        f.extend_from_slice(b"hi");
+        f
+    };
+    let mut reserved = frame(true, 1, b"hi");
+    reserved[0] |= 0x40;
+    let mut oversized = vec![0x81, 0x80 | 127];
+    oversized.extend_from_slice(&(10u64 << 20).to_be_bytes());
+    oversized.extend_from_slice(&[0; 4]);
+    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+        ("unmasked", unmasked, 1002, "not masked"),
+        ("reserved bits", reserved, 1002, "reserved"),
+        ("reserved opcode", frame(true, 3, b""), 1002, "opcode"),
+        ("continuation first", frame(true, 0, b"x"), 1002, "fragments"),
+        ("not UTF-8", frame(true, 1, &[0xc3, 0x28]), 1007, "UTF-8"),
+        // Announced as 10 MiB: refused on its header, before any payload.
+        ("oversized", oversized, 1009, "over the limit"),
+    ];
+    for (what, bytes, code, says) in cases {
+        let mut c = open(&server);
+        c.hello(&format!("u{code}"));
+        c.send(&bytes);
+        let reason = c.expect_close(code);
+        assert!(reason.contains(says), "{what}: reason {reason:?}");
+        // The bystander's session is untouched.
+        bystander.send(&frame(true, 9, what.as_bytes()));
+        assert_eq!(bystander.next(), (10, what.as_bytes().to_vec()), "{what}");
+    }
+    assert_eq!(
+        server.metric("firstcall_signal_sockets_cut_total{reason=\"protocol_error\"}"),
+        4
+    );
+    assert_eq!(
+        server.metric("firstcall_signal_sockets_cut_total{reason=\"bad_utf8\"}"),
+        1
+    );
+    assert_eq!(
+        server.metric("firstcall_signal_sockets_cut_total{reason=\"too_large\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_message_just_under_the_socket_limit_reaches_the_hub() {
+    // Frames over the protocol's 64 KiB limit but within 4x of it are read whole, so
+    // that the hub can answer `too_large` naming the frame, and the socket stays open.
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    let mut c = open(&server);
+    c.hello("big");
+    let big = format!(
+        r#"{{"type":"call.signal","seq":1,"call":"x","data":{{"sdp":"{}"}}}}"#,
+        "x".repeat(200_000)
+    );
+    c.send(&frame(true, 1, big.as_bytes()));
+    let e = c.next_json();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str(), e["ref"].as_u64()),
+        (Some("error"), Some("too_large"), Some(1))
+    );
+    c.send(&frame(true, 9, b"still here"));
+    assert_eq!(c.next(), (10, b"still here".to_vec()));
+}
