@@ -508,11 +508,16 @@ def markdown(doc):
     if ctl:
         m += ["", "## TURN control plane", "",
               "Allocate (401 challenge + authenticated) + CreatePermission + ChannelBind per allocation, 32 in flight; "
-              "memory is the server's RSS growth divided by live allocations.", "",
-              "| server | allocations | failures | allocations/s | bytes per allocation |", "|---|---|---|---|---|"]
+              "memory is the server's RSS growth divided by live allocations. Server CPU per allocation (all its "
+              "threads) is the figure that does not depend on the generator; a generator CPU share near 1.0 means the "
+              "generator, not the server, set the rate.", "",
+              "| server | allocations | failures | allocations/s | server CPU µs / allocation | generator CPU share | bytes per allocation |",
+              "|---|---|---|---|---|---|---|"]
         for r in ctl:
             x = r["result"]
-            m.append(f"| {r['server']} | {x['allocations']} | {x['failures']} | {x['per_second']:.0f} | {x['bytes_per_allocation']:.0f} |")
+            m.append(f"| {r['server']} | {x['allocations']} | {x['failures']} | {x['per_second']:.0f} | "
+                     f"{x.get('server_cpu_us_per_allocation', 0):.0f} | {x.get('generator_cpu_share', 0):.2f} | "
+                     f"{x['bytes_per_allocation']:.0f} |")
     sig = doc["results"].get("signal")
     if sig:
         m += ["", "## Signaling", "",

@@ -185,25 +185,28 @@ async fn main() {
             let anchor = load::setup_anchor(server, &creds).await.expect("first allocation");
             let peer = anchor.1;
             let rss0 = rss_kib(pid);
+            let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
             let started = Instant::now();
             let mut held = Vec::with_capacity(count);
             let mut failures = 0usize;
-            let mut i = 0;
-            while i < count {
-                let mut set = tokio::task::JoinSet::new();
-                for _ in i..(i + conc).min(count) {
+            // `conc` in flight all the time: a new set-up starts as soon as one ends (in
+            // waves, the slowest of each wave held the next one back).
+            let mut set = tokio::task::JoinSet::new();
+            let mut started_n = 0;
+            loop {
+                while started_n < count && set.len() < conc {
                     let creds = creds.clone();
                     set.spawn(async move { load::setup_one(server, &creds, peer).await });
+                    started_n += 1;
                 }
-                while let Some(r) = set.join_next().await {
-                    match r {
-                        Ok(Ok(c)) => held.push(c),
-                        _ => failures += 1,
-                    }
+                match set.join_next().await {
+                    Some(Ok(Ok(c))) => held.push(c),
+                    Some(_) => failures += 1,
+                    None => break,
                 }
-                i += conc;
             }
             let secs = started.elapsed().as_secs_f64();
+            let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
             // Let the server settle, then measure what it holds per live allocation.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let rss1 = rss_kib(pid);
@@ -212,6 +215,8 @@ async fn main() {
                 "{}",
                 json!({"result": {
                     "allocations": ok, "failures": failures, "concurrency": conc, "seconds": secs, "per_second": ok as f64 / secs,
+                    "server_cpu_us_per_allocation": if ok > 0 { cpu / ok as f64 * 1e6 } else { 0.0 },
+                    "generator_cpu_share": me / secs,
                     "rss_before_kib": rss0, "rss_after_kib": rss1,
                     "bytes_per_allocation": if ok > 0 { (rss1.saturating_sub(rss0)) as f64 * 1024.0 / ok as f64 } else { 0.0 },
                 }})
