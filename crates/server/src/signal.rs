@@ -173,19 +173,29 @@ impl Outlet {
         }
     }
 
-    /// Queue a frame of the socket's own (pong, close) and write it.
-    fn send(&self, op: OpCode, payload: &[u8]) {
-        let mut b = self.lock();
-        if op == OpCode::Close {
-            if !b.closing && !b.failed {
-                b.bytes.extend_from_slice(payload);
-                b.closing = true;
-            }
-        } else {
-            // Control frames are tiny; the limit is for the hub's frames.
-            let _ = Outlet::append(&mut b, op, payload);
+    /// Queue the close frame, with a status code and reason if given; nothing is sent
+    /// after it.
+    fn queue_close(b: &mut OutBuf, status: Option<(u16, &str)>) {
+        if b.closing || b.failed {
+            return;
         }
-        drop(b);
+        match status {
+            Some((code, reason)) => ws::encode_close(&mut b.bytes, code, reason, None),
+            None => ws::encode(&mut b.bytes, OpCode::Close, &[], None),
+        }
+        b.closing = true;
+    }
+
+    /// Answer a ping.
+    fn pong(&self, payload: &[u8]) {
+        // Refused only if the socket is being cut anyway.
+        let _ = Outlet::append(&mut self.lock(), OpCode::Pong, payload);
+        self.push();
+    }
+
+    /// Send our close frame.
+    fn close(&self, status: Option<(u16, &str)>) {
+        Outlet::queue_close(&mut self.lock(), status);
         self.push();
     }
 }
@@ -298,10 +308,7 @@ impl Signaling {
                         Output::Close { conn, code, reason } => {
                             if let Some(outlet) = s.conns.remove(&conn) {
                                 let mut b = outlet.lock();
-                                if !b.closing && !b.failed {
-                                    ws::encode_close(&mut b.bytes, code, reason, None);
-                                    b.closing = true;
-                                }
+                                Outlet::queue_close(&mut b, Some((code, reason)));
                                 if !b.listed {
                                     b.listed = true;
                                     drop(b);
@@ -524,9 +531,7 @@ impl Signaling {
                 Err(e) => {
                     tracing::info!(conn = conn.0, error = %e, code = e.close_code(), "WebSocket protocol error: closing");
                     self.metrics.count("sockets_cut", e.label());
-                    let mut close = Vec::new();
-                    ws::encode_close(&mut close, e.close_code(), &e.to_string(), None);
-                    outlet.send(OpCode::Close, &close);
+                    outlet.close(Some((e.close_code(), &e.to_string())));
                     return (at, Some(Stop::Closing));
                 }
             }
@@ -546,17 +551,12 @@ impl Signaling {
                 None
             }
             Some(Message::Ping(p)) => {
-                outlet.send(OpCode::Pong, p);
+                outlet.pong(p);
                 None
             }
             Some(Message::Close(c)) => {
                 // 5.5.1: answer with a close frame, echoing the status code.
-                let mut close = Vec::new();
-                match c {
-                    Some((code, _)) => ws::encode_close(&mut close, code, "", None),
-                    None => ws::encode(&mut close, OpCode::Close, &[], None),
-                }
-                outlet.send(OpCode::Close, &close);
+                outlet.close(c.map(|(code, _)| (code, "")));
                 Some(Stop::Closing)
             }
         }
