@@ -179,6 +179,7 @@ async fn main() {
         "control" => {
             let count: usize = get(&m, "count", Some(1000));
             let conc: usize = get(&m, "concurrency", Some(16));
+            assert!(conc > 0, "--concurrency must be at least 1");
             let creds = creds(&m);
             // Permissions and channels point at a relayed address of the same server, the
             // one peer every server relays to by default and that carries no traffic here.

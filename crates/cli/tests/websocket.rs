@@ -280,3 +280,62 @@ fn a_message_just_under_the_socket_limit_reaches_the_hub() {
     c.send(&frame(true, 9, b"still here"));
     assert_eq!(c.next(), (10, b"still here".to_vec()));
 }
+
+/// A socket the hub closes while it cannot take its frames (its peer reads nothing) is
+/// let go within the close's linger: here the device's session is taken over by a new
+/// hello, which closes the old socket with 4001.
+#[test]
+fn a_socket_closed_while_its_peer_reads_nothing_is_let_go() {
+    // A queue limit far above what is sent, so that bob's socket is blocked (the kernel
+    // holds at most a few MB) but never cut.
+    let server = start_firstcall(&["--turn-secret", "s", "--slow-socket-queue", "67108864"]);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", server.proc.pid())).map_or(0, |d| d.count());
+    let mut alice = open(&server);
+    alice.hello("alice");
+    // Bob's socket takes little: a 4 KiB receive buffer, set before connecting.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.http.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!("GET /v1/ws HTTP/1.1\r\nHost: x\r\n{UPGRADE}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut bob = Raw { s, buf: vec![] };
+    // The 101 head, then bob's welcome and the invite.
+    let mut head = vec![];
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(bob.s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    bob.hello("bob");
+    let invite = r#"{"type":"call.invite","seq":1,"call":"c","to":"bob","media":"audio","sdp":"o"}"#;
+    alice.send(&frame(true, 1, invite.as_bytes()));
+    assert_eq!(bob.next_json()["type"], "call.incoming");
+    let before = fds();
+    // Bob stops reading. Alice's 8 MB of signals fill his small buffer and the server's
+    // kernel buffer (4 MB at most here) and then queue in the server.
+    let sdp = "x".repeat(60_000);
+    for seq in 2..142 {
+        let sig = format!(
+            r#"{{"type":"call.signal","seq":{seq},"call":"c","data":{{"sdp":{{"type":"offer","sdp":"{sdp}"}}}}}}"#
+        );
+        alice.send(&frame(true, 1, sig.as_bytes()));
+    }
+    // Alice gets her frames acknowledged, so the server has taken them all in.
+    let acked = |v: &serde_json::Value| v["type"] == "ack" && v["seq"] == 141 || v["ack"] == 141;
+    while !acked(&alice.next_json()) {}
+    assert_eq!(server.metric("firstcall_signal_sockets_cut_total{reason=\"slow\"}"), 0);
+    // A new hello from bob's device takes the session over; the old socket is closed.
+    let mut bob2 = open(&server);
+    bob2.hello("bob");
+    assert!(
+        wait_until(Duration::from_secs(5), || fds() == before),
+        "the old socket is still open in the server ({} descriptors, {before} with it)",
+        fds()
+    );
+    drop(bob);
+}

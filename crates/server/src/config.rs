@@ -100,6 +100,8 @@ pub struct ServeConfig {
     pub log: String,
     /// How long a disconnected signaling session keeps its frames.
     pub session_ttl: Duration,
+    /// Bytes queued for a signaling socket that is not taking its frames before it is cut.
+    pub slow_socket_queue: usize,
     /// How long a call rings.
     pub ring_timeout: Duration,
     /// HS256 secret for bearer JWTs.
@@ -187,6 +189,10 @@ pub struct ServeArgs {
     /// Keep a disconnected signaling session (and its unacknowledged frames) this long [default: 60s].
     #[arg(long, env = "FIRSTCALL_SESSION_TTL")]
     pub session_ttl: Option<String>,
+    /// Cut a signaling socket once this many bytes queue for it while it takes nothing
+    /// (its frames wait in the session for the resume) [default: 1048576].
+    #[arg(long, env = "FIRSTCALL_SLOW_SOCKET_QUEUE")]
+    pub slow_socket_queue: Option<usize>,
     /// Ring this long before a call ends with `timeout` [default: 45s].
     #[arg(long, env = "FIRSTCALL_RING_TIMEOUT")]
     pub ring_timeout: Option<String>,
@@ -230,6 +236,7 @@ pub struct FileConfig {
     max_allocations_per_user: Option<usize>,
     log: Option<String>,
     session_ttl: Option<String>,
+    slow_socket_queue: Option<usize>,
     ring_timeout: Option<String>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
@@ -354,6 +361,7 @@ impl ServeArgs {
                 .or(f.max_allocations_per_user)
                 .unwrap_or(64),
             log: self.log.or(f.log).unwrap_or_else(|| "info".into()),
+            slow_socket_queue: self.slow_socket_queue.or(f.slow_socket_queue).unwrap_or(1 << 20),
             session_ttl: parse_duration(
                 "--session-ttl",
                 &self.session_ttl.or(f.session_ttl).unwrap_or_else(|| "60s".into()),

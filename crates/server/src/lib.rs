@@ -291,7 +291,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         uris: ice_uris.clone(),
         ttl: config.credential_ttl,
     });
-    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook);
+    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue);
     let state = Arc::new(http::AppState {
         ready: false.into(),
         turn_metrics: metrics,

@@ -73,16 +73,16 @@ pub struct Signaling {
     timer: Arc<Notify>,
     webhook: Option<crate::webhook::Webhook>,
     next: Arc<AtomicU64>,
+    /// Bytes that may be queued for a socket while it is not taking what it already has
+    /// (its kernel buffer full) before it counts as too slow and is cut
+    /// (`--slow-socket-queue`). What the hub hands over in one go, such as the replay on
+    /// resume, is queued whole whatever its size: it is bounded by the session's cap on
+    /// unacknowledged frames, and cutting a socket for the server's own burst would only
+    /// make the client resume into the same burst again.
+    queue_limit: usize,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
 }
-
-/// Bytes that may be queued for a socket while it is not taking what it already has
-/// (its kernel buffer full) before it counts as too slow and is cut. What the hub hands
-/// over in one go, such as the replay on resume, is queued whole whatever its size: it is
-/// bounded by the session's cap on unacknowledged frames, and cutting a socket for the
-/// server's own burst would only make the client resume into the same burst again.
-const SOCKET_QUEUE_BYTES: usize = 1 << 20;
 
 /// How long a closing socket gets to take its last frames and close its end.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -101,6 +101,8 @@ fn unix_now() -> u64 {
 /// order it produced them; whichever task comes next writes from the front.
 struct Outlet {
     sock: TcpStream,
+    /// See [`Signaling::queue_limit`].
+    limit: usize,
     out: Mutex<OutBuf>,
     /// Wakes the socket's own task: its socket would block, or it is to close.
     wake: Notify,
@@ -112,7 +114,7 @@ struct OutBuf {
     bytes: Vec<u8>,
     /// The socket's task waits for it to become writable; others only append.
     blocked: bool,
-    /// Bytes appended while `blocked`: what counts against [`SOCKET_QUEUE_BYTES`].
+    /// Bytes appended while `blocked`: what counts against the queue limit.
     backlog: usize,
     /// Already in this `with_hub` call's list of outlets to write.
     listed: bool,
@@ -129,13 +131,13 @@ impl Outlet {
     }
 
     /// Queue one frame; false if the queue is over its limit (the frame is not queued).
-    fn append(b: &mut OutBuf, op: OpCode, payload: &[u8]) -> bool {
+    fn append(&self, b: &mut OutBuf, op: OpCode, payload: &[u8]) -> bool {
         if b.closing || b.failed {
             return true;
         }
         if b.blocked {
             b.backlog += payload.len();
-            if b.backlog > SOCKET_QUEUE_BYTES {
+            if b.backlog > self.limit {
                 // Nothing after a refused frame may go out either: the client would see
                 // a gap. The socket is done; its session keeps every frame for the resume.
                 b.failed = true;
@@ -157,6 +159,11 @@ impl Outlet {
             return;
         }
         if b.blocked {
+            // Its task waits to write; a close must reach it even so, or a peer that
+            // never reads again would keep the socket open for ever.
+            if b.closing {
+                self.wake.notify_one();
+            }
             return;
         }
         match write_queued(&self.sock, &mut b) {
@@ -188,8 +195,9 @@ impl Outlet {
 
     /// Answer a ping.
     fn pong(&self, payload: &[u8]) {
-        // Refused only if the socket is being cut anyway.
-        let _ = Outlet::append(&mut self.lock(), OpCode::Pong, payload);
+        // Over the limit, the pong fails the socket like any frame; `push` then tells
+        // the socket's task, which ends it.
+        let _ = self.append(&mut self.lock(), OpCode::Pong, payload);
         self.push();
     }
 
@@ -209,6 +217,8 @@ fn write_queued(sock: &TcpStream, b: &mut OutBuf) -> std::io::Result<bool> {
             Ok(n) if n == b.bytes.len() => b.bytes.clear(),
             Ok(n) => {
                 b.bytes.drain(..n);
+                // What left came from the front: the backlog is at most what remains.
+                b.backlog = b.backlog.min(b.bytes.len());
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
@@ -241,6 +251,7 @@ impl Signaling {
         tokens: Arc<dyn TokenVerifier>,
         ice: Arc<dyn IceProvider>,
         webhook: Option<crate::webhook::Webhook>,
+        queue_limit: usize,
     ) -> Signaling {
         let metrics = Arc::new(SignalMetrics::default());
         let hub = Hub::new(
@@ -261,6 +272,7 @@ impl Signaling {
             timer: Arc::new(Notify::new()),
             webhook,
             next: Arc::new(AtomicU64::new(1)),
+            queue_limit,
             metrics,
         };
         tokio::spawn(timer_loop(sig.clone()));
@@ -297,7 +309,7 @@ impl Signaling {
                         Output::Send { conn, text } => {
                             if let Some(outlet) = s.conns.get(&conn) {
                                 let mut b = outlet.lock();
-                                if !Outlet::append(&mut b, OpCode::Text, text.as_bytes()) {
+                                if !outlet.append(&mut b, OpCode::Text, text.as_bytes()) {
                                     slow.push(conn);
                                 } else if !b.listed {
                                     b.listed = true;
@@ -399,6 +411,7 @@ impl Signaling {
         let conn = ConnId(self.next.fetch_add(1, Ordering::Relaxed));
         let outlet = Arc::new(Outlet {
             sock,
+            limit: self.queue_limit,
             out: Mutex::new(OutBuf::default()),
             wake: Notify::new(),
         });
