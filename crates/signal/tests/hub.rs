@@ -729,15 +729,27 @@ proptest::proptest! {
     }
 }
 
+/// Alice and Bob in call `call`, settled, with the clients' automatic acks off so that
+/// a test sees which acks ride and which go separately.
+fn in_call_acking_by_hand(call: &str) -> (World, usize, usize) {
+    let (mut w, a, b) = in_call(call);
+    w.advance(Duration::from_secs(1));
+    w.auto_ack = false;
+    (w, a, b)
+}
+
+/// Separate `ack` frames client `i` has received.
+fn separate_acks(w: &World, i: usize) -> usize {
+    w.clients[i].control.iter().filter(|v| v["type"] == "ack").count()
+}
+
 #[test]
 fn an_ack_timer_left_over_from_a_riding_ack_does_not_fire_for_a_later_frame() {
     // protocol.md: an ack owed to a client goes separately only when no frame has
     // carried it within the ack delay. A frame that arrives after an ack rode starts a
     // fresh delay of its own.
-    let (mut w, a, b) = in_call("p");
-    w.advance(Duration::from_secs(1));
-    w.auto_ack = false;
-    let acks_to_alice = |w: &World| w.clients[a].control.iter().filter(|v| v["type"] == "ack").count();
+    let (mut w, a, b) = in_call_acking_by_hand("p");
+    let acks_to_alice = |w: &World| separate_acks(w, a);
     let before = acks_to_alice(&w);
     let delay = HubConfig::default().ack_delay;
     w.send(a, signal("p", cand(1)));
@@ -761,10 +773,8 @@ fn an_ack_timer_left_over_from_a_riding_ack_does_not_fire_for_a_later_frame() {
 
 #[test]
 fn acks_ride_on_frames_both_ways() {
-    let (mut w, a, b) = in_call("p");
-    w.advance(Duration::from_secs(1));
-    w.auto_ack = false;
-    let acks_to_alice = |w: &World| w.clients[a].control.iter().filter(|v| v["type"] == "ack").count();
+    let (mut w, a, b) = in_call_acking_by_hand("p");
+    let acks_to_alice = |w: &World| separate_acks(w, a);
     let before = acks_to_alice(&w);
 
     // Server -> client: alice's signal is owed an ack; bob's reply to her carries it, and
