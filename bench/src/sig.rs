@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use firstcall_server::tcp::{read_some, write_front};
 use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -241,7 +242,7 @@ impl Link {
         if o.blocked {
             return;
         }
-        match write_queued(&self.sock, &mut o.bytes) {
+        match write_front(&self.sock, &mut o.bytes) {
             Ok(true) => {}
             Ok(false) => {
                 o.blocked = true;
@@ -253,41 +254,6 @@ impl Link {
             }
         }
     }
-}
-
-/// Read once from a readable socket, clearing its readiness after a short read (which
-/// emptied it) as tokio's `AsyncRead` does, instead of a second read that would only
-/// say `WouldBlock`. The same as the server's.
-fn read_some(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut short = None;
-    let r = sock.try_io(tokio::io::Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(sock)).read(buf)?;
-        if 0 < n && n < buf.len() {
-            short = Some(n);
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => r,
-    }
-}
-
-/// Write from the front of `bytes` until empty (true) or the socket would block (false).
-fn write_queued(sock: &TcpStream, bytes: &mut Vec<u8>) -> std::io::Result<bool> {
-    while !bytes.is_empty() {
-        match sock.try_write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                bytes.drain(..n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// Open a session and say hello; returns the socket and the address peers use.
@@ -439,7 +405,7 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                 }
                 r = l.sock.writable(), if writing => {
                     let Ok(mut o) = l.out.lock() else { break };
-                    match r.and_then(|_| write_queued(&l.sock, &mut o.bytes)) {
+                    match r.and_then(|_| write_front(&l.sock, &mut o.bytes)) {
                         Ok(true) => {
                             o.blocked = false;
                             writing = false;

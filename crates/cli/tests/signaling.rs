@@ -22,6 +22,17 @@ async fn dev(server: &Server, user: &str, device: &str) -> SignalClient {
         .expect("connect")
 }
 
+/// Alice and Bob connected, and Bob's device ringing for Alice's `call`.
+async fn ringing(server: &Server, call: &str, media: &str) -> (SignalClient, SignalClient) {
+    let mut alice = dev(server, "alice", "a").await;
+    let mut bob = dev(server, "bob", "b").await;
+    alice
+        .send(json!({"type": "call.invite", "call": call, "to": "bob", "media": media, "sdp": "o"}))
+        .await;
+    bob.expect("call.incoming", T).await.unwrap();
+    (alice, bob)
+}
+
 fn cand(n: u32) -> Value {
     json!({"candidate": {"candidate": format!("candidate:{n} 1 udp 1 198.51.100.{n} 5000 typ srflx raddr 0.0.0.0 rport 0"), "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u"}})
 }
@@ -269,12 +280,7 @@ async fn offline_callee_triggers_a_signed_webhook_and_gets_the_invite_later() {
 #[tokio::test]
 async fn resume_after_a_dead_socket_replays_what_was_missed() {
     let server = start_firstcall(&["--turn-secret", "s"]);
-    let mut alice = dev(&server, "alice", "a").await;
-    let mut bob = dev(&server, "bob", "b").await;
-    alice
-        .send(json!({"type": "call.invite", "call": "r", "to": "bob", "media": "audio", "sdp": "o"}))
-        .await;
-    bob.expect("call.incoming", T).await.unwrap();
+    let (mut alice, mut bob) = ringing(&server, "r", "audio").await;
     let session = bob.session().unwrap().to_owned();
     bob.cut();
     for n in 1..=4 {
@@ -415,12 +421,7 @@ async fn callee_socket_cut_at_random_points_loses_nothing() {
 #[tokio::test]
 async fn a_socket_too_slow_to_read_is_cut_and_its_frames_replayed_on_resume() {
     let server = start_firstcall(&["--turn-secret", "s"]);
-    let mut alice = dev(&server, "alice", "a").await;
-    let mut bob = dev(&server, "bob", "b").await;
-    alice
-        .send(json!({"type": "call.invite", "call": "slow", "to": "bob", "media": "video", "sdp": "o"}))
-        .await;
-    bob.expect("call.incoming", T).await.unwrap();
+    let (mut alice, mut bob) = ringing(&server, "slow", "video").await;
     // Bob reads nothing from here on. Frames of ~60 KB fill the kernel's buffers (a few
     // MB on loopback) and then the server's 1 MiB queue for his socket; 190 of them stay
     // within the rate limit's burst.

@@ -28,6 +28,8 @@ use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::tcp::{read_some, write_front};
+
 /// TURN credentials for welcomes and refreshes, coturn REST style.
 pub struct TurnIce {
     /// Secret that mints credentials.
@@ -124,6 +126,14 @@ struct OutBuf {
     failed: bool,
 }
 
+impl OutBuf {
+    /// The socket is done (its peer gone, or cut): nothing more is queued or written.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.bytes = Vec::new();
+    }
+}
+
 impl Outlet {
     fn lock(&self) -> std::sync::MutexGuard<'_, OutBuf> {
         // Nothing panics while holding it (appends and non-blocking writes).
@@ -140,8 +150,7 @@ impl Outlet {
             if b.backlog > self.limit {
                 // Nothing after a refused frame may go out either: the client would see
                 // a gap. The socket is done; its session keeps every frame for the resume.
-                b.failed = true;
-                b.bytes = Vec::new();
+                b.fail();
                 return false;
             }
         }
@@ -173,8 +182,7 @@ impl Outlet {
                 self.wake.notify_one();
             }
             Err(_) => {
-                b.failed = true;
-                b.bytes = Vec::new();
+                b.fail();
                 self.wake.notify_one();
             }
         }
@@ -211,26 +219,15 @@ impl Outlet {
 /// Write from the front of the queue until it is empty (true) or the socket would
 /// block (false).
 fn write_queued(sock: &TcpStream, b: &mut OutBuf) -> std::io::Result<bool> {
-    while !b.bytes.is_empty() {
-        match sock.try_write(&b.bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) if n == b.bytes.len() => b.bytes.clear(),
-            Ok(n) => {
-                b.bytes.drain(..n);
-                // What left came from the front: the backlog is at most what remains.
-                b.backlog = b.backlog.min(b.bytes.len());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-    b.backlog = 0;
+    let drained = write_front(sock, &mut b.bytes);
+    // What left came from the front: the backlog is at most what remains.
+    b.backlog = b.backlog.min(b.bytes.len());
     // Give back a buffer a burst (or the welcome) grew, so that idle sockets stay
     // small; one relayed frame fits in what is kept.
-    if b.bytes.capacity() > 512 {
+    if b.bytes.is_empty() && b.bytes.capacity() > 512 {
         b.bytes = Vec::new();
     }
-    Ok(true)
+    drained
 }
 
 /// Why a socket's task stops reading.
@@ -335,15 +332,12 @@ impl Signaling {
                     break;
                 }
                 for conn in slow {
-                    // Cutting drops the socket; the session keeps the frames for resume.
+                    // `append` has failed the outlet; its task ends the socket. The
+                    // session keeps the frames for the resume.
                     if let Some(outlet) = s.conns.remove(&conn) {
                         tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
                         s.hub.metrics().count("sockets_cut", "slow");
                         s.hub.handle_disconnect(conn, Instant::now());
-                        let mut b = outlet.lock();
-                        b.failed = true;
-                        b.bytes = Vec::new();
-                        drop(b);
                         outlet.wake.notify_one();
                     }
                 }
@@ -573,30 +567,6 @@ impl Signaling {
                 Some(Stop::Closing)
             }
         }
-    }
-}
-
-/// Read once from a socket known to be readable.
-///
-/// A read that comes back short has emptied the socket, so the readiness flag is
-/// cleared then (as tokio's own `AsyncRead` does), sparing the read that would only say
-/// `WouldBlock`: `try_read` keeps the flag, which cost two `recvfrom` per frame.
-pub(crate) fn read_some(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut short = None;
-    let r = sock.try_io(tokio::io::Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(sock)).read(buf)?;
-        if 0 < n && n < buf.len() {
-            // Edge-triggered: bytes arriving after this read raise a new event, and
-            // tokio clears the flag only if none has come since it was set.
-            short = Some(n);
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => r,
     }
 }
 

@@ -215,44 +215,40 @@ impl Decoder {
         }
         let payload: &'a [u8] = payload;
         let msg = match op {
+            // Out-of-order fragments were refused before the size limit, so a data frame
+            // starts a message and a continuation has one to continue.
+            1 | 2 if fin => whole(op == 1, payload)?,
             1 | 2 => {
-                if self.partial.is_some() {
-                    return Err(WsError::Fragments);
-                }
-                if !fin {
-                    self.partial = Some((op == 1, payload.to_vec()));
-                    return Ok((None, used));
-                }
-                if op == 1 {
-                    Message::Text(std::str::from_utf8(payload).map_err(|_| WsError::Utf8)?)
-                } else {
-                    Message::Binary(payload)
-                }
+                self.partial = Some((op == 1, payload.to_vec()));
+                return Ok((None, used));
             }
             0 => {
-                let Some((_, bytes)) = self.partial.as_mut() else {
-                    return Err(WsError::Fragments);
-                };
-                bytes.extend_from_slice(payload);
-                if !fin {
-                    return Ok((None, used));
-                }
-                let (text, bytes) = self
+                let (text, mut bytes) = self
                     .partial
                     .take()
-                    .expect("checked just above: a message is in progress");
-                self.done = bytes;
-                if text {
-                    Message::Text(std::str::from_utf8(&self.done).map_err(|_| WsError::Utf8)?)
-                } else {
-                    Message::Binary(&self.done)
+                    .expect("checked before the size limit: a message is in progress");
+                bytes.extend_from_slice(payload);
+                if !fin {
+                    self.partial = Some((text, bytes));
+                    return Ok((None, used));
                 }
+                self.done = bytes;
+                whole(text, &self.done)?
             }
             8 => Message::Close(close_payload(payload)?),
             9 => Message::Ping(payload),
             _ => Message::Pong(payload),
         };
         Ok((Some(msg), used))
+    }
+}
+
+/// A whole data message: text must be UTF-8 (8.1).
+fn whole(text: bool, bytes: &[u8]) -> Result<Message<'_>, WsError> {
+    if text {
+        Ok(Message::Text(std::str::from_utf8(bytes).map_err(|_| WsError::Utf8)?))
+    } else {
+        Ok(Message::Binary(bytes))
     }
 }
 
@@ -383,6 +379,25 @@ mod tests {
         Decoder::new(Role::Server, MAX)
     }
 
+    /// One masked client frame of a fragmented text message (RFC 6455 5.4): the first
+    /// carries the text opcode, the others are continuations; FIN only on the last.
+    fn fragment(piece: &[u8], first: bool, last: bool, key: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![];
+        encode(&mut f, OpCode::Text, piece, Some(key));
+        f[0] = if last { 0x80 } else { 0 } | if first { OpCode::Text as u8 } else { 0 };
+        f
+    }
+
+    /// A text message sent as one fragment per piece.
+    fn fragmented(pieces: &[&[u8]], key: [u8; 4]) -> Vec<u8> {
+        let n = pieces.len();
+        pieces
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| fragment(p, i == 0, i + 1 == n, key))
+            .collect()
+    }
+
     /// Decode every message in `bytes`, as a socket driver would.
     fn all(d: &mut Decoder, bytes: &[u8]) -> Result<Vec<String>, WsError> {
         let mut buf = bytes.to_vec();
@@ -498,17 +513,10 @@ mod tests {
     #[test]
     fn control_frames_may_come_between_fragments() {
         // 5.4: "Control frames MAY be injected in the middle of a fragmented message."
-        let key = Some([5, 6, 7, 8]);
-        let mut bytes = vec![];
-        let mut first = vec![];
-        encode(&mut first, OpCode::Text, b"ab", key);
-        first[0] &= 0x7f; // not final
-        bytes.extend(first);
-        encode(&mut bytes, OpCode::Ping, b"p", key);
-        let mut last = vec![];
-        encode(&mut last, OpCode::Text, b"cd", key);
-        last[0] = 0x80; // final continuation
-        bytes.extend(last);
+        let key = [5, 6, 7, 8];
+        let mut bytes = fragment(b"ab", true, false, key);
+        encode(&mut bytes, OpCode::Ping, b"p", Some(key));
+        bytes.extend(fragment(b"cd", false, true, key));
         assert_eq!(all(&mut server(), &bytes).unwrap(), ["Ping([112])", "Text(\"abcd\")"]);
     }
 
@@ -523,11 +531,7 @@ mod tests {
         assert_eq!(all(&mut server(), &bytes), Err(WsError::Fragments));
         // Even when the interloper is large: the order is the fault, not the size.
         let mut d = Decoder::new(Role::Server, 1000);
-        let mut bytes = vec![];
-        let mut a = vec![];
-        encode(&mut a, OpCode::Text, &[b'a'; 600], Some([0; 4]));
-        a[0] &= 0x7f;
-        bytes.extend(a);
+        let mut bytes = fragment(&[b'a'; 600], true, false, [0; 4]);
         encode(&mut bytes, OpCode::Text, &[b'b'; 600], Some([0; 4]));
         assert_eq!(all(&mut d, &bytes), Err(WsError::Fragments));
     }
@@ -547,15 +551,7 @@ mod tests {
         assert_eq!((e, e.close_code()), (WsError::BadLength, 1002));
         // Fragments count together.
         let mut d = Decoder::new(Role::Server, 1000);
-        let mut bytes = vec![];
-        let mut a = vec![];
-        encode(&mut a, OpCode::Text, &[b'a'; 600], Some([0; 4]));
-        a[0] &= 0x7f;
-        bytes.extend(a);
-        let mut b = vec![];
-        encode(&mut b, OpCode::Text, &[b'b'; 600], Some([0; 4]));
-        b[0] = 0x80;
-        bytes.extend(b);
+        let bytes = fragmented(&[&[b'a'; 600], &[b'b'; 600]], [0; 4]);
         assert_eq!(all(&mut d, &bytes), Err(WsError::TooLarge(1200)));
         // Exactly at the limit is fine.
         let mut ok = vec![];
@@ -573,15 +569,7 @@ mod tests {
         let e = server().decode(&mut f).unwrap_err();
         assert_eq!((e, e.close_code()), (WsError::Utf8, 1007));
         // A character split across fragments is fine once whole.
-        let mut bytes = vec![];
-        let mut a = vec![];
-        encode(&mut a, OpCode::Text, &[0xc3], Some([1, 1, 1, 1]));
-        a[0] &= 0x7f;
-        bytes.extend(a);
-        let mut b = vec![];
-        encode(&mut b, OpCode::Text, &[0xa9], Some([1, 1, 1, 1]));
-        b[0] = 0x80;
-        bytes.extend(b);
+        let bytes = fragmented(&[&[0xc3], &[0xa9]], [1, 1, 1, 1]);
         assert_eq!(all(&mut server(), &bytes).unwrap(), ["Text(\"é\")"]);
     }
 
@@ -648,12 +636,7 @@ mod tests {
                 let b = text.as_bytes();
                 let step = b.len().div_ceil(*pieces).max(1);
                 let chunks: Vec<&[u8]> = if b.is_empty() { vec![b] } else { b.chunks(step).collect() };
-                for (i, c) in chunks.iter().enumerate() {
-                    let mut f = vec![];
-                    encode(&mut f, OpCode::Text, c, Some(key));
-                    f[0] = if i + 1 == chunks.len() { 0x80 } else { 0 } | if i == 0 { 1 } else { 0 };
-                    wire.extend(f);
-                }
+                wire.extend(fragmented(&chunks, key));
             }
             // Feed the stream in reads of the given sizes, keeping what is not yet whole.
             let mut d = server();
