@@ -333,10 +333,48 @@ fn field_u64(t: &str, key: &str) -> Option<u64> {
 
 /// What a connection has received (highest inbound seq) and acknowledged, shared with
 /// the ack flusher.
+///
+/// Acks follow the browser SDK (`scheduleAck` in web/sdk/src/firstcall.ts): a pending
+/// ack rides on the next frame the session sends, and only one still pending 50 ms
+/// after the first frame it covers goes out as an `ack` frame of its own. A generator
+/// that acked more often than the SDK would load the server with frames no real
+/// client sends.
 #[derive(Default)]
 struct AckState {
     last_in: AtomicU64,
     acked: AtomicU64,
+    /// When (`now_us`) the oldest unacknowledged frame arrived; 0 when none waits.
+    pending_since: AtomicU64,
+}
+
+/// The SDK's ack delay.
+const ACK_DELAY_US: u64 = 50_000;
+
+impl AckState {
+    /// A sequenced frame arrived.
+    fn received(&self, seq: u64) {
+        self.last_in.fetch_max(seq, Ordering::Relaxed);
+        let _ = self
+            .pending_since
+            .compare_exchange(0, now_us().max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Take the pending ack, if any, to send now: the seq it acknowledges.
+    ///
+    /// The pending mark is cleared before `last_in` is read, so a frame arriving in
+    /// between either is covered by this ack or marks a new pending one: none is left
+    /// unacknowledged with nothing pending.
+    fn take(&self) -> Option<u64> {
+        self.pending_since.store(0, Ordering::Relaxed);
+        let last = self.last_in.load(Ordering::Relaxed);
+        (self.acked.fetch_max(last, Ordering::Relaxed) < last).then_some(last)
+    }
+
+    /// Whether a pending ack has waited out the SDK's delay.
+    fn due(&self, now: u64) -> bool {
+        let since = self.pending_since.load(Ordering::Relaxed);
+        since != 0 && now.saturating_sub(since) >= ACK_DELAY_US
+    }
 }
 
 fn ack_frame(seq: u64) -> String {
@@ -367,8 +405,9 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
     let state = Arc::new(AckState::default());
     let (l, st) = (link.clone(), state.clone());
     tokio::spawn(async move {
-        // Acks are coalesced as the SDK does: every 32 frames here, and the rest by the
-        // flusher in `open_pairs` (no per-frame timer: that was the generator's bottleneck).
+        // Acks are coalesced as the SDK does (see `AckState`): they ride on load frames or
+        // go out from the flusher in `open_pairs` (one timer task for all connections,
+        // not one per frame: that was the generator's bottleneck).
         let on_text = |t: &str| {
             if let Some(sent) = field_u64(t, r#""usernameFragment":""#) {
                 let lat = now_us().saturating_sub(sent);
@@ -385,11 +424,7 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
             }
             if firstcall && !t.contains(r#""type":"ack""#) {
                 if let Some(seq) = field_u64(t, r#""seq":"#) {
-                    let last = st.last_in.fetch_max(seq, Ordering::Relaxed).max(seq);
-                    if last - st.acked.load(Ordering::Relaxed) >= 32 {
-                        st.acked.store(last, Ordering::Relaxed);
-                        l.send_text(&ack_frame(last));
-                    }
+                    st.received(seq);
                 }
             }
         };
@@ -453,29 +488,28 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
     (link, state)
 }
 
-/// Acknowledge, within 100 ms, whatever the per-32 acks left pending. A tenth of the
-/// connections every 10 ms: acks for all of them at once would arrive at the server as
-/// one burst that delays the frames behind it, which real clients do not do.
+/// Send the acks that nothing rode on within the SDK's delay, as its timer does: the
+/// connections are checked every 5 ms, so such an ack leaves 50 to 55 ms after the first
+/// frame it covers (the SDK: 50 ms), spread over time as the frames were.
 fn spawn_ack_flusher(conns: Vec<(Arc<Link>, Arc<AckState>)>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let slice = conns.len().div_ceil(10).max(1);
-        let mut round = 0usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
         loop {
             tick.tick().await;
-            let from = (round % 10) * slice;
-            round += 1;
-            for (link, st) in conns.iter().skip(from).take(slice) {
+            let now = now_us();
+            let mut open = false;
+            for (link, st) in &conns {
                 if link.closed.load(Ordering::Relaxed) {
                     continue;
                 }
-                let last = st.last_in.load(Ordering::Relaxed);
-                if last > st.acked.load(Ordering::Relaxed) {
-                    st.acked.store(last, Ordering::Relaxed);
-                    link.send_text(&ack_frame(last));
+                open = true;
+                if st.due(now) {
+                    if let Some(last) = st.take() {
+                        link.send_text(&ack_frame(last));
+                    }
                 }
             }
-            if conns.iter().all(|(l, _)| l.closed.load(Ordering::Relaxed)) {
+            if !open {
                 return;
             }
         }
@@ -547,12 +581,9 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
         Proto::Firstcall => {
             c.seq += 1;
             // A pending ack rides on the frame, as the SDK does (protocol.md).
-            let last = c.acks.last_in.load(Ordering::Relaxed);
-            let ack = if last > c.acks.acked.load(Ordering::Relaxed) {
-                c.acks.acked.store(last, Ordering::Relaxed);
-                format!(r#","ack":{last}"#)
-            } else {
-                String::new()
+            let ack = match c.acks.take() {
+                Some(last) => format!(r#","ack":{last}"#),
+                None => String::new(),
             };
             format!(
                 r#"{{"type":"call.signal","seq":{},"call":"{}"{ack},"data":{cand}}}"#,
@@ -563,6 +594,32 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
             r#"{{"type":"message","message":{{"recipient":{{"type":"session","sessionid":"{}"}},"data":{cand}}}}}"#,
             c.address
         ),
+    }
+}
+
+/// Keeps the generator's thread polling, never sleeping, while it lives: a task that
+/// only yields, so that the runtime polls its sockets without blocking (epoll with no
+/// timeout) between the other tasks. A frame then reaches a reader that is already
+/// running instead of waking a sleeping one.
+pub struct Polling(Arc<AtomicBool>);
+
+impl Polling {
+    /// Start polling; it stops when the guard is dropped.
+    pub fn start() -> Polling {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+        });
+        Polling(stop)
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -690,4 +747,29 @@ pub async fn fake_spreed_backend(bind: SocketAddr) -> std::io::Result<SocketAddr
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_ride_on_frames_and_go_alone_only_after_the_sdk_delay() {
+        let st = AckState::default();
+        assert_eq!(st.take(), None, "nothing received, nothing to ack");
+        st.received(3);
+        st.received(2);
+        let since = st.pending_since.load(Ordering::Relaxed);
+        assert!(since > 0);
+        assert!(!st.due(since + ACK_DELAY_US - 1), "not before the SDK's 50 ms");
+        assert!(st.due(since + ACK_DELAY_US));
+        // Riding on a frame: the highest seq, once.
+        assert_eq!(st.take(), Some(3));
+        assert_eq!(st.take(), None);
+        assert!(!st.due(u64::MAX), "nothing pending after the ack left");
+        // A frame marks a new pending ack, timed from its own arrival.
+        st.received(4);
+        assert!(st.pending_since.load(Ordering::Relaxed) >= since);
+        assert_eq!(st.take(), Some(4));
+    }
 }

@@ -339,3 +339,49 @@ fn a_socket_closed_while_its_peer_reads_nothing_is_let_go() {
     );
     drop(bob);
 }
+
+#[test]
+fn frames_that_arrive_in_one_read_are_all_handled_in_order() {
+    // The server writes what one read's frames produced after the whole read, so that
+    // frames to the same peer leave together; nothing may be lost or reordered by that.
+    let server = start_firstcall(&["--turn-secret", "s"]);
+    let mut alice = open(&server);
+    alice.hello("alice");
+    let mut bob = open(&server);
+    bob.hello("bob");
+    let invite = r#"{"type":"call.invite","seq":1,"call":"c","to":"bob","media":"audio","sdp":"o"}"#;
+    alice.send(&frame(true, 1, invite.as_bytes()));
+    assert_eq!(bob.next_json()["type"], "call.incoming");
+    // One write: twenty signals, a ping among them, then a signal on a call alice is
+    // not in, which the hub refuses.
+    let mut burst = vec![];
+    for seq in 2..22 {
+        let sig = format!(
+            r#"{{"type":"call.signal","seq":{seq},"call":"c","data":{{"sdp":{{"type":"offer","sdp":"v{seq}"}}}}}}"#
+        );
+        burst.extend(frame(true, 1, sig.as_bytes()));
+        if seq == 11 {
+            burst.extend(frame(true, 9, b"mid"));
+        }
+    }
+    let stray = r#"{"type":"call.signal","seq":22,"call":"nope","data":{"sdp":{"type":"offer","sdp":"x"}}}"#;
+    burst.extend(frame(true, 1, stray.as_bytes()));
+    alice.send(&burst);
+    for seq in 2..22 {
+        let v = bob.next_json();
+        assert_eq!(v["type"], "call.signal", "{v}");
+        assert_eq!(v["data"]["sdp"]["sdp"], format!("v{seq}"), "{v}");
+    }
+    // Alice: the pong, then the refusal of seq 22 (acks may come in between).
+    let (op, p) = alice.next();
+    assert_eq!((op, p.as_slice()), (10, b"mid".as_slice()), "pong first");
+    let refusal = loop {
+        let v = alice.next_json();
+        if v["type"] != "ack" {
+            break v;
+        }
+    };
+    assert_eq!(refusal["type"], "error", "{refusal}");
+    assert_eq!(refusal["code"], "unknown_call", "{refusal}");
+    assert_eq!(refusal["ref"], 22, "{refusal}");
+}

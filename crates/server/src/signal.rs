@@ -118,7 +118,7 @@ struct OutBuf {
     blocked: bool,
     /// Bytes appended while `blocked`: what counts against the queue limit.
     backlog: usize,
-    /// Already in this `with_hub` call's list of outlets to write.
+    /// Already in a pending [`Writes`]' list of outlets to write.
     listed: bool,
     /// A close frame is queued: after it, nothing more is sent.
     closing: bool,
@@ -241,6 +241,17 @@ enum Stop {
     Closed,
 }
 
+/// What hub calls left to do once the hub's lock is released.
+#[derive(Default)]
+struct Writes {
+    /// Outlets with frames queued, each once (`OutBuf::listed`).
+    touched: Vec<Arc<Outlet>>,
+    /// Webhook bodies to post.
+    hooks: Vec<serde_json::Value>,
+    /// The hub's next deadline is earlier than the timer task's.
+    wake_timer: bool,
+}
+
 impl Signaling {
     /// Start the hub and its timer task.
     pub fn start(
@@ -293,67 +304,80 @@ impl Signaling {
     /// post webhooks), write those sockets, and wake the timer task if the hub now has
     /// an earlier deadline.
     fn with_hub(&self, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, Arc<Outlet>>)) {
-        let mut hooks = Vec::new();
-        let mut touched: Vec<Arc<Outlet>> = Vec::new();
-        let wake = {
-            let mut guard = self.lock();
-            let s = &mut *guard;
-            f(&mut s.hub, &mut s.conns);
-            loop {
-                let mut slow = Vec::new();
-                while let Some(o) = s.hub.poll_output() {
-                    match o {
-                        Output::Send { conn, text } => {
-                            if let Some(outlet) = s.conns.get(&conn) {
-                                let mut b = outlet.lock();
-                                if !outlet.append(&mut b, OpCode::Text, text.as_bytes()) {
-                                    slow.push(conn);
-                                } else if !b.listed {
-                                    b.listed = true;
-                                    touched.push(outlet.clone());
-                                }
+        let mut w = Writes::default();
+        self.with_hub_into(&mut w, f);
+        self.flush(w);
+    }
+
+    /// Run `f` on the hub and queue what it produced, leaving the writes (and webhooks,
+    /// and the timer's wake-up) in `w` for [`Signaling::flush`].
+    ///
+    /// A socket's task calls the hub once per frame but writes only after the whole
+    /// read: the frames one read held, to the same peer, then leave in one `sendto`.
+    /// A read holds one frame unless the server is behind, so this costs no latency
+    /// and halves the cost of a frame just when the server is busiest.
+    fn with_hub_into(&self, w: &mut Writes, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, Arc<Outlet>>)) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        f(&mut s.hub, &mut s.conns);
+        loop {
+            let mut slow = Vec::new();
+            while let Some(o) = s.hub.poll_output() {
+                match o {
+                    Output::Send { conn, text } => {
+                        if let Some(outlet) = s.conns.get(&conn) {
+                            let mut b = outlet.lock();
+                            if !outlet.append(&mut b, OpCode::Text, text.as_bytes()) {
+                                slow.push(conn);
+                            } else if !b.listed {
+                                b.listed = true;
+                                w.touched.push(outlet.clone());
                             }
                         }
-                        Output::Close { conn, code, reason } => {
-                            if let Some(outlet) = s.conns.remove(&conn) {
-                                let mut b = outlet.lock();
-                                Outlet::queue_close(&mut b, Some((code, reason)));
-                                if !b.listed {
-                                    b.listed = true;
-                                    drop(b);
-                                    touched.push(outlet);
-                                }
+                    }
+                    Output::Close { conn, code, reason } => {
+                        if let Some(outlet) = s.conns.remove(&conn) {
+                            let mut b = outlet.lock();
+                            Outlet::queue_close(&mut b, Some((code, reason)));
+                            if !b.listed {
+                                b.listed = true;
+                                drop(b);
+                                w.touched.push(outlet);
                             }
                         }
-                        Output::Webhook { body } => hooks.push(body),
                     }
-                }
-                if slow.is_empty() {
-                    break;
-                }
-                for conn in slow {
-                    // `append` has failed the outlet; its task ends the socket. The
-                    // session keeps the frames for the resume.
-                    if let Some(outlet) = s.conns.remove(&conn) {
-                        tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
-                        s.hub.metrics().count("sockets_cut", "slow");
-                        s.hub.handle_disconnect(conn, Instant::now());
-                        outlet.wake.notify_one();
-                    }
+                    Output::Webhook { body } => w.hooks.push(body),
                 }
             }
-            let next = s.hub.poll_timeout();
-            next.is_some_and(|d| s.armed.is_none_or(|a| d < a))
-        };
-        for outlet in touched {
+            if slow.is_empty() {
+                break;
+            }
+            for conn in slow {
+                // `append` has failed the outlet; its task ends the socket. The
+                // session keeps the frames for the resume.
+                if let Some(outlet) = s.conns.remove(&conn) {
+                    tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
+                    s.hub.metrics().count("sockets_cut", "slow");
+                    s.hub.handle_disconnect(conn, Instant::now());
+                    outlet.wake.notify_one();
+                }
+            }
+        }
+        let next = s.hub.poll_timeout();
+        w.wake_timer |= next.is_some_and(|d| s.armed.is_none_or(|a| d < a));
+    }
+
+    /// Write the sockets `w` touched, wake the timer task if it must, post the webhooks.
+    fn flush(&self, w: Writes) {
+        for outlet in w.touched {
             outlet.push();
         }
-        if wake {
+        if w.wake_timer {
             self.timer.notify_one();
         }
-        for body in hooks {
+        for body in w.hooks {
             match &self.webhook {
-                Some(w) => w.post(body),
+                Some(wh) => wh.post(body),
                 None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
             }
         }
@@ -525,36 +549,40 @@ impl Signaling {
 
     /// Act on every whole frame at the front of `buf`; how many bytes they took.
     fn decode_all(&self, conn: ConnId, outlet: &Outlet, dec: &mut Decoder, buf: &mut [u8]) -> (usize, Option<Stop>) {
+        let mut w = Writes::default();
         let mut at = 0;
-        loop {
+        let stop = loop {
             match dec.decode(&mut buf[at..]) {
-                Ok((_, 0)) => return (at, None),
+                Ok((_, 0)) => break None,
                 Ok((msg, n)) => {
                     at += n;
-                    if let Some(stop) = self.on_message(conn, outlet, msg) {
-                        return (at, Some(stop));
+                    if let Some(stop) = self.on_message(conn, outlet, msg, &mut w) {
+                        break Some(stop);
                     }
                 }
                 Err(e) => {
                     tracing::info!(conn = conn.0, error = %e, code = e.close_code(), "WebSocket protocol error: closing");
                     self.metrics.count("sockets_cut", e.label());
                     outlet.close(Some((e.close_code(), &e.to_string())));
-                    return (at, Some(Stop::Closing));
+                    break Some(Stop::Closing);
                 }
             }
-        }
+        };
+        self.flush(w);
+        (at, stop)
     }
 
-    fn on_message(&self, conn: ConnId, outlet: &Outlet, msg: Option<Message<'_>>) -> Option<Stop> {
+    /// Act on one message; what the hub sends in answer is left in `w`.
+    fn on_message(&self, conn: ConnId, outlet: &Outlet, msg: Option<Message<'_>>, w: &mut Writes) -> Option<Stop> {
         match msg {
             None | Some(Message::Pong(_)) => None,
             Some(Message::Text(t)) => {
-                self.with_hub(|hub, _| hub.handle_text(conn, t, Instant::now()));
+                self.with_hub_into(w, |hub, _| hub.handle_text(conn, t, Instant::now()));
                 None
             }
             Some(Message::Binary(b)) => {
                 let t = String::from_utf8_lossy(b);
-                self.with_hub(|hub, _| hub.handle_text(conn, &t, Instant::now()));
+                self.with_hub_into(w, |hub, _| hub.handle_text(conn, &t, Instant::now()));
                 None
             }
             Some(Message::Ping(p)) => {
