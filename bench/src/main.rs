@@ -4,7 +4,7 @@
 //!                           --start PPS --max PPS --duration-ms D --server-pid PID
 //!   firstcall-bench control --server ADDR --secret S --count N --concurrency C --server-pid PID
 //!   firstcall-bench signal  --server ADDR --proto firstcall|spreed --pairs P --start FPS --max FPS
-//!                           --duration-ms D --server-pid PID [--backend-ip IP]
+//!                           --duration-ms D --server-pid PID [--backend-ip IP] [--poll 0|1]
 //!   firstcall-bench signal-idle --server ADDR --proto firstcall|spreed --counts N1,N2 --server-pid PID
 
 use std::collections::HashMap;
@@ -262,7 +262,8 @@ async fn main() {
             // of tens of ms that the next run at the same rate does not, so one run's p99
             // says more about the host than about the server.
             //
-            // These runs keep the generator's thread polling (`sig::Polling`): a sleeping
+            // These runs keep the generator's thread polling (`sig::Polling`, unless `--poll 0`:
+            // bench.py turns it off when the generator shares the server's core): a sleeping
             // generator adds its own wake-up to every delivery (from an idle vCPU, half of
             // the p50 on this VM), which is not the server's latency. Three runs with it
             // sleeping, as in the peak search, are reported beside them.
@@ -270,8 +271,9 @@ async fn main() {
             let half = if good > 0 {
                 let mut polled = vec![];
                 let mut slept = vec![];
+                let poll = get::<u8>(&m, "poll", Some(1)) != 0;
                 for _ in 0..3 {
-                    let polling = sig::Polling::start();
+                    let polling = poll.then(sig::Polling::start);
                     polled.push(sig::run_step(&proto, &mut conns, &stats, good / 2, dur, grace).await);
                     drop(polling);
                     slept.push(sig::run_step(&proto, &mut conns, &stats, good / 2, dur, grace).await);
@@ -282,7 +284,7 @@ async fn main() {
                     v[v.len() / 2]
                 };
                 let p99s = |runs: &[sig::Step]| runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>();
-                json!({"rate": good / 2, "runs": polled.len(),
+                json!({"rate": good / 2, "runs": polled.len(), "generator_polling": poll,
                     "sent": polled.iter().map(|r| r.sent).sum::<u64>(), "received": polled.iter().map(|r| r.received).sum::<u64>(),
                     "p50_ms": median(&polled, |r| r.p50_ms), "p99_ms": median(&polled, |r| r.p99_ms),
                     "p99_ms_runs": p99s(&polled),

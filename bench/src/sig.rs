@@ -353,21 +353,22 @@ const ACK_DELAY_US: u64 = 50_000;
 impl AckState {
     /// A sequenced frame arrived.
     fn received(&self, seq: u64) {
-        self.last_in.fetch_max(seq, Ordering::Relaxed);
+        self.last_in.fetch_max(seq, Ordering::SeqCst);
         let _ = self
             .pending_since
-            .compare_exchange(0, now_us().max(1), Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(0, now_us().max(1), Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Take the pending ack, if any, to send now: the seq it acknowledges.
     ///
     /// The pending mark is cleared before `last_in` is read, so a frame arriving in
     /// between either is covered by this ack or marks a new pending one: none is left
-    /// unacknowledged with nothing pending.
+    /// unacknowledged with nothing pending. That needs one order over the four accesses
+    /// (`received` raises, then marks), hence `SeqCst`.
     fn take(&self) -> Option<u64> {
-        self.pending_since.store(0, Ordering::Relaxed);
-        let last = self.last_in.load(Ordering::Relaxed);
-        (self.acked.fetch_max(last, Ordering::Relaxed) < last).then_some(last)
+        self.pending_since.store(0, Ordering::SeqCst);
+        let last = self.last_in.load(Ordering::SeqCst);
+        (self.acked.fetch_max(last, Ordering::SeqCst) < last).then_some(last)
     }
 
     /// Whether a pending ack has waited out the SDK's delay.

@@ -64,10 +64,11 @@ struct Shared {
 /// Handle to the hub.
 ///
 /// Each socket's task calls the hub itself, under a lock held only for the call and for
-/// appending the frames it produced to the recipients' outlets; right after, still on
-/// the same task, each recipient's frames are written to its socket. A relayed frame
-/// thus costs one read and one write and no task hand-off: the writer task per socket
-/// that tungstenite's split needed was a channel send, a wake-up and a poll per frame.
+/// appending the frames it produced to the recipients' outlets; once the frames of the
+/// read are handled, still on the same task, each recipient's frames are written to its
+/// socket. A relayed frame thus costs at most one read and one write and no task
+/// hand-off: the writer task per socket that tungstenite's split needed was a channel
+/// send, a wake-up and a poll per frame.
 /// A timer task fires the hub's timers.
 #[derive(Clone)]
 pub struct Signaling {
@@ -313,9 +314,11 @@ impl Signaling {
     /// and the timer's wake-up) in `w` for [`Signaling::flush`].
     ///
     /// A socket's task calls the hub once per frame but writes only after the whole
-    /// read: the frames one read held, to the same peer, then leave in one `sendto`.
-    /// A read holds one frame unless the server is behind, so this costs no latency
-    /// and halves the cost of a frame just when the server is busiest.
+    /// read: the frames one read held, to the same peer, then leave in one `sendto`. A
+    /// read holds one frame unless its client sent several together or the server is
+    /// behind; a frame then waits at most for the hub calls of the rest of its read
+    /// (microseconds), and the syscalls per frame fall as the batch grows (1.85 frames
+    /// per `sendto` at 139k frames/s on one core).
     fn with_hub_into(&self, w: &mut Writes, f: impl FnOnce(&mut Hub<StdRng>, &mut HashMap<ConnId, Arc<Outlet>>)) {
         let mut guard = self.lock();
         let s = &mut *guard;
