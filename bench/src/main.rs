@@ -230,6 +230,7 @@ async fn main() {
             let mut search = PeakSearch::new(start, get(&m, "max", Some(1_000_000)));
             let dur = Duration::from_millis(get(&m, "duration-ms", Some(2000)));
             let grace = Duration::from_millis(1000);
+            let poll = get::<u8>(&m, "poll", Some(1)) != 0;
             let stats = std::sync::Arc::new(sig::Stats::default());
             let mut conns = sig::open_pairs(&proto, server, pairs, stats.clone())
                 .await
@@ -271,7 +272,6 @@ async fn main() {
             let half = if good > 0 {
                 let mut polled = vec![];
                 let mut slept = vec![];
-                let poll = get::<u8>(&m, "poll", Some(1)) != 0;
                 for _ in 0..3 {
                     let polling = poll.then(sig::Polling::start);
                     polled.push(sig::run_step(&proto, &mut conns, &stats, good / 2, dur, grace).await);

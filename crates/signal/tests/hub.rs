@@ -704,11 +704,11 @@ proptest::proptest! {
     fn drops_and_resumes_lose_nothing_and_duplicate_nothing(ops in proptest::collection::vec(0u8..8, 1..80)) {
         let (mut w, a, b) = in_call("p");
         let (mut sent_a, mut sent_b) = (0u32, 0u32);
-        // How long each client has been without a socket. Time that would take one to
-        // its session TTL is not let pass: an expired session ends its calls and says so
-        // on resume, which `expired_session_fails_its_calls_and_resume_says_so` checks.
+        // When each client lost its socket. Time that would take one to its session TTL
+        // is not let pass: an expired session ends its calls and says so on resume,
+        // which `expired_session_fails_its_calls_and_resume_says_so` checks.
         let ttl = HubConfig::default().session_ttl;
-        let mut down: [Option<Duration>; 2] = [None, None];
+        let mut down_since: [Option<Instant>; 2] = [None, None];
         for op in ops {
             match op {
                 0 => { sent_a += 1; w.send(a, signal("p", cand(sent_a))); }
@@ -716,7 +716,7 @@ proptest::proptest! {
                 2 | 3 => {
                     let (i, k) = if op == 2 { (a, 0) } else { (b, 1) };
                     if w.clients[i].conn.is_some() {
-                        down[k] = Some(Duration::ZERO);
+                        down_since[k] = Some(w.now);
                     }
                     w.drop_conn(i);
                 }
@@ -724,14 +724,13 @@ proptest::proptest! {
                     let (i, k) = if op == 4 { (a, 0) } else { (b, 1) };
                     if w.clients[i].conn.is_none() {
                         w.connect(i);
-                        down[k] = None;
+                        down_since[k] = None;
                     }
                 }
                 _ => {
                     let d = if op == 6 { Duration::from_millis(150) } else { Duration::from_secs(5) };
-                    if down.iter().flatten().all(|t| *t + d < ttl) {
+                    if down_since.iter().flatten().all(|t| w.now + d - *t < ttl) {
                         w.advance(d);
-                        down.iter_mut().flatten().for_each(|t| *t += d);
                     }
                 }
             }
