@@ -326,9 +326,20 @@ pub async fn open_idle(
 }
 
 fn field_u64(t: &str, key: &str) -> Option<u64> {
-    let at = t.find(key)? + key.len();
-    let digits: String = t[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    digits_at(t, t.find(key)? + key.len())
+}
+
+/// The decimal number that starts at `at` in `t`, without allocating: the generator
+/// reads two per delivered frame and must cost less than the server it loads.
+fn digits_at(t: &str, at: usize) -> Option<u64> {
+    let digits = t.as_bytes().get(at..)?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 {
+        return None;
+    }
+    digits[..n]
+        .iter()
+        .try_fold(0u64, |v, d| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 /// What a connection has received (highest inbound seq) and acknowledged, shared with
@@ -416,7 +427,17 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                 if let Ok(mut v) = stats.latencies.lock() {
                     v.push(lat.min(u32::MAX as u64) as u32);
                 }
-            } else if t.contains(r#""type":"error""#) {
+                // A relayed load frame: its seq is the last field but its ack (the
+                // server writes them last), so search from the end.
+                if firstcall {
+                    const SEQ: &str = r#","seq":"#;
+                    if let Some(seq) = t.rfind(SEQ).and_then(|at| digits_at(t, at + SEQ.len())) {
+                        st.received(seq);
+                    }
+                }
+                return;
+            }
+            if t.contains(r#""type":"error""#) {
                 if stats.errors.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("first error frame: {t}");
                 }
@@ -429,6 +450,9 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                 }
             }
         };
+        // `buf` holds what the set-up phase read past its last frame.
+        let mut filled = buf.len();
+        buf.resize(filled.max(16 * 1024), 0);
         let mut writing = false;
         let woken = l.wake.notified();
         tokio::pin!(woken);
@@ -454,16 +478,20 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                     if r.is_err() {
                         break;
                     }
-                    let mut chunk = [0u8; 4096];
-                    match read_some(&l.sock, &mut chunk) {
+                    // Read straight into the buffer's free tail: no bytes zeroed or
+                    // copied per read (a full buffer that holds no whole frame grows).
+                    if filled == buf.len() {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                    match read_some(&l.sock, &mut buf[filled..]) {
                         Ok(0) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Ok(n) => filled += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(_) => break,
                     }
                     let mut at = 0;
                     loop {
-                        match dec.decode(&mut buf[at..]) {
+                        match dec.decode(&mut buf[at..filled]) {
                             Ok((_, 0)) => break,
                             Ok((m, n)) => {
                                 at += n;
@@ -479,7 +507,8 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                             }
                         }
                     }
-                    buf.drain(..at);
+                    buf.copy_within(at..filled, 0);
+                    filled -= at;
                 }
             }
         }
@@ -573,29 +602,51 @@ pub async fn open_pairs(
     Ok(conns)
 }
 
+/// One load frame: a trickled candidate whose `usernameFragment` carries the send time.
+/// Written into one buffer (no formatting machinery): the generator's cost per frame
+/// bounds the rate it can offer.
 fn load_frame(proto: &Proto, c: &mut Conn) -> String {
-    let cand = format!(
-        r#"{{"candidate":{{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 9 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"{}"}}}}"#,
-        now_us()
-    );
     match proto {
         Proto::Firstcall => {
             c.seq += 1;
             // A pending ack rides on the frame, as the SDK does (protocol.md).
-            let ack = match c.acks.take() {
-                Some(last) => format!(r#","ack":{last}"#),
-                None => String::new(),
-            };
-            format!(
-                r#"{{"type":"call.signal","seq":{},"call":"{}"{ack},"data":{cand}}}"#,
-                c.seq, c.call
-            )
+            frame_text(proto, &c.call, c.seq, c.acks.take(), now_us())
         }
-        Proto::Spreed { .. } => format!(
-            r#"{{"type":"message","message":{{"recipient":{{"type":"session","sessionid":"{}"}},"data":{cand}}}}}"#,
-            c.address
-        ),
+        Proto::Spreed { .. } => frame_text(proto, &c.address, 0, None, now_us()),
     }
+}
+
+/// A load frame to `to` (firstcall: the call; spreed: the recipient session), sent at
+/// `sent_us`; `seq` and `ack` are firstcall's.
+fn frame_text(proto: &Proto, to: &str, seq: u64, ack: Option<u64>, sent_us: u64) -> String {
+    let mut f = String::with_capacity(320);
+    let mut n = itoa::Buffer::new();
+    match proto {
+        Proto::Firstcall => {
+            f.push_str(r#"{"type":"call.signal","seq":"#);
+            f.push_str(n.format(seq));
+            f.push_str(r#","call":""#);
+            f.push_str(to);
+            f.push('"');
+            if let Some(last) = ack {
+                f.push_str(r#","ack":"#);
+                f.push_str(n.format(last));
+            }
+            f.push_str(r#","data":"#);
+        }
+        Proto::Spreed { .. } => {
+            f.push_str(r#"{"type":"message","message":{"recipient":{"type":"session","sessionid":""#);
+            f.push_str(to);
+            f.push_str(r#""},"data":"#);
+        }
+    }
+    f.push_str(r#"{"candidate":{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 9 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":""#);
+    f.push_str(n.format(sent_us));
+    f.push_str(r#""}}}"#);
+    if let Proto::Spreed { .. } = proto {
+        f.push('}');
+    }
+    f
 }
 
 /// Keeps the generator's thread polling, never sleeping, while it lives: a task that
@@ -753,6 +804,43 @@ pub async fn fake_spreed_backend(bind: SocketAddr) -> std::io::Result<SocketAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn load_frames_are_the_json_each_server_expects() {
+        let cand = |t: u64| json!({"candidate": {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": t.to_string()}});
+        let parse = |t: String| serde_json::from_str::<Value>(&t).unwrap();
+        assert_eq!(
+            parse(frame_text(&Proto::Firstcall, "c-1", 7, Some(5), 123)),
+            json!({"type": "call.signal", "seq": 7, "call": "c-1", "ack": 5, "data": cand(123)})
+        );
+        assert_eq!(
+            parse(frame_text(&Proto::Firstcall, "c-1", 8, None, u64::MAX)),
+            json!({"type": "call.signal", "seq": 8, "call": "c-1", "data": cand(u64::MAX)})
+        );
+        let spreed = Proto::Spreed { backend: String::new() };
+        assert_eq!(
+            parse(frame_text(&spreed, "sess", 0, None, 9)),
+            json!({"type": "message", "message": {"recipient": {"type": "session", "sessionid": "sess"}, "data": cand(9)}})
+        );
+    }
+
+    #[test]
+    fn numbers_are_read_where_they_start() {
+        let t = r#"{"type":"call.signal","data":{"usernameFragment":"1234"},"seq":42,"ack":7}"#;
+        assert_eq!(field_u64(t, r#""usernameFragment":""#), Some(1234));
+        assert_eq!(field_u64(t, r#""seq":"#), Some(42));
+        assert_eq!(digits_at(t, t.rfind(r#","ack":"#).unwrap() + 7), Some(7));
+        assert_eq!(field_u64(t, r#""type":"#), None, "no digits there");
+        assert_eq!(field_u64(t, "absent"), None);
+        assert_eq!(digits_at("18446744073709551615", 0), Some(u64::MAX));
+        assert_eq!(
+            digits_at("99999999999999999999", 0),
+            None,
+            "past u64 is refused, not wrapped"
+        );
+        assert_eq!(digits_at("1", 5), None, "past the end");
+    }
 
     #[test]
     fn acks_ride_on_frames_and_go_alone_only_after_the_sdk_delay() {

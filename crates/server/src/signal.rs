@@ -7,7 +7,6 @@
 //! could not get through): its frames stay unacknowledged in its session and are replayed
 //! when the client resumes, so nothing is lost by cutting it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +51,10 @@ impl IceProvider for TurnIce {
         (vec![server], ttl)
     }
 }
+
+/// Sockets by connection, looked up for every frame the hub sends (foldhash: the
+/// keys are ours, and SipHash's cost buys nothing here).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The hub and the sockets it writes to, behind one lock.
 struct Shared {
@@ -275,7 +278,7 @@ impl Signaling {
         let sig = Signaling {
             shared: Arc::new(Mutex::new(Shared {
                 hub,
-                conns: HashMap::new(),
+                conns: HashMap::default(),
                 armed: None,
             })),
             timer: Arc::new(Notify::new()),

@@ -534,6 +534,82 @@ fn refused_frames_get_errors_with_ref_and_change_nothing() {
     assert!(w.clients[b].conn.is_some());
 }
 
+/// `call.signal` is read from the envelope's one parse; whatever that parse cannot vouch
+/// for goes through the full parse, which names the fault, and changes nothing else.
+#[test]
+fn signal_frames_the_fast_path_cannot_vouch_for_are_refused_by_name() {
+    let (mut w, a, b) = in_call("ok");
+    let c = cand(1);
+    let refused: Vec<(String, &str)> = vec![
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"call":5,"data":{c}}}"#),
+            "invalid type",
+        ),
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"data":{c}}}"#),
+            "missing field `call`",
+        ),
+        (
+            r#"{"type":"call.signal","seq":S,"call":"ok"}"#.to_owned(),
+            "missing field `data`",
+        ),
+        (
+            r#"{"type":"call.signal","seq":S,"call":"ok","data":null}"#.to_owned(),
+            "data must be an object",
+        ),
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"call":"","data":{c}}}"#),
+            "invalid CallId",
+        ),
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"call":"has space","data":{c}}}"#),
+            "invalid CallId",
+        ),
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"call":"ok","call":"ok","data":{c}}}"#),
+            "duplicate field `call`",
+        ),
+    ];
+    for (text, why) in &refused {
+        w.clients[a].out_seq += 1;
+        let seq = w.clients[a].out_seq;
+        w.raw(a, &text.replace(":S,", &format!(":{seq},")));
+        let e = w.clients[a]
+            .of_type("error")
+            .last()
+            .copied()
+            .cloned()
+            .expect("an error frame");
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_u64()),
+            (Some("bad_request"), Some(seq)),
+            "{text}"
+        );
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{text}: {msg:?} should name {why:?}");
+    }
+    assert_eq!(
+        w.clients[b].of_type("call.signal").len(),
+        0,
+        "nothing refused was relayed"
+    );
+    // An escaped call id is the same id: relayed, with the id as the call knows it.
+    w.clients[a].out_seq += 1;
+    let seq = w.clients[a].out_seq;
+    w.raw(
+        a,
+        &format!(r#"{{"type":"call.signal","seq":{seq},"call":"o\u006b","data":{c}}}"#),
+    );
+    let got = w.clients[b].of_type("call.signal");
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0]["call"].clone(), got[0]["data"].clone()), (json!("ok"), c));
+    assert_eq!(
+        errors(&w.clients[a]).len(),
+        refused.len(),
+        "the escaped id was not refused"
+    );
+}
+
 #[test]
 fn duplicate_seq_is_ignored_and_gap_closes_4002() {
     let mut w = World::new(HubConfig::default());
