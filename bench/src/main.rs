@@ -240,22 +240,38 @@ async fn main() {
             let mut best = json!(null);
             // A step passes when at least 99% of frames arrive within the grace period and
             // p99 latency stays under 250 ms (beyond that the server is queueing, not keeping up).
+            //
+            // A failed step is run once more before it counts: on this shared VM a step now
+            // and then meets a host stall of hundreds of milliseconds (bench/README.md, "What
+            // the stalls are") that the same rate does not meet again, and one such step
+            // sent a whole search below half of the server's rate. A rate beyond what the
+            // server can do fails both times. Both servers are searched the same way, and
+            // every try is printed (`try`: 1 or 2).
             while let Some(rate) = search.next() {
-                let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
-                let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
-                let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
-                let delivered = r.received as f64 / r.sent.max(1) as f64;
-                let achieved = r.sent as f64 / r.secs;
-                let ok = delivered >= 0.99 && r.p99_ms < 250.0 && r.errors == 0 && achieved >= 0.95 * rate as f64;
-                println!(
-                    "{}",
-                    json!({"step": true, "rate": rate, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
-                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok})
-                );
-                if search.record(ok) {
-                    best = json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
-                        "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
-                        "generator_cpu_share": me / r.secs});
+                let mut passed = None;
+                for attempt in 1..=2 {
+                    let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
+                    let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
+                    let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
+                    let delivered = r.received as f64 / r.sent.max(1) as f64;
+                    let achieved = r.sent as f64 / r.secs;
+                    let ok = delivered >= 0.99 && r.p99_ms < 250.0 && r.errors == 0 && achieved >= 0.95 * rate as f64;
+                    println!(
+                        "{}",
+                        json!({"step": true, "rate": rate, "try": attempt, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok})
+                    );
+                    if ok {
+                        passed = Some(
+                            json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
+                            "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
+                            "generator_cpu_share": me / r.secs, "try": attempt}),
+                        );
+                        break;
+                    }
+                }
+                if search.record(passed.is_some()) {
+                    best = passed.expect("record says best only for a passing step");
                 }
             }
             // Latency at half of the peak, the figure the target names: the median of three

@@ -137,9 +137,13 @@ struct Session {
     unacked: VecDeque<(u64, String)>,
     in_seq: u64,
     /// When the separate `ack` frame is due, if one is owed and no frame carried it yet.
-    /// Timer entries are never removed, so one left over from an ack that rode on a
-    /// frame must not fire for a later one: it fires only at this very deadline.
     ack_due: Option<Instant>,
+    /// The deadline of this session's one `Timer::Ack` entry, if it has one. Timer
+    /// entries are never removed, and an ack that rides on a frame leaves its entry
+    /// behind; the entry then serves the next owed ack (re-armed at its deadline when it
+    /// fires early) instead of a new entry per received frame, which had cost two timer
+    /// tree operations per relayed frame.
+    ack_timer: Option<Instant>,
     detached_at: Option<Instant>,
     awaiting_ring: Vec<(u64, CallKey)>,
     tokens: f64,
@@ -200,6 +204,8 @@ pub struct Hub<R> {
     unix_anchor: (Instant, u64),
     /// The latest `now` handed to any `handle_*` call.
     now: Instant,
+    /// When `handle_timeout` next forgets ended calls and old attempts.
+    next_sweep: Instant,
 }
 
 /// A refused frame: the error code and message sent back with its seq.
@@ -213,6 +219,8 @@ fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
 const ENDED_MEMORY: Duration = Duration::from_secs(600);
 /// Within this window a second invite between the same users means the first attempt failed.
 const RETRY_WINDOW: Duration = Duration::from_secs(120);
+/// How often ended calls and old attempts are forgotten (each at most this much late).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl<R: RngCore> Hub<R> {
     /// A hub with no sessions.
@@ -244,6 +252,7 @@ impl<R: RngCore> Hub<R> {
             next_key: 1,
             unix_anchor: (now, unix_now),
             now,
+            next_sweep: now,
         }
     }
 
@@ -490,16 +499,23 @@ impl<R: RngCore> Hub<R> {
                     }
                 }
                 Timer::Ack(key) => {
-                    // Not scheduled any more: a frame to the session carried the ack.
-                    if let Some(s) = self
-                        .sessions
-                        .get_mut(&key)
-                        .filter(|s| s.ack_due.is_some_and(|d| d <= now))
-                    {
-                        s.ack_due = None;
-                        if let Some(conn) = s.conn {
-                            let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
-                            self.out.push_back(Output::Send { conn, text });
+                    let Some(s) = self.sessions.get_mut(&key) else { continue };
+                    s.ack_timer = None;
+                    match s.ack_due {
+                        // A frame to the session carried the ack.
+                        None => {}
+                        Some(d) if d <= now => {
+                            s.ack_due = None;
+                            if let Some(conn) = s.conn {
+                                let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
+                                self.out.push_back(Output::Send { conn, text });
+                            }
+                        }
+                        // The ack this entry was set for rode on a frame; a later one is
+                        // owed, with a deadline of its own.
+                        Some(d) => {
+                            s.ack_timer = Some(d);
+                            self.timers.insert((d, Timer::Ack(key)));
                         }
                     }
                 }
@@ -529,8 +545,19 @@ impl<R: RngCore> Hub<R> {
                 Timer::Ice(key) => self.refresh_ice(key, now),
             }
         }
-        self.ended.retain(|_, at| *at + ENDED_MEMORY > now);
-        self.attempts.retain(|_, (at, _)| *at + RETRY_WINDOW > now);
+        // Swept once a second, not on every timer: the ack timers fire about every
+        // millisecond under load, and each sweep walks both maps whole.
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.ended.retain(|_, at| *at + ENDED_MEMORY > now);
+            self.attempts.retain(|_, (at, _)| *at + RETRY_WINDOW > now);
+        }
+    }
+
+    /// Timer entries pending: tests check that they stay bounded per session.
+    #[doc(hidden)]
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 
     fn unix_now(&self, now: Instant) -> u64 {
@@ -641,6 +668,7 @@ impl<R: RngCore> Hub<R> {
                 unacked: VecDeque::new(),
                 in_seq: 0,
                 ack_due: None,
+                ack_timer: None,
                 detached_at: None,
                 awaiting_ring: Vec::new(),
                 tokens: self.config.rate_burst,
@@ -798,7 +826,10 @@ impl<R: RngCore> Hub<R> {
             if s.ack_due.is_none() {
                 let due = now + self.config.ack_delay;
                 s.ack_due = Some(due);
-                self.timers.insert((due, Timer::Ack(key)));
+                if s.ack_timer.is_none() {
+                    s.ack_timer = Some(due);
+                    self.timers.insert((due, Timer::Ack(key)));
+                }
             }
         }
     }

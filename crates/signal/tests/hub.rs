@@ -867,6 +867,41 @@ fn an_ack_timer_left_over_from_a_riding_ack_does_not_fire_for_a_later_frame() {
 }
 
 #[test]
+fn a_busy_session_keeps_one_ack_timer_not_one_per_frame() {
+    // Alice and bob signal each other faster than the ack delay, so each ack owed rides
+    // on the next frame the other way and leaves its timer entry behind. The entries
+    // stay at one per session whatever the rate, and an ack owed at the end still goes.
+    let (mut w, a, b) = in_call_acking_by_hand("p");
+    let delay = HubConfig::default().ack_delay;
+    w.advance(delay * 2);
+    let base = w.hub.timer_entries();
+    let (a0, b0) = (separate_acks(&w, a), separate_acks(&w, b));
+    let mut last_b = 0;
+    for n in 0..200 {
+        w.send(a, signal("p", cand(n)));
+        last_b = w.send(b, signal("p", cand(1000 + n)));
+        w.advance(delay / 10);
+        assert!(
+            w.hub.timer_entries() <= base + 2,
+            "frame {n}: {} timer entries, {base} before the burst",
+            w.hub.timer_entries()
+        );
+    }
+    assert_eq!(
+        (separate_acks(&w, a), separate_acks(&w, b)),
+        (a0, b0),
+        "every ack rode on a frame"
+    );
+    // Bob's last frame is owed an ack that nothing carried: it goes alone, once.
+    w.advance(delay * 3);
+    assert_eq!((separate_acks(&w, a), separate_acks(&w, b)), (a0, b0 + 1));
+    let ack = w.clients[b].control.iter().rfind(|v| v["type"] == "ack").unwrap();
+    assert_eq!(ack["seq"], json!(last_b));
+    assert_eq!(w.clients[a].of_type("call.signal").len(), 200);
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 200);
+}
+
+#[test]
 fn acks_ride_on_frames_both_ways() {
     let (mut w, a, b) = in_call_acking_by_hand("p");
     let acks_to_alice = |w: &World| separate_acks(w, a);
