@@ -250,6 +250,9 @@ async fn main() {
             while let Some(rate) = search.next() {
                 let mut passed = None;
                 for attempt in 1..=2 {
+                    if attempt > 1 {
+                        sig::settle(&stats, Duration::from_secs(5)).await;
+                    }
                     let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
                     let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
                     let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);

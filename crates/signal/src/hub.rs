@@ -17,6 +17,7 @@
 //! it, whether or not a socket is attached; a resume replays exactly what is
 //! unacknowledged. A frame the hub refuses gets an `error` naming its `seq`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,8 +176,10 @@ struct Call {
 }
 
 /// The hub's maps. foldhash, not SipHash: hashing was 8% of a relayed frame's
-/// instructions, and its per-process random seed still keeps client-chosen keys (call
-/// ids, device ids) from being aimed at one bucket.
+/// instructions. Keys are partly client-chosen (call ids, device ids); foldhash's seed
+/// is random per process (from address-space layout and time), which its authors call
+/// minimal DoS resistance: enough that keys cannot be chosen in advance to share a
+/// bucket, not a guarantee against an attacker who can probe the server's timing.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The hub. See the module docs.
@@ -352,7 +355,7 @@ impl<R: RngCore> Hub<R> {
         let (typ, seq, ack, signal) = match serde_json::from_str::<Envelope>(text) {
             Ok(e) => {
                 let signal = e.call.zip(e.data);
-                (e.typ.unwrap_or(std::borrow::Cow::Borrowed("")), e.seq, e.ack, signal)
+                (e.typ.map_or(Cow::Borrowed(""), |t| t.0), e.seq, e.ack, signal)
             }
             Err(_) => {
                 let v: Value = match serde_json::from_str(text) {
@@ -376,12 +379,7 @@ impl<R: RngCore> Hub<R> {
                         }
                     },
                 };
-                (
-                    std::borrow::Cow::Owned(typ),
-                    v.get("seq").and_then(Value::as_u64),
-                    ack,
-                    None,
-                )
+                (Cow::Owned(typ), v.get("seq").and_then(Value::as_u64), ack, None)
             }
         };
         let typ = typ.as_ref();
@@ -455,13 +453,15 @@ impl<R: RngCore> Hub<R> {
             self.error(key, ErrorCode::UnknownType, &format!("unknown type {typ:?}"), Some(seq));
             return;
         }
+        // Nearly every frame of a call. Anything the envelope did not vouch for (a
+        // missing field, a call that is not a valid id string) goes through
+        // `ClientFrame::parse`, which names the fault.
+        let signal = signal
+            .filter(|_| typ == "call.signal")
+            .and_then(|(call, data)| Some((json_string(call)?, data)))
+            .filter(|(call, _)| CallId::valid(call));
         let handled = match signal {
-            // Nearly every frame of a call. Anything the envelope did not vouch for (a
-            // missing field, an invalid call id) goes through `ClientFrame::parse`,
-            // which names the fault.
-            Some((call, data)) if typ == "call.signal" && CallId::valid(&call) => {
-                self.handle_signal(key, &call, data, now)
-            }
+            Some((call, data)) => self.handle_signal(key, &call, data, now),
             _ => match ClientFrame::parse(typ, text) {
                 Ok(frame) => self.handle_call_frame(key, frame, now),
                 Err(e) => {
@@ -1101,7 +1101,6 @@ impl<R: RngCore> Hub<R> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// `call.signal`: relay `data` to the other party, verbatim. Works on the frame's
     /// borrowed call id and data: a relayed frame allocates only its copy on the way
     /// out (and, while the call rings, the copy kept for devices that come later).
@@ -1147,7 +1146,10 @@ impl<R: RngCore> Hub<R> {
         while let Some(t) = targets.next() {
             // The last (usually the only) recipient's frame is written over the head.
             let head = if targets.peek().is_some() {
-                head.clone()
+                // With the head's room for the seq and ack, as `signal_head` sized it.
+                let mut copy = String::with_capacity(head.capacity());
+                copy.push_str(&head);
+                copy
             } else {
                 std::mem::take(&mut head)
             };
@@ -1156,6 +1158,7 @@ impl<R: RngCore> Hub<R> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn invite(
         &mut self,
         key: SessionKey,
@@ -1410,6 +1413,18 @@ fn signal_text(head: String, seq: u64, ack: Option<u64>) -> String {
     }
     t.push('}');
     t
+}
+
+/// The string a raw JSON value holds, borrowed when it has no escapes; `None` if it
+/// is not a string (or not a valid one).
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let r = raw.get();
+    match r.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        // A raw value is whole JSON, so a string without a backslash ends at its only
+        // other quote and holds no control characters.
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(r).ok().map(Cow::Owned),
+    }
 }
 
 /// `s` as a JSON string. Ids are printable ASCII, so only a quote or a backslash needs

@@ -304,14 +304,13 @@ pub enum ClientFrame {
 
 /// The envelope of every client frame after `hello`: read first, borrowing from the
 /// text, to route the frame (or refuse it by its seq) before its body is parsed.
-/// Fails on anything unusual (not an object, a non-string type or call, a non-integer
-/// seq, a duplicate key); the hub then takes its slower path, which names the exact
-/// fault.
+/// Fails on anything unusual (not an object, a non-string type, a non-integer seq, a
+/// duplicate key); the hub then takes its slower path, which names the exact fault.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
     /// `type`.
     #[serde(rename = "type", borrow, default)]
-    pub typ: Option<Cow<'a, str>>,
+    pub typ: Option<Text<'a>>,
     /// `seq`.
     #[serde(default)]
     pub seq: Option<u64>,
@@ -319,14 +318,21 @@ pub struct Envelope<'a> {
     /// `ack` frame's `seq`), which spares the peer a separate `ack` frame.
     #[serde(default)]
     pub ack: Option<u64>,
-    /// `call`, if a string: with `data`, all a `call.signal` needs, so the hot path of
-    /// a call parses its frames once.
+    /// `call`, as it is in the text: with `data`, all a `call.signal` needs, so the
+    /// hot path of a call parses its frames once. Raw, so that the envelope accepts
+    /// whatever it accepted before it read `call` (a string that is not valid Unicode,
+    /// a number), and the frame's own parse still names the fault.
     #[serde(borrow, default)]
-    pub call: Option<Cow<'a, str>>,
+    pub call: Option<&'a RawValue>,
     /// `data`, whatever it holds, as it is in the text.
     #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
 }
+
+/// A JSON string, borrowed from the text when it has no escapes. serde borrows a `Cow`
+/// only when it is a field's whole type; inside an `Option` it would always copy.
+#[derive(Debug, Deserialize)]
+pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 impl ClientFrame {
     /// Parse a sequenced frame whose envelope says `typ`.
@@ -500,7 +506,14 @@ mod tests {
     fn signal_frames_keep_their_data_verbatim() {
         let text = r#"{"type":"call.signal","seq":3,"call":"c1","data":{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","sdpMid":"0"}}}"#;
         let env: Envelope = serde_json::from_str(text).unwrap();
-        assert_eq!((env.typ.as_deref(), env.seq), (Some("call.signal"), Some(3)));
+        assert_eq!(
+            (env.typ.as_ref().map(|t| t.0.as_ref()), env.seq),
+            (Some("call.signal"), Some(3))
+        );
+        assert!(
+            matches!(env.typ, Some(Text(Cow::Borrowed(_)))),
+            "type is borrowed from the text"
+        );
         let ClientFrame::Signal { call, data } = ClientFrame::parse("call.signal", text).unwrap() else {
             panic!("not a signal")
         };

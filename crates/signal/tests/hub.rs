@@ -569,6 +569,11 @@ fn signal_frames_the_fast_path_cannot_vouch_for_are_refused_by_name() {
             format!(r#"{{"type":"call.signal","seq":S,"call":"ok","call":"ok","data":{c}}}"#),
             "duplicate field `call`",
         ),
+        // Valid JSON, not a valid string: what a broken JS string serialises to.
+        (
+            format!(r#"{{"type":"call.signal","seq":S,"call":"\ud800","data":{c}}}"#),
+            "call.signal: unexpected end of hex escape",
+        ),
     ];
     for (text, why) in &refused {
         w.clients[a].out_seq += 1;
@@ -607,6 +612,17 @@ fn signal_frames_the_fast_path_cannot_vouch_for_are_refused_by_name() {
         errors(&w.clients[a]).len(),
         refused.len(),
         "the escaped id was not refused"
+    );
+    // Bad data is refused as such before anything looks at who sent it.
+    let c3 = w.add("carol", "c");
+    w.connect(c3);
+    w.send(c3, signal("ok", json!({"bogus": 1})));
+    w.send(c3, signal("ok", cand(2)));
+    assert_eq!(errors(&w.clients[c3]), ["bad_request", "not_participant"]);
+    assert_eq!(
+        w.clients[b].of_type("call.signal").len(),
+        1,
+        "nothing from carol was relayed"
     );
 }
 
