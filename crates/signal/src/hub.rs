@@ -461,7 +461,7 @@ impl<R: RngCore> Hub<R> {
             .and_then(|(call, data)| Some((json_string(call)?, data)))
             .filter(|(call, _)| CallId::valid(call));
         let handled = match signal {
-            Some((call, data)) => self.handle_signal(key, &call, data, now),
+            Some((call, data)) => self.handle_signal(key, &call, data),
             _ => match ClientFrame::parse(typ, text) {
                 Ok(frame) => self.handle_call_frame(key, frame, now),
                 Err(e) => {
@@ -984,13 +984,14 @@ impl<R: RngCore> Hub<R> {
     }
 
     fn handle_call_frame(&mut self, key: SessionKey, frame: ClientFrame, now: Instant) -> Result<(), Refusal> {
+        if let ClientFrame::Signal { call, data } = &frame {
+            return self.handle_signal(key, call.as_str(), data);
+        }
         let s = &self.sessions[&key];
         let me = (s.user.clone(), s.device.clone());
-        let frame = match frame {
-            ClientFrame::Invite { call, to, media, sdp } => return self.invite(key, me, call, to, media, sdp, now),
-            ClientFrame::Signal { call, data } => return self.handle_signal(key, call.as_str(), &data, now),
-            frame => frame,
-        };
+        if let ClientFrame::Invite { call, to, media, sdp } = frame {
+            return self.invite(key, me, call, to, media, sdp, now);
+        }
         let id = frame.call().clone();
         let Some(&ck) = self.call_ids.get(&id) else {
             if self.ended.contains_key(&id) {
@@ -1104,7 +1105,7 @@ impl<R: RngCore> Hub<R> {
     /// `call.signal`: relay `data` to the other party, verbatim. Works on the frame's
     /// borrowed call id and data: a relayed frame allocates only its copy on the way
     /// out (and, while the call rings, the copy kept for devices that come later).
-    fn handle_signal(&mut self, key: SessionKey, call: &str, data: &RawValue, _now: Instant) -> Result<(), Refusal> {
+    fn handle_signal(&mut self, key: SessionKey, call: &str, data: &RawValue) -> Result<(), Refusal> {
         let Some(&ck) = self.call_ids.get(call) else {
             if self.ended.contains_key(call) {
                 // Late frames for a call that just ended are harmless: nothing to do.
@@ -1417,6 +1418,9 @@ fn signal_text(head: String, seq: u64, ack: Option<u64>) -> String {
 
 /// The string a raw JSON value holds, borrowed when it has no escapes; `None` if it
 /// is not a string (or not a valid one).
+///
+/// The unescaped case by hand: `serde_json::from_str::<Text>` gives the same answer for
+/// ~180 more instructions per relayed frame (callgrind, 1.2% of the socket task's work).
 fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     let r = raw.get();
     match r.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
