@@ -5,6 +5,7 @@
 //!   firstcall-bench control --server ADDR --secret S --count N --concurrency C --server-pid PID
 //!   firstcall-bench signal  --server ADDR --proto firstcall|spreed --pairs P --start FPS --max FPS
 //!                           --duration-ms D --server-pid PID [--backend-ip IP] [--poll 0|1]
+//!                           [--at FPS --runs N [--latencies FILE]: no search, N runs at one rate]
 //!   firstcall-bench signal-idle --server ADDR --proto firstcall|spreed --counts N1,N2 --server-pid PID
 
 use std::collections::HashMap;
@@ -237,6 +238,32 @@ async fn main() {
                 .expect("open session pairs");
             // Warm-up: the first frames on a connection pay for buffers and caches.
             sig::run_step(&proto, &mut conns, &stats, start / 2, Duration::from_millis(300), grace).await;
+            // `--at RATE --runs N [--latencies FILE]`: no search, N runs at one rate with the
+            // generator polling (as the half-peak runs), for looking into one load by hand.
+            if let Some(at) = m.get("at").and_then(|r| r.parse::<u64>().ok()) {
+                for _ in 0..get::<u32>(&m, "runs", Some(3)) {
+                    let polling = poll.then(sig::Polling::start);
+                    let cpu0 = cpu_seconds(pid);
+                    let r = sig::run_step(&proto, &mut conns, &stats, at, dur, grace).await;
+                    let cpu = cpu_seconds(pid) - cpu0;
+                    drop(polling);
+                    if let Some(path) = m.get("latencies") {
+                        // Microseconds, one per line, in arrival order: where in a run
+                        // the slow frames fall (bench/README.md, "Where the tail comes from").
+                        let l = stats.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+                        let text: String = l.iter().map(|v| format!("{v}\n")).collect();
+                        if let Err(e) = std::fs::write(path, text) {
+                            eprintln!("--latencies {path}: {e}");
+                        }
+                    }
+                    println!(
+                        "{}",
+                        json!({"at": at, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                            "server_cpu_share": cpu / r.secs, "server_us_per_frame": cpu / r.received.max(1) as f64 * 1e6})
+                    );
+                }
+                return;
+            }
             let mut best = json!(null);
             // A step passes when at least 99% of frames arrive within the grace period and
             // p99 latency stays under 250 ms (beyond that the server is queueing, not keeping up).

@@ -266,7 +266,9 @@ pub async fn hello(proto: &Proto, server: SocketAddr, i: usize) -> Result<(Ws, S
     match proto {
         Proto::Firstcall => {
             let mut ws = ws_open(server, "/v1/ws", i).await?;
-            let user = format!("b{i}");
+            // The process id keeps users apart between runs against one server: a user
+            // whose call from the run before is still live would be busy.
+            let user = format!("b{}-{i}", std::process::id());
             let h = json!({"type": "hello", "token": format!("dev:{user}"), "device": "d"});
             ws.send_text(&h.to_string()).await?;
             loop {
@@ -565,7 +567,8 @@ pub async fn open_pairs(
     for p in 0..pairs {
         let (mut a, a_addr) = hello(proto, server, 2 * p).await?;
         let (mut b, b_addr) = hello(proto, server, 2 * p + 1).await?;
-        let call = format!("00000000-0000-4000-8000-{:012x}", p);
+        // Per process too: call ids are the server's, live until the call ends.
+        let call = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), p);
         if let Proto::Firstcall = proto {
             // A call between the two, so that call.signal is accepted.
             let inv = json!({"type": "call.invite", "seq": 1, "call": call, "to": b_addr, "media": "audio", "sdp": "v=0\r\n"});
