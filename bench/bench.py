@@ -494,6 +494,15 @@ def markdown(doc):
     m = [f"# Benchmarks ({'quick' if doc['quick'] else 'full'} run, {doc['date']})", "",
          f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['cpu_model']}; server threads: {doc['threads']}. "
          "All servers on 127.0.0.1, started by `bench/run`, measured by the same generator.", ""]
+    # Benchmarks kept from an earlier run (`--only`) carry their own date and machine.
+    kept = {k: v[0] for k, v in doc["results"].items() if v and v[0].get("date")}
+    if kept:
+        def when(k):
+            r = kept.get(k) or {}
+            mach = r.get("machine") or doc["machine"]
+            return f"{k} {r.get('date') or doc['date']} ({mach['cpu_model']})"
+        m += ["Runs: " + "; ".join(when(k) for k in doc["results"]) + ". Every ratio compares servers measured "
+              "in the same run on the same machine.", ""]
     s = doc["summary"]
     m += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for name, goal, get, ok in TARGETS:
@@ -533,16 +542,19 @@ def markdown(doc):
               "session), open loop, the same generator for both. Peak: highest offered rate with 99% delivered within 1 s, "
               "p99 under 250 ms and no errors; a failed step is run once more before it counts as failed (both servers; "
               "every try is in latest.json), since a host stall now and then fails a step that the same rate then passes. "
-              "Idle memory: the server's RSS growth divided by open sessions.", "",
-              "| server | peak frames/s | p99 at peak (ms) | p50 / p99 at half peak (ms, median of 3 runs, generator polling) | same, generator sleeping | highest rate with p99 under 5 ms | server CPU s / M frames | bytes per idle session |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Idle memory: the server's RSS growth divided by open sessions. Latency runs from the sender's `send` to the "
+              "kernel's receive timestamp at the recipient's socket (`SO_TIMESTAMPNS`): how long the bytes then wait for "
+              "the generator's one thread is the generator's queueing, not the server's. The column 'as read' is the same "
+              "runs up to when the generator read the frame (the figure before receive timestamps).", "",
+              "| server | peak frames/s | p99 at peak (ms) | p50 / p99 at half peak (ms, median of 3 runs, generator polling) | p50 / p99 at half peak, as read | same, generator sleeping | highest rate with p99 under 5 ms | server CPU s / M frames | bytes per idle session |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in sig:
             res = r.get("result") or {}
             pk, hf = res.get("peak") or {}, res.get("half_peak") or {}
             idle = ", ".join(f"{x['bytes_per_session']:.0f} at {x['sessions']}" for x in r.get("idle") or [])
             fast = low_latency_rate(r)
             m.append(f"| {r['server']} | {pk.get('frames_per_second', 0):.0f} | {pk.get('p99_ms', 0):.1f} | "
-                     f"{half_cell(hf)} | {half_cell(hf.get('generator_sleeping'))} | "
+                     f"{half_cell(hf)} | {half_cell(app_half(hf))} | {half_cell(hf.get('generator_sleeping'))} | "
                      f"{fast or 'none measured'} | "
                      f"{pk.get('server_cpu_s_per_million', 0):.1f} | {idle} |")
         own = [r for r in sig if r.get("own_client")]
@@ -561,6 +573,13 @@ def markdown(doc):
     if doc.get("notes"):
         m += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(m) + "\n"
+
+
+def app_half(hf):
+    """The half-peak runs' latencies up to when the generator read each frame."""
+    if not hf or "app_p99_ms" not in hf:
+        return None
+    return {"p50_ms": hf["app_p50_ms"], "p99_ms": hf["app_p99_ms"], "p99_ms_runs": hf.get("app_p99_ms_runs")}
 
 
 def half_cell(hf):
@@ -676,6 +695,7 @@ def main():
                         results[k] = v
                         for r in v:
                             r.setdefault("date", old.get("date"))
+                            r.setdefault("machine", old.get("machine"))
         except (OSError, ValueError):
             pass
     with tempfile.TemporaryDirectory(prefix="firstcall-bench-") as t:
@@ -698,8 +718,11 @@ def main():
             "to CPU 0, so each server has one core to itself and half of its peak is half of that core. Server "
             "CPU per million frames is the efficiency figure that does not depend on the generator. The generator "
             "acknowledges as the browser SDK does (acks ride on outgoing frames; one still pending after 50 ms goes "
-            "alone). The half-peak runs keep the generator's thread polling so that its own wake-up is not counted "
-            "as delivery latency; three runs with it sleeping are reported beside them.",
+            "alone). Delivery latency ends at the kernel's receive timestamp on the recipient's socket "
+            "(SO_TIMESTAMPNS), so the generator's own queueing is not counted; the same runs as read by the "
+            "generator are reported beside them. The half-peak runs keep the generator's thread polling; three "
+            "runs with it sleeping are reported too. max_gap_ms and max_burst in latest.json say how long the "
+            "generator's send loop stalled in a step and the burst it then sent.",
             f"Open-files limit for this run: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; idle-session counts "
             "are capped 1,000 below it, since every session holds a socket in the server and one in the generator.",
         ],

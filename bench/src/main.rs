@@ -259,7 +259,9 @@ async fn main() {
                     println!(
                         "{}",
                         json!({"at": at, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                            "server_cpu_share": cpu / r.secs, "server_us_per_frame": cpu / r.received.max(1) as f64 * 1e6})
+                            "app_p50_ms": r.app_p50_ms, "app_p99_ms": r.app_p99_ms,
+                            "server_cpu_share": cpu / r.secs, "server_us_per_frame": cpu / r.received.max(1) as f64 * 1e6,
+                            "max_burst": r.max_burst, "max_gap_ms": r.max_gap_ms})
                     );
                 }
                 return;
@@ -289,7 +291,8 @@ async fn main() {
                     println!(
                         "{}",
                         json!({"step": true, "rate": rate, "try": attempt, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
-                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me, "ok": ok})
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "app_p99_ms": r.app_p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me,
+                        "max_gap_ms": r.max_gap_ms, "max_burst": r.max_burst, "ok": ok})
                     );
                     if ok {
                         passed = Some(
@@ -334,6 +337,10 @@ async fn main() {
                     "sent": polled.iter().map(|r| r.sent).sum::<u64>(), "received": polled.iter().map(|r| r.received).sum::<u64>(),
                     "p50_ms": median(&polled, |r| r.p50_ms), "p99_ms": median(&polled, |r| r.p99_ms),
                     "p99_ms_runs": p99s(&polled),
+                    "app_p50_ms": median(&polled, |r| r.app_p50_ms), "app_p99_ms": median(&polled, |r| r.app_p99_ms),
+                    "app_p99_ms_runs": polled.iter().map(|r| r.app_p99_ms).collect::<Vec<_>>(),
+                    "max_gap_ms": polled.iter().map(|r| r.max_gap_ms).fold(0.0, f64::max),
+                    "max_burst": polled.iter().map(|r| r.max_burst).max(),
                     "generator_sleeping": {"p50_ms": median(&slept, |r| r.p50_ms), "p99_ms": median(&slept, |r| r.p99_ms),
                         "p99_ms_runs": p99s(&slept)}})
             } else {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use firstcall_server::tcp::{read_some, write_front};
+use firstcall_server::tcp::write_front;
 use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +43,13 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Sockets that closed during the run.
     pub closed: AtomicU64,
-    /// Delivery latencies, microseconds.
+    /// Delivery latencies, microseconds: from the sender's `send` to the kernel's receive
+    /// timestamp of the bytes at the recipient's socket (`SO_TIMESTAMPNS`), which leaves
+    /// out how long they then waited for the generator's own thread.
     pub latencies: Mutex<Vec<u32>>,
+    /// The same, up to when the generator's task read the frame: the figure before
+    /// receive timestamps, which counts the generator's own queueing too.
+    pub app_latencies: Mutex<Vec<u32>>,
 }
 
 fn epoch() -> Instant {
@@ -54,6 +59,86 @@ fn epoch() -> Instant {
 
 fn now_us() -> u64 {
     epoch().elapsed().as_micros() as u64
+}
+
+/// Ask the kernel to stamp what arrives on `sock` (`SO_TIMESTAMPNS`), for `read_stamped`.
+fn stamp_arrivals(sock: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Read once, as `firstcall_server::tcp::read_some` does (a short read clears the readiness flag), and say how
+/// long, in microseconds, the last bytes read had been waiting in the socket: the
+/// kernel's receive timestamp (`SO_TIMESTAMPNS`, taken as the bytes reached this host's
+/// stack) against the clock now. 0 when the socket gives no timestamp.
+///
+/// That wait is the generator's own queueing (its one thread busy with other sockets),
+/// not the server's; subtracted from a frame's latency, what is left ends when the
+/// server's bytes reached the recipient.
+fn read_stamped(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, u64)> {
+    use std::os::fd::AsRawFd;
+    let mut short = None;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // Room for one SCM_TIMESTAMPNS message, aligned for cmsghdr.
+        let mut control = [0u64; 8];
+        // SAFETY: zeroed msghdr is a valid "no name, no flags" value; the pointers set
+        // below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: the descriptor is open for the life of `sock`; msg points at live buffers.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut lag = 0;
+        // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    let stamped = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    lag = (now.saturating_sub(stamped) / 1000) as u64;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if 0 < n && n < buf.len() {
+            short = Some((n, lag));
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok((n, lag))
+    });
+    match short {
+        Some(got) => Ok(got),
+        None => r,
+    }
 }
 
 /// One open session, driven: its link and the id peers address it by.
@@ -413,6 +498,10 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
         mut buf,
         mask,
     } = ws;
+    if let Err(e) = stamp_arrivals(&sock) {
+        // Latencies then count the generator's own queueing too (as `app_latencies`).
+        eprintln!("SO_TIMESTAMPNS refused ({e}): latencies include the generator's queueing");
+    }
     let link = Arc::new(Link {
         sock,
         out: Mutex::new(LinkOut {
@@ -431,14 +520,19 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
         // Acks are coalesced as the SDK does (see `AckState`): they ride on load frames or
         // go out from the flusher in `open_pairs` (one timer task for all connections,
         // not one per frame: that was the generator's bottleneck).
-        let on_text = |t: &str| {
+        // `lag_us`: how long the read's bytes had waited in the socket (see `read_stamped`).
+        let on_text = |t: &str, lag_us: u64| {
             if let Some(sent) = field_u64(t, r#""usernameFragment":""#) {
                 let now = now_us();
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 if sent >= stats.step_start_us.load(Ordering::Relaxed) {
                     stats.received.fetch_add(1, Ordering::Relaxed);
+                    let app = now.saturating_sub(sent);
                     if let Ok(mut v) = stats.latencies.lock() {
-                        v.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                        v.push(app.saturating_sub(lag_us).min(u32::MAX as u64) as u32);
+                    }
+                    if let Ok(mut v) = stats.app_latencies.lock() {
+                        v.push(app.min(u32::MAX as u64) as u32);
                     }
                 }
                 // A relayed load frame: its seq is the last field but its ack (the
@@ -493,12 +587,15 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                     // (A 16 KiB buffer per connection, read into in place, cost the
                     // generator more: 2,000 cold buffers.)
                     let mut chunk = [0u8; 4096];
-                    match read_some(&l.sock, &mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    let lag_us = match read_stamped(&l.sock, &mut chunk) {
+                        Ok((0, _)) => break,
+                        Ok((n, lag)) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            lag
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(_) => break,
-                    }
+                    };
                     let mut at = 0;
                     loop {
                         match dec.decode(&mut buf[at..]) {
@@ -506,7 +603,7 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                             Ok((m, n)) => {
                                 at += n;
                                 match m {
-                                    Some(Message::Text(t)) => on_text(t),
+                                    Some(Message::Text(t)) => on_text(t, lag_us),
                                     Some(Message::Close(_)) => break 'conn,
                                     _ => {}
                                 }
@@ -697,8 +794,18 @@ pub struct Step {
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// p50 up to when the generator read the frame (`Stats::app_latencies`).
+    pub app_p50_ms: f64,
+    /// p99 of the same.
+    pub app_p99_ms: f64,
     /// Error frames during the step.
     pub errors: u64,
+    /// Most frames sent in one turn of the send loop (nominally `rate / 1000`): a turn
+    /// that comes late sends everything due since, as one burst.
+    pub max_burst: u64,
+    /// Longest gap between two turns of the send loop, milliseconds (nominally 1): how
+    /// long the generator itself stalled.
+    pub max_gap_ms: f64,
 }
 
 /// Wait until no load frame has arrived for 100 ms (at most `limit`): a step the server
@@ -731,6 +838,9 @@ pub async fn run_step(
     if let Ok(mut l) = stats.latencies.lock() {
         l.clear();
     }
+    if let Ok(mut l) = stats.app_latencies.lock() {
+        l.clear();
+    }
     stats.step_start_us.store(now_us(), Ordering::Relaxed);
     let recv0 = stats.received.load(Ordering::Relaxed);
     let start = Instant::now();
@@ -739,9 +849,14 @@ pub async fn run_step(
     let n = conns.len();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut max_burst, mut max_gap, mut last) = (0, Duration::ZERO, Instant::now());
     while start.elapsed() < dur {
         tick.tick().await;
+        let now = Instant::now();
+        max_gap = max_gap.max(now - last);
+        last = now;
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        max_burst = max_burst.max(due.saturating_sub(sent));
         while sent < due {
             let c = &mut conns[next];
             next = (next + 1) % n;
@@ -756,22 +871,30 @@ pub async fn run_step(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let received = stats.received.load(Ordering::Relaxed) - recv0;
-    let mut l = stats.latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    l.sort_unstable();
-    let pct = |p: f64| {
+    let sorted = |v: &Mutex<Vec<u32>>| {
+        let mut l = v.lock().map(|l| l.clone()).unwrap_or_default();
+        l.sort_unstable();
+        l
+    };
+    let pct = |l: &[u32], p: f64| {
         if l.is_empty() {
             0.0
         } else {
             l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
         }
     };
+    let (l, app) = (sorted(&stats.latencies), sorted(&stats.app_latencies));
     Step {
         sent,
         received,
         secs,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        p50_ms: pct(&l, 0.5),
+        p99_ms: pct(&l, 0.99),
+        app_p50_ms: pct(&app, 0.5),
+        app_p99_ms: pct(&app, 0.99),
         errors: stats.errors.load(Ordering::Relaxed) - err0,
+        max_burst,
+        max_gap_ms: max_gap.as_secs_f64() * 1e3,
     }
 }
 
