@@ -250,7 +250,7 @@ async fn main() {
                     if let Some(path) = m.get("latencies") {
                         // Microseconds, one per line, in arrival order: where in a run
                         // the slow frames fall (bench/README.md, "Where the tail comes from").
-                        let l = stats.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+                        let l = stats.latencies.lock().map(|l| l.stamped.clone()).unwrap_or_default();
                         let text: String = l.iter().map(|v| format!("{v}\n")).collect();
                         if let Err(e) = std::fs::write(path, text) {
                             eprintln!("--latencies {path}: {e}");

@@ -46,10 +46,18 @@ pub struct Stats {
     /// Delivery latencies, microseconds: from the sender's `send` to the kernel's receive
     /// timestamp of the bytes at the recipient's socket (`SO_TIMESTAMPNS`), which leaves
     /// out how long they then waited for the generator's own thread.
-    pub latencies: Mutex<Vec<u32>>,
-    /// The same, up to when the generator's task read the frame: the figure before
-    /// receive timestamps, which counts the generator's own queueing too.
-    pub app_latencies: Mutex<Vec<u32>>,
+    /// Both figures are pushed under one lock: it is taken once per delivered frame.
+    pub latencies: Mutex<Latencies>,
+}
+
+/// Delivery latencies of a step, microseconds, in arrival order.
+#[derive(Default)]
+pub struct Latencies {
+    /// To the kernel's receive timestamp (see `Stats::latencies`).
+    pub stamped: Vec<u32>,
+    /// Up to when the generator's task read the frame: the figure before receive
+    /// timestamps, which counts the generator's own queueing too.
+    pub as_read: Vec<u32>,
 }
 
 fn epoch() -> Instant {
@@ -499,7 +507,7 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
         mask,
     } = ws;
     if let Err(e) = stamp_arrivals(&sock) {
-        // Latencies then count the generator's own queueing too (as `app_latencies`).
+        // Latencies then count the generator's own queueing too (as `Latencies::as_read`).
         eprintln!("SO_TIMESTAMPNS refused ({e}): latencies include the generator's queueing");
     }
     let link = Arc::new(Link {
@@ -529,10 +537,8 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     let app = now.saturating_sub(sent);
                     if let Ok(mut v) = stats.latencies.lock() {
-                        v.push(app.saturating_sub(lag_us).min(u32::MAX as u64) as u32);
-                    }
-                    if let Ok(mut v) = stats.app_latencies.lock() {
-                        v.push(app.min(u32::MAX as u64) as u32);
+                        v.stamped.push(app.saturating_sub(lag_us).min(u32::MAX as u64) as u32);
+                        v.as_read.push(app.min(u32::MAX as u64) as u32);
                     }
                 }
                 // A relayed load frame: its seq is the last field but its ack (the
@@ -794,7 +800,7 @@ pub struct Step {
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
-    /// p50 up to when the generator read the frame (`Stats::app_latencies`).
+    /// p50 up to when the generator read the frame (`Latencies::as_read`).
     pub app_p50_ms: f64,
     /// p99 of the same.
     pub app_p99_ms: f64,
@@ -836,10 +842,8 @@ pub async fn run_step(
 ) -> Step {
     let err0 = stats.errors.load(Ordering::Relaxed);
     if let Ok(mut l) = stats.latencies.lock() {
-        l.clear();
-    }
-    if let Ok(mut l) = stats.app_latencies.lock() {
-        l.clear();
+        l.stamped.clear();
+        l.as_read.clear();
     }
     stats.step_start_us.store(now_us(), Ordering::Relaxed);
     let recv0 = stats.received.load(Ordering::Relaxed);
@@ -855,7 +859,7 @@ pub async fn run_step(
         let now = Instant::now();
         max_gap = max_gap.max(now - last);
         last = now;
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = ((now - start).as_secs_f64() * rate as f64) as u64;
         max_burst = max_burst.max(due.saturating_sub(sent));
         while sent < due {
             let c = &mut conns[next];
@@ -871,11 +875,13 @@ pub async fn run_step(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let received = stats.received.load(Ordering::Relaxed) - recv0;
-    let sorted = |v: &Mutex<Vec<u32>>| {
-        let mut l = v.lock().map(|l| l.clone()).unwrap_or_default();
-        l.sort_unstable();
-        l
-    };
+    let (mut l, mut app) = stats
+        .latencies
+        .lock()
+        .map(|l| (l.stamped.clone(), l.as_read.clone()))
+        .unwrap_or_default();
+    l.sort_unstable();
+    app.sort_unstable();
     let pct = |l: &[u32], p: f64| {
         if l.is_empty() {
             0.0
@@ -883,7 +889,6 @@ pub async fn run_step(
             l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
         }
     };
-    let (l, app) = (sorted(&stats.latencies), sorted(&stats.app_latencies));
     Step {
         sent,
         received,
