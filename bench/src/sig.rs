@@ -8,13 +8,14 @@
 //! firstcall pairs are in a call (`call.signal` needs one); spreed pairs address
 //! each other by session id (`message` to a session), the closest equivalent.
 
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use firstcall_server::tcp::write_front;
+use firstcall_server::tcp::{read_once, write_front};
 use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,40 +72,24 @@ fn now_us() -> u64 {
 
 /// Ask the kernel to stamp what arrives on `sock` (`SO_TIMESTAMPNS`), for `read_stamped`.
 fn stamp_arrivals(sock: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor, and a c_int option value of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    firstcall_server::sockopt::set_int(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
-/// Read once, as `firstcall_server::tcp::read_some` does (a short read clears the readiness flag), and say how
-/// long, in microseconds, the last bytes read had been waiting in the socket: the
-/// kernel's receive timestamp (`SO_TIMESTAMPNS`, taken as the bytes reached this host's
-/// stack) against the clock now. 0 when the socket gives no timestamp.
+/// Read once, as `firstcall_server::tcp::read_some` does, and say how long, in
+/// microseconds, the last bytes read had been waiting in the socket: the kernel's
+/// receive timestamp (`SO_TIMESTAMPNS`, taken as the bytes reached this host's stack)
+/// against the clock now. 0 when the socket gives no timestamp.
 ///
 /// That wait is the generator's own queueing (its one thread busy with other sockets),
 /// not the server's; subtracted from a frame's latency, what is left ends when the
 /// server's bytes reached the recipient.
-fn read_stamped(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, u64)> {
+fn read_stamped<'b>(sock: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> std::io::Result<(&'b mut [u8], u64)> {
     use std::os::fd::AsRawFd;
-    let mut short = None;
-    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+    let len = buf.len();
+    let (n, lag) = read_once(sock, len, || {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+            iov_len: len,
         };
         // Room for one SCM_TIMESTAMPNS message, aligned for cmsghdr.
         let mut control = [0u64; 8];
@@ -120,7 +105,6 @@ fn read_stamped(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, u64
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let n = n as usize;
         let mut lag = 0;
         // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
         unsafe {
@@ -137,16 +121,13 @@ fn read_stamped(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, u64
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        if 0 < n && n < buf.len() {
-            short = Some((n, lag));
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok((n, lag))
-    });
-    match short {
-        Some(got) => Ok(got),
-        None => r,
-    }
+        Ok((n as usize, lag))
+    })?;
+    // SAFETY: `recvmsg` wrote the first `n` bytes of `buf`, and `n <= buf.len()`.
+    Ok((
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), n) },
+        lag,
+    ))
 }
 
 /// One open session, driven: its link and the id peers address it by.
@@ -592,11 +573,11 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
                     // Read into one chunk on the stack, warm in the cache, then append.
                     // (A 16 KiB buffer per connection, read into in place, cost the
                     // generator more: 2,000 cold buffers.)
-                    let mut chunk = [0u8; 4096];
+                    let mut chunk = [MaybeUninit::<u8>::uninit(); 4096];
                     let lag_us = match read_stamped(&l.sock, &mut chunk) {
-                        Ok((0, _)) => break,
-                        Ok((n, lag)) => {
-                            buf.extend_from_slice(&chunk[..n]);
+                        Ok(([], _)) => break,
+                        Ok((got, lag)) => {
+                            buf.extend_from_slice(got);
                             lag
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod http;
 pub mod signal;
+pub mod sockopt;
 pub mod tcp;
 pub mod tokens;
 pub mod turn;

@@ -7,6 +7,7 @@
 //! could not get through): its frames stay unacknowledged in its session and are replayed
 //! when the client resumes, so nothing is lost by cutting it.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -510,10 +511,10 @@ impl Signaling {
 
     /// Read what the socket has and hand every whole frame on.
     fn on_readable(&self, conn: ConnId, outlet: &Outlet, dec: &mut Decoder, pending: &mut Vec<u8>) -> Option<Stop> {
-        let mut chunk = [0u8; READ_CHUNK];
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         match read_some(&outlet.sock, &mut chunk) {
-            Ok(0) => Some(Stop::Gone),
-            Ok(n) => self.take_frames(conn, outlet, dec, pending, Some(&mut chunk[..n])),
+            Ok([]) => Some(Stop::Gone),
+            Ok(got) => self.take_frames(conn, outlet, dec, pending, Some(got)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
             Err(_) => Some(Stop::Gone),
         }

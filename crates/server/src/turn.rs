@@ -658,18 +658,7 @@ fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
 /// Ask the kernel to coalesce received datagrams (UDP_GRO); quinn-udp reads the
 /// segment size it reports. Best effort: without it every datagram is read alone.
 fn enable_gro(s: &Socket) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a c_int option value of the right size, on a live socket.
-    let _ = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let _ = crate::sockopt::set_int(s, libc::SOL_UDP, libc::UDP_GRO, 1);
 }
 
 async fn timer_loop(w: Rc<Worker>) {
