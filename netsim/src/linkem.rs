@@ -129,7 +129,7 @@ impl Raw {
             if n <= 0 {
                 return None;
             }
-            if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 return Some(0);
             }
             Some(n as usize)
@@ -167,6 +167,10 @@ impl Rng {
     }
 }
 
+/// A frame held back: release time, a sequence number keeping frames of equal release
+/// time in FIFO order, direction, frame.
+type Held = (Instant, u64, usize, Vec<u8>);
+
 fn main() {
     let o = match parse() {
         Ok(o) => o,
@@ -184,8 +188,7 @@ fn main() {
     };
     let ends = [a, b];
     let mut rng = Rng(o.seed.max(1));
-    // (release time, sequence for FIFO among equal times, direction, frame)
-    let mut queue: BinaryHeap<Reverse<(Instant, u64, usize, Vec<u8>)>> = BinaryHeap::new();
+    let mut queue: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
     let (mut forwarded, mut dropped) = (0u64, 0u64);

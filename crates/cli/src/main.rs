@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run signaling, the HTTP API, the embedded STUN/TURN server and metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print an HS256 JWT for a user (for testing and for apps without their own issuer).
     Token(TokenArgs),
     /// Check a deployment (a firstcall server, or any TURN server) end to end and say what to fix.

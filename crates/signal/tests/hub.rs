@@ -653,12 +653,7 @@ fn duplicate_seq_is_ignored_and_gap_closes_4002() {
     // The session survives: resume and carry on.
     w.connect(a);
     assert_eq!(
-        w.clients[a]
-            .control
-            .iter()
-            .filter(|v| v["type"] == "welcome")
-            .next_back()
-            .unwrap()["resumed"],
+        w.clients[a].control.iter().rfind(|v| v["type"] == "welcome").unwrap()["resumed"],
         true
     );
 }
@@ -680,8 +675,7 @@ fn resume_replays_exactly_the_unacked_frames() {
     let welcome = w.clients[b]
         .control
         .iter()
-        .filter(|v| v["type"] == "welcome")
-        .next_back()
+        .rfind(|v| v["type"] == "welcome")
         .unwrap()
         .clone();
     assert_eq!(welcome["resumed"], true);
@@ -704,8 +698,7 @@ fn expired_session_fails_its_calls_and_resume_says_so() {
     let welcome = w.clients[b]
         .control
         .iter()
-        .filter(|v| v["type"] == "welcome")
-        .next_back()
+        .rfind(|v| v["type"] == "welcome")
         .unwrap()
         .clone();
     assert_eq!(
@@ -726,8 +719,7 @@ fn snapshot_lists_live_calls_on_a_fresh_session() {
     let welcome = w.clients[a]
         .control
         .iter()
-        .filter(|v| v["type"] == "welcome")
-        .next_back()
+        .rfind(|v| v["type"] == "welcome")
         .unwrap()
         .clone();
     assert_eq!(welcome["resumed"], false);

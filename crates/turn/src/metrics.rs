@@ -121,6 +121,14 @@ fn code_label(code: u16) -> &'static str {
     }
 }
 
+/// A labelled counter family: metric name, help text, label name, and where its counts live.
+type Labelled = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TurnMetrics) -> &Mutex<BTreeMap<&'static str, u64>>,
+);
+
 /// Render the sum of several cores' counters in Prometheus text format.
 pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String) {
     let sum = |f: &dyn Fn(&TurnMetrics) -> i64| cores.iter().map(|m| f(m)).sum::<i64>();
@@ -151,12 +159,7 @@ pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String
             let _ = writeln!(out, "{name}{{direction=\"{label}\"}} {v}");
         }
     }
-    let labelled: [(
-        &str,
-        &str,
-        &str,
-        fn(&TurnMetrics) -> &Mutex<BTreeMap<&'static str, u64>>,
-    ); 6] = [
+    let labelled: [Labelled; 6] = [
         (
             "firstcall_turn_requests_total",
             "STUN/TURN requests by method.",
