@@ -97,9 +97,11 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     // machine), so count once gathering is complete, not at "connected".
     await page.waitForFunction(() => window.call.timeline.some((e) => e.event === "gathering complete"));
     const gathered = await page.evaluate(() => window.call.candidates.local);
-    // On failure, the client's and the call's story and the configuration Chromium got.
+    // On failure, the client's and the call's story, the configuration Chromium got, and
+    // what the TURN server said to c-alice (a refused or unanswered allocation).
     const story = gathered.relay > 0 ? "" : await page.evaluate(() =>
-      [...window.client.timeline, ...window.call.timeline, { event: "config", detail: window.call.pc.getConfiguration() }].map((e) => `${e.event} ${JSON.stringify(e.detail ?? {})}`).join("\n"));
+      [...window.client.timeline, ...window.call.timeline, { event: "config", detail: window.call.pc.getConfiguration() }].map((e) => `${e.event} ${JSON.stringify(e.detail ?? {})}`).join("\n")) +
+      "\nserver, TURN lines for c-alice:\n" + server.log().split("\n").filter((l) => l.includes("c-alice") && /turn|alloc|auth|error/i.test(l)).slice(-40).join("\n");
     assert.ok(gathered.relay > 0, `relay candidates on the very first call: ${JSON.stringify(gathered)}\n${story}`);
     t.diagnostic(`cold start: ${JSON.stringify(s)}`);
     await ctx.close();

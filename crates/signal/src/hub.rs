@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tracing::Span;
 
@@ -170,7 +169,7 @@ struct Call {
     invited_at: Instant,
     /// Callee devices that were sent `call.incoming`, and whether they rang.
     devices: BTreeMap<DeviceId, bool>,
-    caller_signals: Vec<Box<RawValue>>,
+    caller_signals: Vec<Box<str>>,
     ever_online: bool,
     span: Span,
 }
@@ -352,12 +351,12 @@ impl<R: RngCore> Hub<R> {
         // The envelope straight from the text; anything unusual about it goes through a
         // `Value`, which tells "not JSON" from a missing or non-numeric field.
         // `signal`: a `call.signal`'s call and data, from the envelope's one parse.
-        let (typ, seq, ack, signal) = match serde_json::from_str::<Envelope>(text) {
-            Ok(e) => {
-                let signal = e.call.zip(e.data);
-                (e.typ.map_or(Cow::Borrowed(""), |t| t.0), e.seq, e.ack, signal)
+        let (typ, seq, ack, signal) = match Envelope::parse(text) {
+            Some(e) => {
+                let signal = e.call.zip(e.data).map(|(call, data)| (call, data, e.candidate));
+                (e.typ.unwrap_or(Cow::Borrowed("")), e.seq, e.ack, signal)
             }
-            Err(_) => {
+            None => {
                 let v: Value = match serde_json::from_str(text) {
                     Ok(v) => v,
                     Err(e) => {
@@ -458,10 +457,10 @@ impl<R: RngCore> Hub<R> {
         // `ClientFrame::parse`, which names the fault.
         let signal = signal
             .filter(|_| typ == "call.signal")
-            .and_then(|(call, data)| Some((json_string(call)?, data)))
-            .filter(|(call, _)| CallId::valid(call));
+            .and_then(|(call, data, cand)| Some((json_string(call)?, data, cand)))
+            .filter(|(call, _, _)| CallId::valid(call));
         let handled = match signal {
-            Some((call, data)) => self.handle_signal(key, &call, data),
+            Some((call, data, cand)) => self.handle_signal(key, &call, data, cand),
             _ => match ClientFrame::parse(typ, text) {
                 Ok(frame) => self.handle_call_frame(key, frame, now),
                 Err(e) => {
@@ -985,7 +984,7 @@ impl<R: RngCore> Hub<R> {
 
     fn handle_call_frame(&mut self, key: SessionKey, frame: ClientFrame, now: Instant) -> Result<(), Refusal> {
         if let ClientFrame::Signal { call, data } = &frame {
-            return self.handle_signal(key, call.as_str(), data);
+            return self.handle_signal(key, call.as_str(), data.get(), None);
         }
         let s = &self.sessions[&key];
         let me = (s.user.clone(), s.device.clone());
@@ -1105,7 +1104,16 @@ impl<R: RngCore> Hub<R> {
     /// `call.signal`: relay `data` to the other party, verbatim. Works on the frame's
     /// borrowed call id and data: a relayed frame allocates only its copy on the way
     /// out (and, while the call rings, the copy kept for devices that come later).
-    fn handle_signal(&mut self, key: SessionKey, call: &str, data: &RawValue) -> Result<(), Refusal> {
+    ///
+    /// `candidate`: the candidate string when the envelope's scan already found `data`
+    /// to be a trickled candidate (then `data` needs no second look).
+    fn handle_signal(
+        &mut self,
+        key: SessionKey,
+        call: &str,
+        data: &str,
+        candidate: Option<&str>,
+    ) -> Result<(), Refusal> {
         let Some(&ck) = self.call_ids.get(call) else {
             if self.ended.contains_key(call) {
                 // Late frames for a call that just ended are harmless: nothing to do.
@@ -1118,7 +1126,10 @@ impl<R: RngCore> Hub<R> {
         let is_caller = c.caller.0 == s.user && c.caller.1 == s.device;
         let is_callee_device = c.callee == s.user;
         let is_accepted = is_callee_device && c.accepted_device.as_ref() == Some(&s.device);
-        let kind = validate_signal(data).map_err(|m| refuse(ErrorCode::BadRequest, m))?;
+        let kind = match candidate {
+            Some(c) => SignalKind::Candidate(candidate_type(c)),
+            None => validate_signal(data).map_err(|m| refuse(ErrorCode::BadRequest, m))?,
+        };
         c.span
             .in_scope(|| tracing::debug!(from = %s.user, device = %s.device, kind = ?kind, "signal"));
         let ringing = c.state == CallState::Ringing;
@@ -1141,7 +1152,7 @@ impl<R: RngCore> Hub<R> {
         if is_caller && ringing {
             // Held with the invite for devices that come online later.
             let c = self.calls.get_mut(&ck).expect("looked up above");
-            c.caller_signals.push(data.to_owned());
+            c.caller_signals.push(data.into());
         }
         let mut targets = one.into_iter().chain(ringing_devices).peekable();
         while let Some(t) = targets.next() {
@@ -1290,7 +1301,7 @@ impl<R: RngCore> Hub<R> {
             "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
             "media": c.media, "sdp": c.offer,
         });
-        let held: Vec<Box<RawValue>> = c.caller_signals.clone();
+        let held: Vec<Box<str>> = c.caller_signals.clone();
         let (id, caller) = (c.id.clone(), c.caller.clone());
         c.span
             .in_scope(|| tracing::info!(%device, held = held.len(), "incoming delivered"));
@@ -1385,8 +1396,7 @@ pub fn error_value(code: ErrorCode, message: &str, reference: Option<u64>) -> Va
 /// written once per frame. serde would write the same (the field order is the
 /// protocol's); by hand it is a few copies, where serde cost a tenth of a relayed
 /// frame's instructions.
-fn signal_head(call: &CallId, from: &UserId, device: &DeviceId, data: &RawValue) -> String {
-    let data = data.get();
+fn signal_head(call: &CallId, from: &UserId, device: &DeviceId, data: &str) -> String {
     // 80 for the names, 48 for the seq and ack that `signal_text` adds.
     let mut h =
         String::with_capacity(128 + call.as_str().len() + from.as_str().len() + device.as_str().len() + data.len());
@@ -1421,8 +1431,7 @@ fn signal_text(head: String, seq: u64, ack: Option<u64>) -> String {
 ///
 /// The unescaped case by hand: `serde_json::from_str::<Text>` gives the same answer for
 /// ~180 more instructions per relayed frame (callgrind, 1.2% of the socket task's work).
-fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let r = raw.get();
+fn json_string(r: &str) -> Option<Cow<'_, str>> {
     match r.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
         // A raw value is whole JSON, so a string without a backslash ends at its only
         // other quote and holds no control characters.
@@ -1450,6 +1459,7 @@ fn error_json(code: ErrorCode, message: &str, reference: Option<u64>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     /// What serde wrote for a relayed signal before the frame was written by hand.
     fn serde_signal(
@@ -1495,7 +1505,7 @@ mod tests {
             UserId::parse("alice").unwrap(),
             DeviceId::parse("d1").unwrap(),
         );
-        let text = signal_text(signal_head(&call, &user, &dev, &data), 7, Some(3));
+        let text = signal_text(signal_head(&call, &user, &dev, data.get()), 7, Some(3));
         assert_eq!(
             text,
             r#"{"type":"call.signal","call":"c-1","from":"alice","from_device":"d1","data":{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 9 typ host","sdpMid":"0"}},"seq":7,"ack":3}"#
@@ -1509,7 +1519,7 @@ mod tests {
             );
             for (seq, ack) in [(1, None), (u64::MAX, Some(u64::MAX)), (10, Some(0))] {
                 assert_eq!(
-                    signal_text(signal_head(&call, &user, &dev, &data), seq, ack),
+                    signal_text(signal_head(&call, &user, &dev, data.get()), seq, ack),
                     serde_signal(&call, &user, &dev, &data, seq, ack),
                     "{c} {u} {d} {seq} {ack:?}"
                 );

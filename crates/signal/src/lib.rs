@@ -7,4 +7,5 @@
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod scan;
 pub mod ws;

@@ -6,7 +6,6 @@
 //! `data` is kept as the raw JSON the client sent: it is relayed, not interpreted,
 //! so it is validated in place and copied out verbatim.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -304,35 +303,17 @@ pub enum ClientFrame {
 
 /// The envelope of every client frame after `hello`: read first, borrowing from the
 /// text, to route the frame (or refuse it by its seq) before its body is parsed.
-/// Fails on anything unusual (not an object, a non-string type, a non-integer seq, a
-/// duplicate key); the hub then takes its slower path, which names the exact fault.
-#[derive(Debug, Deserialize)]
-pub struct Envelope<'a> {
-    /// `type`.
-    #[serde(rename = "type", borrow, default)]
-    pub typ: Option<Text<'a>>,
-    /// `seq`.
-    #[serde(default)]
-    pub seq: Option<u64>,
-    /// A cumulative acknowledgement riding on a sequenced frame (same meaning as an
-    /// `ack` frame's `seq`), which spares the peer a separate `ack` frame.
-    #[serde(default)]
-    pub ack: Option<u64>,
-    /// `call`, as it is in the text: with `data`, all a `call.signal` needs, so the
-    /// hot path of a call parses its frames once. Raw, so that the envelope accepts
-    /// whatever it accepted before it read `call` (a string that is not valid Unicode,
-    /// a number), and the frame's own parse still names the fault.
-    #[serde(borrow, default)]
-    pub call: Option<&'a RawValue>,
-    /// `data`, whatever it holds, as it is in the text.
-    #[serde(borrow, default)]
-    pub data: Option<&'a RawValue>,
-}
+pub use crate::scan::Envelope;
 
-/// A JSON string, borrowed from the text when it has no escapes. serde borrows a `Cow`
-/// only when it is a field's whole type; inside an `Option` it would always copy.
-#[derive(Debug, Deserialize)]
-pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+impl<'a> Envelope<'a> {
+    /// Read the envelope of `text`: the hand scanner for the usual shape, serde for the
+    /// rest. `None` on anything unusual (not an object, a non-string type, a
+    /// non-integer seq, a duplicate key); the hub then takes its slower path, which
+    /// names the exact fault.
+    pub fn parse(text: &'a str) -> Option<Envelope<'a>> {
+        crate::scan::envelope(text).or_else(|| crate::scan::serde_envelope(text))
+    }
+}
 
 impl ClientFrame {
     /// Parse a sequenced frame whose envelope says `typ`.
@@ -379,25 +360,17 @@ pub const CLIENT_TYPES: &[&str] = &[
 
 /// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.
 ///
-/// A trickled candidate (nearly every signal) is checked by a borrowed parse of just
-/// the fields that matter; anything else goes through a `Value`, which also gives the
-/// precise complaint.
-pub fn validate_signal(data: &RawValue) -> Result<SignalKind, &'static str> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CandidateOnly<'a> {
-        #[serde(borrow)]
-        candidate: Inner<'a>,
+/// `data` is the raw JSON as sent. A trickled candidate (nearly every signal) is checked
+/// by the hand scanner (or serde's borrowed parse of just the fields that matter);
+/// anything else goes through a `Value`, which also gives the precise complaint.
+pub fn validate_signal(data: &str) -> Result<SignalKind, &'static str> {
+    if let Some(c) = crate::scan::candidate(data) {
+        return Ok(SignalKind::Candidate(candidate_type(c)));
     }
-    #[derive(Deserialize)]
-    struct Inner<'a> {
-        #[serde(borrow)]
-        candidate: Cow<'a, str>,
+    if let Some(c) = crate::scan::serde_candidate(data) {
+        return Ok(SignalKind::Candidate(candidate_type(&c)));
     }
-    if let Ok(c) = serde_json::from_str::<CandidateOnly>(data.get()) {
-        return Ok(SignalKind::Candidate(candidate_type(&c.candidate.candidate)));
-    }
-    let v: Value = serde_json::from_str(data.get()).map_err(|_| "data must be JSON")?;
+    let v: Value = serde_json::from_str(data).map_err(|_| "data must be JSON")?;
     validate_signal_value(&v)
 }
 
@@ -498,20 +471,17 @@ mod tests {
         assert!(serde_json::from_value::<ClientFrame>(json!({"type":"call.invite","call":"c1"})).is_err());
     }
 
-    fn raw(v: Value) -> Box<RawValue> {
-        RawValue::from_string(v.to_string()).unwrap()
+    fn raw(v: Value) -> &'static str {
+        v.to_string().leak()
     }
 
     #[test]
     fn signal_frames_keep_their_data_verbatim() {
         let text = r#"{"type":"call.signal","seq":3,"call":"c1","data":{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","sdpMid":"0"}}}"#;
-        let env: Envelope = serde_json::from_str(text).unwrap();
-        assert_eq!(
-            (env.typ.as_ref().map(|t| t.0.as_ref()), env.seq),
-            (Some("call.signal"), Some(3))
-        );
+        let env = Envelope::parse(text).unwrap();
+        assert_eq!((env.typ.as_deref(), env.seq), (Some("call.signal"), Some(3)));
         assert!(
-            matches!(env.typ, Some(Text(Cow::Borrowed(_)))),
+            matches!(env.typ, Some(std::borrow::Cow::Borrowed(_))),
             "type is borrowed from the text"
         );
         let ClientFrame::Signal { call, data } = ClientFrame::parse("call.signal", text).unwrap() else {
@@ -522,7 +492,7 @@ mod tests {
             data.get(),
             r#"{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","sdpMid":"0"}}"#
         );
-        assert_eq!(validate_signal(&data), Ok(SignalKind::Candidate("host")));
+        assert_eq!(validate_signal(data.get()), Ok(SignalKind::Candidate("host")));
         // Odd envelopes are refused here, for the hub's precise slow path.
         for odd in [
             r#"{"type":1,"seq":1}"#,
@@ -530,7 +500,7 @@ mod tests {
             r#"[1]"#,
             r#"{"seq":1,"seq":2}"#,
         ] {
-            assert!(serde_json::from_str::<Envelope>(odd).is_err(), "{odd}");
+            assert!(Envelope::parse(odd).is_none(), "{odd}");
         }
     }
 
@@ -539,20 +509,20 @@ mod tests {
         let c = raw(
             json!({"candidate":{"candidate":"candidate:1 1 udp 2122260223 203.0.113.5 5000 typ srflx raddr 0.0.0.0 rport 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}}),
         );
-        assert_eq!(validate_signal(&c), Ok(SignalKind::Candidate("srflx")));
+        assert_eq!(validate_signal(c), Ok(SignalKind::Candidate("srflx")));
         // A candidate with a second key is not "exactly one".
-        assert!(validate_signal(&raw(json!({"candidate":{"candidate":"a"},"sdp":{}}))).is_err());
-        assert!(validate_signal(&raw(json!({"candidate":{"candidate":5}}))).is_err());
+        assert!(validate_signal(raw(json!({"candidate":{"candidate":"a"},"sdp":{}}))).is_err());
+        assert!(validate_signal(raw(json!({"candidate":{"candidate":5}}))).is_err());
         assert_eq!(
-            validate_signal(&raw(json!({"end_of_candidates":true}))),
+            validate_signal(raw(json!({"end_of_candidates":true}))),
             Ok(SignalKind::EndOfCandidates)
         );
         assert_eq!(
-            validate_signal(&raw(json!({"sdp":{"type":"offer","sdp":"v=0"}}))),
+            validate_signal(raw(json!({"sdp":{"type":"offer","sdp":"v=0"}}))),
             Ok(SignalKind::Sdp)
         );
-        assert!(validate_signal(&raw(json!({"sdp":{"type":"bogus","sdp":"v=0"}}))).is_err());
-        assert!(validate_signal(&raw(json!({"candidate":{}, "sdp":{}}))).is_err());
-        assert!(validate_signal(&raw(json!("x"))).is_err());
+        assert!(validate_signal(raw(json!({"sdp":{"type":"bogus","sdp":"v=0"}}))).is_err());
+        assert!(validate_signal(raw(json!({"candidate":{}, "sdp":{}}))).is_err());
+        assert!(validate_signal(raw(json!("x"))).is_err());
     }
 }
