@@ -41,23 +41,36 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback port for both UDP and TCP (probed, then released).
+/// The ports tests hand to servers lie below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, from 32768 by default): a port found free and
+/// released before the server binds it could meanwhile become some outgoing
+/// connection's source port ("Address already in use" at start-up, seen in CI), and
+/// ports below that range are only ever taken by explicit binds, which here all come
+/// from these two functions, apart per process.
+const LISTEN_PORTS: std::ops::Range<u16> = 10_000..22_000;
+const RELAY_PORTS: std::ops::Range<u16> = 22_000..32_000;
+
+/// A loopback port free for both UDP and TCP (probed, then released), outside the
+/// ephemeral range.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let t = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral TCP port");
-        let port = t.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = LISTEN_PORTS.end - LISTEN_PORTS.start;
+    let base = (std::process::id() % 16) as u16 * (span / 16);
+    for _ in 0..200 {
+        let port = LISTEN_PORTS.start + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no port free for both UDP and TCP after 100 tries");
+    panic!("no port free for both UDP and TCP after 200 tries");
 }
 
-/// A relay port range no other test in this process uses.
+/// A relay port range no other test in this process uses, outside the ephemeral range.
 pub fn relay_range(size: u16) -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 42000 + (std::process::id() % 40) as u16 * 500;
-    let start = base + NEXT.fetch_add(size, Ordering::Relaxed);
+    let per_process = (RELAY_PORTS.end - RELAY_PORTS.start) / 10;
+    let base = RELAY_PORTS.start + (std::process::id() % 10) as u16 * per_process;
+    let start = base + NEXT.fetch_add(size, Ordering::Relaxed) % (per_process - size + 1);
     (start, start + size - 1)
 }
 
