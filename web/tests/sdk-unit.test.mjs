@@ -299,6 +299,15 @@ test("refreshed ICE servers replace the warm peer connection; close() releases i
   assert.equal(pcs[2].signalingState, "closed");
 });
 
+test("a call placed before the welcome builds its own peer connection, not a pool taken in the same tick", () => {
+  const { c, pcs, sockets } = clientWorld();
+  c.call("bob");
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  assert.equal(pcs.filter((p) => p.config.iceCandidatePoolSize === 1).length, 0, "no pool while a call waits");
+  assert.equal(c.takeWarmPeer(c.rtcConfiguration()), null);
+});
+
 test("prewarm: false never builds a peer connection ahead of a call", () => {
   const { pcs, sockets } = clientWorld({ prewarm: false });
   sockets[0].open();

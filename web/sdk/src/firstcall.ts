@@ -534,7 +534,12 @@ export class Client extends Emitter {
       ice_servers: this.iceServers.length,
     });
     this.emit("ice-servers", this.iceServers);
-    this.prewarm();
+    // Pre-warming is for the next call. A call placed before the welcome (a cold start)
+    // builds its own peer connection now: a pool built in this tick and taken at once
+    // lost its relay candidates in Chromium (gathering completed with host candidates
+    // only, though the TURN server had granted the pool's allocations), which is the
+    // first-call failure this SDK exists to prevent.
+    if (!this.inCall()) this.prewarm();
     if (!w.resumed) {
       // Calls the server no longer has are over; those it still has carry on.
       const live = new Set((w.calls ?? []).map((c: Frame) => c.call));
