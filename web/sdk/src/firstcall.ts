@@ -8,7 +8,9 @@
 // - tears the socket down and resumes when the network changes or heartbeats stop;
 // - holds ICE servers from the welcome before the first call, and swaps in fresh ones;
 //   keeps one peer connection gathering (TURN allocations included) before each call so
-//   the call does not wait for them (`prewarm: false` turns this off);
+//   the call does not wait for them (`prewarm: false` turns this off); a call placed
+//   before the welcome builds its own, as a pool taken in the tick it was built lost its
+//   relay candidates in Chromium;
 // - trickles each candidate the moment it is found, buffers remote candidates until the
 //   remote description is set, and sends end-of-candidates;
 // - restarts ICE within the same call on `failed`, or on `disconnected` beyond a grace
