@@ -277,7 +277,21 @@ fn coturn_misconfigurations_each_fail_their_own_check() {
     // Relay ports blocked by a firewall.
     {
         let _s = start_coturn(&ns, &[]);
-        let block = ["-A", "INPUT", "-p", "udp", "--dport", "50000:50100", "-j", "DROP"];
+        // Relay to relay only (both ports in the range): a bare `--dport` rule also
+        // dropped coturn's answers to a doctor client whose ephemeral source port fell in
+        // 50000-50100, and the check then failed as "no response" instead.
+        let block = [
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--sport",
+            "50000:50100",
+            "--dport",
+            "50000:50100",
+            "-j",
+            "DROP",
+        ];
         assert!(ns.cmd("iptables").args(block).status().unwrap().success());
         let (code, checks) = doctor(
             &ns,
