@@ -195,6 +195,11 @@ pub struct Hub<R> {
     /// frame, which a map keyed by an owned `(UserId, DeviceId)` would make clone both.
     devices: HashMap<UserId, HashMap<DeviceId, SessionKey>>,
     calls: HashMap<CallKey, Call>,
+    /// The live calls each user is in, as caller or callee. An invite's checks (the
+    /// per-user limit, busy, glare), a new session's ringing calls and a session's end
+    /// look at one user's calls: walking every call made each of them cost as much as
+    /// the whole hub's load.
+    user_calls: HashMap<UserId, Vec<CallKey>>,
     call_ids: HashMap<CallId, CallKey>,
     /// Recently ended calls: a repeated invite with their id stays a no-op.
     ended: HashMap<CallId, Instant>,
@@ -246,6 +251,7 @@ impl<R: RngCore> Hub<R> {
             session_ids: HashMap::default(),
             devices: HashMap::default(),
             calls: HashMap::default(),
+            user_calls: HashMap::default(),
             call_ids: HashMap::default(),
             ended: HashMap::default(),
             attempts: HashMap::default(),
@@ -559,6 +565,52 @@ impl<R: RngCore> Hub<R> {
         self.timers.len()
     }
 
+    /// Live calls (ringing or answered).
+    #[doc(hidden)]
+    pub fn live_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether the lookup maps agree with what they index (`user_calls` with the calls,
+    /// `devices` with the sessions), found by walking everything; tests call it after
+    /// every step. The first disagreement, if any.
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        let mut want: HashMap<&UserId, Vec<CallKey>> = HashMap::default();
+        for c in self.calls.values() {
+            want.entry(&c.caller.0).or_default().push(c.key);
+            want.entry(&c.callee).or_default().push(c.key);
+        }
+        let mut have: HashMap<&UserId, Vec<CallKey>> = HashMap::default();
+        for (u, keys) in &self.user_calls {
+            if keys.is_empty() {
+                return Err(format!("user_calls keeps an empty list for {u}"));
+            }
+            have.insert(u, keys.clone());
+        }
+        for v in want.values_mut().chain(have.values_mut()) {
+            v.sort_unstable();
+        }
+        if want != have {
+            return Err(format!("user_calls {have:?}, calls say {want:?}"));
+        }
+        let mut want: HashMap<(&UserId, &DeviceId), SessionKey> = HashMap::default();
+        for (k, s) in &self.sessions {
+            if want.insert((&s.user, &s.device), *k).is_some() {
+                return Err(format!("two sessions for device {} of {}", s.device, s.user));
+            }
+        }
+        let have: HashMap<(&UserId, &DeviceId), SessionKey> = self
+            .devices
+            .iter()
+            .flat_map(|(u, d)| d.iter().map(move |(dev, k)| ((u, dev), *k)))
+            .collect();
+        if self.devices.values().any(|d| d.is_empty()) || want != have {
+            return Err(format!("devices {have:?}, sessions say {want:?}"));
+        }
+        Ok(())
+    }
+
     fn unix_now(&self, now: Instant) -> u64 {
         let (at, unix) = self.unix_anchor;
         if now >= at {
@@ -689,8 +741,7 @@ impl<R: RngCore> Hub<R> {
         tracing::debug!(session = %id, %user, device = %hello.device, "session created");
         // Calls waiting for this user ring on the new device right away.
         let waiting: Vec<CallKey> = self
-            .calls
-            .values()
+            .calls_of(&user)
             .filter(|c| c.callee == user && c.state == CallState::Ringing)
             .map(|c| c.key)
             .collect();
@@ -729,11 +780,7 @@ impl<R: RngCore> Hub<R> {
     }
 
     fn snapshot(&self, user: &UserId, device: &DeviceId) -> Vec<Value> {
-        let mut v: Vec<&Call> = self
-            .calls
-            .values()
-            .filter(|c| &c.caller.0 == user || &c.callee == user)
-            .collect();
+        let mut v: Vec<&Call> = self.calls_of(user).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.into_iter()
             .map(|c| {
@@ -914,6 +961,13 @@ impl<R: RngCore> Hub<R> {
         self.push(key, frame)
     }
 
+    /// The live calls `user` is in, oldest first.
+    fn calls_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Call> + 'a {
+        let keys = self.user_calls.get(user).map_or(&[][..], |k| &k[..]);
+        // Every key in `user_calls` is a live call: `end_call` removes both together.
+        keys.iter().filter_map(|k| self.calls.get(k))
+    }
+
     /// The session a device has now, if any.
     fn device_session(&self, user: &UserId, device: &DeviceId) -> Option<SessionKey> {
         self.devices.get(user)?.get(device).copied()
@@ -971,8 +1025,7 @@ impl<R: RngCore> Hub<R> {
         }
         let me = (s.user.clone(), s.device.clone());
         let gone: Vec<CallKey> = self
-            .calls
-            .values()
+            .calls_of(&me.0)
             .filter(|c| c.caller == me || (c.callee == me.0 && c.accepted_device.as_ref() == Some(&me.1)))
             .map(|c| c.key)
             .collect();
@@ -1194,11 +1247,7 @@ impl<R: RngCore> Hub<R> {
         if to == me.0 {
             return Err(refuse(ErrorCode::BadRequest, "cannot call yourself"));
         }
-        let live = self
-            .calls
-            .values()
-            .filter(|c| c.caller.0 == me.0 || c.callee == me.0)
-            .count();
+        let live = self.calls_of(&me.0).count();
         if live >= self.config.max_calls_per_user {
             return Err(refuse(
                 ErrorCode::RateLimited,
@@ -1212,10 +1261,7 @@ impl<R: RngCore> Hub<R> {
         self.attempts.insert(pair, (now, retried));
         self.metrics.count("invites", "total");
 
-        let busy = self
-            .calls
-            .values()
-            .any(|c| c.state != CallState::Ringing && (c.callee == to || c.caller.0 == to));
+        let busy = self.calls_of(&to).any(|c| c.state != CallState::Ringing);
         if busy {
             span.in_scope(|| tracing::info!("callee busy"));
             self.ended.insert(id.clone(), now);
@@ -1228,8 +1274,7 @@ impl<R: RngCore> Hub<R> {
         }
         // Glare: crossing invites between the same two users; the lower call id wins.
         let crossing = self
-            .calls
-            .values()
+            .calls_of(&to)
             .find(|c| c.state == CallState::Ringing && c.caller.0 == to && c.callee == me.0)
             .map(|c| (c.key, c.id.clone()));
         if let Some((other, other_id)) = crossing {
@@ -1249,11 +1294,10 @@ impl<R: RngCore> Hub<R> {
         let ck = self.key();
         // Session keys grow with time: oldest device first, deterministically.
         let mut targets: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.user == to)
-            .map(|(k, _)| *k)
-            .collect();
+            .devices
+            .get(&to)
+            .map(|d| d.values().copied().collect())
+            .unwrap_or_default();
         targets.sort_unstable();
         let online = targets.iter().any(|k| self.sessions[k].conn.is_some());
         self.calls.insert(
@@ -1275,6 +1319,9 @@ impl<R: RngCore> Hub<R> {
             },
         );
         self.call_ids.insert(id.clone(), ck);
+        // Never the same user twice: calling yourself was refused above.
+        self.user_calls.entry(me.0.clone()).or_default().push(ck);
+        self.user_calls.entry(to.clone()).or_default().push(ck);
         self.timers.insert((now + self.config.ring_timeout, Timer::Ring(ck)));
         for t in targets {
             self.deliver_incoming(ck, t, now);
@@ -1327,6 +1374,14 @@ impl<R: RngCore> Hub<R> {
     ) {
         let Some(c) = self.calls.remove(&ck) else { return };
         self.call_ids.remove(&c.id);
+        for user in [&c.caller.0, &c.callee] {
+            if let Some(keys) = self.user_calls.get_mut(user) {
+                keys.retain(|k| *k != ck);
+                if keys.is_empty() {
+                    self.user_calls.remove(user);
+                }
+            }
+        }
         self.ended.insert(c.id.clone(), now);
         self.metrics.count("calls_ended", reason.as_str());
         if reason != EndReason::Hangup || c.state != CallState::Connected {

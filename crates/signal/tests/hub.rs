@@ -170,8 +170,16 @@ impl World {
         self.pump_except(None)
     }
 
-    /// Deliver outputs; frames for `lost` vanish (that socket is dying).
+    /// Deliver outputs; frames for `lost` vanish (that socket is dying). Every step of
+    /// every test ends here, so every step also checks the hub's lookup maps.
     fn pump_except(&mut self, lost: Option<ConnId>) {
+        self.deliver(lost);
+        if let Err(e) = self.hub.check_indexes() {
+            panic!("hub indexes disagree with what they index: {e}");
+        }
+    }
+
+    fn deliver(&mut self, lost: Option<ConnId>) {
         while let Some(o) = self.hub.poll_output() {
             match o {
                 Output::Webhook { body } => self.webhooks.push(body),
@@ -829,6 +837,57 @@ proptest::proptest! {
         proptest::prop_assert_eq!(at_a, (1..=sent_b).map(|n| cand(1000 + n)).collect::<Vec<_>>());
         proptest::prop_assert!(w.clients.iter().all(|c| c.unacked.is_empty()), "every client frame acknowledged");
         let _ = HashMap::<u8, u8>::new();
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// Three users on four devices invite, answer, refuse, hang up, lose sockets, start
+    /// new sessions and let sessions expire, in any order. After every step the hub's
+    /// per-user call lists and per-device sessions agree with the calls and sessions
+    /// they index (checked in `pump`), and once every party has ended what it was in,
+    /// no call is left in the hub.
+    #[test]
+    fn per_user_indexes_follow_calls_and_sessions(ops in proptest::collection::vec((0u8..10, 0usize..4, 0usize..3, 0usize..4), 1..120)) {
+        let mut w = World::new(HubConfig::default());
+        let users = ["alice", "bob", "carol"];
+        let cl = [w.add("alice", "a"), w.add("bob", "b1"), w.add("bob", "b2"), w.add("carol", "c")];
+        for i in cl {
+            w.connect(i);
+        }
+        let ttl = HubConfig::default().session_ttl;
+        for (op, who, user, call) in ops {
+            let (i, id) = (cl[who], format!("k{call}"));
+            match op {
+                0 | 1 => { w.send(i, invite(&id, users[user])); }
+                2 => { w.send(i, json!({"type": "call.accept", "call": id, "sdp": "v=0 answer"})); }
+                3 => { w.send(i, json!({"type": "call.reject", "call": id})); }
+                4 => { w.send(i, json!({"type": "call.cancel", "call": id})); }
+                5 => { w.send(i, json!({"type": "call.hangup", "call": id})); }
+                6 => w.drop_conn(i),
+                7 => if w.clients[i].conn.is_none() { w.connect(i) },
+                // The app restarts: a new session for the same device.
+                8 => {
+                    w.drop_conn(i);
+                    w.clients[i].session = None;
+                    w.connect(i);
+                }
+                _ => w.advance(if call == 0 { ttl + Duration::from_secs(1) } else { Duration::from_secs(5) }),
+            }
+        }
+        // Everyone ends everything: no call is left for anyone to end, and none lingers.
+        for i in cl {
+            if w.clients[i].conn.is_none() {
+                w.connect(i);
+            }
+            for k in 0..4 {
+                for t in ["call.cancel", "call.reject", "call.hangup"] {
+                    w.send(i, json!({"type": t, "call": format!("k{k}")}));
+                }
+            }
+        }
+        w.advance(Duration::from_secs(1));
+        proptest::prop_assert_eq!(w.hub.live_calls(), 0);
     }
 }
 
