@@ -236,7 +236,7 @@ test("a send that throws keeps the frame and resumes", () => {
 
 // Pre-warming: the Client keeps one peer connection gathering (TURN allocations included)
 // before any call, so the first call does not wait two round trips per TURN server.
-import { createClient } from "../sdk/dist/firstcall.js";
+import { createClient, restartDecision } from "../sdk/dist/firstcall.js";
 
 function clientWorld(options = {}) {
   const w = world();
@@ -299,7 +299,7 @@ test("refreshed ICE servers replace the warm peer connection; close() releases i
   assert.equal(pcs[2].signalingState, "closed");
 });
 
-test("a call placed before the welcome builds its own peer connection, not a pool taken in the same tick", () => {
+test("a call placed before the welcome builds its own peer connection, no pool", () => {
   const { c, pcs, sockets } = clientWorld();
   c.call("bob");
   sockets[0].open();
@@ -313,4 +313,18 @@ test("prewarm: false never builds a peer connection ahead of a call", () => {
   sockets[0].open();
   sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
   assert.equal(pcs.length, 0);
+});
+
+// Chromium reports ICE `failed` as soon as every pair it has so far failed, while
+// candidates may still be coming (a TURN server's 403 to a private host candidate fails
+// that pair at once). A restart then would discard the gathering and race the trickle.
+test("ICE failure restarts only once neither side can bring a candidate, one restart at a time", () => {
+  const d = (inFlight, localGatheringDone, remoteGatheringDone) => restartDecision({ inFlight, localGatheringDone, remoteGatheringDone });
+  assert.equal(d(false, true, true), "restart", "everything gathered and still failed: restart now");
+  assert.equal(d(false, false, true), "wait", "local candidates still coming");
+  assert.equal(d(false, true, false), "wait", "remote candidates still coming");
+  assert.equal(d(false, false, false), "wait");
+  for (const [l, r] of [[true, true], [false, false], [true, false]]) {
+    assert.equal(d(true, l, r), "after-answer", "never a second restart while one awaits its answer");
+  }
 });

@@ -194,7 +194,12 @@ export declare class Call extends Emitter {
     private readonly t0;
     private connectTimer;
     private disconnectTimer;
+    private failedTimer;
     private restarts;
+    /** The remote side sent end-of-candidates for the current ICE generation. */
+    private remoteGatheringDone;
+    /** Our ICE-restart offer is out and its answer not yet applied. */
+    private restartInFlight;
     constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media);
     /** Answer an incoming call. */
     accept(): Promise<void>;
@@ -215,12 +220,36 @@ export declare class Call extends Emitter {
     private armConnectTimeout;
     private setupPeer;
     private onIceState;
+    /**
+     * ICE (or the connection) reports `failed`. Chromium says so whenever every pair it has
+     * *so far* failed, even while candidates are still coming: a TURN server refusing a
+     * permission to a private host candidate (403, as it should) fails that pair at once,
+     * and a relay-only caller whose first remote candidate is such a host sees `failed`
+     * within milliseconds of checking. Restarting then throws away the gathering under way
+     * and races the trickle (restart offers crossing answers). So a restart waits until
+     * both sides have gathered everything, or until the grace period ends still failed;
+     * and there is never more than one restart in flight.
+     */
+    private onFailed;
+    private stillFailed;
+    /** Something that can end a wait for a restart happened: decide again. */
+    private recheckFailed;
     private restartIce;
     private onSignal;
     private remoteDescriptionSet;
     private connecting;
     private onConnected;
 }
+/**
+ * @internal What to do when ICE reports `failed` (see `Call.onFailed`): restart now only
+ * when no restart is in flight and neither side can still bring a candidate; otherwise
+ * wait for the restart's answer, or for gathering to end (bounded by the grace period).
+ */
+export declare function restartDecision(s: {
+    inFlight: boolean;
+    localGatheringDone: boolean;
+    remoteGatheringDone: boolean;
+}): "restart" | "after-answer" | "wait";
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client
  * then holds ICE servers); keeps reconnecting on its own afterwards.

@@ -9,12 +9,14 @@
 // - holds ICE servers from the welcome before the first call, and swaps in fresh ones;
 //   keeps one peer connection gathering (TURN allocations included) before each call so
 //   the call does not wait for them (`prewarm: false` turns this off); a call placed
-//   before the welcome builds its own, as a pool taken in the tick it was built lost its
-//   relay candidates in Chromium;
+//   before the welcome builds its own at once (a pool built in the same tick would have
+//   gathered nothing for it);
 // - trickles each candidate the moment it is found, buffers remote candidates until the
 //   remote description is set, and sends end-of-candidates;
-// - restarts ICE within the same call on `failed`, or on `disconnected` beyond a grace
-//   period; a call that cannot connect in 45 s hangs up with `ice_failed`;
+// - restarts ICE within the same call on `failed` once neither side can still bring a
+//   candidate (Chromium reports `failed` early, e.g. when a TURN server rightly refuses a
+//   permission to a private host candidate), or on `disconnected` beyond a grace period,
+//   one restart at a time; a call that cannot connect in 45 s hangs up with `ice_failed`;
 // - reports `call.connected` with the selected pair's types and the time it took;
 // - keeps a timeline of everything that happened, per call, including every STUN/TURN
 //   server that could not be reached or refused (`candidate error`).
@@ -471,10 +473,8 @@ export class Client extends Emitter {
         });
         this.emit("ice-servers", this.iceServers);
         // Pre-warming is for the next call. A call placed before the welcome (a cold start)
-        // builds its own peer connection now: a pool built in this tick and taken at once
-        // lost its relay candidates in Chromium (gathering completed with host candidates
-        // only, though the TURN server had granted the pool's allocations), which is the
-        // first-call failure this SDK exists to prevent.
+        // builds its own peer connection now: a pool built in this same tick would have
+        // gathered nothing yet, so it would save that call nothing.
         if (!this.inCall())
             this.prewarm();
         if (!w.resumed) {
@@ -545,7 +545,12 @@ export class Call extends Emitter {
         this.remoteSet = false;
         this.connectTimer = null;
         this.disconnectTimer = null;
+        this.failedTimer = null;
         this.restarts = 0;
+        /** The remote side sent end-of-candidates for the current ICE generation. */
+        this.remoteGatheringDone = false;
+        /** Our ICE-restart offer is out and its answer not yet applied. */
+        this.restartInFlight = false;
         this.connecting = false;
         this.t0 = client.env.now();
     }
@@ -666,6 +671,7 @@ export class Call extends Emitter {
         this.mark("ended", { reason, why });
         this.client.env.clearTimeout(this.connectTimer);
         this.client.env.clearTimeout(this.disconnectTimer);
+        this.client.env.clearTimeout(this.failedTimer);
         try {
             this.pc?.close();
         }
@@ -713,6 +719,7 @@ export class Call extends Emitter {
             else if (!ev.candidate) {
                 this.client.send({ type: "call.signal", call: this.id, data: { end_of_candidates: true } });
                 this.mark("gathering complete", { ...this.candidates.local });
+                this.recheckFailed("local gathering complete");
             }
         };
         // A TURN or STUN server that cannot be reached or refuses us shows here, and only here:
@@ -731,7 +738,7 @@ export class Call extends Emitter {
             if (pc.connectionState === "connected")
                 void this.onConnected();
             if (pc.connectionState === "failed")
-                this.restartIce("connection failed");
+                this.onFailed("connection failed");
         };
     }
     onIceState(s) {
@@ -743,7 +750,7 @@ export class Call extends Emitter {
             this.mark(`ice ${s}`);
         const env = this.client.env;
         if (s === "failed")
-            this.restartIce("ice failed");
+            this.onFailed("ice failed");
         else if (s === "disconnected") {
             env.clearTimeout(this.disconnectTimer);
             this.disconnectTimer = env.setTimeout(() => {
@@ -751,14 +758,64 @@ export class Call extends Emitter {
                     this.restartIce("disconnected beyond grace");
             }, this.client.options.iceRestartGraceMs ?? 3000);
         }
-        else if (s === "connected" || s === "completed")
+        else if (s === "connected" || s === "completed") {
             env.clearTimeout(this.disconnectTimer);
+            env.clearTimeout(this.failedTimer);
+            this.failedTimer = null;
+        }
+    }
+    /**
+     * ICE (or the connection) reports `failed`. Chromium says so whenever every pair it has
+     * *so far* failed, even while candidates are still coming: a TURN server refusing a
+     * permission to a private host candidate (403, as it should) fails that pair at once,
+     * and a relay-only caller whose first remote candidate is such a host sees `failed`
+     * within milliseconds of checking. Restarting then throws away the gathering under way
+     * and races the trickle (restart offers crossing answers). So a restart waits until
+     * both sides have gathered everything, or until the grace period ends still failed;
+     * and there is never more than one restart in flight.
+     */
+    onFailed(why) {
+        const pc = this.pc;
+        if (!pc || this.state === "ended" || this.direction !== "outgoing")
+            return;
+        const decision = restartDecision({
+            inFlight: this.restartInFlight,
+            localGatheringDone: pc.iceGatheringState === "complete",
+            remoteGatheringDone: this.remoteGatheringDone,
+        });
+        if (decision === "restart")
+            return this.restartIce(why);
+        if (decision === "after-answer")
+            return this.mark("ice restart deferred", { why, until: "restart answer" });
+        if (this.failedTimer)
+            return;
+        this.mark("ice failed while gathering", { why, local: pc.iceGatheringState, remote: this.remoteGatheringDone ? "complete" : "gathering" });
+        const env = this.client.env;
+        this.failedTimer = env.setTimeout(() => {
+            this.failedTimer = null;
+            if (this.stillFailed())
+                this.restartIce(`${why}, still failed after the grace period`);
+        }, this.client.options.iceRestartGraceMs ?? 3000);
+    }
+    stillFailed() {
+        const pc = this.pc;
+        return !!pc && (pc.connectionState === "failed" || pc.iceConnectionState === "failed");
+    }
+    /** Something that can end a wait for a restart happened: decide again. */
+    recheckFailed(what) {
+        if (this.stillFailed())
+            this.onFailed(`failed at ${what}`);
     }
     restartIce(why) {
         // The caller drives restarts, so both sides never offer at once.
-        if (!this.pc || this.state === "ended" || this.direction !== "outgoing" || this.restarts >= 3)
+        if (!this.pc || this.state === "ended" || this.direction !== "outgoing" || this.restarts >= 3 || this.restartInFlight)
             return;
+        this.client.env.clearTimeout(this.failedTimer);
+        this.failedTimer = null;
         this.restarts++;
+        this.restartInFlight = true;
+        // The remote's end-of-candidates so far was for the generation being replaced.
+        this.remoteGatheringDone = false;
         this.mark("ice restart", { why, attempt: this.restarts });
         const pc = this.pc;
         void (async () => {
@@ -768,6 +825,7 @@ export class Call extends Emitter {
                 this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription.sdp } } });
             }
             catch (e) {
+                this.restartInFlight = false;
                 this.mark("ice restart failed", { error: String(e) });
             }
         })();
@@ -788,13 +846,21 @@ export class Call extends Emitter {
             await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
         }
         else if (data.end_of_candidates) {
+            this.remoteGatheringDone = true;
             this.mark("remote gathering complete", { ...this.candidates.remote });
+            this.recheckFailed("remote gathering complete");
         }
         else if (data.sdp && this.pc) {
             const pc = this.pc;
             try {
                 await pc.setRemoteDescription(data.sdp);
+                if (data.sdp.type === "answer" && this.restartInFlight) {
+                    this.restartInFlight = false;
+                    this.mark("ice restart answered");
+                    this.recheckFailed("restart answer");
+                }
                 if (data.sdp.type === "offer") {
+                    this.remoteGatheringDone = false;
                     const answer = await pc.createAnswer();
                     await pc.setLocalDescription(answer);
                     this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "answer", sdp: pc.localDescription.sdp } } });
@@ -802,6 +868,9 @@ export class Call extends Emitter {
                 }
             }
             catch (e) {
+                // A restart whose answer cannot be applied is over: the next failure may restart.
+                if (data.sdp.type === "answer")
+                    this.restartInFlight = false;
                 this.mark("renegotiation failed", { error: String(e) });
             }
         }
@@ -831,6 +900,16 @@ export class Call extends Emitter {
         this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
         this.emit("connected", { ms: this.connectMs, ...pair });
     }
+}
+/**
+ * @internal What to do when ICE reports `failed` (see `Call.onFailed`): restart now only
+ * when no restart is in flight and neither side can still bring a candidate; otherwise
+ * wait for the restart's answer, or for gathering to end (bounded by the grace period).
+ */
+export function restartDecision(s) {
+    if (s.inFlight)
+        return "after-answer";
+    return s.localGatheringDone && s.remoteGatheringDone ? "restart" : "wait";
 }
 function candidateType(line) {
     const m = / typ (\w+)/.exec(line);
