@@ -207,6 +207,8 @@ export declare class Call extends Emitter {
     reject(): void;
     /** End the call (cancel, reject or hang up, as fits its state). */
     hangup(reason?: "user" | "ice_failed" | "media_failed"): void;
+    /** @internal Live, and its peer connection not built yet. */
+    get awaitingPeer(): boolean;
     /** @internal */
     start(): Promise<void>;
     /** @internal */
