@@ -128,6 +128,55 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     await b.close();
   });
 
+  test("the direct path breaks mid-call: the call carries on over the relay", async (t) => {
+    const { a, b } = await pair("m-alice", "m-bob");
+    await a.page.evaluate(() => (window.call = window.client.call("m-bob", { video: true })));
+    await assertFirstAttempt(a, b, "before the break");
+    // Drop every packet between the two pages' own ports, UDP and TCP (ICE-TCP host pairs
+    // too); what stays is each page's traffic with the server: TURN (3478, 5349), the
+    // relay ports and signaling (8080).
+    const keep = { udp: "3478,50000:50199", tcp: "3478,5349,8080" };
+    const rules = Object.entries(keep).map(([proto, ports]) =>
+      ["-p", proto, "-m", "multiport", "!", "--dports", ports, "-m", "multiport", "!", "--sports", ports, "-j", "DROP"]);
+    for (const r of rules) execFileSync("ip", ["netns", "exec", ns.name, "iptables", "-I", "INPUT", ...r]);
+    const t0 = Date.now();
+    try {
+      const r = await a.page.evaluate(async () => {
+        const stats = async () => {
+          const st = await window.call.pc.getStats();
+          let frames = 0, pair;
+          st.forEach((s) => {
+            if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
+            if (s.type === "transport" && s.selectedCandidatePairId) pair = st.get(s.selectedCandidatePairId);
+          });
+          const type = (id) => st.get(id)?.candidateType;
+          return { frames, local: pair && type(pair.localCandidateId), remote: pair && type(pair.remoteCandidateId) };
+        };
+        const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+        const deadline = Date.now() + 40000;
+        let s = await stats();
+        while (s.local !== "relay" && s.remote !== "relay") {
+          if (Date.now() > deadline || window.call.state === "ended") throw new Error(`no relay pair: ${JSON.stringify(s)}\n${window.call.timeline.map((e) => e.event).join("\n")}`);
+          await sleep(200);
+          s = await stats();
+        }
+        const onRelay = s.frames;
+        // Video keeps decoding over the relay (15 frames: half a second at 30 fps).
+        while ((s = await stats()).frames < onRelay + 15) {
+          if (Date.now() > deadline) throw new Error(`relay pair but no video: ${JSON.stringify(s)}`);
+          await sleep(200);
+        }
+        return { ...s, state: window.call.state, restarts: window.call.timeline.filter((e) => e.event === "ice restart").length };
+      });
+      assert.equal(r.state, "connected");
+      t.diagnostic(`path break: on the relay after ${Date.now() - t0} ms: ${JSON.stringify(r)}`);
+    } finally {
+      for (const r of rules) execFileSync("ip", ["netns", "exec", ns.name, "iptables", "-D", "INPUT", ...r]);
+    }
+    await a.close();
+    await b.close();
+  });
+
   test("callee offline at invite time, online 5 s later", async (t) => {
     const a = await openClient(browser, server.origin, "o-alice");
     // The ring timeout is 4 s on this server: re-invite would be a second attempt, so
