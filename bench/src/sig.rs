@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use firstcall_server::tcp::{read_once, write_front};
+use firstcall_server::tcp::{filled, read_once, write_front};
 use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,11 +123,8 @@ fn read_stamped<'b>(sock: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> std::io
         }
         Ok((n as usize, lag))
     })?;
-    // SAFETY: `recvmsg` wrote the first `n` bytes of `buf`, and `n <= buf.len()`.
-    Ok((
-        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), n) },
-        lag,
-    ))
+    // SAFETY: `recvmsg` returned `n`, the count of bytes it wrote at the front of `buf`.
+    Ok((unsafe { filled(buf, n) }, lag))
 }
 
 /// One open session, driven: its link and the id peers address it by.

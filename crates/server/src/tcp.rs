@@ -16,8 +16,22 @@ use tokio::net::TcpStream;
 pub fn read_some<'b>(sock: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
     let len = buf.len();
     let (n, ()) = read_once(sock, len, || Ok((socket2::SockRef::from(sock).recv(buf)?, ())))?;
-    // SAFETY: `recv` wrote the first `n` bytes of `buf`, and `n <= buf.len()`.
-    Ok(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), n) })
+    // SAFETY: `recv` returned `n`, the count of bytes it wrote at the front of `buf`.
+    Ok(unsafe { filled(buf, n) })
+}
+
+/// The first `n` bytes of `buf`, which a read has just written there.
+///
+/// # Safety
+///
+/// The first `n` elements of `buf` must be initialised: pass what `recv`/`recvmsg` (or
+/// any read into `buf`) returned as the count of bytes written. An `n` beyond
+/// `buf.len()` panics rather than reading out of bounds; a kernel never returns one.
+pub unsafe fn filled(buf: &mut [MaybeUninit<u8>], n: usize) -> &mut [u8] {
+    let head = &mut buf[..n];
+    // SAFETY: the caller vouches that `head` is initialised, and `MaybeUninit<u8>` has the
+    // layout of `u8`.
+    unsafe { &mut *(head as *mut [MaybeUninit<u8>] as *mut [u8]) }
 }
 
 /// Run `raw`, one read of at most `len` bytes from `sock` that says how many it got
@@ -69,6 +83,19 @@ pub fn write_front(sock: &TcpStream, bytes: &mut Vec<u8>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filled_is_the_written_prefix_and_refuses_a_count_past_the_end() {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 8];
+        for (i, b) in buf.iter_mut().take(3).enumerate() {
+            b.write(i as u8 + 1);
+        }
+        // SAFETY: the first 3 bytes were written just above.
+        assert_eq!(unsafe { filled(&mut buf, 3) }, &[1, 2, 3]);
+        // SAFETY: nothing is read: the count is refused first.
+        let past = std::panic::catch_unwind(move || unsafe { filled(&mut buf, 9).len() });
+        assert!(past.is_err(), "a count past the buffer panics, never reads beyond it");
+    }
     use tokio::io::AsyncWriteExt;
 
     /// A short read hands back exactly the bytes sent and clears readiness, so the next
