@@ -129,8 +129,8 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
   });
 
   test("the direct path breaks mid-call: the call carries on over the relay", async (t) => {
-    const { a, b } = await pair("m-alice", "m-bob");
-    await a.page.evaluate(() => (window.call = window.client.call("m-bob", { video: true })));
+    const { a, b } = await pair("pb-alice", "pb-bob");
+    await a.page.evaluate(() => (window.call = window.client.call("pb-bob", { video: true })));
     await assertFirstAttempt(a, b, "before the break");
     // Drop every packet between the two pages' own ports, UDP and TCP (ICE-TCP host pairs
     // too); what stays is each page's traffic with the server: TURN (3478, 5349), the
@@ -173,6 +173,8 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     } finally {
       for (const r of rules) execFileSync("ip", ["netns", "exec", ns.name, "iptables", "-D", "INPUT", ...r]);
     }
+    // Ended, not left to the session TTL: later tests call other users on this server.
+    await a.page.evaluate(() => window.call.hangup());
     await a.close();
     await b.close();
   });

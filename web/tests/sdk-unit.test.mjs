@@ -331,3 +331,173 @@ test("ICE failure restarts only once neither side can bring a candidate, one res
     assert.equal(d(true, l, r), "after-answer", "never a second restart while one awaits its answer");
   }
 });
+
+// The caller's ICE restarts, driven through a Call with a fake peer connection whose ICE
+// states the test sets, and a fake clock.
+class RtcPC {
+  constructor(config) {
+    this.config = config;
+    this.signalingState = "stable";
+    this.iceGatheringState = "new";
+    this.iceConnectionState = "new";
+    this.connectionState = "new";
+    this.localDescription = null;
+    this.log = [];
+  }
+  addTrack() {}
+  async createOffer(o) {
+    this.log.push(o?.iceRestart ? "restart offer" : "offer");
+    return { type: "offer", sdp: "v=0 offer" };
+  }
+  async setLocalDescription(d) {
+    this.log.push(`local ${d.type}`);
+    if (d.type === "rollback") {
+      if (this.signalingState !== "have-local-offer") throw new Error("nothing to roll back");
+      this.signalingState = "stable";
+      return;
+    }
+    this.localDescription = d;
+    this.signalingState = d.type === "offer" ? "have-local-offer" : "stable";
+  }
+  async setRemoteDescription(d) {
+    if (d.type === "answer" && this.signalingState !== "have-local-offer") throw new Error("answer in state " + this.signalingState);
+    this.log.push(`remote ${d.type}`);
+    this.signalingState = d.type === "offer" ? "have-remote-offer" : "stable";
+  }
+  async addIceCandidate() {}
+  async getStats() {
+    return new Map();
+  }
+  close() {
+    this.signalingState = "closed";
+  }
+  // test helpers
+  ice(s) {
+    this.iceConnectionState = s;
+    this.oniceconnectionstatechange?.();
+  }
+  conn(s) {
+    this.connectionState = s;
+    this.onconnectionstatechange?.();
+  }
+  gathered() {
+    this.iceGatheringState = "complete";
+    this.onicecandidate?.({ candidate: null });
+  }
+}
+
+const settle = async () => {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+};
+
+async function callingWorld() {
+  const w = world();
+  const pcs = [];
+  const sockets = [];
+  class WS extends w.s.env.WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  class PC extends RtcPC {
+    constructor(config) {
+      super(config);
+      pcs.push(this);
+    }
+  }
+  const env = { ...w.s.env, WebSocket: WS, RTCPeerConnection: PC, getUserMedia: async () => ({ getTracks: () => [] }) };
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env, prewarm: false, iceRestartGraceMs: 1000 });
+  const ws = sockets[0];
+  ws.open();
+  // Heartbeats far apart: the fake clock runs seconds on with no server frames.
+  ws.deliver(welcomeFrame({ ice_servers: turn("p1"), heartbeat_ms: 600000 }));
+  const call = c.call("bob");
+  await settle();
+  let seq = 0;
+  const from = (f) => ws.deliver({ ...f, call: call.id, seq: ++seq });
+  from({ type: "call.accepted", device: "b1", sdp: "v=0 answer" });
+  await settle();
+  const pc = pcs.at(-1);
+  const offers = () => ws.sent.filter((f) => f.type === "call.signal" && f.data.sdp?.type === "offer").length;
+  const signal = async (data) => {
+    from({ type: "call.signal", from: "bob", from_device: "b1", data });
+    await settle();
+  };
+  const events = () => call.timeline.map((e) => e.event);
+  return { c, call, pc, ws, clock: w.clock, offers, signal, events };
+}
+
+test("ICE failure while the callee is still gathering waits; it restarts once both sides are done", async () => {
+  const { pc, offers, signal, events } = await callingWorld();
+  assert.equal(pc.signalingState, "stable", "the answer was applied");
+  pc.ice("checking");
+  pc.conn("failed");
+  pc.ice("failed");
+  await settle();
+  assert.equal(offers(), 0, "no restart while candidates may still come");
+  assert.ok(events().includes("ice failed while gathering"));
+  pc.gathered();
+  await settle();
+  assert.equal(offers(), 0, "the callee has not finished");
+  await signal({ end_of_candidates: true });
+  assert.equal(offers(), 1, "both sides done and still failed: restart");
+  assert.deepEqual(pc.log.slice(-2), ["restart offer", "local offer"]);
+});
+
+test("the grace period ends a wait for gathering that never finishes", async () => {
+  const { pc, clock, offers } = await callingWorld();
+  pc.conn("failed");
+  clock.advance(999);
+  await settle();
+  assert.equal(offers(), 0);
+  clock.advance(1);
+  await settle();
+  assert.equal(offers(), 1);
+});
+
+test("one restart at a time; the old generation's end-of-candidates does not count; an unanswered restart is rolled back", async () => {
+  const { pc, clock, offers, signal, events } = await callingWorld();
+  pc.gathered();
+  await signal({ end_of_candidates: true });
+  pc.conn("failed");
+  await settle();
+  assert.equal(offers(), 1);
+  pc.conn("failed"); // again, while the restart waits for its answer
+  pc.ice("failed");
+  await settle();
+  assert.equal(offers(), 1, "never a second restart in flight");
+  assert.ok(events().includes("ice restart deferred"));
+  // Sent by the callee before it saw the restart offer: not the new generation's.
+  await signal({ end_of_candidates: true });
+  assert.equal(offers(), 1);
+  // No answer within twice the grace period: rolled back, and the failure decided again.
+  clock.advance(2000);
+  await settle();
+  assert.ok(events().includes("ice restart unanswered"));
+  assert.ok(pc.log.includes("local rollback"));
+  assert.equal(pc.signalingState, "stable");
+  assert.equal(offers(), 1, "the new generation's gathering is still unknown: wait");
+  clock.advance(1000);
+  await settle();
+  assert.equal(offers(), 2, "still failed after the grace period: the next restart goes");
+});
+
+test("an answered restart ends the wait; three restarts that all fail end the call with ice_failed", async () => {
+  const { call, pc, ws, offers, signal } = await callingWorld();
+  pc.gathered();
+  await signal({ end_of_candidates: true });
+  for (let n = 1; n <= 3; n++) {
+    pc.conn("failed");
+    await settle();
+    assert.equal(offers(), n);
+    await signal({ sdp: { type: "answer", sdp: "v=0 answer" } });
+    assert.equal(pc.signalingState, "stable", `restart ${n} answered`);
+    await signal({ end_of_candidates: true });
+  }
+  pc.conn("failed");
+  await settle();
+  assert.equal(offers(), 3, "no fourth restart");
+  assert.equal(call.state, "ended");
+  assert.deepEqual(ws.sent.filter((f) => f.type === "call.hangup").map((f) => f.reason), ["ice_failed"]);
+});

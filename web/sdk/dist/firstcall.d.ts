@@ -144,6 +144,8 @@ export declare class Client extends Emitter {
     private warm;
     /** @internal True while any call has not ended. */
     inCall(): boolean;
+    /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
+    private wantsPool;
     /** @internal The RTCConfiguration every call's peer connection gets. */
     rtcConfiguration(): RTCConfiguration;
     /**
@@ -200,6 +202,11 @@ export declare class Call extends Emitter {
     private remoteGatheringDone;
     /** Our ICE-restart offer is out and its answer not yet applied. */
     private restartInFlight;
+    /** Our ICE-restart offer is out and its answer has not arrived: an end-of-candidates
+     * received meanwhile is the old generation's (signals arrive in order, and the remote's
+     * new candidates follow its answer). */
+    private restartAnswerPending;
+    private restartAnswerTimer;
     constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media);
     /** Answer an incoming call. */
     accept(): Promise<void>;
@@ -233,9 +240,14 @@ export declare class Call extends Emitter {
      * and there is never more than one restart in flight.
      */
     private onFailed;
+    /** Restart if ICE is still `disconnected` when the grace period ends (or, if a restart
+     * is in flight then, once more after another grace period). */
+    private armDisconnectTimer;
     private stillFailed;
     /** Something that can end a wait for a restart happened: decide again. */
     private recheckFailed;
+    /** The restart is over, answered or not: the next failure may restart again. */
+    private restartDone;
     private restartIce;
     private onSignal;
     private remoteDescriptionSet;

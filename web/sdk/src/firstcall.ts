@@ -477,6 +477,11 @@ export class Client extends Emitter {
     return [...this.calls.values()].some((c) => c.state !== "ended");
   }
 
+  /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
+  private wantsPool(): boolean {
+    return !this.inCall() || [...this.calls.values()].some((c) => c.awaitingPeer);
+  }
+
   /** @internal The RTCConfiguration every call's peer connection gets. */
   rtcConfiguration(): RTCConfiguration {
     const keep = this.options.iceUrlFilter;
@@ -544,7 +549,7 @@ export class Client extends Emitter {
     // first call has relay candidates at all (there in 32 of 32 runs under load, against
     // 10 of 20 when the call built its own). A call that already has its peer connection
     // (a resume mid-call) needs no pool.
-    if (!this.inCall() || [...this.calls.values()].some((c) => c.awaitingPeer)) this.prewarm();
+    if (this.wantsPool()) this.prewarm();
     if (!w.resumed) {
       // Calls the server no longer has are over; those it still has carry on.
       const live = new Set((w.calls ?? []).map((c: Frame) => c.call));
@@ -558,7 +563,8 @@ export class Client extends Emitter {
       this.iceServers = f.ice_servers ?? [];
       this.log("client", "ice servers refreshed", { ttl: f.ice_ttl });
       this.emit("ice-servers", this.iceServers);
-      if (!this.inCall()) this.prewarm();
+      // As on the welcome: a call still waiting for its peer connection takes the new pool.
+      if (this.wantsPool()) this.prewarm();
       return;
     }
     if (f.type === "error") {
@@ -610,6 +616,11 @@ export class Call extends Emitter {
   private remoteGatheringDone = false;
   /** Our ICE-restart offer is out and its answer not yet applied. */
   private restartInFlight = false;
+  /** Our ICE-restart offer is out and its answer has not arrived: an end-of-candidates
+   * received meanwhile is the old generation's (signals arrive in order, and the remote's
+   * new candidates follow its answer). */
+  private restartAnswerPending = false;
+  private restartAnswerTimer: unknown = null;
 
   constructor(
     readonly client: Client,
@@ -740,6 +751,7 @@ export class Call extends Emitter {
     this.client.env.clearTimeout(this.connectTimer);
     this.client.env.clearTimeout(this.disconnectTimer);
     this.client.env.clearTimeout(this.failedTimer);
+    this.client.env.clearTimeout(this.restartAnswerTimer);
     try {
       this.pc?.close();
     } catch {
@@ -812,12 +824,8 @@ export class Call extends Emitter {
     } else this.mark(`ice ${s}`);
     const env = this.client.env;
     if (s === "failed") this.onFailed("ice failed");
-    else if (s === "disconnected") {
-      env.clearTimeout(this.disconnectTimer);
-      this.disconnectTimer = env.setTimeout(() => {
-        if (this.pc?.iceConnectionState === "disconnected") this.restartIce("disconnected beyond grace");
-      }, this.client.options.iceRestartGraceMs ?? 3000);
-    } else if (s === "connected" || s === "completed") {
+    else if (s === "disconnected") this.armDisconnectTimer();
+    else if (s === "connected" || s === "completed") {
       env.clearTimeout(this.disconnectTimer);
       env.clearTimeout(this.failedTimer);
       this.failedTimer = null;
@@ -853,6 +861,18 @@ export class Call extends Emitter {
     }, this.client.options.iceRestartGraceMs ?? 3000);
   }
 
+  /** Restart if ICE is still `disconnected` when the grace period ends (or, if a restart
+   * is in flight then, once more after another grace period). */
+  private armDisconnectTimer(): void {
+    const env = this.client.env;
+    env.clearTimeout(this.disconnectTimer);
+    this.disconnectTimer = env.setTimeout(() => {
+      if (this.pc?.iceConnectionState !== "disconnected" || this.state === "ended") return;
+      if (this.restartInFlight) this.armDisconnectTimer();
+      else this.restartIce("disconnected beyond grace");
+    }, this.client.options.iceRestartGraceMs ?? 3000);
+  }
+
   private stillFailed(): boolean {
     const pc = this.pc;
     return !!pc && (pc.connectionState === "failed" || pc.iceConnectionState === "failed");
@@ -861,27 +881,57 @@ export class Call extends Emitter {
   /** Something that can end a wait for a restart happened: decide again. */
   private recheckFailed(what: string): void {
     if (this.stillFailed()) this.onFailed(`failed at ${what}`);
+    else if (this.pc?.iceConnectionState === "disconnected") this.armDisconnectTimer();
+  }
+
+  /** The restart is over, answered or not: the next failure may restart again. */
+  private restartDone(what: string): void {
+    this.restartInFlight = false;
+    this.restartAnswerPending = false;
+    this.client.env.clearTimeout(this.restartAnswerTimer);
+    this.recheckFailed(what);
   }
 
   private restartIce(why: string): void {
     // The caller drives restarts, so both sides never offer at once.
-    if (!this.pc || this.state === "ended" || this.direction !== "outgoing" || this.restarts >= 3 || this.restartInFlight) return;
-    this.client.env.clearTimeout(this.failedTimer);
+    if (!this.pc || this.state === "ended" || this.direction !== "outgoing" || this.restartInFlight) return;
+    const env = this.client.env;
+    env.clearTimeout(this.failedTimer);
     this.failedTimer = null;
+    if (this.restarts >= 3) {
+      // Still failing after three restarts: end the call and say why, rather than keep
+      // a call that shows connected with nothing flowing.
+      this.mark("ice restarts exhausted", { why });
+      this.hangup("ice_failed");
+      return;
+    }
     this.restarts++;
     this.restartInFlight = true;
+    this.restartAnswerPending = true;
     // The remote's end-of-candidates so far was for the generation being replaced.
     this.remoteGatheringDone = false;
     this.mark("ice restart", { why, attempt: this.restarts });
     const pc = this.pc;
+    // An answer that never comes (the callee could not apply the offer, or the frame was
+    // lost with a session the server replaced) must not hold every later restart back.
+    const grace = this.client.options.iceRestartGraceMs ?? 3000;
+    env.clearTimeout(this.restartAnswerTimer);
+    this.restartAnswerTimer = env.setTimeout(() => {
+      if (!this.restartInFlight || this.state === "ended") return;
+      this.mark("ice restart unanswered", { ms: 2 * grace });
+      void pc
+        .setLocalDescription({ type: "rollback" })
+        .catch((e) => this.mark("rollback failed", { error: String(e) }))
+        .then(() => this.restartDone("unanswered restart"));
+    }, 2 * grace);
     void (async () => {
       try {
         const offer = await pc.createOffer({ iceRestart: true });
         await pc.setLocalDescription(offer);
         this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription!.sdp } } });
       } catch (e) {
-        this.restartInFlight = false;
         this.mark("ice restart failed", { error: String(e) });
+        this.restartDone("failed restart");
       }
     })();
   }
@@ -900,17 +950,19 @@ export class Call extends Emitter {
       this.mark("remote candidate", { type });
       await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
     } else if (data.end_of_candidates) {
+      this.mark("remote gathering complete", { ...this.candidates.remote, ...(this.restartAnswerPending ? { generation: "previous" } : {}) });
+      if (this.restartAnswerPending) return;
       this.remoteGatheringDone = true;
-      this.mark("remote gathering complete", { ...this.candidates.remote });
       this.recheckFailed("remote gathering complete");
     } else if (data.sdp && this.pc) {
       const pc = this.pc;
+      // Set before any await: what follows this answer is the new generation's.
+      if (data.sdp.type === "answer") this.restartAnswerPending = false;
       try {
         await pc.setRemoteDescription(data.sdp);
         if (data.sdp.type === "answer" && this.restartInFlight) {
-          this.restartInFlight = false;
           this.mark("ice restart answered");
-          this.recheckFailed("restart answer");
+          this.restartDone("restart answer");
         }
         if (data.sdp.type === "offer") {
           this.remoteGatheringDone = false;
@@ -920,9 +972,9 @@ export class Call extends Emitter {
           this.mark("renegotiation answered");
         }
       } catch (e) {
-        // A restart whose answer cannot be applied is over: the next failure may restart.
-        if (data.sdp.type === "answer") this.restartInFlight = false;
         this.mark("renegotiation failed", { error: String(e) });
+        // A restart whose answer cannot be applied is over: the next failure may restart.
+        if (data.sdp.type === "answer" && this.restartInFlight) this.restartDone("unusable restart answer");
       }
     }
   }
