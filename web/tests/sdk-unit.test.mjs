@@ -425,7 +425,9 @@ async function callingWorld() {
     await settle();
   };
   const events = () => call.timeline.map((e) => e.event);
-  return { c, call, pc, ws, clock: w.clock, offers, signal, events };
+  // Delivered but not yet processed past its first await.
+  const arrive = (data) => from({ type: "call.signal", from: "bob", from_device: "b1", data });
+  return { c, call, pc, ws, clock: w.clock, offers, signal, arrive, events };
 }
 
 test("ICE failure while the callee is still gathering waits; it restarts once both sides are done", async () => {
@@ -500,4 +502,58 @@ test("an answered restart ends the wait; three restarts that all fail end the ca
   assert.equal(offers(), 3, "no fourth restart");
   assert.equal(call.state, "ended");
   assert.deepEqual(ws.sent.filter((f) => f.type === "call.hangup").map((f) => f.reason), ["ice_failed"]);
+});
+
+test("an answer that arrives as the unanswered-restart timer comes due is applied, not rolled back", async () => {
+  const { pc, clock, offers, signal, arrive, events } = await callingWorld();
+  pc.gathered();
+  await signal({ end_of_candidates: true });
+  pc.conn("failed");
+  await settle();
+  assert.equal(offers(), 1);
+  clock.advance(1999);
+  arrive({ sdp: { type: "answer", sdp: "v=0 answer", restart: 1 } });
+  clock.advance(1);
+  await settle();
+  assert.ok(!events().includes("ice restart unanswered"), events().join(", "));
+  assert.ok(!pc.log.includes("local rollback"));
+  assert.ok(events().includes("ice restart answered"));
+  assert.equal(pc.signalingState, "stable");
+});
+
+test("restarts that each bring ICE back do not add up to a hang-up", async () => {
+  const { call, pc, offers, signal } = await callingWorld();
+  pc.gathered();
+  await signal({ end_of_candidates: true });
+  for (let n = 1; n <= 5; n++) {
+    pc.conn("failed");
+    await settle();
+    assert.equal(offers(), n, `restart ${n}`);
+    await signal({ sdp: { type: "answer", sdp: "v=0 answer", restart: n } });
+    await signal({ end_of_candidates: true });
+    pc.ice("connected");
+    pc.conn("connected");
+    await settle();
+  }
+  assert.equal(call.state, "connected");
+});
+
+test("a late answer to a rolled-back restart is told apart from the current restart's", async () => {
+  const { pc, clock, offers, signal, events, ws } = await callingWorld();
+  pc.gathered();
+  await signal({ end_of_candidates: true });
+  pc.conn("failed");
+  await settle();
+  clock.advance(2000); // unanswered: rolled back
+  await settle();
+  clock.advance(1000); // still failed after the grace period: restart 2
+  await settle();
+  assert.equal(offers(), 2);
+  assert.deepEqual(ws.sent.filter((f) => f.data?.sdp?.type === "offer").map((f) => f.data.sdp.restart), [1, 2]);
+  await signal({ sdp: { type: "answer", sdp: "v=0 answer", restart: 1 } });
+  assert.ok(events().includes("answer to an earlier restart ignored"));
+  assert.equal(pc.signalingState, "have-local-offer", "restart 2 still waits for its own answer");
+  await signal({ sdp: { type: "answer", sdp: "v=0 answer", restart: 2 } });
+  assert.equal(pc.signalingState, "stable");
+  assert.ok(events().includes("ice restart answered"));
 });

@@ -197,7 +197,11 @@ export declare class Call extends Emitter {
     private connectTimer;
     private disconnectTimer;
     private failedTimer;
+    /** Restarts since ICE last connected: three that do not help end the call. */
     private restarts;
+    /** Number of the latest restart; its offer carries it (`sdp.restart`) and the callee's
+     * answer echoes it, so an answer to an older, rolled-back restart is told apart. */
+    private restartGen;
     /** The remote side sent end-of-candidates for the current ICE generation. */
     private remoteGatheringDone;
     /** Our ICE-restart offer is out and its answer not yet applied. */
@@ -246,7 +250,8 @@ export declare class Call extends Emitter {
     private stillFailed;
     /** Something that can end a wait for a restart happened: decide again. */
     private recheckFailed;
-    /** The restart is over, answered or not: the next failure may restart again. */
+    /** Restart `gen` is over, answered or not: the next failure may restart again. Nothing
+     * to do if a later restart has started since. */
     private restartDone;
     private restartIce;
     private onSignal;

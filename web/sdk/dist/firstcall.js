@@ -554,7 +554,11 @@ export class Call extends Emitter {
         this.connectTimer = null;
         this.disconnectTimer = null;
         this.failedTimer = null;
+        /** Restarts since ICE last connected: three that do not help end the call. */
         this.restarts = 0;
+        /** Number of the latest restart; its offer carries it (`sdp.restart`) and the callee's
+         * answer echoes it, so an answer to an older, rolled-back restart is told apart. */
+        this.restartGen = 0;
         /** The remote side sent end-of-candidates for the current ICE generation. */
         this.remoteGatheringDone = false;
         /** Our ICE-restart offer is out and its answer not yet applied. */
@@ -775,6 +779,8 @@ export class Call extends Emitter {
             env.clearTimeout(this.disconnectTimer);
             env.clearTimeout(this.failedTimer);
             this.failedTimer = null;
+            // A restart that got here helped: a long call may need a few, far apart.
+            this.restarts = 0;
         }
     }
     /**
@@ -835,8 +841,11 @@ export class Call extends Emitter {
         else if (this.pc?.iceConnectionState === "disconnected")
             this.armDisconnectTimer();
     }
-    /** The restart is over, answered or not: the next failure may restart again. */
-    restartDone(what) {
+    /** Restart `gen` is over, answered or not: the next failure may restart again. Nothing
+     * to do if a later restart has started since. */
+    restartDone(gen, what) {
+        if (gen !== this.restartGen || this.state === "ended")
+            return;
         this.restartInFlight = false;
         this.restartAnswerPending = false;
         this.client.env.clearTimeout(this.restartAnswerTimer);
@@ -857,6 +866,7 @@ export class Call extends Emitter {
             return;
         }
         this.restarts++;
+        const gen = ++this.restartGen;
         this.restartInFlight = true;
         this.restartAnswerPending = true;
         // The remote's end-of-candidates so far was for the generation being replaced.
@@ -868,23 +878,26 @@ export class Call extends Emitter {
         const grace = this.client.options.iceRestartGraceMs ?? 3000;
         env.clearTimeout(this.restartAnswerTimer);
         this.restartAnswerTimer = env.setTimeout(() => {
-            if (!this.restartInFlight || this.state === "ended")
+            // An answer that has arrived and is being applied is not rolled back under it.
+            if (gen !== this.restartGen || !this.restartAnswerPending || this.state === "ended")
                 return;
             this.mark("ice restart unanswered", { ms: 2 * grace });
             void pc
                 .setLocalDescription({ type: "rollback" })
                 .catch((e) => this.mark("rollback failed", { error: String(e) }))
-                .then(() => this.restartDone("unanswered restart"));
+                .then(() => this.restartDone(gen, "unanswered restart"));
         }, 2 * grace);
         void (async () => {
             try {
                 const offer = await pc.createOffer({ iceRestart: true });
                 await pc.setLocalDescription(offer);
-                this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription.sdp } } });
+                if (this.state === "ended")
+                    return;
+                this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription.sdp, restart: gen } } });
             }
             catch (e) {
                 this.mark("ice restart failed", { error: String(e) });
-                this.restartDone("failed restart");
+                this.restartDone(gen, "failed restart");
             }
         })();
     }
@@ -912,28 +925,38 @@ export class Call extends Emitter {
         }
         else if (data.sdp && this.pc) {
             const pc = this.pc;
+            const desc = { type: data.sdp.type, sdp: data.sdp.sdp };
+            // `restart` numbers a restart offer and is echoed in its answer (an SDK without it
+            // sends none, and its answers are taken as before).
+            const tag = data.sdp.restart;
+            const gen = this.restartGen;
+            if (desc.type === "answer" && typeof tag === "number" && tag !== gen) {
+                this.mark("answer to an earlier restart ignored", { restart: tag, current: gen });
+                return;
+            }
             // Set before any await: what follows this answer is the new generation's.
-            if (data.sdp.type === "answer")
+            if (desc.type === "answer")
                 this.restartAnswerPending = false;
             try {
-                await pc.setRemoteDescription(data.sdp);
-                if (data.sdp.type === "answer" && this.restartInFlight) {
+                await pc.setRemoteDescription(desc);
+                if (desc.type === "answer" && this.restartInFlight) {
                     this.mark("ice restart answered");
-                    this.restartDone("restart answer");
+                    this.restartDone(gen, "restart answer");
                 }
-                if (data.sdp.type === "offer") {
+                if (desc.type === "offer") {
                     this.remoteGatheringDone = false;
                     const answer = await pc.createAnswer();
                     await pc.setLocalDescription(answer);
-                    this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "answer", sdp: pc.localDescription.sdp } } });
+                    const echo = typeof tag === "number" ? { restart: tag } : {};
+                    this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "answer", sdp: pc.localDescription.sdp, ...echo } } });
                     this.mark("renegotiation answered");
                 }
             }
             catch (e) {
                 this.mark("renegotiation failed", { error: String(e) });
                 // A restart whose answer cannot be applied is over: the next failure may restart.
-                if (data.sdp.type === "answer" && this.restartInFlight)
-                    this.restartDone("unusable restart answer");
+                if (desc.type === "answer" && this.restartInFlight)
+                    this.restartDone(gen, "unusable restart answer");
             }
         }
     }

@@ -611,7 +611,11 @@ export class Call extends Emitter {
   private connectTimer: unknown = null;
   private disconnectTimer: unknown = null;
   private failedTimer: unknown = null;
+  /** Restarts since ICE last connected: three that do not help end the call. */
   private restarts = 0;
+  /** Number of the latest restart; its offer carries it (`sdp.restart`) and the callee's
+   * answer echoes it, so an answer to an older, rolled-back restart is told apart. */
+  private restartGen = 0;
   /** The remote side sent end-of-candidates for the current ICE generation. */
   private remoteGatheringDone = false;
   /** Our ICE-restart offer is out and its answer not yet applied. */
@@ -829,6 +833,8 @@ export class Call extends Emitter {
       env.clearTimeout(this.disconnectTimer);
       env.clearTimeout(this.failedTimer);
       this.failedTimer = null;
+      // A restart that got here helped: a long call may need a few, far apart.
+      this.restarts = 0;
     }
   }
 
@@ -884,8 +890,10 @@ export class Call extends Emitter {
     else if (this.pc?.iceConnectionState === "disconnected") this.armDisconnectTimer();
   }
 
-  /** The restart is over, answered or not: the next failure may restart again. */
-  private restartDone(what: string): void {
+  /** Restart `gen` is over, answered or not: the next failure may restart again. Nothing
+   * to do if a later restart has started since. */
+  private restartDone(gen: number, what: string): void {
+    if (gen !== this.restartGen || this.state === "ended") return;
     this.restartInFlight = false;
     this.restartAnswerPending = false;
     this.client.env.clearTimeout(this.restartAnswerTimer);
@@ -906,6 +914,7 @@ export class Call extends Emitter {
       return;
     }
     this.restarts++;
+    const gen = ++this.restartGen;
     this.restartInFlight = true;
     this.restartAnswerPending = true;
     // The remote's end-of-candidates so far was for the generation being replaced.
@@ -917,21 +926,23 @@ export class Call extends Emitter {
     const grace = this.client.options.iceRestartGraceMs ?? 3000;
     env.clearTimeout(this.restartAnswerTimer);
     this.restartAnswerTimer = env.setTimeout(() => {
-      if (!this.restartInFlight || this.state === "ended") return;
+      // An answer that has arrived and is being applied is not rolled back under it.
+      if (gen !== this.restartGen || !this.restartAnswerPending || this.state === "ended") return;
       this.mark("ice restart unanswered", { ms: 2 * grace });
       void pc
         .setLocalDescription({ type: "rollback" })
         .catch((e) => this.mark("rollback failed", { error: String(e) }))
-        .then(() => this.restartDone("unanswered restart"));
+        .then(() => this.restartDone(gen, "unanswered restart"));
     }, 2 * grace);
     void (async () => {
       try {
         const offer = await pc.createOffer({ iceRestart: true });
         await pc.setLocalDescription(offer);
-        this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription!.sdp } } });
+        if ((this.state as CallState) === "ended") return;
+        this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription!.sdp, restart: gen } } });
       } catch (e) {
         this.mark("ice restart failed", { error: String(e) });
-        this.restartDone("failed restart");
+        this.restartDone(gen, "failed restart");
       }
     })();
   }
@@ -956,25 +967,35 @@ export class Call extends Emitter {
       this.recheckFailed("remote gathering complete");
     } else if (data.sdp && this.pc) {
       const pc = this.pc;
+      const desc = { type: data.sdp.type, sdp: data.sdp.sdp } as RTCSessionDescriptionInit;
+      // `restart` numbers a restart offer and is echoed in its answer (an SDK without it
+      // sends none, and its answers are taken as before).
+      const tag: unknown = data.sdp.restart;
+      const gen = this.restartGen;
+      if (desc.type === "answer" && typeof tag === "number" && tag !== gen) {
+        this.mark("answer to an earlier restart ignored", { restart: tag, current: gen });
+        return;
+      }
       // Set before any await: what follows this answer is the new generation's.
-      if (data.sdp.type === "answer") this.restartAnswerPending = false;
+      if (desc.type === "answer") this.restartAnswerPending = false;
       try {
-        await pc.setRemoteDescription(data.sdp);
-        if (data.sdp.type === "answer" && this.restartInFlight) {
+        await pc.setRemoteDescription(desc);
+        if (desc.type === "answer" && this.restartInFlight) {
           this.mark("ice restart answered");
-          this.restartDone("restart answer");
+          this.restartDone(gen, "restart answer");
         }
-        if (data.sdp.type === "offer") {
+        if (desc.type === "offer") {
           this.remoteGatheringDone = false;
           const answer = await pc.createAnswer();
           await pc.setLocalDescription(answer);
-          this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "answer", sdp: pc.localDescription!.sdp } } });
+          const echo = typeof tag === "number" ? { restart: tag } : {};
+          this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "answer", sdp: pc.localDescription!.sdp, ...echo } } });
           this.mark("renegotiation answered");
         }
       } catch (e) {
         this.mark("renegotiation failed", { error: String(e) });
         // A restart whose answer cannot be applied is over: the next failure may restart.
-        if (data.sdp.type === "answer" && this.restartInFlight) this.restartDone("unusable restart answer");
+        if (desc.type === "answer" && this.restartInFlight) this.restartDone(gen, "unusable restart answer");
       }
     }
   }
