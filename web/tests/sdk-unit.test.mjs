@@ -427,7 +427,12 @@ async function callingWorld() {
   const events = () => call.timeline.map((e) => e.event);
   // Delivered but not yet processed past its first await.
   const arrive = (data) => from({ type: "call.signal", from: "bob", from_device: "b1", data });
-  return { c, call, pc, ws, clock: w.clock, offers, signal, arrive, events };
+  // Both sides have gathered everything: a failure from here on restarts at once.
+  const bothGathered = async () => {
+    pc.gathered();
+    await signal({ end_of_candidates: true });
+  };
+  return { c, call, pc, ws, clock: w.clock, offers, signal, arrive, events, bothGathered };
 }
 
 test("ICE failure while the callee is still gathering waits; it restarts once both sides are done", async () => {
@@ -459,9 +464,8 @@ test("the grace period ends a wait for gathering that never finishes", async () 
 });
 
 test("one restart at a time; the old generation's end-of-candidates does not count; an unanswered restart is rolled back", async () => {
-  const { pc, clock, offers, signal, events } = await callingWorld();
-  pc.gathered();
-  await signal({ end_of_candidates: true });
+  const { pc, clock, offers, signal, events, bothGathered } = await callingWorld();
+  await bothGathered();
   pc.conn("failed");
   await settle();
   assert.equal(offers(), 1);
@@ -486,9 +490,8 @@ test("one restart at a time; the old generation's end-of-candidates does not cou
 });
 
 test("an answered restart ends the wait; three restarts that all fail end the call with ice_failed", async () => {
-  const { call, pc, ws, offers, signal } = await callingWorld();
-  pc.gathered();
-  await signal({ end_of_candidates: true });
+  const { call, pc, ws, offers, signal, bothGathered } = await callingWorld();
+  await bothGathered();
   for (let n = 1; n <= 3; n++) {
     pc.conn("failed");
     await settle();
@@ -505,9 +508,8 @@ test("an answered restart ends the wait; three restarts that all fail end the ca
 });
 
 test("an answer that arrives as the unanswered-restart timer comes due is applied, not rolled back", async () => {
-  const { pc, clock, offers, signal, arrive, events } = await callingWorld();
-  pc.gathered();
-  await signal({ end_of_candidates: true });
+  const { pc, clock, offers, signal, arrive, events, bothGathered } = await callingWorld();
+  await bothGathered();
   pc.conn("failed");
   await settle();
   assert.equal(offers(), 1);
@@ -522,9 +524,8 @@ test("an answer that arrives as the unanswered-restart timer comes due is applie
 });
 
 test("restarts that each bring ICE back do not add up to a hang-up", async () => {
-  const { call, pc, offers, signal } = await callingWorld();
-  pc.gathered();
-  await signal({ end_of_candidates: true });
+  const { call, pc, offers, signal, bothGathered } = await callingWorld();
+  await bothGathered();
   for (let n = 1; n <= 5; n++) {
     pc.conn("failed");
     await settle();
@@ -539,9 +540,8 @@ test("restarts that each bring ICE back do not add up to a hang-up", async () =>
 });
 
 test("a late answer to a rolled-back restart is told apart from the current restart's", async () => {
-  const { pc, clock, offers, signal, events, ws } = await callingWorld();
-  pc.gathered();
-  await signal({ end_of_candidates: true });
+  const { pc, clock, offers, signal, events, ws, bothGathered } = await callingWorld();
+  await bothGathered();
   pc.conn("failed");
   await settle();
   clock.advance(2000); // unanswered: rolled back

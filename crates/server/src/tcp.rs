@@ -83,6 +83,7 @@ pub fn write_front(sock: &TcpStream, bytes: &mut Vec<u8>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn filled_is_the_written_prefix_and_refuses_a_count_past_the_end() {
@@ -96,7 +97,6 @@ mod tests {
         let past = std::panic::catch_unwind(move || unsafe { filled(&mut buf, 9).len() });
         assert!(past.is_err(), "a count past the buffer panics, never reads beyond it");
     }
-    use tokio::io::AsyncWriteExt;
 
     /// A short read hands back exactly the bytes sent and clears readiness, so the next
     /// read waits for the next write instead of asking the kernel for nothing.

@@ -247,6 +247,8 @@ export declare class Call extends Emitter {
     /** Restart if ICE is still `disconnected` when the grace period ends (or, if a restart
      * is in flight then, once more after another grace period). */
     private armDisconnectTimer;
+    /** How long a failed or disconnected ICE is given before a restart. */
+    private get grace();
     private stillFailed;
     /** Something that can end a wait for a restart happened: decide again. */
     private recheckFailed;

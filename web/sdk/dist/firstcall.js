@@ -814,7 +814,7 @@ export class Call extends Emitter {
             this.failedTimer = null;
             if (this.stillFailed())
                 this.restartIce(`${why}, still failed after the grace period`);
-        }, this.client.options.iceRestartGraceMs ?? 3000);
+        }, this.grace);
     }
     /** Restart if ICE is still `disconnected` when the grace period ends (or, if a restart
      * is in flight then, once more after another grace period). */
@@ -828,7 +828,11 @@ export class Call extends Emitter {
                 this.armDisconnectTimer();
             else
                 this.restartIce("disconnected beyond grace");
-        }, this.client.options.iceRestartGraceMs ?? 3000);
+        }, this.grace);
+    }
+    /** How long a failed or disconnected ICE is given before a restart. */
+    get grace() {
+        return this.client.options.iceRestartGraceMs ?? 3000;
     }
     stillFailed() {
         const pc = this.pc;
@@ -875,7 +879,7 @@ export class Call extends Emitter {
         const pc = this.pc;
         // An answer that never comes (the callee could not apply the offer, or the frame was
         // lost with a session the server replaced) must not hold every later restart back.
-        const grace = this.client.options.iceRestartGraceMs ?? 3000;
+        const grace = this.grace;
         env.clearTimeout(this.restartAnswerTimer);
         this.restartAnswerTimer = env.setTimeout(() => {
             // An answer that has arrived and is being applied is not rolled back under it.

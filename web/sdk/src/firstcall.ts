@@ -864,7 +864,7 @@ export class Call extends Emitter {
     this.failedTimer = env.setTimeout(() => {
       this.failedTimer = null;
       if (this.stillFailed()) this.restartIce(`${why}, still failed after the grace period`);
-    }, this.client.options.iceRestartGraceMs ?? 3000);
+    }, this.grace);
   }
 
   /** Restart if ICE is still `disconnected` when the grace period ends (or, if a restart
@@ -876,7 +876,12 @@ export class Call extends Emitter {
       if (this.pc?.iceConnectionState !== "disconnected" || this.state === "ended") return;
       if (this.restartInFlight) this.armDisconnectTimer();
       else this.restartIce("disconnected beyond grace");
-    }, this.client.options.iceRestartGraceMs ?? 3000);
+    }, this.grace);
+  }
+
+  /** How long a failed or disconnected ICE is given before a restart. */
+  private get grace(): number {
+    return this.client.options.iceRestartGraceMs ?? 3000;
   }
 
   private stillFailed(): boolean {
@@ -923,7 +928,7 @@ export class Call extends Emitter {
     const pc = this.pc;
     // An answer that never comes (the callee could not apply the offer, or the frame was
     // lost with a session the server replaced) must not hold every later restart back.
-    const grace = this.client.options.iceRestartGraceMs ?? 3000;
+    const grace = this.grace;
     env.clearTimeout(this.restartAnswerTimer);
     this.restartAnswerTimer = env.setTimeout(() => {
       // An answer that has arrived and is being applied is not rolled back under it.
