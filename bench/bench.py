@@ -114,7 +114,7 @@ def start_firstcall(threads, tmp):
         "--relay-ports", "20000-44999", "--turn-secret", SECRET, "--realm", REALM,
         "--threads", str(threads), "--max-allocations", "200000",
         "--max-allocations-per-user", "200000", "--log", "warn",
-        "--data-dir", str(tmp / "firstcall-data"),
+        "--data-dir", str(tmp / "firstcall-data"), "--jwt-secret", SECRET,
     ])
     wait_for(lambda: p.check() and stun_binding_ok(turn), "firstcall")
     return p, f"127.0.0.1:{turn}", http
@@ -282,6 +282,8 @@ def start_sig_firstcall(ns, tmp):
     p = Proc("firstcall-sig", ns.exec(pin("server", [
         str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
         "--turn-listen", "127.0.0.1:13478", "--turn-secret", SECRET, "--log", "warn",
+        # dev:<user> tokens; every session comes from this one address, up to 50,000.
+        "--dev", "--max-connections-per-ip", "0", "--max-connections", "1000000",
         "--data-dir", str(tmp / "firstcall-sig-data")])))
     wait_for(lambda: p.check() and listening(p.pid, port), "firstcall (signaling)")
     return p, f"127.0.0.1:{port}"

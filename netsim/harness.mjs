@@ -119,7 +119,7 @@ async function runScenario(sc, calls, paths) {
     const hostA = siteA.hosts[0];
     const hostB = lab.addSite(sc.b, link).hosts[0];
     const logFile = join(dir, "server.log");
-    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info > ${logFile} 2>&1`]);
+    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info > ${logFile} 2>&1`]);
     closers.push(() => server.kill("SIGKILL"));
     await waitHealthy(lab, server, logFile);
     const nat = { a: { kind: sc.a, ...lab.probe(hostA, paths.probe) }, b: { kind: sc.b, ...lab.probe(hostB, paths.probe) } };
@@ -138,7 +138,7 @@ async function runSameLan(sc, calls, paths) {
   try {
     const site = lab.addSite("cone", { clients: 2, delayMs: sc.rtt / 4, jitterMs: sc.rtt ? 5 : 0, loss: sc.loss });
     const logFile = join(dir, "server.log");
-    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info > ${logFile} 2>&1`]);
+    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info > ${logFile} 2>&1`]);
     closers.push(() => server.kill("SIGKILL"));
     await waitHealthy(lab, server, logFile);
     const nat = { a: { kind: "cone", ...lab.probe(site.hosts[0], paths.probe) }, b: { kind: "same LAN", mapping: "n/a" } };

@@ -125,6 +125,7 @@ fn start_ours(ns: &Ns, extra: &[&str]) -> Proc {
     ])
     .args(["--turn-secret", SECRET, "--data-dir", dir.to_str().unwrap()])
     .args(extra)
+    .arg("--dev")
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     let p = Proc::spawn("firstcall", &mut c);

@@ -76,7 +76,7 @@ fn env_and_config_file_configure_the_server() {
     std::fs::write(
         &file,
         format!(
-            "http_listen = \"127.0.0.1:{http}\"\nrealm = \"from-file\"\nturn_secret = [\"file-secret\"]\nrelay_ports = \"{}-{}\"\n",
+            "http_listen = \"127.0.0.1:{http}\"\nrealm = \"from-file\"\nturn_secret = [\"file-secret\"]\nrelay_ports = \"{}-{}\"\njwt_secret = \"file-jwt\"\n",
             relay.0, relay.1
         ),
     )

@@ -110,10 +110,30 @@ pub struct ServeConfig {
     pub jwt_public_key: Option<PathBuf>,
     /// Where pending-call events are POSTed.
     pub webhook_url: Option<String>,
-    /// Key signing webhook bodies (defaults to the first TURN secret).
+    /// Key signing webhook bodies (generated and kept in the data dir when absent).
     pub webhook_secret: Option<String>,
     /// Lifetime of TURN credentials handed to clients.
     pub credential_ttl: Duration,
+    /// Dev mode: `dev:<user>` tokens accepted and minted by `/v1/dev/token`.
+    pub dev: bool,
+    /// HTTP/WebSocket connections open at once; `None`: half the open-files limit.
+    pub max_connections: Option<usize>,
+    /// HTTP/WebSocket connections open at once from one IP address (IPv6: one /64);
+    /// 0: no cap; `None`: a quarter of the connection cap, at most 256.
+    pub max_connections_per_ip: Option<usize>,
+    /// How long a client has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept.
+    pub http_header_timeout: Duration,
+    /// Webhook POSTs in flight at once.
+    pub webhook_concurrency: usize,
+    /// Webhook events waiting for a free slot; past it they are dropped (counted, logged).
+    pub webhook_queue: usize,
+    /// At most one webhook per caller and callee pair within this interval.
+    pub webhook_pair_interval: Duration,
+    /// At most this many webhooks per callee within `webhook_callee_window`.
+    pub webhook_callee_burst: u32,
+    /// The window of `webhook_callee_burst`.
+    pub webhook_callee_window: Duration,
 }
 
 /// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
@@ -205,12 +225,43 @@ pub struct ServeArgs {
     /// POST a signed event here when a callee has no device online (for VoIP push).
     #[arg(long, env = "FIRSTCALL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
-    /// Key for the webhook signature [default: the first TURN secret].
+    /// Key for the webhook signature [default: generated and kept in the data dir, file webhook-secret].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// Lifetime of TURN credentials given to clients [default: 12h; refreshed at 80%].
     #[arg(long, env = "FIRSTCALL_CREDENTIAL_TTL")]
     pub credential_ttl: Option<String>,
+    /// Dev mode, for trying firstcall on one machine: any `dev:<user>` token is accepted,
+    /// `/v1/dev/token` mints them, and the listeners default to loopback. Never expose it.
+    #[arg(long, env = "FIRSTCALL_DEV")]
+    pub dev: bool,
+    /// HTTP/WebSocket connections open at once [default: half the open-files limit].
+    #[arg(long, env = "FIRSTCALL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// HTTP/WebSocket connections open at once from one IP address (IPv6: one /64); 0 for
+    /// no cap (behind a reverse proxy every connection comes from the proxy) [default: a
+    /// quarter of --max-connections, at most 256].
+    #[arg(long, env = "FIRSTCALL_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time a client has to send a request's headers, and that an idle keep-alive
+    /// connection is kept [default: 10s].
+    #[arg(long, env = "FIRSTCALL_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<String>,
+    /// Webhook POSTs in flight at once [default: 8].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_CONCURRENCY")]
+    pub webhook_concurrency: Option<usize>,
+    /// Webhook events waiting for a free slot before new ones are dropped [default: 1024].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_QUEUE")]
+    pub webhook_queue: Option<usize>,
+    /// At most one webhook per caller and callee pair within this interval [default: 10s].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_PAIR_INTERVAL")]
+    pub webhook_pair_interval: Option<String>,
+    /// At most this many webhooks per callee within --webhook-callee-window [default: 5].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_BURST")]
+    pub webhook_callee_burst: Option<u32>,
+    /// The window of --webhook-callee-burst [default: 60s].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_WINDOW")]
+    pub webhook_callee_window: Option<String>,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -243,6 +294,15 @@ pub struct FileConfig {
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     credential_ttl: Option<String>,
+    dev: Option<bool>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    http_header_timeout: Option<String>,
+    webhook_concurrency: Option<usize>,
+    webhook_queue: Option<usize>,
+    webhook_pair_interval: Option<String>,
+    webhook_callee_burst: Option<u32>,
+    webhook_callee_window: Option<String>,
 }
 
 /// Name of the generated secret file in the data dir.
@@ -276,14 +336,45 @@ impl ServeArgs {
         let list =
             |cli: Vec<String>, file: Option<Vec<String>>| if cli.is_empty() { file.unwrap_or_default() } else { cli };
 
+        let dev = self.dev || f.dev.unwrap_or(false);
+        let jwt_configured = self
+            .jwt_secret
+            .as_deref()
+            .or(f.jwt_secret.as_deref())
+            .is_some_and(|s| !s.is_empty())
+            || self.jwt_public_key.is_some()
+            || f.jwt_public_key.is_some();
+        if dev && jwt_configured {
+            return Err(invalid(
+                "--dev",
+                "dev mode accepts any dev:<user> token: give --dev or a JWT setting (--jwt-secret, --jwt-public-key), not both",
+            ));
+        }
+        if !dev && !jwt_configured {
+            return Err(invalid(
+                "--jwt-secret",
+                "no way to verify users' tokens. Give --jwt-secret (HS256, shared with the backend that \
+                 signs them) or --jwt-public-key (RS256/ES256 PEM) — as FIRSTCALL_JWT_SECRET or a config \
+                 key in production, not a flag — or, to try firstcall on this machine, --dev (accepts any \
+                 `dev:<user>` token, listens on loopback)",
+            ));
+        }
+        // Dev mode trusts anyone who can reach it: loopback unless told otherwise.
+        let any_or_loopback = |port| {
+            if dev {
+                SocketAddr::from(([127, 0, 0, 1], port))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
         let http_listen = self
             .http_listen
             .or(f.http_listen)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+            .unwrap_or_else(|| any_or_loopback(8080));
         let turn_listen = self
             .turn_listen
             .or(f.turn_listen)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 3478)));
+            .unwrap_or_else(|| any_or_loopback(3478));
         let tls = match (self.tls_cert.or(f.tls_cert), self.tls_key.or(f.tls_key)) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -378,6 +469,42 @@ impl ServeArgs {
                 "--credential-ttl",
                 &self.credential_ttl.or(f.credential_ttl).unwrap_or_else(|| "12h".into()),
             )?,
+            dev,
+            max_connections: match self.max_connections.or(f.max_connections) {
+                Some(0) => return Err(invalid("--max-connections", "must be at least 1")),
+                n => n,
+            },
+            max_connections_per_ip: self.max_connections_per_ip.or(f.max_connections_per_ip),
+            http_header_timeout: parse_duration(
+                "--http-header-timeout",
+                &self
+                    .http_header_timeout
+                    .or(f.http_header_timeout)
+                    .unwrap_or_else(|| "10s".into()),
+            )?,
+            webhook_concurrency: match self.webhook_concurrency.or(f.webhook_concurrency).unwrap_or(8) {
+                0 => return Err(invalid("--webhook-concurrency", "must be at least 1")),
+                n => n,
+            },
+            webhook_queue: self.webhook_queue.or(f.webhook_queue).unwrap_or(1024),
+            webhook_pair_interval: parse_duration(
+                "--webhook-pair-interval",
+                &self
+                    .webhook_pair_interval
+                    .or(f.webhook_pair_interval)
+                    .unwrap_or_else(|| "10s".into()),
+            )?,
+            webhook_callee_burst: match self.webhook_callee_burst.or(f.webhook_callee_burst).unwrap_or(5) {
+                0 => return Err(invalid("--webhook-callee-burst", "must be at least 1")),
+                n => n,
+            },
+            webhook_callee_window: parse_duration(
+                "--webhook-callee-window",
+                &self
+                    .webhook_callee_window
+                    .or(f.webhook_callee_window)
+                    .unwrap_or_else(|| "60s".into()),
+            )?,
         })
     }
 }
@@ -438,17 +565,26 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("firstcall-data")
 }
 
-/// The secret kept in `dir`, created (32 random bytes, base64url, mode 0600) on first use.
+/// Name of the generated webhook signing key in the data dir.
+pub const WEBHOOK_SECRET_FILE: &str = "webhook-secret";
+
+/// The TURN secret kept in `dir`, created on first use.
 fn load_or_create_secret(dir: &Path) -> Result<String, ConfigError> {
+    load_or_create_named_secret(dir, SECRET_FILE).map(|(s, _)| s)
+}
+
+/// The secret kept in `dir`/`name`, created (32 random bytes, base64url, mode 0600) on
+/// first use; with its path.
+pub fn load_or_create_named_secret(dir: &Path, name: &str) -> Result<(String, PathBuf), ConfigError> {
     use base64::Engine;
     let err = |source| ConfigError::DataDir {
         path: dir.to_owned(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let path = dir.join(SECRET_FILE);
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_owned(), path)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
@@ -462,7 +598,7 @@ fn load_or_create_secret(dir: &Path) -> Result<String, ConfigError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&path).map_err(err)?;
     std::io::Write::write_all(&mut f, secret.as_bytes()).map_err(err)?;
-    Ok(secret)
+    Ok((secret, path))
 }
 
 #[cfg(test)]
@@ -476,10 +612,92 @@ mod tests {
         args: ServeArgs,
     }
 
+    /// `serve` with `a`, and a JWT secret unless `a` chooses dev mode or a JWT setting.
     fn args(a: &[&str]) -> ServeArgs {
+        let auth = !a.iter().any(|x| x.starts_with("--dev") || x.starts_with("--jwt"));
+        let jwt = auth.then_some(["--jwt-secret", "k"]).into_iter().flatten();
+        raw_args(&a.iter().copied().chain(jwt).collect::<Vec<_>>())
+    }
+
+    fn raw_args(a: &[&str]) -> ServeArgs {
         Cli::try_parse_from(std::iter::once("serve").chain(a.iter().copied()))
             .unwrap()
             .args
+    }
+
+    #[test]
+    fn no_token_setting_refuses_to_start_and_says_how_to_choose() {
+        let dir = temp_dir("devmode");
+        let d = dir.to_str().unwrap();
+        let e = raw_args(&["--data-dir", d]).resolve_with(None).unwrap_err().to_string();
+        for hint in ["--jwt-secret", "--jwt-public-key", "--dev"] {
+            assert!(e.contains(hint), "{e}");
+        }
+        // Empty secrets do not count as configured.
+        assert!(raw_args(&["--data-dir", d, "--jwt-secret", ""])
+            .resolve_with(None)
+            .is_err());
+        // Dev mode listens on loopback unless told otherwise.
+        let c = raw_args(&["--data-dir", d, "--dev"]).resolve_with(None).unwrap();
+        assert!(c.dev);
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.turn_listen, "127.0.0.1:3478".parse().unwrap());
+        let c = raw_args(&["--data-dir", d, "--dev", "--http-listen", "0.0.0.0:9000"])
+            .resolve_with(None)
+            .unwrap();
+        assert_eq!(c.http_listen, "0.0.0.0:9000".parse().unwrap());
+        // From the file too, and never together with a JWT setting.
+        let c = raw_args(&["--data-dir", d])
+            .resolve_with(Some((Path::new("x.toml"), "dev = true")))
+            .unwrap();
+        assert!(c.dev);
+        let e = raw_args(&["--data-dir", d, "--dev", "--jwt-secret", "s"])
+            .resolve_with(None)
+            .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        let c = raw_args(&["--data-dir", d])
+            .resolve_with(Some((Path::new("x.toml"), "jwt_secret = \"s\"")))
+            .unwrap();
+        assert!(!c.dev);
+        assert_eq!(c.http_listen, "0.0.0.0:8080".parse().unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn connection_and_webhook_limits() {
+        let dir = temp_dir("limits");
+        let d = dir.to_str().unwrap();
+        let c = args(&["--data-dir", d]).resolve_with(None).unwrap();
+        assert_eq!(c.max_connections, None);
+        assert_eq!(c.max_connections_per_ip, None);
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!((c.webhook_concurrency, c.webhook_queue), (8, 1024));
+        let c = args(&[
+            "--data-dir",
+            d,
+            "--max-connections",
+            "50",
+            "--max-connections-per-ip",
+            "0",
+        ])
+        .resolve_with(Some((
+            Path::new("x.toml"),
+            "http_header_timeout = \"3s\"\nwebhook_callee_burst = 2",
+        )))
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (Some(50), Some(0)));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(3));
+        assert_eq!(c.webhook_callee_burst, 2);
+        for bad in [
+            &["--max-connections", "0"][..],
+            &["--webhook-concurrency", "0"],
+            &["--webhook-callee-burst", "0"],
+            &["--http-header-timeout", "0s"],
+        ] {
+            let a: Vec<&str> = ["--data-dir", d].iter().chain(bad).copied().collect();
+            assert!(args(&a).resolve_with(None).is_err(), "{bad:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -523,7 +741,7 @@ mod tests {
 
     #[test]
     fn unknown_file_key_is_named() {
-        let e = args(&[])
+        let e = raw_args(&[])
             .resolve_with(Some((Path::new("x.toml"), "turn_lisen = \"1.2.3.4:5\"")))
             .unwrap_err();
         assert!(e.to_string().contains("turn_lisen"), "{e}");

@@ -36,6 +36,10 @@ pub struct AppState {
     pub ice_uris: Vec<String>,
     /// Bearer token verification (dev mode when no JWT is configured).
     pub tokens: Arc<Tokens>,
+    /// The HTTP listener's connection accounting.
+    pub conn_limits: Arc<crate::accept::ConnLimits>,
+    /// Webhook counters, when a webhook is configured.
+    pub webhook_metrics: Option<Arc<crate::webhook::WebhookMetrics>>,
 }
 
 impl AppState {
@@ -114,10 +118,20 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     if !s.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response();
     }
-    let mut body = json!({"status": "ok", "dev_mode": s.dev_mode()});
+    let listener = s.conn_limits.health(std::time::Instant::now());
+    let status = if listener.degraded.is_empty() { "ok" } else { "degraded" };
+    let mut body = json!({
+        "status": status,
+        "dev_mode": s.dev_mode(),
+        "connections": listener.open,
+        "max_connections": listener.max,
+    });
+    if !listener.degraded.is_empty() {
+        body["degraded"] = json!(listener.degraded);
+    }
     if s.dev_mode() {
         body["warning"] =
-            json!("DEV MODE: any dev:<user> token is accepted; configure --jwt-secret or --jwt-public-key");
+            json!("DEV MODE (--dev): any dev:<user> token is accepted; configure --jwt-secret or --jwt-public-key");
     }
     Json(body).into_response()
 }
@@ -126,6 +140,12 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     render_prometheus(&s.turn_metrics, &mut out);
     s.signal_metrics.render(&mut out);
+    s.conn_limits
+        .metrics
+        .render(&mut out, s.conn_limits.limits().max_connections);
+    if let Some(w) = &s.webhook_metrics {
+        w.render(&mut out);
+    }
     let _ = writeln!(
         out,
         "# HELP firstcall_dev_mode 1 when the server accepts dev tokens.\n# TYPE firstcall_dev_mode gauge\nfirstcall_dev_mode {}",

@@ -1,5 +1,6 @@
 //! The `firstcall serve` process: TURN workers and the HTTP listener.
 
+pub mod accept;
 pub mod config;
 pub mod http;
 pub mod signal;
@@ -53,6 +54,9 @@ pub enum ServeError {
     /// The webhook URL is unusable.
     #[error(transparent)]
     Webhook(#[from] webhook::BadUrl),
+    /// A setting or the data dir is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// Another I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -179,8 +183,68 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustl
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Loud, whenever dev mode runs, and louder when it listens beyond loopback.
+fn warn_dev_mode(config: &ServeConfig) {
+    tracing::warn!("DEV MODE (--dev): any `dev:<user>` token is accepted and /v1/dev/token mints them, TURN credentials included. For trying firstcall on one machine only.");
+    let exposed: Vec<SocketAddr> = [config.http_listen, config.turn_listen]
+        .into_iter()
+        .chain(config.turn_tls_listen)
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if !exposed.is_empty() {
+        tracing::warn!(listen = ?exposed, "DEV MODE SERVER LISTENING BEYOND LOOPBACK: anyone who reaches these addresses can sign in as any user and relay through this TURN server. Use --jwt-secret or --jwt-public-key for anything others can reach.");
+    }
+}
+
+fn webhook_policy(config: &ServeConfig) -> webhook::Policy {
+    webhook::Policy {
+        concurrency: config.webhook_concurrency,
+        queue: config.webhook_queue,
+        pair_interval: config.webhook_pair_interval,
+        callee_burst: config.webhook_callee_burst,
+        callee_window: config.webhook_callee_window,
+    }
+}
+
+/// Raise the open-files limit, warn when it stays low, and size the connection cap.
+fn connection_limits(config: &ServeConfig) -> accept::Limits {
+    let nofile = match accept::raise_nofile_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(before, after, "open-files limit raised to the hard limit");
+            }
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    let max_connections = config.max_connections.unwrap_or((nofile / 2).max(1));
+    if nofile < 4096 {
+        tracing::warn!(nofile, max_connections, "the open-files limit is low: each connection, TURN allocation and TCP TURN client takes a descriptor. Raise it (systemd LimitNOFILE=, ulimit -n) for production");
+    }
+    let turn = config.max_allocations;
+    if max_connections.saturating_add(turn) > nofile {
+        tracing::warn!(nofile, max_connections, max_allocations = turn, "--max-connections plus --max-allocations exceed the open-files limit: under load the kernel, not the caps, will refuse connections and allocations (508)");
+    }
+    // One address may not take the whole cap: a quarter of it by default, so that one
+    // stranger's idle sockets leave room for everyone else (and for /healthz).
+    let max_per_ip = config
+        .max_connections_per_ip
+        .unwrap_or((max_connections / 4).clamp(1, 256));
+    tracing::info!(nofile, max_connections, max_per_ip, header_timeout = ?config.http_header_timeout, "HTTP listener bounds");
+    accept::Limits {
+        max_connections,
+        max_per_ip,
+        header_timeout: config.http_header_timeout,
+    }
+}
+
 /// Bind every listener, start the TURN workers and the HTTP server.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let conn_limits = accept::ConnLimits::new(connection_limits(&config));
     let threads = config.threads.max(1);
     let advertised = advertised_ip(&config);
     let relay_ip = if config.relay_ip.is_unspecified() && !config.turn_listen.ip().is_unspecified() {
@@ -266,20 +330,25 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key) {
         (Some(s), _) => tokens::Tokens::hs256(s),
         (None, Some(p)) => tokens::Tokens::public_key(p)?,
-        (None, None) => {
-            tracing::warn!("DEV MODE: no --jwt-secret or --jwt-public-key, so any `dev:<user>` token is accepted and /v1/dev/token mints them. Never expose this server to users.");
-            tokens::Tokens::Dev
-        }
+        // `resolve` allows no JWT setting only with --dev.
+        (None, None) => tokens::Tokens::Dev,
     });
+    if config.dev {
+        warn_dev_mode(&config);
+    }
     let turn_secret = Secret::new(config.turn_secrets.first().cloned().unwrap_or_default());
     let webhook = match &config.webhook_url {
         Some(url) => {
-            let key = config
-                .webhook_secret
-                .clone()
-                .or_else(|| config.turn_secrets.first().cloned())
-                .unwrap_or_default();
-            Some(webhook::Webhook::new(url, key)?)
+            let key = match &config.webhook_secret {
+                Some(k) => k.clone(),
+                None => {
+                    let (key, path) =
+                        config::load_or_create_named_secret(&config.data_dir, config::WEBHOOK_SECRET_FILE)?;
+                    tracing::info!(file = %path.display(), "no --webhook-secret given: webhooks are signed with the generated key kept in the data dir (give it to the receiver)");
+                    key
+                }
+            };
+            Some(webhook::Webhook::new(url, key, webhook_policy(&config))?)
         }
         None => None,
     };
@@ -293,6 +362,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         uris: ice_uris.clone(),
         ttl: config.credential_ttl,
     });
+    let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
     let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue);
     let state = Arc::new(http::AppState {
         ready: false.into(),
@@ -303,6 +373,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         credential_ttl: config.credential_ttl,
         ice_uris,
         tokens,
+        conn_limits: conn_limits.clone(),
+        webhook_metrics,
     });
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -320,15 +392,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
             .with_state(signaling),
     );
-    // Signaling frames are small and latency-bound: without TCP_NODELAY, Nagle plus the
-    // peer's delayed ACK holds a frame back up to 40 ms whenever one is already in flight.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let http_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http_task = tokio::spawn(accept::serve(listener, app, conn_limits));
     Ok(Running {
         http: http_addr,
         turn: turn_addr,

@@ -407,7 +407,10 @@ impl Signaling {
             }
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
+        // The connection's place under the listener's caps, held for the socket's life.
+        let slot = req.extensions_mut().remove::<crate::accept::ConnSlot>();
         tokio::spawn(async move {
+            let _slot = slot;
             match on_upgrade.await {
                 Ok(up) => match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
                     Ok(parts) => {

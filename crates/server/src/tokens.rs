@@ -102,7 +102,11 @@ impl Tokens {
                 v.required_spec_claims.insert("sub".into());
                 let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| format!("invalid token: {e}"))?;
                 let c = data.claims;
-                if c.exp.is_some_and(|exp| exp + LEEWAY < now_unix) {
+                // A token that never expires is a password that can never be revoked.
+                let Some(exp) = c.exp else {
+                    return Err("token has no exp: tokens must expire".into());
+                };
+                if exp.saturating_add(LEEWAY) < now_unix {
                     return Err("token expired".into());
                 }
                 if c.nbf.is_some_and(|nbf| nbf > now_unix + LEEWAY) {
@@ -149,6 +153,26 @@ mod tests {
         assert!(v.user(&t, 4601 + LEEWAY).unwrap_err().contains("expired"));
         assert!(Tokens::hs256("other").user(&t, 1000).is_err());
         assert!(v.user("dev:alice", 1000).is_err(), "dev tokens only in dev mode");
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused() {
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: None,
+            nbf: None,
+            iat: Some(1000),
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k")).unwrap();
+        let e = Tokens::hs256("k").user(&t, 1000).unwrap_err();
+        assert!(e.contains("no exp"), "{e}");
+        // `exp` far in the future is accepted, and does not overflow.
+        let claims = Claims {
+            exp: Some(u64::MAX),
+            ..claims
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k")).unwrap();
+        assert_eq!(Tokens::hs256("k").user(&t, 1000).unwrap().as_str(), "alice");
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! and `X-Firstcall-Timestamp: <unix>` (also covered by the signature, as
 //! `<timestamp>.<body>`, so a captured request cannot be replayed later).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 /// A webhook target.
 #[derive(Clone)]
@@ -18,6 +21,169 @@ pub struct Webhook {
     url: Arc<Url>,
     secret: Arc<String>,
     tls: Option<tokio_rustls::TlsConnector>,
+    policy: Policy,
+    coalescer: Arc<Mutex<Coalescer>>,
+    /// Free POST slots (`Policy::concurrency`).
+    slots: Arc<Semaphore>,
+    /// Events accepted and not yet finished (waiting for a slot or being posted).
+    queued: Arc<AtomicUsize>,
+    /// Counters.
+    pub metrics: Arc<WebhookMetrics>,
+}
+
+/// How many webhooks go out, and how fast.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// POSTs in flight at once.
+    pub concurrency: usize,
+    /// Events accepted and not yet posted; past it new events are dropped.
+    pub queue: usize,
+    /// At most one event per caller and callee pair within this interval.
+    pub pair_interval: Duration,
+    /// At most this many events per callee within `callee_window`.
+    pub callee_burst: u32,
+    /// See `callee_burst`.
+    pub callee_window: Duration,
+}
+
+/// Why an event was not posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// The same caller and callee had one within `pair_interval`.
+    Pair,
+    /// The callee had `callee_burst` within `callee_window`.
+    Callee,
+    /// `queue` events were already waiting.
+    QueueFull,
+}
+
+impl Skipped {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skipped::Pair => "coalesced_pair",
+            Skipped::Callee => "coalesced_callee",
+            Skipped::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// Webhook counters.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Delivered (2xx).
+    pub delivered: AtomicU64,
+    /// Given up after every attempt.
+    pub failed: AtomicU64,
+    /// Not posted: [`Skipped::Pair`].
+    pub coalesced_pair: AtomicU64,
+    /// Not posted: [`Skipped::Callee`].
+    pub coalesced_callee: AtomicU64,
+    /// Not posted: [`Skipped::QueueFull`].
+    pub queue_full: AtomicU64,
+}
+
+impl WebhookMetrics {
+    fn skipped(&self, why: Skipped) {
+        match why {
+            Skipped::Pair => &self.coalesced_pair,
+            Skipped::Callee => &self.coalesced_callee,
+            Skipped::QueueFull => &self.queue_full,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "firstcall_webhook_events_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Webhook events by outcome: delivered, failed after every attempt, or not posted (coalesced, queue full).\n# TYPE {name} counter"
+        );
+        for (label, n) in [
+            ("delivered", &self.delivered),
+            ("failed", &self.failed),
+            (Skipped::Pair.as_str(), &self.coalesced_pair),
+            (Skipped::Callee.as_str(), &self.coalesced_callee),
+            (Skipped::QueueFull.as_str(), &self.queue_full),
+        ] {
+            let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", n.load(Relaxed));
+        }
+    }
+}
+
+/// Which events may go out, by caller and callee, as a function of time: one per pair
+/// per `pair_interval`, `callee_burst` per callee per `callee_window`. Invite and cancel
+/// in a loop would otherwise push the callee's phone once per invite.
+#[derive(Debug)]
+pub struct Coalescer {
+    policy: Policy,
+    pairs: HashMap<(String, String), Instant>,
+    callees: HashMap<String, VecDeque<Instant>>,
+    /// Entries past this many trigger a sweep of expired ones.
+    sweep_at: usize,
+}
+
+impl Coalescer {
+    /// Under `policy`.
+    pub fn new(policy: Policy) -> Coalescer {
+        Coalescer {
+            policy,
+            pairs: HashMap::new(),
+            callees: HashMap::new(),
+            sweep_at: 1024,
+        }
+    }
+
+    /// Whether an event from `from` to `to` may be posted at `now` (and if so, it counts).
+    pub fn admit(&mut self, from: &str, to: &str, now: Instant) -> Result<(), Skipped> {
+        self.sweep(now);
+        let p = &self.policy;
+        let key = (from.to_owned(), to.to_owned());
+        if self
+            .pairs
+            .get(&key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < p.pair_interval)
+        {
+            return Err(Skipped::Pair);
+        }
+        let window = self.callees.entry(to.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= p.callee_window)
+        {
+            window.pop_front();
+        }
+        if window.len() >= p.callee_burst as usize {
+            return Err(Skipped::Callee);
+        }
+        window.push_back(now);
+        self.pairs.insert(key, now);
+        Ok(())
+    }
+
+    /// Entries kept (both maps): bounded by the users with an event in the last window.
+    pub fn len(&self) -> usize {
+        self.pairs.len() + self.callees.len()
+    }
+
+    /// No entries kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        if self.len() < self.sweep_at {
+            return;
+        }
+        let (pi, cw) = (self.policy.pair_interval, self.policy.callee_window);
+        self.pairs.retain(|_, at| now.saturating_duration_since(*at) < pi);
+        self.callees
+            .retain(|_, w| w.back().is_some_and(|at| now.saturating_duration_since(*at) < cw));
+        // Next sweep when the live entries have doubled: amortised O(1) per event.
+        self.sweep_at = (self.len() * 2).max(1024);
+    }
 }
 
 struct Url {
@@ -76,8 +242,8 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 impl Webhook {
-    /// A webhook posting to `url`, signed with `secret`.
-    pub fn new(url: &str, secret: String) -> Result<Webhook, BadUrl> {
+    /// A webhook posting to `url`, signed with `secret`, as `policy` allows.
+    pub fn new(url: &str, secret: String, policy: Policy) -> Result<Webhook, BadUrl> {
         let url = parse(url)?;
         let tls = url.https.then(|| {
             let roots = rustls::RootCertStore {
@@ -94,27 +260,87 @@ impl Webhook {
             url: Arc::new(url),
             secret: Arc::new(secret),
             tls,
+            slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
+            coalescer: Arc::new(Mutex::new(Coalescer::new(policy.clone()))),
+            policy,
+            queued: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(WebhookMetrics::default()),
         })
     }
 
-    /// POST in the background; three attempts with backoff, each bounded.
+    /// POST in the background, unless the policy coalesces it or the queue is full
+    /// (counted, and logged); three attempts with backoff, each bounded, at most
+    /// `concurrency` at once.
     pub fn post(&self, body: Value) {
+        let (from, to) = (
+            body.get("from").and_then(Value::as_str).unwrap_or(""),
+            body.get("to").and_then(Value::as_str).unwrap_or(""),
+        );
+        let admitted = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(from, to, Instant::now());
+        if let Err(why) = admitted {
+            self.metrics.skipped(why);
+            tracing::info!(
+                from,
+                to,
+                reason = why.as_str(),
+                "webhook not posted: the callee was pushed moments ago"
+            );
+            return;
+        }
+        // Counted before the task exists, so a flood cannot spawn past the bound.
+        if self.queued.fetch_add(1, Relaxed) >= self.policy.queue {
+            self.queued.fetch_sub(1, Relaxed);
+            self.metrics.skipped(Skipped::QueueFull);
+            tracing::warn!(
+                from,
+                to,
+                queue = self.policy.queue,
+                "webhook dropped: queue full (the receiver is slow or down)"
+            );
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let body = body.to_string();
-            for attempt in 1..=3u32 {
-                match tokio::time::timeout(Duration::from_secs(5), this.send(&body)).await {
-                    Ok(Ok(status)) if (200..300).contains(&status) => {
-                        tracing::debug!(status, "webhook delivered");
-                        return;
-                    }
-                    Ok(Ok(status)) => tracing::warn!(status, attempt, "webhook refused"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, attempt, "webhook failed"),
-                    Err(_) => tracing::warn!(attempt, "webhook timed out"),
-                }
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            let delivered = match this.slots.clone().acquire_owned().await {
+                Ok(_permit) => this.deliver(&body).await,
+                Err(_) => false, // the semaphore is never closed
+            };
+            this.queued.fetch_sub(1, Relaxed);
+            if delivered {
+                this.metrics.delivered.fetch_add(1, Relaxed);
+            } else {
+                this.metrics.failed.fetch_add(1, Relaxed);
+                tracing::warn!("webhook given up after 3 attempts");
             }
         });
+    }
+
+    /// Events accepted and not yet finished.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
+    async fn deliver(&self, body: &str) -> bool {
+        for attempt in 1..=3u32 {
+            match tokio::time::timeout(Duration::from_secs(5), self.send(body)).await {
+                Ok(Ok(status)) if (200..300).contains(&status) => {
+                    tracing::debug!(status, "webhook delivered");
+                    return true;
+                }
+                Ok(Ok(status)) => tracing::warn!(status, attempt, "webhook refused"),
+                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "webhook failed"),
+                Err(_) => tracing::warn!(attempt, "webhook timed out"),
+            }
+            if attempt < 3 {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+        }
+        false
     }
 
     async fn send(&self, body: &str) -> std::io::Result<u16> {
@@ -170,6 +396,64 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("::1", 8081));
         assert!(parse("ftp://x").is_err());
         assert!(parse("http://:80/").is_err());
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            concurrency: 2,
+            queue: 4,
+            pair_interval: Duration::from_secs(10),
+            callee_burst: 3,
+            callee_window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn one_push_per_pair_per_interval() {
+        let mut c = Coalescer::new(policy());
+        let t = Instant::now();
+        assert_eq!(c.admit("mallory", "victim", t), Ok(()));
+        assert_eq!(
+            c.admit("mallory", "victim", t + Duration::from_secs(9)),
+            Err(Skipped::Pair)
+        );
+        // Another caller is another pair; the other direction too.
+        assert_eq!(c.admit("bob", "victim", t + Duration::from_secs(1)), Ok(()));
+        assert_eq!(c.admit("victim", "mallory", t), Ok(()));
+        assert_eq!(c.admit("mallory", "victim", t + Duration::from_secs(10)), Ok(()));
+    }
+
+    #[test]
+    fn a_callee_gets_a_bounded_burst_per_window() {
+        let mut c = Coalescer::new(policy());
+        let t = Instant::now();
+        for (i, from) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(c.admit(from, "victim", t + Duration::from_secs(i as u64)), Ok(()));
+        }
+        assert_eq!(c.admit("d", "victim", t + Duration::from_secs(5)), Err(Skipped::Callee));
+        // A refused event does not count: the window frees up 60 s after the first.
+        assert_eq!(c.admit("d", "victim", t + Duration::from_secs(60)), Ok(()));
+        assert_eq!(
+            c.admit("e", "victim", t + Duration::from_secs(60)),
+            Err(Skipped::Callee)
+        );
+        assert_eq!(c.admit("e", "other", t + Duration::from_secs(60)), Ok(()));
+    }
+
+    #[test]
+    fn entries_are_swept_once_expired() {
+        let mut c = Coalescer::new(policy());
+        let t = Instant::now();
+        for i in 0..600u64 {
+            c.admit(&format!("u{i}"), &format!("v{i}"), t).unwrap();
+        }
+        // Past both windows: the old entries go at the next sweep, which comes once the
+        // map has doubled since the last one.
+        let later = t + Duration::from_secs(61);
+        for i in 0..500u64 {
+            c.admit(&format!("x{i}"), &format!("y{i}"), later).unwrap();
+        }
+        assert_eq!(c.len(), 2 * 500, "only the live entries are kept");
     }
 
     #[test]

@@ -52,6 +52,8 @@ export async function startFirstcall(ns, extra = []) {
     "--realm", "firstcall.test",
     "--data-dir", join(dir, "data"),
     "--log", "debug",
+    // dev:<user> tokens, unless the test chooses a JWT setting.
+    ...(extra.some((a) => a.startsWith("--jwt") || a === "--dev") ? [] : ["--dev"]),
     ...extra,
   ]);
   const out = openSync(logFile, "a");

@@ -141,19 +141,37 @@ pub fn firstcall_bin() -> &'static str {
 }
 
 /// Start `firstcall serve` on 127.0.0.1 with fresh ports and `extra` flags; waits for /healthz.
+/// In dev mode (`dev:<user>` tokens) unless `extra` sets a JWT option or `--dev` itself.
 pub fn start_firstcall(extra: &[&str]) -> Server {
     start_firstcall_on(SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
 }
 
 /// As [`start_firstcall`], with the TURN listener on `turn`.
 pub fn start_firstcall_on(turn: SocketAddr, extra: &[&str]) -> Server {
+    start_firstcall_with(turn, None, extra)
+}
+
+/// As [`start_firstcall`], with the open-files limit (soft and hard) set to `nofile`
+/// by util-linux's `prlimit`, which then execs the server (same PID).
+pub fn start_firstcall_nofile(nofile: u64, extra: &[&str]) -> Server {
+    start_firstcall_with(SocketAddr::from(([127, 0, 0, 1], free_port())), Some(nofile), extra)
+}
+
+fn start_firstcall_with(turn: SocketAddr, nofile: Option<u64>, extra: &[&str]) -> Server {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let relay = relay_range(100);
     let tag = format!("{}-{}", std::process::id(), turn.port());
     let data_dir = std::env::temp_dir().join(format!("firstcall-test-{tag}"));
     let log = std::env::temp_dir().join(format!("firstcall-test-{tag}.log"));
     let log_file = std::fs::File::create(&log).expect("create log file");
-    let mut cmd = Command::new(firstcall_bin());
+    let mut cmd = match nofile {
+        None => Command::new(firstcall_bin()),
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(firstcall_bin());
+            c
+        }
+    };
     cmd.args([
         "serve",
         "--http-listen",
@@ -165,6 +183,11 @@ pub fn start_firstcall_on(turn: SocketAddr, extra: &[&str]) -> Server {
     .args(["--data-dir", data_dir.to_str().expect("utf-8 temp dir")])
     .args(["--realm", "firstcall.test", "--log", "debug"])
     .args(extra)
+    .args(
+        (!extra.iter().any(|a| a.starts_with("--jwt") || *a == "--dev"))
+            .then_some("--dev")
+            .iter(),
+    )
     .env_remove("FIRSTCALL_CONFIG")
     .stdout(Stdio::null())
     .stderr(log_file);
