@@ -4,6 +4,9 @@
 //! [`hub::Hub`] is the state machine; it never touches a socket or a clock.
 //! The server crate drives it over WebSockets.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

@@ -145,7 +145,7 @@ pub(crate) fn serde_envelope(text: &str) -> Option<Envelope<'_>> {
     // would always copy.
     #[derive(Deserialize)]
     struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    let r: Raw = serde_json::from_str(text).ok()?;
+    let r: Raw<'_> = serde_json::from_str(text).ok()?;
     Some(Envelope {
         typ: r.typ.map(|t| t.0),
         seq: r.seq,
@@ -171,7 +171,7 @@ pub(crate) fn serde_candidate(data: &str) -> Option<Cow<'_, str>> {
         #[serde(borrow)]
         candidate: Cow<'a, str>,
     }
-    serde_json::from_str::<CandidateOnly>(data)
+    serde_json::from_str::<CandidateOnly<'_>>(data)
         .ok()
         .map(|c| c.candidate.candidate)
 }

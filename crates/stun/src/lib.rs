@@ -13,6 +13,9 @@
 //! [`DecodeError`] naming what was wrong, and when the 20-byte header was
 //! readable the error carries it so a server can still answer 400.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod attr;
 pub mod channel;
 #[doc(hidden)]

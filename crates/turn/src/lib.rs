@@ -5,6 +5,9 @@
 //! [`server::Server`] is the state machine; [`auth`] and [`filter`] are the
 //! policies it applies; [`metrics`] are its counters.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod filter;
 #[doc(hidden)]
