@@ -131,9 +131,16 @@ impl Raw {
     }
 
     fn hello(&mut self, user: &str) {
-        let h = format!(r#"{{"type":"hello","token":"dev:{user}","device":"d"}}"#);
+        self.hello_with(&format!("dev:{user}"));
+    }
+
+    /// Say hello with `token`; the welcome.
+    fn hello_with(&mut self, token: &str) -> serde_json::Value {
+        let h = format!(r#"{{"type":"hello","token":"{token}","device":"d"}}"#);
         self.send(&frame(true, 1, h.as_bytes()));
-        assert_eq!(self.next_json()["type"], "welcome");
+        let w = self.next_json();
+        assert_eq!(w["type"], "welcome", "{w}");
+        w
     }
 }
 
@@ -258,6 +265,55 @@ fn protocol_errors_close_with_their_code_and_others_go_on() {
         server.metric("firstcall_signal_sockets_cut_total{reason=\"too_large\"}"),
         1
     );
+}
+
+/// The JWT secret of the servers [`start_jwt`] starts.
+const JWT_SECRET: &str = "ws-test-key";
+
+/// A server in JWT mode.
+fn start_jwt(extra: &[&str]) -> Server {
+    let mut args = vec!["--turn-secret", "s", "--jwt-secret", JWT_SECRET];
+    args.extend_from_slice(extra);
+    start_firstcall(&args)
+}
+
+/// A token for `user` from `firstcall token`, signed with [`JWT_SECRET`].
+fn jwt(user: &str) -> String {
+    let out = std::process::Command::new(firstcall_bin())
+        .args(["token", "--jwt-secret", JWT_SECRET, "--user", user, "--ttl", "1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The protocol is text: a binary message is refused with 1003 (RFC 6455 7.4.1), not
+/// read as text, even when its bytes are a valid frame for the hub.
+#[test]
+fn binary_messages_are_refused_with_1003() {
+    let server = start_jwt(&[]);
+    let mut bystander = open(&server);
+    bystander.hello_with(&jwt("bystander"));
+    // Before the hello (the lossy decode used to answer it with a welcome) and after.
+    let hello = format!(r#"{{"type":"hello","token":"{}","device":"d"}}"#, jwt("bin"));
+    let mut c = open(&server);
+    c.send(&frame(true, 2, hello.as_bytes()));
+    let reason = c.expect_close(1003);
+    assert!(reason.contains("binary"), "reason {reason:?}");
+    let mut c = open(&server);
+    c.hello_with(&jwt("bin"));
+    // Fragmented: the whole message is binary, whatever its pieces.
+    let mut bytes = frame(false, 2, br#"{"type":"#);
+    bytes.extend(frame(true, 0, br#""ping"}"#));
+    c.send(&bytes);
+    c.expect_close(1003);
+    assert_eq!(
+        server.metric("firstcall_signal_sockets_cut_total{reason=\"binary\"}"),
+        2
+    );
+    assert!(server.log_text().contains("binary message refused"));
+    bystander.send(&frame(true, 9, b"still here"));
+    assert_eq!(bystander.next(), (10, b"still here".to_vec()));
 }
 
 #[test]

@@ -261,11 +261,6 @@ impl Endpoint for Signaling {
         self.with_hub_into(w, |hub, _| hub.handle_text(conn, text, Instant::now()));
     }
 
-    fn binary(&self, conn: ConnId, _: &Arc<Outlet>, data: &[u8], w: &mut Writes) {
-        let t = String::from_utf8_lossy(data);
-        self.with_hub_into(w, |hub, _| hub.handle_text(conn, &t, Instant::now()));
-    }
-
     fn flush(&self, w: Writes) {
         Signaling::flush(self, w)
     }

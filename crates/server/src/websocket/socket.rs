@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use firstcall_signal::hub::ConnId;
 use firstcall_signal::metrics::SignalMetrics;
-use firstcall_signal::ws::{Decoder, Message, Role};
+use firstcall_signal::ws::{Decoder, Message, Role, WsError};
 use tokio::net::TcpStream;
 
 use super::outlet::Outlet;
@@ -46,8 +46,12 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
     fn connect(&self, outlet: &Arc<Outlet>) -> ConnId;
     /// A text message.
     fn text(&self, conn: ConnId, outlet: &Arc<Outlet>, text: &str, batch: &mut Self::Batch);
-    /// A binary message.
-    fn binary(&self, conn: ConnId, outlet: &Arc<Outlet>, data: &[u8], batch: &mut Self::Batch);
+    /// A binary message; false refuses it, and the socket is closed with 1003 (RFC 6455
+    /// 7.4.1: "a type of data it cannot accept"). Refused unless an endpoint takes them.
+    fn binary(&self, conn: ConnId, outlet: &Arc<Outlet>, data: &[u8], batch: &mut Self::Batch) -> bool {
+        let _ = (conn, outlet, data, batch);
+        false
+    }
     /// Do what the messages of a read left in `batch`.
     fn flush(&self, batch: Self::Batch);
     /// The socket is gone: forget it.
@@ -55,6 +59,27 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
     /// Where cut sockets are counted (`sockets_cut`).
     fn metrics(&self) -> &SignalMetrics;
 }
+
+/// Why the server cut a socket: the `reason` label of `sockets_cut`.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// A binary message to an endpoint that takes text only (closed with 1003).
+    Binary,
+    /// The peer broke RFC 6455 (closed with the error's code).
+    Protocol(WsError),
+}
+
+impl Cut {
+    fn label(self) -> &'static str {
+        match self {
+            Cut::Binary => "binary",
+            Cut::Protocol(e) => e.label(),
+        }
+    }
+}
+
+/// The close reason sent with 1003.
+const BINARY_REFUSED: &str = "binary messages are not accepted: send text";
 
 /// Why a socket's task stops reading.
 #[derive(Debug)]
@@ -205,7 +230,7 @@ fn decode_all<E: Endpoint>(
             }
             Err(e) => {
                 tracing::info!(conn = conn.0, error = %e, code = e.close_code(), "WebSocket protocol error: closing");
-                ep.metrics().count("sockets_cut", e.label());
+                ep.metrics().count("sockets_cut", Cut::Protocol(e).label());
                 outlet.close(Some((e.close_code(), &e.to_string())));
                 break Some(Stop::Closing);
             }
@@ -230,8 +255,17 @@ fn on_message<E: Endpoint>(
             None
         }
         Some(Message::Binary(b)) => {
-            ep.binary(conn, outlet, b, batch);
-            None
+            if ep.binary(conn, outlet, b, batch) {
+                return None;
+            }
+            tracing::info!(
+                conn = conn.0,
+                bytes = b.len(),
+                "binary message refused: closing with 1003"
+            );
+            ep.metrics().count("sockets_cut", Cut::Binary.label());
+            outlet.close(Some((1003, BINARY_REFUSED)));
+            Some(Stop::Closing)
         }
         Some(Message::Ping(p)) => {
             outlet.pong(p);
