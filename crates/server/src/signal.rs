@@ -74,12 +74,9 @@ pub struct Signaling {
     timer: Arc<Notify>,
     webhook: Option<crate::webhook::Webhook>,
     next: Arc<AtomicU64>,
-    /// Bytes that may be queued for a socket while it is not taking what it already has
-    /// (its kernel buffer full) before it counts as too slow and is cut
-    /// (`--slow-socket-queue`). What the hub hands over in one go, such as the replay on
-    /// resume, is queued whole whatever its size: it is bounded by the session's cap on
-    /// unacknowledged frames, and cutting a socket for the server's own burst would only
-    /// make the client resume into the same burst again.
+    /// Unsent bytes a socket may have queued before it counts as too slow and is cut
+    /// (`--slow-socket-queue`): every byte, including what the hub hands over in one go
+    /// such as a resume's replay (see `websocket::Outlet`).
     queue_limit: usize,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
@@ -200,11 +197,10 @@ impl Signaling {
                 break;
             }
             for conn in slow {
-                // The outlet has failed and told its task, which ends the socket. The
-                // session keeps the frames for the resume.
+                // The outlet was cut and told its task, which ends the socket (and
+                // counts and logs the cut). Detached now, so that the hub sends it
+                // nothing more; the session keeps the frames for the resume.
                 if s.conns.remove(&conn).is_some() {
-                    tracing::info!(conn = conn.0, "socket too slow: cut, frames kept for resume");
-                    s.hub.metrics().count("sockets_cut", "slow");
                     s.hub.handle_disconnect(conn, Instant::now());
                 }
             }

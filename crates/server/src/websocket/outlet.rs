@@ -12,8 +12,9 @@ use crate::tcp::write_front;
 /// in the order it produced them); whichever task comes next writes from the front.
 pub struct Outlet {
     pub(super) sock: TcpStream,
-    /// Bytes that may be queued while the socket is not taking what it already has
-    /// (`--slow-socket-queue`).
+    /// Unsent bytes (queued here, the kernel having refused them or not yet been
+    /// offered them) past which the socket is too slow and is cut
+    /// (`--slow-socket-queue`). See [`Outlet::append`].
     limit: usize,
     out: Mutex<OutBuf>,
     /// Wakes the socket's own task: its socket would block, or it is to close.
@@ -26,14 +27,14 @@ pub(super) struct OutBuf {
     bytes: Vec<u8>,
     /// The socket's task waits for it to become writable; others only append.
     pub(super) blocked: bool,
-    /// Bytes appended while `blocked`: what counts against the queue limit.
-    backlog: usize,
     /// Already in a pending list of outlets to write (see [`Queued::First`]).
     listed: bool,
     /// A close frame is queued: after it, nothing more is sent.
     pub(super) closing: bool,
-    /// A write failed: the peer is gone, drop whatever comes.
+    /// A write failed, or the socket was cut: drop whatever comes.
     pub(super) failed: bool,
+    /// The socket was cut for being too slow; its task counts and logs it, once.
+    pub(super) slow: bool,
 }
 
 impl OutBuf {
@@ -83,10 +84,12 @@ impl Outlet {
     }
 
     /// Queue the close frame with `code` and `reason` for the next [`Outlet::push`];
-    /// nothing is sent after it.
+    /// nothing is sent after it. Over the limit, the socket is cut instead.
     pub fn queue_close(&self, code: u16, reason: &str) -> Queued {
         let mut b = self.lock();
-        Outlet::close_frame(&mut b, Some((code, reason)));
+        if !self.close_frame(&mut b, Some((code, reason))) {
+            return Queued::Cut;
+        }
         Outlet::list(&mut b)
     }
 
@@ -99,23 +102,56 @@ impl Outlet {
         }
     }
 
-    /// Queue one frame; false if the queue is over its limit (the frame is not queued).
+    /// Queue one frame; false if that took the queue over its limit: the socket is then
+    /// cut (and its task told), and neither this frame nor anything after it is sent.
     fn append(&self, b: &mut OutBuf, op: OpCode, payload: &[u8]) -> bool {
         if b.closing || b.failed {
             return true;
         }
-        if b.blocked {
-            b.backlog += payload.len();
-            if b.backlog > self.limit {
-                // Nothing after a refused frame may go out either: the client would see
-                // a gap. The socket is done; its session keeps every frame for the resume.
-                b.fail();
-                self.wake.notify_one();
-                return false;
+        ws::encode(&mut b.bytes, op, payload, None);
+        self.bound(b)
+    }
+
+    /// Hold the queue to the limit: every unsent byte counts, whatever queued it (a
+    /// relayed frame, the whole replay of a resume or a backlog the hub hands over in
+    /// one call, a pong, a close frame).
+    ///
+    /// Past the limit the queue is first offered to the kernel, right here (on the
+    /// appending task, under the hub's lock if the hub is appending): the limit then
+    /// applies to the bytes the kernel refused, not to a burst that a reading client's
+    /// socket takes at once. Only a queue over the limit gets this write, so the usual
+    /// small frame still waits for the batched write after the read. If the socket's
+    /// task already waits for writability, the kernel has refused and is not asked
+    /// again. Still over: the socket is cut. Its session keeps every frame for the
+    /// resume, and nothing after a refused frame may go out (the client would see a
+    /// gap), so whatever is queued is dropped.
+    fn bound(&self, b: &mut OutBuf) -> bool {
+        if b.bytes.len() <= self.limit {
+            return true;
+        }
+        if !b.blocked {
+            match write_queued(&self.sock, b) {
+                Ok(true) => return true,
+                Ok(false) => {
+                    // The task waits for writability from now on.
+                    b.blocked = true;
+                    self.wake.notify_one();
+                }
+                Err(_) => {
+                    // The peer is gone: not a slow socket.
+                    b.fail();
+                    self.wake.notify_one();
+                    return true;
+                }
             }
         }
-        ws::encode(&mut b.bytes, op, payload, None);
-        true
+        if b.bytes.len() <= self.limit {
+            return true;
+        }
+        b.fail();
+        b.slow = true;
+        self.wake.notify_one();
+        false
     }
 
     /// Write what is queued, unless the socket's task is already waiting to. Wakes the
@@ -149,16 +185,17 @@ impl Outlet {
     }
 
     /// Queue the close frame, with a status code and reason if given; nothing is sent
-    /// after it.
-    fn close_frame(b: &mut OutBuf, status: Option<(u16, &str)>) {
+    /// after it. False if it took the queue over its limit (see [`Outlet::bound`]).
+    fn close_frame(&self, b: &mut OutBuf, status: Option<(u16, &str)>) -> bool {
         if b.closing || b.failed {
-            return;
+            return true;
         }
         match status {
             Some((code, reason)) => ws::encode_close(&mut b.bytes, code, reason, None),
             None => ws::encode(&mut b.bytes, OpCode::Close, &[], None),
         }
         b.closing = true;
+        self.bound(b)
     }
 
     /// Answer a ping.
@@ -171,7 +208,8 @@ impl Outlet {
 
     /// Send our close frame.
     pub(super) fn close(&self, status: Option<(u16, &str)>) {
-        Outlet::close_frame(&mut self.lock(), status);
+        // Over the limit, the close cuts the socket like any frame.
+        let _ = self.close_frame(&mut self.lock(), status);
         self.push();
     }
 
@@ -186,8 +224,6 @@ impl Outlet {
 /// block (false).
 fn write_queued(sock: &TcpStream, b: &mut OutBuf) -> std::io::Result<bool> {
     let drained = write_front(sock, &mut b.bytes);
-    // What left came from the front: the backlog is at most what remains.
-    b.backlog = b.backlog.min(b.bytes.len());
     // Give back a buffer a burst (or the welcome) grew, so that idle sockets stay
     // small; one relayed frame fits in what is kept.
     if b.bytes.is_empty() && b.bytes.capacity() > 512 {

@@ -27,8 +27,8 @@ pub struct Limits {
     /// Largest message read (whole, or its fragments together); beyond it the socket is
     /// closed with 1009.
     pub max_message: usize,
-    /// Bytes that may be queued for the socket while it is not taking what it already
-    /// has (`--slow-socket-queue`).
+    /// Unsent bytes past which the socket is too slow and is cut
+    /// (`--slow-socket-queue`).
     pub queue_limit: usize,
 }
 
@@ -63,6 +63,8 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
 /// Why the server cut a socket: the `reason` label of `sockets_cut`.
 #[derive(Clone, Copy, Debug)]
 enum Cut {
+    /// Its unsent bytes passed the queue limit (see `Outlet::bound`).
+    Slow,
     /// A binary message to an endpoint that takes text only (closed with 1003).
     Binary,
     /// The peer broke RFC 6455 (closed with the error's code).
@@ -72,6 +74,7 @@ enum Cut {
 impl Cut {
     fn label(self) -> &'static str {
         match self {
+            Cut::Slow => "slow",
             Cut::Binary => "binary",
             Cut::Protocol(e) => e.label(),
         }
@@ -151,6 +154,16 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
         }
     }
     ep.disconnect(conn);
+    if outlet.lock().slow {
+        // Counted here, whichever path cut it (the endpoint's frames, a pong, a close):
+        // the task ends once, so each cut is counted and logged once.
+        tracing::info!(
+            conn = conn.0,
+            limit = limits.queue_limit,
+            "socket too slow: cut, frames kept for resume"
+        );
+        ep.metrics().count("sockets_cut", Cut::Slow.label());
+    }
     if !matches!(stop, Some(Stop::Gone)) {
         // RFC 6455 7.1.1: after the closing handshake the server closes TCP first.
         // Bounded: a peer that neither reads nor closes is dropped.
