@@ -6,10 +6,12 @@
 //! ([`crate::signal`]), or an echo for conformance tests. Both run the very same codec
 //! and socket task.
 
+mod echo;
 mod handshake;
 mod outlet;
 mod socket;
 
+pub use echo::Echo;
 pub use handshake::upgrade;
 pub use outlet::{Outlet, Queued};
 pub use socket::{serve, Endpoint, Limits};
