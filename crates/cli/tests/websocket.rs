@@ -275,6 +275,20 @@ fn protocol_errors_close_with_their_code_and_others_go_on() {
     );
 }
 
+/// Text that can never be UTF-8 fails the socket as soon as it arrives (RFC 6455 8.1;
+/// Autobahn 6.4.3): here the rest of its frame never comes.
+#[test]
+fn invalid_utf8_is_refused_before_its_frame_is_whole() {
+    let server = start_jwt(&[]);
+    let mut c = open(&server);
+    c.hello_with(&jwt("utf8"));
+    let payload = [&b"valid "[..], &[0xf4, 0x90, 0x80, 0x80], &[b'x'; 1000]].concat();
+    let f = frame(true, 1, &payload);
+    c.send(&f[..f.len() - 500]);
+    let reason = c.expect_close(1007);
+    assert!(reason.contains("UTF-8"), "reason {reason:?}");
+}
+
 /// The JWT secret of the servers [`start_jwt`] starts.
 const JWT_SECRET: &str = "ws-test-key";
 
