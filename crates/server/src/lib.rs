@@ -9,6 +9,7 @@ pub mod tcp;
 pub mod tokens;
 pub mod turn;
 pub mod webhook;
+pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

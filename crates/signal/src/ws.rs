@@ -9,6 +9,8 @@
 //! error.
 //!
 //! "Need more bytes" is not an error: [`Decoder::decode`] returns 0 consumed bytes.
+//! Text is checked for UTF-8 as it arrives (fragments, and the received part of an
+//! unfinished frame), so that invalid text fails the connection at once.
 
 /// Which end of the connection the decoder sits at: frames from a client MUST be
 /// masked and frames from a server MUST NOT be (RFC 6455 5.1).
@@ -118,6 +120,13 @@ pub struct Decoder {
     partial: Option<(bool, Vec<u8>)>,
     /// The last reassembled message handed out; cleared on the next call.
     done: Vec<u8>,
+    /// The UTF-8 of the text message in progress, checked as its bytes arrive: its
+    /// fragments, and the part of a frame already received, so that invalid text fails
+    /// at once instead of when its message is whole (RFC 6455 8.1; Autobahn 6.4.*).
+    text: Utf8Stream,
+    /// Payload bytes of the unfinished text frame at the front of the input already fed
+    /// to `text`.
+    peeked: usize,
 }
 
 impl Decoder {
@@ -128,6 +137,8 @@ impl Decoder {
             max_message,
             partial: None,
             done: Vec::new(),
+            text: Utf8Stream::default(),
+            peeked: 0,
         }
     }
 
@@ -137,7 +148,9 @@ impl Decoder {
     /// `(None, 0)` means `buf` does not hold a whole frame yet (nothing is consumed, call
     /// again with more bytes); `(None, n)` means a fragment was taken in. A frame's
     /// announced length is checked against the limit before its payload is awaited, so
-    /// a peer cannot make the caller buffer more than the limit.
+    /// a peer cannot make the caller buffer more than the limit. The bytes of an
+    /// unfinished text frame are checked for UTF-8 as they come (so the caller must
+    /// offer them again unchanged, as it naturally does).
     pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(Option<Message<'a>>, usize), WsError> {
         // Dropped, not cleared: one large fragmented message must not pin its buffer
         // for the life of the socket.
@@ -202,9 +215,18 @@ impl Decoder {
         }
         // Under the limit, so it fits in usize.
         let len = len as usize;
+        let text = op == 1 || (op == 0 && matches!(self.partial, Some((true, _))));
         if buf.len() < head + len {
+            if text && buf.len() > head {
+                if op == 1 && self.peeked == 0 {
+                    self.text = Utf8Stream::default();
+                }
+                let key = masked.then(|| [buf[head - 4], buf[head - 3], buf[head - 2], buf[head - 1]]);
+                self.peek_text(&buf[head..], key)?;
+            }
             return Ok((None, 0));
         }
+        let peeked = std::mem::take(&mut self.peeked);
         let used = head + len;
         let (header, rest) = buf.split_at_mut(head);
         let payload = &mut rest[..len];
@@ -219,7 +241,13 @@ impl Decoder {
             // starts a message and a continuation has one to continue.
             1 | 2 if fin => whole(op == 1, payload)?,
             1 | 2 => {
-                self.partial = Some((op == 1, payload.to_vec()));
+                if text {
+                    if peeked == 0 {
+                        self.text = Utf8Stream::default();
+                    }
+                    self.text.feed(&payload[peeked..])?;
+                }
+                self.partial = Some((text, payload.to_vec()));
                 return Ok((None, used));
             }
             0 => {
@@ -227,6 +255,9 @@ impl Decoder {
                     .partial
                     .take()
                     .expect("checked before the size limit: a message is in progress");
+                if text {
+                    self.text.feed(&payload[peeked..])?;
+                }
                 bytes.extend_from_slice(payload);
                 if !fin {
                     self.partial = Some((text, bytes));
@@ -240,6 +271,67 @@ impl Decoder {
             _ => Message::Pong(payload),
         };
         Ok((Some(msg), used))
+    }
+}
+
+impl Decoder {
+    /// Check the part of an unfinished text frame's payload that has arrived and was not
+    /// checked yet, unmasking a copy (the input stays as it came).
+    fn peek_text(&mut self, arrived: &[u8], key: Option<[u8; 4]>) -> Result<(), WsError> {
+        let mut scratch = [0u8; 256];
+        while self.peeked < arrived.len() {
+            let at = self.peeked;
+            let n = (arrived.len() - at).min(scratch.len());
+            let piece = &mut scratch[..n];
+            piece.copy_from_slice(&arrived[at..at + n]);
+            if let Some(k) = key {
+                for (i, b) in piece.iter_mut().enumerate() {
+                    *b ^= k[(at + i) & 3];
+                }
+            }
+            self.text.feed(piece)?;
+            self.peeked += n;
+        }
+        Ok(())
+    }
+}
+
+/// Checks UTF-8 that arrives in pieces; a character cut between two pieces is carried
+/// over (at most 3 bytes). Only a sequence that cannot become valid is an error: one
+/// left unfinished at the end of a message is caught when the message is whole.
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    carry: [u8; 4],
+    n: usize,
+}
+
+impl Utf8Stream {
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), WsError> {
+        // Finish the carried character first, a byte at a time.
+        while self.n > 0 {
+            let Some((&b, rest)) = input.split_first() else {
+                return Ok(());
+            };
+            // Unfinished means at most 3 bytes so far (a character has at most 4).
+            self.carry[self.n] = b;
+            self.n += 1;
+            input = rest;
+            match std::str::from_utf8(&self.carry[..self.n]) {
+                Ok(_) => self.n = 0,
+                Err(e) if e.error_len().is_some() => return Err(WsError::Utf8),
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(input) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => Err(WsError::Utf8),
+            Err(e) => {
+                let tail = &input[e.valid_up_to()..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.n = tail.len();
+                Ok(())
+            }
+        }
     }
 }
 
@@ -571,6 +663,55 @@ mod tests {
         // A character split across fragments is fine once whole.
         let bytes = fragmented(&[&[0xc3], &[0xa9]], [1, 1, 1, 1]);
         assert_eq!(all(&mut server(), &bytes).unwrap(), ["Text(\"é\")"]);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_as_soon_as_it_arrives() {
+        // Autobahn 6.4.1/6.4.2: valid first fragment, then a fragment holding a sequence
+        // that can never be valid (0xf4 0x90: past U+10FFFF), the message unfinished.
+        let key = [7, 7, 7, 7];
+        let part1 = [0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5];
+        let mut d = server();
+        let mut f = fragment(&part1, true, false, key);
+        assert_eq!(d.decode(&mut f).unwrap().0, None);
+        let mut f = fragment(&[0xf4, 0x90], false, false, key);
+        assert_eq!(d.decode(&mut f), Err(WsError::Utf8));
+        // A character cut between fragments is not a fault while it can still finish.
+        let mut d = server();
+        let mut f = fragment(&[b'a', 0xe2, 0x82], true, false, key);
+        assert_eq!(d.decode(&mut f).unwrap().0, None);
+        let mut f = fragment(&[0xac], false, true, key);
+        assert_eq!(d.decode(&mut f).unwrap().0, Some(Message::Text("a€")));
+        // ... but is one if the message ends with it unfinished.
+        let bytes = fragmented(&[b"a", &[0xe2, 0x82]], key);
+        assert_eq!(all(&mut server(), &bytes), Err(WsError::Utf8));
+        // Autobahn 6.4.3/6.4.4: one frame in three TCP writes: the error comes with the
+        // second write, before the frame is whole.
+        let mut whole = vec![];
+        let payload: Vec<u8> = part1
+            .iter()
+            .chain(&[0xf4, 0x90, 0x80, 0x80])
+            .chain(b"edited")
+            .copied()
+            .collect();
+        encode(&mut whole, OpCode::Text, &payload, Some([1, 2, 3, 4]));
+        let mut d = server();
+        let head = 2 + 4;
+        let mut first = whole[..head + part1.len()].to_vec();
+        assert_eq!(d.decode(&mut first).unwrap(), (None, 0));
+        let mut second = whole[..head + part1.len() + 2].to_vec();
+        assert_eq!(d.decode(&mut second), Err(WsError::Utf8));
+        // The same frame with valid text, in pieces cut inside characters, decodes whole
+        // (the input offered again unchanged each time).
+        let text = "κόσμε€𝄞 and more".repeat(30);
+        let mut f = vec![];
+        encode(&mut f, OpCode::Text, text.as_bytes(), Some([9, 8, 7, 6]));
+        let mut d = server();
+        for cut in (1..f.len()).step_by(7) {
+            let mut part = f[..cut].to_vec();
+            assert_eq!(d.decode(&mut part).unwrap(), (None, 0), "cut at {cut}");
+        }
+        assert_eq!(d.decode(&mut f).unwrap().0, Some(Message::Text(text.as_str())));
     }
 
     #[test]
