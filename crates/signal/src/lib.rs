@@ -5,6 +5,7 @@
 //! The server crate drives it over WebSockets.
 
 pub mod hub;
+pub mod keys;
 pub mod metrics;
 pub mod protocol;
 pub mod scan;

@@ -575,12 +575,13 @@ fn signal_frames_the_fast_path_cannot_vouch_for_are_refused_by_name() {
         ),
         (
             format!(r#"{{"type":"call.signal","seq":S,"call":"ok","call":"ok","data":{c}}}"#),
-            "duplicate field `call`",
+            r#"duplicate key "call""#,
         ),
-        // Valid JSON, not a valid string: what a broken JS string serialises to.
+        // Valid JSON, not a valid string: what a broken JS string serialises to. The
+        // duplicate-key check reads every string, and names the fault.
         (
             format!(r#"{{"type":"call.signal","seq":S,"call":"\ud800","data":{c}}}"#),
-            "call.signal: unexpected end of hex escape",
+            "unexpected end of hex escape",
         ),
     ];
     for (text, why) in &refused {
