@@ -1388,8 +1388,13 @@ impl<R: RngCore> Hub<R> {
         if is_caller && ringing {
             if let Some(limit) = self.held_limit(c, data.len()) {
                 self.metrics.limit_hit(limit);
-                c.span
-                    .in_scope(|| tracing::info!(limit = limit.as_str(), held = c.caller_signals.len(), "held signals full: signal refused"));
+                c.span.in_scope(|| {
+                    tracing::info!(
+                        limit = limit.as_str(),
+                        held = c.caller_signals.len(),
+                        "held signals full: signal refused"
+                    )
+                });
                 return Err(refuse(
                     ErrorCode::HeldFull,
                     format!(

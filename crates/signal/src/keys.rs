@@ -163,4 +163,72 @@ mod tests {
         assert_eq!(check(&text), Ok(()));
         assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
     }
+
+    /// A JSON tree whose objects' keys come from a small set (so duplicates are common).
+    #[derive(Clone, Debug)]
+    enum Tree {
+        Leaf,
+        List(Vec<Tree>),
+        Object(Vec<(u8, Tree)>),
+    }
+
+    impl Tree {
+        fn text(&self, escape: bool) -> String {
+            match self {
+                Tree::Leaf => "0".into(),
+                Tree::List(v) => format!("[{}]", v.iter().map(|t| t.text(escape)).collect::<Vec<_>>().join(",")),
+                Tree::Object(f) => {
+                    let fields: Vec<String> = f
+                        .iter()
+                        .enumerate()
+                        // Every other key escaped: the same key to a reader.
+                        .map(|(i, (k, t))| match escape && i % 2 == 1 {
+                            true => format!(r#""k\u00{:02x}":{}"#, b'a' + k, t.text(escape)),
+                            false => format!(r#""k{}":{}"#, char::from(b'a' + k), t.text(escape)),
+                        })
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+            }
+        }
+        fn has_duplicate(&self) -> bool {
+            match self {
+                Tree::Leaf => false,
+                Tree::List(v) => v.iter().any(Tree::has_duplicate),
+                Tree::Object(f) => {
+                    let keys: HashSet<u8> = f.iter().map(|(k, _)| *k).collect();
+                    keys.len() != f.len() || f.iter().any(|(_, t)| t.has_duplicate())
+                }
+            }
+        }
+    }
+
+    fn tree() -> impl proptest::strategy::Strategy<Value = Tree> {
+        use proptest::prelude::*;
+        Just(Tree::Leaf).prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Tree::List),
+                prop::collection::vec((0u8..6, inner), 0..5).prop_map(Tree::Object),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// `check` refuses exactly the texts with some object naming a key twice,
+        /// however the keys are written, and the hand scanner never accepts one.
+        #[test]
+        fn check_finds_exactly_the_duplicates(t in tree(), escape in proptest::bool::ANY) {
+            let text = t.text(escape);
+            let dup = t.has_duplicate();
+            let got = check(&text);
+            proptest::prop_assert_eq!(matches!(got, Err(KeyError::Duplicate(_))), dup, "{} {:?}", text, got);
+            proptest::prop_assert!(dup || got.is_ok(), "{} {:?}", text, got);
+            let env = format!(r#"{{"type":"ack","data":{text}}}"#);
+            if dup {
+                proptest::prop_assert!(crate::scan::envelope(&env).is_none(), "{}", env);
+            }
+            crate::scan::fuzz(env.as_bytes());
+        }
+    }
 }

@@ -338,8 +338,11 @@ impl<'a> Envelope<'a> {
     /// non-integer seq, a duplicate key in any object); the hub then takes its slower
     /// path, which names the exact fault.
     pub fn parse(text: &'a str) -> Option<Envelope<'a>> {
-        crate::scan::envelope(text)
-            .or_else(|| crate::keys::check(text).ok().and_then(|()| crate::scan::serde_envelope(text)))
+        crate::scan::envelope(text).or_else(|| {
+            crate::keys::check(text)
+                .ok()
+                .and_then(|()| crate::scan::serde_envelope(text))
+        })
     }
 }
 

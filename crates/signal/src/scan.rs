@@ -117,7 +117,11 @@ pub fn fuzz(data: &[u8]) {
         return;
     };
     if let Some(e) = envelope(text) {
-        assert_eq!(crate::keys::check(text), Ok(()), "envelope accepted a duplicate key in {text:?}");
+        assert_eq!(
+            crate::keys::check(text),
+            Ok(()),
+            "envelope accepted a duplicate key in {text:?}"
+        );
         if let Some(c) = e.candidate {
             let data = e.data.expect("a candidate comes from data");
             assert_eq!(Some(c), serde_candidate(data).as_deref(), "candidate in {text:?}");
@@ -126,7 +130,11 @@ pub fn fuzz(data: &[u8]) {
         assert_eq!(Some(e), serde_envelope(text), "envelope of {text:?}");
     }
     if let Some(s) = candidate(text) {
-        assert_eq!(crate::keys::check(text), Ok(()), "candidate accepted a duplicate key in {text:?}");
+        assert_eq!(
+            crate::keys::check(text),
+            Ok(()),
+            "candidate accepted a duplicate key in {text:?}"
+        );
         assert_eq!(Some(s), serde_candidate(text).as_deref(), "candidate of {text:?}");
     }
 }
@@ -485,9 +493,18 @@ mod tests {
             r#"{"data":null}"#,
             r#"{"seq":12345678901234567890}"#,
             r#"{"a":1e400000000000000000000000}"#,
+            // A duplicate key anywhere (refused by the hub's `keys::check`).
+            r#"{"type":"ack","x":1,"x":2}"#,
+            r#"{"type":"ack","data":{"sdp":{"a":[{"b":1,"b":1}]}}}"#,
         ] {
             assert_eq!(envelope(t), None, "{t}");
         }
+        // More keys in one object than the scanner follows: serde's.
+        let many: Vec<String> = (0..=MAX_KEYS).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let t = format!(r#"{{"type":"ack","data":{{{}}}}}"#, many.join(","));
+        assert_eq!(envelope(&t), None);
+        let fit = format!(r#"{{"type":"ack","data":{{{}}}}}"#, many[..MAX_KEYS].join(","));
+        assert!(envelope(&fit).is_some());
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
         assert_eq!(envelope(&deep), None);
         assert!(
