@@ -1600,13 +1600,30 @@ impl<R: RngCore> Hub<R> {
     }
 
     /// Send `call.incoming` and every held caller signal to one callee session.
+    ///
+    /// Not when the frames would take the session past `max_unacked_bytes`: then it
+    /// would be given up for what others sent it (invites with large offers and held
+    /// signals, ringing for it at once), and a new session would meet the same frames.
+    /// That device does not ring for this call; its other calls go on.
     fn deliver_incoming(&mut self, ck: CallKey, target: SessionKey, now: Instant) {
         let Some(s) = self.sessions.get(&target) else { return };
         let device = s.device.clone();
         let online = s.conn.is_some();
+        let room = self.config.max_unacked_bytes.saturating_sub(s.unacked_bytes);
         let Some(c) = self.calls.get_mut(&ck) else { return };
-        c.devices.entry(device.clone()).or_insert(false);
         c.ever_online |= online;
+        // The frames' sizes: the offer as JSON escapes it, the ids, and the envelopes.
+        let ids = c.id.as_str().len() + c.caller.0.as_str().len() + c.caller.1.as_str().len();
+        let offer = serde_json::to_string(&c.offer).map_or(c.offer.len() * 6, |t| t.len());
+        let need = offer + ids + 160 + c.held_bytes + c.caller_signals.len() * (ids + 120);
+        if need > room {
+            self.metrics.limit_hit(Limit::UnackedBytesIncoming);
+            c.span.in_scope(
+                || tracing::info!(%device, need, room, "incoming not delivered: the session has no room for it"),
+            );
+            return;
+        }
+        c.devices.entry(device.clone()).or_insert(false);
         let incoming = json!({
             "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
             "media": c.media, "sdp": c.offer,

@@ -27,6 +27,9 @@ pub enum Limit {
     UnackedFrames,
     /// Unacknowledged frames of a session, by bytes: the session is given up.
     UnackedBytes,
+    /// A `call.incoming` (with the held signals) not delivered to a device whose
+    /// session has no room for it under the unacknowledged-bytes limit.
+    UnackedBytesIncoming,
     /// Live calls a user placed or answered (`--max-calls-per-user`).
     CallsPerUser,
     /// Invites ringing for one callee (`--max-ringing-per-callee`).
@@ -41,13 +44,14 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, for tests and documentation.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::HeldSignalsPerCall,
         Limit::HeldBytesPerCall,
         Limit::HeldSignalsPerUser,
         Limit::HeldBytesPerUser,
         Limit::UnackedFrames,
         Limit::UnackedBytes,
+        Limit::UnackedBytesIncoming,
         Limit::CallsPerUser,
         Limit::RingingPerCallee,
         Limit::DevicesPerUser,
@@ -64,6 +68,7 @@ impl Limit {
             Limit::HeldBytesPerUser => "held_bytes_per_user",
             Limit::UnackedFrames => "unacked_frames",
             Limit::UnackedBytes => "unacked_bytes",
+            Limit::UnackedBytesIncoming => "unacked_bytes_incoming",
             Limit::CallsPerUser => "calls_per_user",
             Limit::RingingPerCallee => "ringing_per_callee",
             Limit::DevicesPerUser => "devices_per_user",

@@ -1224,6 +1224,43 @@ fn unacked_bytes_give_the_session_up_and_a_replay_shares_the_kept_frames() {
 }
 
 #[test]
+fn invites_a_fresh_session_has_no_room_for_do_not_give_it_up() {
+    // 4 callers ring bob with large offers and held signals: more than one session of
+    // his may hold unacknowledged.
+    let mut w = World::new(HubConfig {
+        max_unacked_bytes: 300_000,
+        ..HubConfig::default()
+    });
+    let callers: Vec<usize> = (0..4).map(|n| w.add(&format!("m{n}"), "m")).collect();
+    for (n, &m) in callers.iter().enumerate() {
+        w.connect(m);
+        let call = format!("c{n}");
+        w.send(
+            m,
+            json!({"type": "call.invite", "call": call, "to": "bob", "media": "audio", "sdp": "o".repeat(60_000)}),
+        );
+        for _ in 0..2 {
+            w.send(m, signal(&call, sdp_of(10_000)));
+        }
+    }
+    let b = w.add("bob", "b");
+    w.connect(b);
+    // Three calls' frames fit (about 81 KB each), the fourth's do not: bob's session
+    // lives, rings for three, and lists all four in its welcome.
+    assert!(w.clients[b].conn.is_some());
+    assert_eq!(w.metrics.get("sessions_ended", "unacked_overflow"), 0);
+    assert_eq!(w.clients[b].of_type("call.incoming").len(), 3);
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 6);
+    assert_eq!(w.clients[b].control[0]["calls"].as_array().unwrap().len(), 4);
+    assert_eq!(limits_hit(&w), [("unacked_bytes_incoming", 1)]);
+    let ringing: usize = callers
+        .iter()
+        .map(|&m| w.clients[m].of_type("call.ringing").len())
+        .sum();
+    assert_eq!(ringing, 3);
+}
+
+#[test]
 fn error_frames_clip_what_they_echo() {
     let mut w = World::new(HubConfig::default());
     let a = w.add("alice", "a");
