@@ -620,7 +620,7 @@ impl<R: RngCore> Hub<R> {
                         Some(d) if d <= now => {
                             s.ack_due = None;
                             if let Some(conn) = s.conn {
-                                let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq).into();
+                                let text = ack_text(s.in_seq);
                                 self.out.push_back(Output::Send { conn, text });
                             }
                         }
@@ -1793,6 +1793,19 @@ fn json_str(out: &mut String, s: &str) {
     }
 }
 
+/// `{"type":"ack","seq":N}`, written on the stack: one allocation, the shared text's.
+fn ack_text(seq: u64) -> Arc<str> {
+    let mut n = itoa::Buffer::new();
+    let parts: [&str; 3] = [r#"{"type":"ack","seq":"#, n.format(seq), "}"];
+    let mut buf = [0u8; 48];
+    let mut len = 0;
+    for p in parts {
+        buf[len..len + p.len()].copy_from_slice(p.as_bytes());
+        len += p.len();
+    }
+    Arc::from(std::str::from_utf8(&buf[..len]).expect("ASCII"))
+}
+
 fn error_json(code: ErrorCode, message: &str, reference: Option<u64>) -> String {
     error_value(code, message, reference).to_string()
 }
@@ -1833,6 +1846,13 @@ mod tests {
             ack,
         };
         serde_json::to_string(&out).unwrap()
+    }
+
+    #[test]
+    fn ack_frames_are_written_right() {
+        for n in [0, 7, u64::MAX] {
+            assert_eq!(&*ack_text(n), format!(r#"{{"type":"ack","seq":{n}}}"#));
+        }
     }
 
     #[test]
