@@ -266,9 +266,15 @@ async fn resumes_do_not_multiply_credential_refreshes() {
     assert_eq!(refreshes, 1);
 }
 
-/// A raw WebSocket: the hello is sent as written, not as a client would build it.
-fn raw_hello(server: &Server, hello: &str) -> (Value, u16) {
-    let mut s = TcpStream::connect(server.http).unwrap();
+/// A raw WebSocket, the handshake done; `rcvbuf` shrinks its receive buffer (for a
+/// peer that never reads).
+fn raw_ws(server: &Server, rcvbuf: Option<usize>) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
+    sock.connect(&server.http.into()).unwrap();
+    let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(T)).unwrap();
     let req = format!(
         "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -282,8 +288,12 @@ fn raw_hello(server: &Server, hello: &str) -> (Value, u16) {
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    // One masked text frame (mask of zeros: the payload as is).
-    let p = hello.as_bytes();
+    s
+}
+
+/// Send one text frame (masked with zeros: the payload as is).
+fn send_text(s: &mut TcpStream, text: &str) {
+    let p = text.as_bytes();
     let mut f = vec![0x81];
     match p.len() {
         n @ 0..=125 => f.push(0x80 | n as u8),
@@ -295,24 +305,37 @@ fn raw_hello(server: &Server, hello: &str) -> (Value, u16) {
     f.extend_from_slice(&[0, 0, 0, 0]);
     f.extend_from_slice(p);
     s.write_all(&f).unwrap();
-    let mut frame = || {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).unwrap();
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).unwrap();
-                u16::from_be_bytes(l) as usize
-            }
-            n => n as usize,
-        };
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).unwrap();
-        (h[0] & 0x0f, body)
+}
+
+/// The next frame: (opcode, payload).
+fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
     };
-    let (op, text) = frame();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (h[0] & 0x0f, body)
+}
+
+/// Send `hello` as written on a raw WebSocket: the error frame and close code it gets.
+fn raw_hello(server: &Server, hello: &str) -> (Value, u16) {
+    let mut s = raw_ws(server, None);
+    send_text(&mut s, hello);
+    let (op, text) = read_frame(&mut s);
     assert_eq!(op, 1);
-    let (op, close) = frame();
+    let (op, close) = read_frame(&mut s);
     assert_eq!(op, 8);
     (
         serde_json::from_slice(&text).unwrap(),
@@ -352,4 +375,125 @@ async fn duplicate_keys_are_refused_in_the_hello_and_in_frames() {
         Err(ClientError::Timeout)
     ));
     assert!(server.metric("firstcall_signal_errors_total{code=\"bad_request\"}") >= 2);
+}
+
+// ---- Floods: the issue's bound on the server's memory growth (32 MiB) holds.
+
+fn rss_mib(server: &Server) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.proc.pid())).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// `n` signals of ~60 KB on `call`, at 90/s (under the 100 frames/s rate limit, so each
+/// one reaches the call logic).
+async fn sixty_kb_signals(c: &mut SignalClient, call: &str, n: usize) {
+    let mut tick = tokio::time::interval(Duration::from_millis(11));
+    for i in 0..n {
+        tick.tick().await;
+        c.send(signal(
+            call,
+            json!({"sdp": {"type": "offer", "sdp": format!("{i}{}", "x".repeat(60_000))}}),
+        ))
+        .await;
+    }
+}
+
+const BOUND_MIB: f64 = 32.0;
+
+#[tokio::test]
+async fn a_held_signal_flood_copied_to_late_devices_stays_bounded() {
+    let server = start(&[]);
+    let mut alice = client(&server, "alice", "a").await;
+    let before = rss_mib(&server);
+    alice.send(invite("flood", "bob")).await;
+    alice.expect("call.pending", T).await.unwrap();
+    // 400 x 60 KB = 24 MB held before this bound, and a copy per late device.
+    sixty_kb_signals(&mut alice, "flood", 400).await;
+    let mut devices = Vec::new();
+    for d in 0..3 {
+        let mut s = raw_ws(&server, Some(4096));
+        send_text(
+            &mut s,
+            &json!({"type": "hello", "token": token("bob"), "device": format!("b{d}")}).to_string(),
+        );
+        devices.push(s);
+    }
+    assert!(wait_until(T, || server.metric("firstcall_signal_sessions_active") == 4));
+    assert!(wait_until(T, || server
+        .metric("firstcall_signal_errors_total{code=\"held_full\"}")
+        == 399));
+    let grown = rss_mib(&server) - before;
+    assert!(grown < BOUND_MIB, "RSS grew {grown:.0} MiB");
+    eprintln!("held flood: RSS grew {grown:.1} MiB");
+}
+
+#[tokio::test]
+async fn a_resume_from_zero_on_a_socket_that_never_reads_stays_bounded() {
+    let server = start(&[]);
+    let mut alice = client(&server, "alice", "a").await;
+    let mut bob = client(&server, "bob", "b").await;
+    alice.send(invite("r", "bob")).await;
+    bob.expect("call.incoming", T).await.unwrap();
+    bob.send(json!({"type": "call.accept", "call": "r", "sdp": "a"})).await;
+    alice.expect("call.accepted", T).await.unwrap();
+    let session = bob.session().unwrap().to_owned();
+    bob.cut();
+    let before = rss_mib(&server);
+    // 600 x 60 KB = 36 MB kept for bob's resume before this bound, then replayed whole.
+    sixty_kb_signals(&mut alice, "r", 600).await;
+    let mut s = raw_ws(&server, Some(4096));
+    let hello =
+        json!({"type": "hello", "token": token("bob"), "device": "b", "resume": {"session": session, "last_seq": 0}});
+    send_text(&mut s, &hello.to_string());
+    assert!(wait_until(T, || server
+        .metric("firstcall_signal_resumes_total{result=\"failed\"}")
+        == 1));
+    let grown = rss_mib(&server) - before;
+    assert!(grown < BOUND_MIB, "RSS grew {grown:.0} MiB");
+    assert_eq!(limit_hits(&server, "unacked_bytes"), 1);
+    eprintln!("resume flood: RSS grew {grown:.1} MiB");
+}
+
+#[tokio::test]
+async fn an_error_echo_flood_stays_bounded() {
+    let server = start(&[]);
+    let before = rss_mib(&server);
+    let mut m = raw_ws(&server, None);
+    send_text(
+        &mut m,
+        &json!({"type": "hello", "token": token("mallory"), "device": "m"}).to_string(),
+    );
+    let (_, welcome) = read_frame(&mut m);
+    assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
+    // 600 unknown types of 60 KB, the errors read (so no socket is cut) but never
+    // acknowledged: 36 MB kept before the echo was clipped.
+    let reader = std::thread::spawn({
+        let mut r = m.try_clone().unwrap();
+        move || {
+            let mut errors = 0;
+            while errors < 600 {
+                let (op, p) = read_frame(&mut r);
+                let v: Value = serde_json::from_slice(&p).unwrap_or_default();
+                if op == 1 && v["type"] == "error" {
+                    errors += 1;
+                }
+            }
+        }
+    });
+    let t = "t".repeat(60_000);
+    let mut tick = tokio::time::interval(Duration::from_millis(11));
+    for seq in 1..=600 {
+        tick.tick().await;
+        send_text(&mut m, &json!({"type": t, "seq": seq}).to_string());
+    }
+    reader.join().unwrap();
+    let grown = rss_mib(&server) - before;
+    assert!(grown < BOUND_MIB, "RSS grew {grown:.0} MiB");
+    assert_eq!(server.metric("firstcall_signal_unacked_frames"), 600);
+    eprintln!("echo flood: RSS grew {grown:.1} MiB");
 }
