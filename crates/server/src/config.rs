@@ -134,6 +134,25 @@ pub struct ServeConfig {
     pub webhook_callee_burst: u32,
     /// The window of `webhook_callee_burst`.
     pub webhook_callee_window: Duration,
+    // Signaling limits (docs/operations.md, "Signaling limits").
+    /// Live calls a user may have placed or answered.
+    pub max_calls_per_user: usize,
+    /// Unacknowledged frames a signaling session may hold before it is given up.
+    pub max_unacked_frames: usize,
+    /// Bytes of unacknowledged frames a signaling session may hold before it is given up.
+    pub max_unacked_bytes: usize,
+    /// Signals a caller may have held per ringing call.
+    pub max_held_signals: usize,
+    /// Bytes of signals held per ringing call.
+    pub max_held_bytes: usize,
+    /// Signals held over one user's ringing calls.
+    pub max_held_signals_per_user: usize,
+    /// Bytes of signals held over one user's ringing calls.
+    pub max_held_bytes_per_user: usize,
+    /// Invites ringing for one callee at once.
+    pub max_ringing_per_callee: usize,
+    /// Signaling sessions (devices) per user.
+    pub max_devices_per_user: usize,
 }
 
 /// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
@@ -262,6 +281,35 @@ pub struct ServeArgs {
     /// The window of --webhook-callee-burst [default: 60s].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_WINDOW")]
     pub webhook_callee_window: Option<String>,
+    // Signaling limits (docs/operations.md, "Signaling limits").
+    /// Most live calls one user may have placed or answered (invites ringing for them do not count) [default: 8].
+    #[arg(long, env = "FIRSTCALL_MAX_CALLS_PER_USER")]
+    pub max_calls_per_user: Option<usize>,
+    /// Give a signaling session up once this many of its frames are unacknowledged [default: 4096].
+    #[arg(long, env = "FIRSTCALL_MAX_UNACKED_FRAMES")]
+    pub max_unacked_frames: Option<usize>,
+    /// Give a signaling session up once this many bytes of its frames are unacknowledged;
+    /// also bounds a resume's replay [default: 1048576; at least 262144].
+    #[arg(long, env = "FIRSTCALL_MAX_UNACKED_BYTES")]
+    pub max_unacked_bytes: Option<usize>,
+    /// Signals a caller may send while the call rings (held for callee devices that come later) [default: 64].
+    #[arg(long, env = "FIRSTCALL_MAX_HELD_SIGNALS")]
+    pub max_held_signals: Option<usize>,
+    /// Bytes of signals held per ringing call [default: 65536].
+    #[arg(long, env = "FIRSTCALL_MAX_HELD_BYTES")]
+    pub max_held_bytes: Option<usize>,
+    /// Signals held over all the ringing calls one user placed [default: 256].
+    #[arg(long, env = "FIRSTCALL_MAX_HELD_SIGNALS_PER_USER")]
+    pub max_held_signals_per_user: Option<usize>,
+    /// Bytes of signals held over all the ringing calls one user placed [default: 262144].
+    #[arg(long, env = "FIRSTCALL_MAX_HELD_BYTES_PER_USER")]
+    pub max_held_bytes_per_user: Option<usize>,
+    /// Invites that may ring for one callee at once; one more ends `busy` [default: 16].
+    #[arg(long, env = "FIRSTCALL_MAX_RINGING_PER_CALLEE")]
+    pub max_ringing_per_callee: Option<usize>,
+    /// Signaling sessions (devices) one user may have; one more hello is refused (close 4009) [default: 16].
+    #[arg(long, env = "FIRSTCALL_MAX_DEVICES_PER_USER")]
+    pub max_devices_per_user: Option<usize>,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -303,6 +351,16 @@ pub struct FileConfig {
     webhook_pair_interval: Option<String>,
     webhook_callee_burst: Option<u32>,
     webhook_callee_window: Option<String>,
+    // Signaling limits.
+    max_calls_per_user: Option<usize>,
+    max_unacked_frames: Option<usize>,
+    max_unacked_bytes: Option<usize>,
+    max_held_signals: Option<usize>,
+    max_held_bytes: Option<usize>,
+    max_held_signals_per_user: Option<usize>,
+    max_held_bytes_per_user: Option<usize>,
+    max_ringing_per_callee: Option<usize>,
+    max_devices_per_user: Option<usize>,
 }
 
 /// Name of the generated secret file in the data dir.
@@ -430,6 +488,65 @@ impl ServeArgs {
         if secret_generated {
             turn_secrets.push(load_or_create_secret(&data_dir)?);
         }
+        // Signaling limits: each at least 1.
+        let limit = |setting: &'static str, cli: Option<usize>, file: Option<usize>, default: usize| match cli
+            .or(file)
+            .unwrap_or(default)
+        {
+            0 => Err(invalid(setting, "must be at least 1")),
+            n => Ok(n),
+        };
+        let max_calls_per_user = limit("--max-calls-per-user", self.max_calls_per_user, f.max_calls_per_user, 8)?;
+        let max_unacked_frames = limit(
+            "--max-unacked-frames",
+            self.max_unacked_frames,
+            f.max_unacked_frames,
+            4096,
+        )?;
+        let max_unacked_bytes = limit(
+            "--max-unacked-bytes",
+            self.max_unacked_bytes,
+            f.max_unacked_bytes,
+            1 << 20,
+        )?;
+        let max_held_signals = limit("--max-held-signals", self.max_held_signals, f.max_held_signals, 64)?;
+        let max_held_bytes = limit("--max-held-bytes", self.max_held_bytes, f.max_held_bytes, 64 << 10)?;
+        let max_held_signals_per_user = limit(
+            "--max-held-signals-per-user",
+            self.max_held_signals_per_user,
+            f.max_held_signals_per_user,
+            256,
+        )?;
+        let max_held_bytes_per_user = limit(
+            "--max-held-bytes-per-user",
+            self.max_held_bytes_per_user,
+            f.max_held_bytes_per_user,
+            256 << 10,
+        )?;
+        let max_ringing_per_callee = limit(
+            "--max-ringing-per-callee",
+            self.max_ringing_per_callee,
+            f.max_ringing_per_callee,
+            16,
+        )?;
+        let max_devices_per_user = limit(
+            "--max-devices-per-user",
+            self.max_devices_per_user,
+            f.max_devices_per_user,
+            16,
+        )?;
+        // A late callee device gets the invite (its SDP up to 64 KiB) and every held
+        // signal as unacknowledged frames: they must fit, or its session would be given
+        // up on arrival.
+        if max_unacked_bytes < (256 << 10).max(max_held_bytes + (128 << 10)) {
+            return Err(invalid(
+                "--max-unacked-bytes",
+                format!(
+                    "{max_unacked_bytes} is too small: at least 262144 and at least --max-held-bytes + 131072 ({})",
+                    max_held_bytes + (128 << 10)
+                ),
+            ));
+        }
         Ok(ServeConfig {
             http_listen,
             turn_listen,
@@ -505,6 +622,15 @@ impl ServeArgs {
                     .or(f.webhook_callee_window)
                     .unwrap_or_else(|| "60s".into()),
             )?,
+            max_calls_per_user,
+            max_unacked_frames,
+            max_unacked_bytes,
+            max_held_signals,
+            max_held_bytes,
+            max_held_signals_per_user,
+            max_held_bytes_per_user,
+            max_ringing_per_callee,
+            max_devices_per_user,
         })
     }
 }
@@ -815,5 +941,49 @@ mod tests {
         assert!(args(&["--external-ip", "0.0.0.0", "--turn-secret", "s"])
             .resolve_with(None)
             .is_err());
+    }
+
+    #[test]
+    fn signaling_limits_from_flags_file_and_defaults() {
+        let dir = temp_dir("limits");
+        let d = dir.to_str().unwrap();
+        let c = args(&["--data-dir", d, "--turn-secret", "s"])
+            .resolve_with(None)
+            .unwrap();
+        assert_eq!(
+            (
+                c.max_calls_per_user,
+                c.max_unacked_frames,
+                c.max_unacked_bytes,
+                c.max_held_signals,
+                c.max_held_bytes,
+                c.max_held_signals_per_user,
+                c.max_held_bytes_per_user,
+                c.max_ringing_per_callee,
+                c.max_devices_per_user
+            ),
+            (8, 4096, 1 << 20, 64, 65_536, 256, 262_144, 16, 16)
+        );
+        let file = "max_devices_per_user = 3\nmax_held_signals = 10\nmax_unacked_bytes = 500000\n";
+        let c = args(&["--data-dir", d, "--turn-secret", "s", "--max-held-signals", "20"])
+            .resolve_with(Some((Path::new("x.toml"), file)))
+            .unwrap();
+        assert_eq!(
+            (c.max_devices_per_user, c.max_held_signals, c.max_unacked_bytes),
+            (3, 20, 500_000)
+        );
+        let e = args(&["--data-dir", d, "--turn-secret", "s", "--max-ringing-per-callee", "0"])
+            .resolve_with(None)
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-ringing-per-callee"), "{e}");
+        let e = args(&["--data-dir", d, "--turn-secret", "s", "--max-unacked-bytes", "100000"])
+            .resolve_with(None)
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-unacked-bytes"), "{e}");
+        let e = args(&["--data-dir", d, "--turn-secret", "s", "--max-held-bytes", "1000000"])
+            .resolve_with(None)
+            .unwrap_err();
+        assert!(e.to_string().contains("--max-held-bytes + 131072"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

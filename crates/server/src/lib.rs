@@ -356,6 +356,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let hub_config = firstcall_signal::hub::HubConfig {
         session_ttl: config.session_ttl,
         ring_timeout: config.ring_timeout,
+        max_calls_per_user: config.max_calls_per_user,
+        max_unacked: config.max_unacked_frames,
+        max_unacked_bytes: config.max_unacked_bytes,
+        max_held_signals_per_call: config.max_held_signals,
+        max_held_bytes_per_call: config.max_held_bytes,
+        max_held_signals_per_user: config.max_held_signals_per_user,
+        max_held_bytes_per_user: config.max_held_bytes_per_user,
+        max_ringing_per_callee: config.max_ringing_per_callee,
+        max_devices_per_user: config.max_devices_per_user,
         ..Default::default()
     };
     let ice = Arc::new(signal::TurnIce {

@@ -26,7 +26,7 @@ use rand::RngCore;
 use serde_json::{json, Map, Value};
 use tracing::Span;
 
-use crate::metrics::SignalMetrics;
+use crate::metrics::{Limit, SignalMetrics};
 use crate::protocol::*;
 
 /// Settings.
@@ -42,7 +42,8 @@ pub struct HubConfig {
     pub hello_timeout: Duration,
     /// Acks are coalesced and sent at most this long after a frame.
     pub ack_delay: Duration,
-    /// Most live calls one user may be in.
+    /// Most live calls one user may have placed or answered (invites ringing for the
+    /// user do not count: see `max_ringing_per_callee`).
     pub max_calls_per_user: usize,
     /// Frames per second a session may send (sustained).
     pub rate_per_sec: f64,
@@ -50,6 +51,24 @@ pub struct HubConfig {
     pub rate_burst: f64,
     /// Unacknowledged frames a session may accumulate before it is given up.
     pub max_unacked: usize,
+    /// Bytes of unacknowledged frames a session may accumulate before it is given up.
+    /// A resume replays them, so this also bounds one replay.
+    pub max_unacked_bytes: usize,
+    /// Signals a caller may send while the call rings: they are held (and copied to
+    /// every callee device that comes later). A real call sends 20-40 candidates and
+    /// maybe an SDP before an answer.
+    pub max_held_signals_per_call: usize,
+    /// Bytes of `data` held for one ringing call.
+    pub max_held_bytes_per_call: usize,
+    /// Signals held over all the ringing calls one user placed.
+    pub max_held_signals_per_user: usize,
+    /// Bytes held over all the ringing calls one user placed.
+    pub max_held_bytes_per_user: usize,
+    /// Invites that may ring for one callee at once; one more ends `busy`.
+    pub max_ringing_per_callee: usize,
+    /// Sessions (devices, attached or awaiting a resume) one user may have; one more
+    /// hello is refused with `too_many_devices` and close code 4009.
+    pub max_devices_per_user: usize,
 }
 
 impl Default for HubConfig {
@@ -64,6 +83,16 @@ impl Default for HubConfig {
             rate_per_sec: 100.0,
             rate_burst: 200.0,
             max_unacked: 4096,
+            // 16 sessions per user at 1 MiB each bound one token to 16 MiB of frames
+            // waiting for acknowledgement, and hold a resume's replay of several
+            // full-size invites (64 KiB of SDP and 64 KiB of held signals each).
+            max_unacked_bytes: 1 << 20,
+            max_held_signals_per_call: 64,
+            max_held_bytes_per_call: 64 << 10,
+            max_held_signals_per_user: 256,
+            max_held_bytes_per_user: 256 << 10,
+            max_ringing_per_callee: 16,
+            max_devices_per_user: 16,
         }
     }
 }
@@ -91,14 +120,15 @@ pub enum Output {
     Send {
         /// Connection.
         conn: ConnId,
-        /// JSON text.
-        text: String,
+        /// JSON text. Shared with the session's copy kept until it is acknowledged, so
+        /// a frame and its replays on resume cost its bytes once in the hub.
+        text: Arc<str>,
     },
     /// Close the socket with a WebSocket close code.
     Close {
         /// Connection.
         conn: ConnId,
-        /// Close code (4000-4008).
+        /// Close code (4000-4009).
         code: u16,
         /// Reason text.
         reason: &'static str,
@@ -134,7 +164,9 @@ struct Session {
     device: DeviceId,
     conn: Option<ConnId>,
     out_seq: u64,
-    unacked: VecDeque<(u64, String)>,
+    unacked: VecDeque<(u64, Arc<str>)>,
+    /// Bytes of the texts in `unacked`.
+    unacked_bytes: usize,
     in_seq: u64,
     /// When the separate `ack` frame is due, if one is owed and no frame carried it yet.
     ack_due: Option<Instant>,
@@ -145,9 +177,57 @@ struct Session {
     /// tree operations per relayed frame.
     ack_timer: Option<Instant>,
     detached_at: Option<Instant>,
+    /// The deadlines of this session's one `Timer::Heartbeat`, `Timer::Ice` and
+    /// `Timer::Expire` entry, if it has one. A new deadline replaces the entry (see
+    /// [`arm`]): a session has at most one of each however often it resumes, where
+    /// every resume had added a heartbeat and a credential refresh of its own.
+    heartbeat_at: Option<Instant>,
+    ice_at: Option<Instant>,
+    expire_at: Option<Instant>,
     awaiting_ring: Vec<(u64, CallKey)>,
     tokens: f64,
     tokens_at: Instant,
+}
+
+impl Session {
+    /// Forget the frames up to `n`, which the client has; how many there were.
+    fn drop_acked(&mut self, n: u64) -> usize {
+        let before = self.unacked.len();
+        while let Some((_, t)) = self.unacked.front().filter(|(q, _)| *q <= n) {
+            self.unacked_bytes -= t.len();
+            self.unacked.pop_front();
+        }
+        before - self.unacked.len()
+    }
+}
+
+/// Why a session ended, as counted in `sessions_ended{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// No resume within the session TTL.
+    Ttl,
+    /// The same device said hello without resuming.
+    Replaced,
+    /// Too many (or too many bytes of) unacknowledged frames.
+    UnackedOverflow,
+}
+
+impl SessionEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Ttl => "ttl",
+            SessionEnd::Replaced => "replaced",
+            SessionEnd::UnackedOverflow => "unacked_overflow",
+        }
+    }
+}
+
+/// Set a session's one timer entry of a kind to `at`, replacing the entry it had.
+fn arm(timers: &mut BTreeSet<(Instant, Timer)>, slot: &mut Option<Instant>, at: Instant, timer: Timer) {
+    if let Some(old) = slot.replace(at) {
+        timers.remove(&(old, timer));
+    }
+    timers.insert((at, timer));
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +249,11 @@ struct Call {
     invited_at: Instant,
     /// Callee devices that were sent `call.incoming`, and whether they rang.
     devices: BTreeMap<DeviceId, bool>,
+    /// The caller's signals while the call rings, for callee devices that come later;
+    /// dropped once it is answered. Bounded by the `max_held_*` settings.
     caller_signals: Vec<Box<str>>,
+    /// Bytes of `caller_signals`.
+    held_bytes: usize,
     ever_online: bool,
     span: Span,
 }
@@ -213,6 +297,9 @@ pub struct Hub<R> {
     now: Instant,
     /// When `handle_timeout` next forgets ended calls and old attempts.
     next_sweep: Instant,
+    /// The `ping` and `pong` frames, shared by every socket.
+    ping: Arc<str>,
+    pong: Arc<str>,
 }
 
 /// A refused frame: the error code and message sent back with its seq.
@@ -261,6 +348,8 @@ impl<R: RngCore> Hub<R> {
             unix_anchor: (now, unix_now),
             now,
             next_sweep: now,
+            ping: r#"{"type":"ping"}"#.into(),
+            pong: r#"{"type":"pong"}"#.into(),
         }
     }
 
@@ -345,6 +434,7 @@ impl<R: RngCore> Hub<R> {
             return;
         };
         if text.len() > MAX_FRAME {
+            self.metrics.limit_hit(Limit::FrameSize);
             let seq = self.consume_next(key, now);
             self.error(
                 key,
@@ -354,10 +444,25 @@ impl<R: RngCore> Hub<R> {
             );
             return;
         }
-        // The envelope straight from the text; anything unusual about it goes through a
-        // `Value`, which tells "not JSON" from a missing or non-numeric field.
+        // The envelope straight from the text (the scanner vouches that no object in it
+        // names a key twice); anything unusual about it is first checked for duplicate
+        // keys, then goes through a `Value`, which tells "not JSON" from a missing or
+        // non-numeric field.
         // `signal`: a `call.signal`'s call and data, from the envelope's one parse.
-        let (typ, seq, ack, signal) = match Envelope::parse(text) {
+        let envelope = match crate::scan::envelope(text) {
+            Some(e) => Some(e),
+            None => match crate::keys::check(text) {
+                Ok(()) => crate::scan::serde_envelope(text),
+                Err(e) => {
+                    // Like text that is not JSON: it takes the next seq, whatever its
+                    // (perhaps duplicated) `seq` says.
+                    let seq = self.consume_next(key, now);
+                    self.error(key, ErrorCode::BadRequest, &e.to_string(), seq);
+                    return;
+                }
+            },
+        };
+        let (typ, seq, ack, signal) = match envelope {
             Some(e) => {
                 let signal = e.call.zip(e.data).map(|(call, data)| (call, data, e.candidate));
                 (e.typ.unwrap_or(Cow::Borrowed("")), e.seq, e.ack, signal)
@@ -402,7 +507,7 @@ impl<R: RngCore> Hub<R> {
             "ping" => {
                 self.out.push_back(Output::Send {
                     conn,
-                    text: r#"{"type":"pong"}"#.into(),
+                    text: Arc::clone(&self.pong),
                 });
                 return;
             }
@@ -427,7 +532,7 @@ impl<R: RngCore> Hub<R> {
             let msg = format!("expected seq {expected}, got {seq}");
             self.out.push_back(Output::Send {
                 conn,
-                text: error_json(ErrorCode::SeqGap, &msg, Some(seq)),
+                text: error_json(ErrorCode::SeqGap, &msg, Some(seq)).into(),
             });
             self.out.push_back(Output::Close {
                 conn,
@@ -451,11 +556,14 @@ impl<R: RngCore> Hub<R> {
         }
         self.schedule_ack(key, now);
         if limited {
+            self.metrics.limit_hit(Limit::FrameRate);
             self.error(key, ErrorCode::RateLimited, "too many frames; slow down", Some(seq));
             return;
         }
         if !CLIENT_TYPES.contains(&typ) {
-            self.error(key, ErrorCode::UnknownType, &format!("unknown type {typ:?}"), Some(seq));
+            // Echoed clipped: a client's 60 KB type must not cost the server 60 KB again.
+            let msg = format!("unknown type {:?}", clip(typ, MAX_ECHO));
+            self.error(key, ErrorCode::UnknownType, &msg, Some(seq));
             return;
         }
         // Nearly every frame of a call. Anything the envelope did not vouch for (a
@@ -493,7 +601,7 @@ impl<R: RngCore> Hub<R> {
                     if self.conns.get(&conn).is_some_and(|c| c.session.is_none()) {
                         self.out.push_back(Output::Send {
                             conn,
-                            text: error_json(ErrorCode::BadRequest, "no hello within the deadline", None),
+                            text: error_json(ErrorCode::BadRequest, "no hello within the deadline", None).into(),
                         });
                         self.out.push_back(Output::Close {
                             conn,
@@ -512,7 +620,7 @@ impl<R: RngCore> Hub<R> {
                         Some(d) if d <= now => {
                             s.ack_due = None;
                             if let Some(conn) = s.conn {
-                                let text = format!(r#"{{"type":"ack","seq":{}}}"#, s.in_seq);
+                                let text = ack_text(s.in_seq);
                                 self.out.push_back(Output::Send { conn, text });
                             }
                         }
@@ -524,15 +632,18 @@ impl<R: RngCore> Hub<R> {
                         }
                     }
                 }
-                Timer::Heartbeat(key) => self.heartbeat(key, now),
+                Timer::Heartbeat(key) => {
+                    if let Some(s) = self.sessions.get_mut(&key) {
+                        s.heartbeat_at = None;
+                        self.heartbeat(key, now);
+                    }
+                }
                 Timer::Expire(key) => {
-                    let due = self
-                        .sessions
-                        .get(&key)
-                        .and_then(|s| s.detached_at)
-                        .is_some_and(|d| d + self.config.session_ttl <= now);
+                    let Some(s) = self.sessions.get_mut(&key) else { continue };
+                    s.expire_at = None;
+                    let due = s.detached_at.is_some_and(|d| d + self.config.session_ttl <= now);
                     if due {
-                        self.expire_session(key, "ttl");
+                        self.expire_session(key, SessionEnd::Ttl);
                     }
                 }
                 Timer::Ring(ck) => {
@@ -547,7 +658,12 @@ impl<R: RngCore> Hub<R> {
                         }
                     }
                 }
-                Timer::Ice(key) => self.refresh_ice(key, now),
+                Timer::Ice(key) => {
+                    if let Some(s) = self.sessions.get_mut(&key) {
+                        s.ice_at = None;
+                        self.refresh_ice(key, now);
+                    }
+                }
             }
         }
         // Swept once a second, not on every timer: the ack timers fire about every
@@ -630,17 +746,28 @@ impl<R: RngCore> Hub<R> {
             this.metrics.count("errors", code.as_str());
             this.out.push_back(Output::Send {
                 conn,
-                text: error_json(code, msg, None),
+                text: error_json(code, msg, None).into(),
             });
             this.out.push_back(Output::Close {
                 conn,
                 code: close_code,
-                reason: "bad hello",
+                reason: if code == ErrorCode::TooManyDevices {
+                    "too many devices"
+                } else {
+                    "bad hello"
+                },
             });
             this.conns.remove(&conn);
         };
         if text.len() > MAX_FRAME {
+            self.metrics.limit_hit(Limit::FrameSize);
             return reject(self, ErrorCode::TooLarge, "hello too large", close::PROTOCOL);
+        }
+        // A `Value` keeps the last of duplicate keys (of `token`, say), where another
+        // reader would take the first: refused.
+        if let Err(crate::keys::KeyError::Duplicate(k)) = crate::keys::check(text) {
+            let msg = format!("hello: duplicate key {k:?}");
+            return reject(self, ErrorCode::BadRequest, &msg, close::PROTOCOL);
         }
         let v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
@@ -682,18 +809,23 @@ impl<R: RngCore> Hub<R> {
             self.metrics.count("resumes", "ok");
             self.attach(key, conn, now);
             let s = self.sessions.get_mut(&key).expect("resumable session exists");
-            while s.unacked.front().is_some_and(|(q, _)| *q <= last_seq) {
-                s.unacked.pop_front();
-            }
+            let acked = s.drop_acked(last_seq);
+            self.metrics
+                .unacked
+                .fetch_sub(acked as i64, std::sync::atomic::Ordering::Relaxed);
             let welcome = self.welcome(key, true, now);
-            self.out.push_back(Output::Send { conn, text: welcome });
+            self.out.push_back(Output::Send {
+                conn,
+                text: welcome.into(),
+            });
             let s = self.sessions.get(&key).expect("resumable session exists");
             self.metrics.add("replayed_frames", "total", s.unacked.len() as u64);
-            tracing::debug!(session = %s.id, user = %s.user, replayed = s.unacked.len(), "session resumed");
+            tracing::debug!(session = %s.id, user = %s.user, replayed = s.unacked.len(), bytes = s.unacked_bytes, "session resumed");
+            // The replay shares the kept texts: at most `max_unacked_bytes`, not copied.
             for (_, text) in &s.unacked {
                 self.out.push_back(Output::Send {
                     conn,
-                    text: text.clone(),
+                    text: Arc::clone(text),
                 });
             }
             self.ring_acked(key, last_seq);
@@ -702,9 +834,21 @@ impl<R: RngCore> Hub<R> {
         if hello.resume.is_some() {
             self.metrics.count("resumes", "failed");
         }
-        // A new session replaces any older one of the same device.
-        if let Some(old) = self.device_session(&user, &hello.device) {
-            self.expire_session(old, "replaced");
+        // A new session replaces any older one of the same device; a new device needs
+        // room under the user's cap.
+        match self.device_session(&user, &hello.device) {
+            Some(old) => self.expire_session(old, SessionEnd::Replaced),
+            None => {
+                let max = self.config.max_devices_per_user;
+                if self.devices.get(&user).is_some_and(|d| d.len() >= max) {
+                    self.metrics.limit_hit(Limit::DevicesPerUser);
+                    tracing::info!(%user, device = %hello.device, max, "too many devices: hello refused");
+                    let msg = format!(
+                        "user {user} has {max} sessions, the most one user may have: end one (or let it expire) first"
+                    );
+                    return reject(self, ErrorCode::TooManyDevices, &msg, close::TOO_MANY_DEVICES);
+                }
+            }
         }
         let key = self.key();
         let id = self.new_session_id();
@@ -717,10 +861,14 @@ impl<R: RngCore> Hub<R> {
                 conn: None,
                 out_seq: 0,
                 unacked: VecDeque::new(),
+                unacked_bytes: 0,
                 in_seq: 0,
                 ack_due: None,
                 ack_timer: None,
                 detached_at: None,
+                heartbeat_at: None,
+                ice_at: None,
+                expire_at: None,
                 awaiting_ring: Vec::new(),
                 tokens: self.config.rate_burst,
                 tokens_at: now,
@@ -737,7 +885,10 @@ impl<R: RngCore> Hub<R> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.attach(key, conn, now);
         let welcome = self.welcome(key, false, now);
-        self.out.push_back(Output::Send { conn, text: welcome });
+        self.out.push_back(Output::Send {
+            conn,
+            text: welcome.into(),
+        });
         tracing::debug!(session = %id, %user, device = %hello.device, "session created");
         // Calls waiting for this user ring on the new device right away.
         let waiting: Vec<CallKey> = self
@@ -759,10 +910,11 @@ impl<R: RngCore> Hub<R> {
 
     fn welcome(&mut self, key: SessionKey, resumed: bool, now: Instant) -> String {
         let unix = self.unix_now(now);
-        let s = &self.sessions[&key];
+        let s = self.sessions.get_mut(&key).expect("welcome to a live session");
         let (ice, ttl) = self.ice.ice_servers(&s.user, unix);
         let refresh = Duration::from_secs((ttl * 4 / 5).max(1));
-        self.timers.insert((now + refresh, Timer::Ice(key)));
+        arm(&mut self.timers, &mut s.ice_at, now + refresh, Timer::Ice(key));
+        let s = &self.sessions[&key];
         let calls = self.snapshot(&s.user, &s.device);
         json!({
             "type": "welcome",
@@ -810,17 +962,30 @@ impl<R: RngCore> Hub<R> {
             }
         }
         s.detached_at = None;
+        if let Some(at) = s.expire_at.take() {
+            self.timers.remove(&(at, Timer::Expire(key)));
+        }
+        arm(
+            &mut self.timers,
+            &mut s.heartbeat_at,
+            now + self.config.heartbeat,
+            Timer::Heartbeat(key),
+        );
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(key);
         }
-        self.timers.insert((now + self.config.heartbeat, Timer::Heartbeat(key)));
     }
 
     fn detach(&mut self, key: SessionKey, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&key) {
             s.conn = None;
             s.detached_at = Some(now);
-            self.timers.insert((now + self.config.session_ttl, Timer::Expire(key)));
+            arm(
+                &mut self.timers,
+                &mut s.expire_at,
+                now + self.config.session_ttl,
+                Timer::Expire(key),
+            );
             tracing::debug!(session = %s.id, unacked = s.unacked.len(), "session detached");
         }
     }
@@ -845,17 +1010,27 @@ impl<R: RngCore> Hub<R> {
         }
         self.out.push_back(Output::Send {
             conn,
-            text: r#"{"type":"ping"}"#.into(),
+            text: Arc::clone(&self.ping),
         });
-        self.timers.insert((now + self.config.heartbeat, Timer::Heartbeat(key)));
+        if let Some(s) = self.sessions.get_mut(&key) {
+            arm(
+                &mut self.timers,
+                &mut s.heartbeat_at,
+                now + self.config.heartbeat,
+                Timer::Heartbeat(key),
+            );
+        }
     }
 
     fn refresh_ice(&mut self, key: SessionKey, now: Instant) {
         let Some(s) = self.sessions.get(&key) else { return };
         let (ice, ttl) = self.ice.ice_servers(&s.user, self.unix_now(now));
         self.push(key, json!({"type": "ice_servers", "ice_servers": ice, "ice_ttl": ttl}));
-        self.timers
-            .insert((now + Duration::from_secs((ttl * 4 / 5).max(1)), Timer::Ice(key)));
+        // The push may have given the session up.
+        if let Some(s) = self.sessions.get_mut(&key) {
+            let at = now + Duration::from_secs((ttl * 4 / 5).max(1));
+            arm(&mut self.timers, &mut s.ice_at, at, Timer::Ice(key));
+        }
     }
 
     /// The seq a refused, unparseable frame occupied (the next one expected).
@@ -882,13 +1057,10 @@ impl<R: RngCore> Hub<R> {
 
     fn handle_ack(&mut self, key: SessionKey, n: u64, _now: Instant) {
         let Some(s) = self.sessions.get_mut(&key) else { return };
-        let before = s.unacked.len();
-        while s.unacked.front().is_some_and(|(q, _)| *q <= n) {
-            s.unacked.pop_front();
-        }
+        let acked = s.drop_acked(n);
         self.metrics
             .unacked
-            .fetch_sub((before - s.unacked.len()) as i64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(acked as i64, std::sync::atomic::Ordering::Relaxed);
         self.ring_acked(key, n);
     }
 
@@ -940,18 +1112,30 @@ impl<R: RngCore> Hub<R> {
         if ack.is_some() {
             s.ack_due = None;
         }
-        let text = text(seq, ack);
+        // One copy of the text, shared by the socket's frame and the session's kept one
+        // (as many allocations as the `String` and its clone were).
+        let text: Arc<str> = text(seq, ack).into();
+        s.unacked_bytes += text.len();
         if let Some(conn) = s.conn {
             self.out.push_back(Output::Send {
                 conn,
-                text: text.clone(),
+                text: Arc::clone(&text),
             });
         }
         s.unacked.push_back((seq, text));
         self.metrics.unacked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if s.unacked.len() > self.config.max_unacked {
-            // A client that never acknowledges cannot be kept forever.
-            self.expire_session(key, "unacked_overflow");
+        // A client that never acknowledges cannot be kept forever.
+        let over = if s.unacked.len() > self.config.max_unacked {
+            Some(Limit::UnackedFrames)
+        } else if s.unacked_bytes > self.config.max_unacked_bytes {
+            Some(Limit::UnackedBytes)
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            self.metrics.limit_hit(limit);
+            tracing::info!(session = %s.id, user = %s.user, frames = s.unacked.len(), bytes = s.unacked_bytes, limit = limit.as_str(), "unacknowledged frames over the limit: session given up");
+            self.expire_session(key, SessionEnd::UnackedOverflow);
         }
         Some(seq)
     }
@@ -979,6 +1163,7 @@ impl<R: RngCore> Hub<R> {
         self.push_with(key, |seq, ack| signal_text(head, seq, ack));
     }
 
+    /// An `error` frame for a refused frame (its message clipped by [`error_value`]).
     fn error(&mut self, key: SessionKey, code: ErrorCode, msg: &str, reference: Option<u64>) {
         self.metrics.count("errors", code.as_str());
         self.push(key, error_value(code, msg, reference));
@@ -988,12 +1173,23 @@ impl<R: RngCore> Hub<R> {
         self.metrics.count("errors", code.as_str());
         self.out.push_back(Output::Send {
             conn,
-            text: error_json(code, msg, None),
+            text: error_json(code, msg, None).into(),
         });
     }
 
-    fn expire_session(&mut self, key: SessionKey, why: &'static str) {
+    fn expire_session(&mut self, key: SessionKey, why: SessionEnd) {
         let Some(s) = self.sessions.remove(&key) else { return };
+        // Its timer entries go with it.
+        for (at, timer) in [
+            (s.heartbeat_at, Timer::Heartbeat(key)),
+            (s.ice_at, Timer::Ice(key)),
+            (s.expire_at, Timer::Expire(key)),
+            (s.ack_timer, Timer::Ack(key)),
+        ] {
+            if let Some(at) = at {
+                self.timers.remove(&(at, timer));
+            }
+        }
         self.session_ids.remove(&s.id);
         if let Some(devices) = self.devices.get_mut(&s.user) {
             if devices.get(&s.device) == Some(&key) {
@@ -1017,9 +1213,9 @@ impl<R: RngCore> Hub<R> {
         self.metrics
             .sessions_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.count("sessions_ended", why);
-        tracing::debug!(session = %s.id, user = %s.user, why, lost = s.unacked.len(), "session ended");
-        if why == "replaced" {
+        self.metrics.count("sessions_ended", why.as_str());
+        tracing::debug!(session = %s.id, user = %s.user, why = why.as_str(), lost = s.unacked.len(), "session ended");
+        if why == SessionEnd::Replaced {
             // The same device is back with a new session: its calls carry on there.
             return;
         }
@@ -1072,6 +1268,9 @@ impl<R: RngCore> Hub<R> {
                 let c = self.calls.get_mut(&ck).expect("live call");
                 c.state = CallState::Accepted;
                 c.accepted_device = Some(me.1.clone());
+                // Held only for devices that ring later: none will now.
+                c.caller_signals = Vec::new();
+                c.held_bytes = 0;
                 let others: Vec<DeviceId> = c.devices.keys().filter(|d| **d != me.1).cloned().collect();
                 let (span, caller, callee) = (c.span.clone(), c.caller.clone(), c.callee.clone());
                 span.in_scope(|| tracing::info!(device = %me.1, "accepted"));
@@ -1186,6 +1385,25 @@ impl<R: RngCore> Hub<R> {
         c.span
             .in_scope(|| tracing::debug!(from = %s.user, device = %s.device, kind = ?kind, "signal"));
         let ringing = c.state == CallState::Ringing;
+        if is_caller && ringing {
+            if let Some(limit) = self.held_limit(c, data.len()) {
+                self.metrics.limit_hit(limit);
+                c.span.in_scope(|| {
+                    tracing::info!(
+                        limit = limit.as_str(),
+                        held = c.caller_signals.len(),
+                        "held signals full: signal refused"
+                    )
+                });
+                return Err(refuse(
+                    ErrorCode::HeldFull,
+                    format!(
+                        "the ringing call holds as many signals as it may ({}): send the rest once it is answered",
+                        limit.as_str()
+                    ),
+                ));
+            }
+        }
         // Where it goes: one session once the call is answered (no allocation), every
         // callee device that was told of the call while it rings.
         let (one, ringing_devices): (Option<SessionKey>, Vec<SessionKey>) = if is_caller {
@@ -1206,6 +1424,7 @@ impl<R: RngCore> Hub<R> {
             // Held with the invite for devices that come online later.
             let c = self.calls.get_mut(&ck).expect("looked up above");
             c.caller_signals.push(data.into());
+            c.held_bytes += data.len();
         }
         let mut targets = one.into_iter().chain(ringing_devices).peekable();
         while let Some(t) = targets.next() {
@@ -1221,6 +1440,30 @@ impl<R: RngCore> Hub<R> {
             self.push_signal(t, head);
         }
         Ok(())
+    }
+
+    /// The held-signal limit one more signal of `bytes` from the caller of ringing call
+    /// `c` would pass, if any: per call, then over all the caller's ringing calls.
+    fn held_limit(&self, c: &Call, bytes: usize) -> Option<Limit> {
+        let cfg = &self.config;
+        if c.caller_signals.len() >= cfg.max_held_signals_per_call {
+            return Some(Limit::HeldSignalsPerCall);
+        }
+        if c.held_bytes + bytes > cfg.max_held_bytes_per_call {
+            return Some(Limit::HeldBytesPerCall);
+        }
+        // The caller's other calls: at most `max_calls_per_user`, no allocation.
+        let (n, b) = self
+            .calls_of(&c.caller.0)
+            .filter(|o| o.caller.0 == c.caller.0 && o.state == CallState::Ringing)
+            .fold((0, 0), |(n, b), o| (n + o.caller_signals.len(), b + o.held_bytes));
+        if n >= cfg.max_held_signals_per_user {
+            return Some(Limit::HeldSignalsPerUser);
+        }
+        if b + bytes > cfg.max_held_bytes_per_user {
+            return Some(Limit::HeldBytesPerUser);
+        }
+        None
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1247,11 +1490,20 @@ impl<R: RngCore> Hub<R> {
         if to == me.0 {
             return Err(refuse(ErrorCode::BadRequest, "cannot call yourself"));
         }
-        let live = self.calls_of(&me.0).count();
+        // The calls this user placed or answered: invites ringing for them are someone
+        // else's doing (capped per callee below), and must not stop them calling out.
+        let live = self
+            .calls_of(&me.0)
+            .filter(|c| c.caller.0 == me.0 || c.state != CallState::Ringing)
+            .count();
         if live >= self.config.max_calls_per_user {
+            self.metrics.limit_hit(Limit::CallsPerUser);
             return Err(refuse(
                 ErrorCode::RateLimited,
-                format!("at most {} live calls per user", self.config.max_calls_per_user),
+                format!(
+                    "at most {} live calls (placed or answered) per user",
+                    self.config.max_calls_per_user
+                ),
             ));
         }
         let span = tracing::info_span!("call", call = %id, from = %me.0, to = %to, media = ?media);
@@ -1262,8 +1514,18 @@ impl<R: RngCore> Hub<R> {
         self.metrics.count("invites", "total");
 
         let busy = self.calls_of(&to).any(|c| c.state != CallState::Ringing);
-        if busy {
-            span.in_scope(|| tracing::info!("callee busy"));
+        // As many invites ring for the callee as may: to the caller, the callee is busy.
+        let ringing_full = !busy
+            && self
+                .calls_of(&to)
+                .filter(|c| c.callee == to && c.state == CallState::Ringing)
+                .count()
+                >= self.config.max_ringing_per_callee;
+        if ringing_full {
+            self.metrics.limit_hit(Limit::RingingPerCallee);
+        }
+        if busy || ringing_full {
+            span.in_scope(|| tracing::info!(ringing_full, "callee busy"));
             self.ended.insert(id.clone(), now);
             self.metrics.count("calls_ended", EndReason::Busy.as_str());
             self.push(
@@ -1314,6 +1576,7 @@ impl<R: RngCore> Hub<R> {
                 invited_at: now,
                 devices: BTreeMap::new(),
                 caller_signals: Vec::new(),
+                held_bytes: 0,
                 ever_online: online,
                 span: span.clone(),
             },
@@ -1337,29 +1600,51 @@ impl<R: RngCore> Hub<R> {
     }
 
     /// Send `call.incoming` and every held caller signal to one callee session.
+    ///
+    /// Not when the frames would take the session past `max_unacked_bytes`: then it
+    /// would be given up for what others sent it (invites with large offers and held
+    /// signals, ringing for it at once), and a new session would meet the same frames.
+    /// That device does not ring for this call; its other calls go on.
     fn deliver_incoming(&mut self, ck: CallKey, target: SessionKey, now: Instant) {
         let Some(s) = self.sessions.get(&target) else { return };
         let device = s.device.clone();
         let online = s.conn.is_some();
+        let room = self.config.max_unacked_bytes.saturating_sub(s.unacked_bytes);
         let Some(c) = self.calls.get_mut(&ck) else { return };
-        c.devices.entry(device.clone()).or_insert(false);
         c.ever_online |= online;
+        // The frames' sizes: the offer as JSON escapes it, the ids, and the envelopes.
+        let ids = c.id.as_str().len() + c.caller.0.as_str().len() + c.caller.1.as_str().len();
+        let offer = serde_json::to_string(&c.offer).map_or(c.offer.len() * 6, |t| t.len());
+        let need = offer + ids + 160 + c.held_bytes + c.caller_signals.len() * (ids + 120);
+        if need > room {
+            self.metrics.limit_hit(Limit::UnackedBytesIncoming);
+            c.span.in_scope(
+                || tracing::info!(%device, need, room, "incoming not delivered: the session has no room for it"),
+            );
+            return;
+        }
+        c.devices.entry(device.clone()).or_insert(false);
         let incoming = json!({
             "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
             "media": c.media, "sdp": c.offer,
         });
-        let held: Vec<Box<str>> = c.caller_signals.clone();
+        // Taken for the loop, not copied: each frame is written once, for this session
+        // (its seq is this session's), and the held signals go back to the call.
+        let held = std::mem::take(&mut c.caller_signals);
         let (id, caller) = (c.id.clone(), c.caller.clone());
         c.span
-            .in_scope(|| tracing::info!(%device, held = held.len(), "incoming delivered"));
+            .in_scope(|| tracing::info!(%device, held = held.len(), held_bytes = c.held_bytes, "incoming delivered"));
         let _ = now;
         if let Some(seq) = self.push(target, incoming) {
             if let Some(s) = self.sessions.get_mut(&target) {
                 s.awaiting_ring.push((seq, ck));
             }
         }
-        for d in held {
-            self.push_signal(target, signal_head(&id, &caller.0, &caller.1, &d));
+        for d in &held {
+            self.push_signal(target, signal_head(&id, &caller.0, &caller.1, d));
+        }
+        if let Some(c) = self.calls.get_mut(&ck) {
+            c.caller_signals = held;
         }
     }
 
@@ -1435,12 +1720,13 @@ fn pair_label(local: &str, remote: &str) -> &'static str {
     L[t(local)][t(remote)]
 }
 
-/// An `error` frame; `reference` is the seq of the refused frame.
+/// An `error` frame; `reference` is the seq of the refused frame. The message is
+/// clipped to [`MAX_MESSAGE`] characters: it may quote client input.
 pub fn error_value(code: ErrorCode, message: &str, reference: Option<u64>) -> Value {
     let mut m = Map::new();
     m.insert("type".into(), "error".into());
     m.insert("code".into(), json!(code));
-    m.insert("message".into(), message.into());
+    m.insert("message".into(), clip(message, MAX_MESSAGE).into());
     if let Some(r) = reference {
         m.insert("ref".into(), r.into());
     }
@@ -1507,6 +1793,19 @@ fn json_str(out: &mut String, s: &str) {
     }
 }
 
+/// `{"type":"ack","seq":N}`, written on the stack: one allocation, the shared text's.
+fn ack_text(seq: u64) -> Arc<str> {
+    let mut n = itoa::Buffer::new();
+    let parts: [&str; 3] = [r#"{"type":"ack","seq":"#, n.format(seq), "}"];
+    let mut buf = [0u8; 48];
+    let mut len = 0;
+    for p in parts {
+        buf[len..len + p.len()].copy_from_slice(p.as_bytes());
+        len += p.len();
+    }
+    Arc::from(std::str::from_utf8(&buf[..len]).expect("ASCII"))
+}
+
 fn error_json(code: ErrorCode, message: &str, reference: Option<u64>) -> String {
     error_value(code, message, reference).to_string()
 }
@@ -1547,6 +1846,13 @@ mod tests {
             ack,
         };
         serde_json::to_string(&out).unwrap()
+    }
+
+    #[test]
+    fn ack_frames_are_written_right() {
+        for n in [0, 7, u64::MAX] {
+            assert_eq!(&*ack_text(n), format!(r#"{{"type":"ack","seq":{n}}}"#));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod hub;
+pub mod keys;
 pub mod metrics;
 pub mod protocol;
 pub mod scan;

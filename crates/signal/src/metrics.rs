@@ -9,6 +9,75 @@ use std::time::Duration;
 /// Upper bounds (seconds) of the invite→connected histogram buckets.
 pub const CONNECT_BUCKETS: [f64; 12] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0, 45.0];
 
+/// A limit the hub enforces, as counted in `firstcall_signal_limits_hit_total{limit}`.
+///
+/// One label per limit, so an operator sees which one clients meet (and a test can
+/// check that the limit it hit was counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// A caller's signals held for a ringing call, by count (`--max-held-signals`).
+    HeldSignalsPerCall,
+    /// A caller's signals held for a ringing call, by bytes (`--max-held-bytes`).
+    HeldBytesPerCall,
+    /// Signals held over all of one user's ringing calls, by count.
+    HeldSignalsPerUser,
+    /// Signals held over all of one user's ringing calls, by bytes.
+    HeldBytesPerUser,
+    /// Unacknowledged frames of a session, by count: the session is given up.
+    UnackedFrames,
+    /// Unacknowledged frames of a session, by bytes: the session is given up.
+    UnackedBytes,
+    /// A `call.incoming` (with the held signals) not delivered to a device whose
+    /// session has no room for it under the unacknowledged-bytes limit.
+    UnackedBytesIncoming,
+    /// Live calls a user placed or answered (`--max-calls-per-user`).
+    CallsPerUser,
+    /// Invites ringing for one callee (`--max-ringing-per-callee`).
+    RingingPerCallee,
+    /// Sessions (devices) of one user (`--max-devices-per-user`).
+    DevicesPerUser,
+    /// Frames per second of one session.
+    FrameRate,
+    /// A frame over 64 KiB.
+    FrameSize,
+}
+
+impl Limit {
+    /// Every limit, for tests and documentation.
+    pub const ALL: [Limit; 12] = [
+        Limit::HeldSignalsPerCall,
+        Limit::HeldBytesPerCall,
+        Limit::HeldSignalsPerUser,
+        Limit::HeldBytesPerUser,
+        Limit::UnackedFrames,
+        Limit::UnackedBytes,
+        Limit::UnackedBytesIncoming,
+        Limit::CallsPerUser,
+        Limit::RingingPerCallee,
+        Limit::DevicesPerUser,
+        Limit::FrameRate,
+        Limit::FrameSize,
+    ];
+
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::HeldSignalsPerCall => "held_signals_per_call",
+            Limit::HeldBytesPerCall => "held_bytes_per_call",
+            Limit::HeldSignalsPerUser => "held_signals_per_user",
+            Limit::HeldBytesPerUser => "held_bytes_per_user",
+            Limit::UnackedFrames => "unacked_frames",
+            Limit::UnackedBytes => "unacked_bytes",
+            Limit::UnackedBytesIncoming => "unacked_bytes_incoming",
+            Limit::CallsPerUser => "calls_per_user",
+            Limit::RingingPerCallee => "ringing_per_callee",
+            Limit::DevicesPerUser => "devices_per_user",
+            Limit::FrameRate => "frame_rate",
+            Limit::FrameSize => "frame_size",
+        }
+    }
+}
+
 /// Counters of one hub.
 #[derive(Debug, Default)]
 pub struct SignalMetrics {
@@ -33,6 +102,14 @@ impl SignalMetrics {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.entry(family).or_default().entry(label).or_default() += n;
     }
+    /// Count one hit of `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.count("limits_hit", limit.as_str());
+    }
+    /// How often `limit` was hit.
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.get("limits_hit", limit.as_str())
+    }
     /// Current value of `family{label}`.
     pub fn get(&self, family: &str, label: &str) -> u64 {
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,7 +131,7 @@ impl SignalMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
         let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
-        let families: [(&str, &str, &str); 11] = [
+        let families: [(&str, &str, &str); 12] = [
             ("sessions", "Sessions created.", "event"),
             ("sessions_ended", "Sessions ended, by reason.", "reason"),
             ("resumes", "Resume attempts by result.", "result"),
@@ -72,6 +149,11 @@ impl SignalMetrics {
                 "pair_types",
                 "Selected ICE candidate pair types of connected calls.",
                 "pair",
+            ),
+            (
+                "limits_hit",
+                "Client actions refused (or sessions given up) at a configured limit, by limit.",
+                "limit",
             ),
             (
                 "first_attempt",

@@ -161,6 +161,13 @@ pub enum ErrorCode {
     SeqGap,
     /// Bad or expired token (closes with 4003).
     Unauthorized,
+    /// A caller's signal while the call rings, past what the call (or the caller's
+    /// ringing calls together) may hold for callee devices that come later. The signal
+    /// is not relayed; what is held already stays held.
+    HeldFull,
+    /// A new session (hello) for a user who has as many sessions as one user may
+    /// (closes with 4009).
+    TooManyDevices,
 }
 
 impl ErrorCode {
@@ -175,6 +182,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SeqGap => "seq_gap",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::HeldFull => "held_full",
+            ErrorCode::TooManyDevices => "too_many_devices",
         }
     }
 }
@@ -191,6 +200,24 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 4003;
     /// No hello within 10 s, or no frame within three heartbeats.
     pub const TIMEOUT: u16 = 4008;
+    /// The user has as many sessions (devices) as one user may.
+    pub const TOO_MANY_DEVICES: u16 = 4009;
+}
+
+/// Most characters of client input an `error` frame echoes (a `type`, a key).
+pub const MAX_ECHO: usize = 64;
+
+/// Most characters of an `error` frame's message (which may quote client input, as
+/// serde's messages do).
+pub const MAX_MESSAGE: usize = 256;
+
+/// `s` cut to at most `max` characters, with `…` when cut: client input echoed in an
+/// error frame costs the server no more than this, whatever the client sent.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..end])),
+    }
 }
 
 /// `resume` in a hello.
@@ -308,15 +335,21 @@ pub use crate::scan::Envelope;
 impl<'a> Envelope<'a> {
     /// Read the envelope of `text`: the hand scanner for the usual shape, serde for the
     /// rest. `None` on anything unusual (not an object, a non-string type, a
-    /// non-integer seq, a duplicate key); the hub then takes its slower path, which
-    /// names the exact fault.
+    /// non-integer seq, a duplicate key in any object); the hub then takes its slower
+    /// path, which names the exact fault.
     pub fn parse(text: &'a str) -> Option<Envelope<'a>> {
-        crate::scan::envelope(text).or_else(|| crate::scan::serde_envelope(text))
+        crate::scan::envelope(text).or_else(|| {
+            crate::keys::check(text)
+                .ok()
+                .and_then(|()| crate::scan::serde_envelope(text))
+        })
     }
 }
 
 impl ClientFrame {
-    /// Parse a sequenced frame whose envelope says `typ`.
+    /// Parse a sequenced frame whose envelope says `typ`. The caller has refused a
+    /// text with a duplicate key ([`crate::keys::check`]): serde's derive refuses a
+    /// duplicate of a field it knows, but not of one it ignores.
     pub fn parse(typ: &str, text: &str) -> Result<ClientFrame, serde_json::Error> {
         if typ == "call.signal" {
             #[derive(Deserialize)]

@@ -2,11 +2,13 @@
 //! envelope (`type`, `seq`, `ack`, `call`, `data`) and a trickled candidate's `data`.
 //!
 //! It answers only when it is sure. Anything it does not fully understand (an escape in
-//! a key or in a field it returns, a `\u` escape anywhere, a duplicate field, a `null`
-//! where a value was expected, a long number, deep nesting) gives `None`, and the
-//! caller takes serde's path, which accepts or refuses exactly as before and names the
-//! fault. Whatever it accepts, serde accepts with the same values: a property test and
-//! the `frame_scan` fuzz target check that against serde on every input.
+//! a key or in a field it returns, a `\u` escape anywhere, a duplicate key in any object,
+//! a `null` where a value was expected, a long number, deep nesting, an object of more
+//! than 16 keys) gives `None`, and the caller takes serde's path, which first refuses a
+//! duplicate key anywhere ([`crate::keys::check`]) and then accepts or refuses exactly as
+//! before and names the fault. Whatever it accepts, serde accepts with the same values
+//! and has no duplicate key: a property test and the `frame_scan` fuzz target check that
+//! against serde on every input.
 //!
 //! Why by hand: serde's derive for the envelope, with two `RawValue`s, then a second
 //! parse of `data` to validate it, was 8,300 of the server's 13,800 user instructions
@@ -17,6 +19,10 @@ use std::borrow::Cow;
 
 /// Nesting the scanner follows before it leaves a text to serde (whose own limit is 128).
 const MAX_DEPTH: usize = 32;
+
+/// Keys of one object the scanner follows (an envelope has five, a candidate four);
+/// more are left to serde.
+const MAX_KEYS: usize = 16;
 
 /// Digits of a number the scanner passes over; longer ones are left to serde.
 const MAX_NUMBER: usize = 24;
@@ -111,6 +117,11 @@ pub fn fuzz(data: &[u8]) {
         return;
     };
     if let Some(e) = envelope(text) {
+        assert_eq!(
+            crate::keys::check(text),
+            Ok(()),
+            "envelope accepted a duplicate key in {text:?}"
+        );
         if let Some(c) = e.candidate {
             let data = e.data.expect("a candidate comes from data");
             assert_eq!(Some(c), serde_candidate(data).as_deref(), "candidate in {text:?}");
@@ -119,6 +130,11 @@ pub fn fuzz(data: &[u8]) {
         assert_eq!(Some(e), serde_envelope(text), "envelope of {text:?}");
     }
     if let Some(s) = candidate(text) {
+        assert_eq!(
+            crate::keys::check(text),
+            Ok(()),
+            "candidate accepted a duplicate key in {text:?}"
+        );
         assert_eq!(Some(s), serde_candidate(text).as_deref(), "candidate of {text:?}");
     }
 }
@@ -250,9 +266,20 @@ impl<'a> Cursor<'a> {
         if self.eat(b'}').is_some() {
             return Some(());
         }
+        // The keys so far, to refuse a duplicate (`crate::keys`): on the stack, since
+        // this runs for every relayed frame. An object with more keys than fit is not
+        // the usual shape; serde's path checks it.
+        let mut keys: [&str; MAX_KEYS] = [""; MAX_KEYS];
+        let mut n = 0;
         loop {
             // serde matches a key after unescaping it: an escaped key is its question.
+            // Unescaped, two keys are the same key exactly when their texts are equal.
             let key = self.plain_string()?;
+            if n == MAX_KEYS || keys[..n].contains(&key) {
+                return None;
+            }
+            keys[n] = key;
+            n += 1;
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -466,9 +493,18 @@ mod tests {
             r#"{"data":null}"#,
             r#"{"seq":12345678901234567890}"#,
             r#"{"a":1e400000000000000000000000}"#,
+            // A duplicate key anywhere (refused by the hub's `keys::check`).
+            r#"{"type":"ack","x":1,"x":2}"#,
+            r#"{"type":"ack","data":{"sdp":{"a":[{"b":1,"b":1}]}}}"#,
         ] {
             assert_eq!(envelope(t), None, "{t}");
         }
+        // More keys in one object than the scanner follows: serde's.
+        let many: Vec<String> = (0..=MAX_KEYS).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let t = format!(r#"{{"type":"ack","data":{{{}}}}}"#, many.join(","));
+        assert_eq!(envelope(&t), None);
+        let fit = format!(r#"{{"type":"ack","data":{{{}}}}}"#, many[..MAX_KEYS].join(","));
+        assert!(envelope(&fit).is_some());
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
         assert_eq!(envelope(&deep), None);
         assert!(

@@ -47,6 +47,8 @@ struct Client {
     /// Unsequenced frames (welcome, acks, errors before a session).
     control: Vec<Value>,
     closed_with: Option<u16>,
+    /// Server pings received (answered at once).
+    pings: usize,
 }
 
 impl Client {
@@ -62,6 +64,7 @@ impl Client {
             got: vec![],
             control: vec![],
             closed_with: None,
+            pings: 0,
         }
     }
     fn of_type(&self, t: &str) -> Vec<&Value> {
@@ -198,6 +201,7 @@ impl World {
                     };
                     let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
                     if v["type"] == "ping" {
+                        self.clients[i].pings += 1;
                         self.hub.handle_text(conn, r#"{"type":"pong"}"#, self.now);
                         continue;
                     }
@@ -575,12 +579,13 @@ fn signal_frames_the_fast_path_cannot_vouch_for_are_refused_by_name() {
         ),
         (
             format!(r#"{{"type":"call.signal","seq":S,"call":"ok","call":"ok","data":{c}}}"#),
-            "duplicate field `call`",
+            r#"duplicate key "call""#,
         ),
-        // Valid JSON, not a valid string: what a broken JS string serialises to.
+        // Valid JSON, not a valid string: what a broken JS string serialises to. The
+        // duplicate-key check reads every string, and names the fault.
         (
             format!(r#"{{"type":"call.signal","seq":S,"call":"\ud800","data":{c}}}"#),
-            "call.signal: unexpected end of hex escape",
+            "unexpected end of hex escape",
         ),
     ];
     for (text, why) in &refused {
@@ -1024,4 +1029,470 @@ fn acks_ride_on_frames_both_ways() {
         relayed,
         "the frame was not relayed"
     );
+}
+
+// ---- Limits (issue 17): each is hit, refused clearly, changes nothing else, counted.
+
+use firstcall_signal::metrics::Limit;
+
+/// The error frames client `i` got, as (code, ref, message).
+fn error_frames(c: &Client) -> Vec<(String, Option<u64>, String)> {
+    c.got
+        .iter()
+        .chain(c.control.iter())
+        .filter(|v| v["type"] == "error")
+        .map(|v| {
+            (
+                v["code"].as_str().unwrap().to_owned(),
+                v["ref"].as_u64(),
+                v["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Limits hit so far, by label, leaving out those never hit.
+fn limits_hit(w: &World) -> Vec<(&'static str, u64)> {
+    Limit::ALL
+        .iter()
+        .map(|l| (l.as_str(), w.metrics.limit_hits(*l)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// An SDP signal whose `data` is about `bytes` long.
+fn sdp_of(bytes: usize) -> Value {
+    json!({"sdp": {"type": "offer", "sdp": "v".repeat(bytes)}})
+}
+
+#[test]
+fn held_signals_are_capped_per_call_and_nothing_held_is_lost() {
+    let mut w = World::new(HubConfig {
+        max_held_signals_per_call: 5,
+        ..HubConfig::default()
+    });
+    let (a, b1, b2) = (w.add("alice", "a"), w.add("bob", "b1"), w.add("bob", "b2"));
+    w.connect(a);
+    w.connect(b1);
+    w.send(a, invite("h", "bob"));
+    for n in 1..=5 {
+        w.send(a, signal("h", cand(n)));
+    }
+    let refused = w.send(a, signal("h", cand(6)));
+    let errs = error_frames(&w.clients[a]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].0.as_str(), errs[0].1), ("held_full", Some(refused)));
+    assert!(errs[0].2.contains("held_signals_per_call"), "{}", errs[0].2);
+    assert_eq!(limits_hit(&w), [("held_signals_per_call", 1)]);
+    assert_eq!(w.metrics.get("errors", "held_full"), 1);
+    // The refused signal went nowhere; the five held reach a device that comes later.
+    let data = |c: &Client| {
+        c.of_type("call.signal")
+            .iter()
+            .map(|v| v["data"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(data(&w.clients[b1]), (1..=5).map(cand).collect::<Vec<_>>());
+    w.connect(b2);
+    assert_eq!(data(&w.clients[b2]), (1..=5).map(cand).collect::<Vec<_>>());
+    assert_eq!(w.hub.live_calls(), 1, "the call still rings");
+    // Once answered nothing is held, and signals flow past the cap.
+    w.send(b1, json!({"type": "call.accept", "call": "h", "sdp": "answer"}));
+    for n in 6..=12 {
+        w.send(a, signal("h", cand(n)));
+    }
+    assert_eq!(data(&w.clients[b1]).len(), 12);
+    assert_eq!(error_frames(&w.clients[a]).len(), 1);
+}
+
+#[test]
+fn held_signal_bytes_are_capped_per_call_and_per_user() {
+    let mut w = World::new(HubConfig {
+        max_held_bytes_per_call: 10_000,
+        max_held_bytes_per_user: 15_000,
+        max_held_signals_per_user: 7,
+        ..HubConfig::default()
+    });
+    let a = w.add("alice", "a");
+    w.connect(a);
+    w.send(a, invite("x", "bob"));
+    w.send(a, invite("y", "carol"));
+    // Bytes per call: 2 × ~4 KB fit, the third does not.
+    w.send(a, signal("x", sdp_of(4_000)));
+    w.send(a, signal("x", sdp_of(4_000)));
+    let r1 = w.send(a, signal("x", sdp_of(4_000)));
+    // Bytes per user: call y may hold 10 KB, but alice already holds ~8 KB.
+    w.send(a, signal("y", sdp_of(4_000)));
+    let r2 = w.send(a, signal("y", sdp_of(4_000)));
+    // Count per user: 3 held so far; 4 small ones more reach 7, the next is refused.
+    for n in 1..=4 {
+        w.send(a, signal("y", cand(n)));
+    }
+    let r3 = w.send(a, signal("y", cand(5)));
+    let errs: Vec<_> = error_frames(&w.clients[a])
+        .into_iter()
+        .map(|(code, r, msg)| (code, r, msg.split('(').nth(1).unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(
+        errs,
+        [
+            (
+                "held_full".into(),
+                Some(r1),
+                "held_bytes_per_call): send the rest once it is answered".into()
+            ),
+            (
+                "held_full".into(),
+                Some(r2),
+                "held_bytes_per_user): send the rest once it is answered".into()
+            ),
+            (
+                "held_full".into(),
+                Some(r3),
+                "held_signals_per_user): send the rest once it is answered".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        limits_hit(&w),
+        [
+            ("held_bytes_per_call", 1),
+            ("held_signals_per_user", 1),
+            ("held_bytes_per_user", 1)
+        ]
+    );
+    // Both callees come online and get exactly what was held: 2 + 5 signals.
+    let (b, c) = (w.add("bob", "b"), w.add("carol", "c"));
+    w.connect(b);
+    w.connect(c);
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 2);
+    assert_eq!(w.clients[c].of_type("call.signal").len(), 5);
+    // Ending call x frees its share: call y may hold more again.
+    w.send(a, json!({"type": "call.cancel", "call": "x"}));
+    w.send(a, signal("y", cand(9)));
+    assert_eq!(w.clients[c].of_type("call.signal").len(), 6);
+    assert_eq!(error_frames(&w.clients[a]).len(), 3);
+}
+
+#[test]
+fn unacked_bytes_give_the_session_up_and_a_replay_shares_the_kept_frames() {
+    let mut w = World::new(HubConfig {
+        max_unacked_bytes: 100_000,
+        ..HubConfig::default()
+    });
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(a, invite("u", "bob"));
+    w.send(b, json!({"type": "call.accept", "call": "u", "sdp": "answer"}));
+    w.drop_conn(b);
+    // Under the cap: kept for the resume, and the replay shares the kept texts.
+    for _ in 0..5 {
+        w.send(a, signal("u", sdp_of(10_000)));
+    }
+    let conn = ConnId(10_000);
+    w.hub.handle_connect(conn, w.now);
+    let hello = json!({"type": "hello", "token": "dev:bob", "device": "b",
+        "resume": {"session": w.clients[b].session.clone().unwrap(), "last_seq": w.clients[b].last_in}});
+    w.hub.handle_text(conn, &hello.to_string(), w.now);
+    let replay: Vec<Arc<str>> = std::iter::from_fn(|| w.hub.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { text, .. } if text.contains("call.signal") => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replay.len(), 5);
+    assert!(
+        replay.iter().all(|t| Arc::strong_count(t) == 2),
+        "each replayed frame is the session's kept text, not a copy"
+    );
+    w.hub.handle_disconnect(conn, w.now);
+    assert_eq!(w.metrics.get("sessions_ended", "unacked_overflow"), 0);
+    // Over it: the session is given up as when the count overflows, and counted.
+    for _ in 0..6 {
+        w.send(a, signal("u", sdp_of(10_000)));
+    }
+    assert_eq!(limits_hit(&w), [("unacked_bytes", 1)]);
+    assert_eq!(w.metrics.get("sessions_ended", "unacked_overflow"), 1);
+    assert_eq!(w.clients[a].of_type("call.ended")[0]["reason"], "failed");
+    assert_eq!(w.hub.session_count(), 1, "only alice's session is left");
+    assert_eq!(
+        w.metrics.unacked.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the unacked gauge lost the given-up frames (alice acks hers)"
+    );
+}
+
+#[test]
+fn invites_a_fresh_session_has_no_room_for_do_not_give_it_up() {
+    // 4 callers ring bob with large offers and held signals: more than one session of
+    // his may hold unacknowledged.
+    let mut w = World::new(HubConfig {
+        max_unacked_bytes: 300_000,
+        ..HubConfig::default()
+    });
+    let callers: Vec<usize> = (0..4).map(|n| w.add(&format!("m{n}"), "m")).collect();
+    for (n, &m) in callers.iter().enumerate() {
+        w.connect(m);
+        let call = format!("c{n}");
+        w.send(
+            m,
+            json!({"type": "call.invite", "call": call, "to": "bob", "media": "audio", "sdp": "o".repeat(60_000)}),
+        );
+        for _ in 0..2 {
+            w.send(m, signal(&call, sdp_of(10_000)));
+        }
+    }
+    let b = w.add("bob", "b");
+    w.connect(b);
+    // Three calls' frames fit (about 81 KB each), the fourth's do not: bob's session
+    // lives, rings for three, and lists all four in its welcome.
+    assert!(w.clients[b].conn.is_some());
+    assert_eq!(w.metrics.get("sessions_ended", "unacked_overflow"), 0);
+    assert_eq!(w.clients[b].of_type("call.incoming").len(), 3);
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 6);
+    assert_eq!(w.clients[b].control[0]["calls"].as_array().unwrap().len(), 4);
+    assert_eq!(limits_hit(&w), [("unacked_bytes_incoming", 1)]);
+    let ringing: usize = callers
+        .iter()
+        .map(|&m| w.clients[m].of_type("call.ringing").len())
+        .sum();
+    assert_eq!(ringing, 3);
+}
+
+#[test]
+fn error_frames_clip_what_they_echo() {
+    let mut w = World::new(HubConfig::default());
+    let a = w.add("alice", "a");
+    w.connect(a);
+    let long = "t".repeat(60_000);
+    let s = w.send(a, json!({"type": long}));
+    w.send(
+        a,
+        json!({"type": "call.invite", "call": "c", "to": "bob", "media": "m".repeat(60_000), "sdp": "o"}),
+    );
+    let errs = error_frames(&w.clients[a]);
+    assert_eq!(errs[0].0, "unknown_type");
+    assert_eq!(errs[0].1, Some(s));
+    assert_eq!(errs[0].2, format!("unknown type \"{}…\"", "t".repeat(64)));
+    // serde's own message quotes the bad value: the whole message is clipped.
+    assert_eq!(errs[1].0, "bad_request");
+    assert_eq!(errs[1].2.chars().count(), 257, "{}", errs[1].2);
+    assert!(errs[1].2.ends_with('…'));
+    assert!(w.clients[a].conn.is_some(), "the session goes on");
+}
+
+#[test]
+fn invites_ringing_for_a_user_do_not_stop_them_calling_and_are_capped() {
+    let mut w = World::new(HubConfig {
+        max_calls_per_user: 2,
+        max_ringing_per_callee: 3,
+        ..HubConfig::default()
+    });
+    let (v, m1, m2, c) = (
+        w.add("victim", "v"),
+        w.add("mallory1", "m"),
+        w.add("mallory2", "m"),
+        w.add("carol", "c"),
+    );
+    for i in [v, m1, m2, c] {
+        w.connect(i);
+    }
+    // Two identities ring the victim three times (each within its own call limit).
+    w.send(m1, invite("m1a", "victim"));
+    w.send(m1, invite("m1b", "victim"));
+    w.send(m2, invite("m2a", "victim"));
+    // The fourth is past the per-callee cap: busy, and the victim hears nothing of it.
+    w.send(m2, invite("m2b", "victim"));
+    assert_eq!(w.clients[m2].of_type("call.ended")[0]["call"], "m2b");
+    assert_eq!(w.clients[m2].of_type("call.ended")[0]["reason"], "busy");
+    assert_eq!(w.clients[v].of_type("call.incoming").len(), 3);
+    assert_eq!(limits_hit(&w), [("ringing_per_callee", 1)]);
+    // A ringing call ending makes room for the next invite.
+    w.send(m1, json!({"type": "call.cancel", "call": "m1a"}));
+    w.send(m2, invite("m2c", "victim"));
+    assert_eq!(w.clients[v].of_type("call.incoming").len(), 4);
+    // The victim, rung three times, still places calls: up to its own limit of two.
+    // (Not to mallory: an invite crossing theirs would be glare.)
+    w.send(v, invite("v1", "carol"));
+    w.send(v, invite("v2", "dave"));
+    assert_eq!(w.clients[c].of_type("call.incoming").len(), 1);
+    let s = w.send(v, invite("v3", "erin"));
+    assert_eq!(
+        error_frames(&w.clients[v]),
+        [(
+            "rate_limited".into(),
+            Some(s),
+            "at most 2 live calls (placed or answered) per user".into()
+        )]
+    );
+    assert_eq!(w.metrics.limit_hits(Limit::CallsPerUser), 1);
+    // An answered call counts: carol answers v1, then places one call, then no more.
+    w.send(c, json!({"type": "call.accept", "call": "v1", "sdp": "a"}));
+    w.send(c, invite("c1", "dave"));
+    let s = w.send(c, invite("c2", "erin"));
+    assert_eq!(error_frames(&w.clients[c])[0].1, Some(s));
+    assert_eq!(w.metrics.limit_hits(Limit::CallsPerUser), 2);
+}
+
+#[test]
+fn sessions_per_user_are_capped_at_hello() {
+    let mut w = World::new(HubConfig {
+        max_devices_per_user: 3,
+        ..HubConfig::default()
+    });
+    let devs: Vec<usize> = (0..3).map(|n| w.add("alice", &format!("d{n}"))).collect();
+    for &d in &devs {
+        w.connect(d);
+    }
+    let extra = w.add("alice", "d3");
+    w.connect(extra);
+    let errs = error_frames(&w.clients[extra]);
+    assert_eq!(errs.len(), 1);
+    assert_eq!((errs[0].0.as_str(), errs[0].1), ("too_many_devices", None));
+    assert_eq!(w.clients[extra].closed_with, Some(4009));
+    assert!(w.clients[extra].session.is_none());
+    assert_eq!(limits_hit(&w), [("devices_per_user", 1)]);
+    assert_eq!(w.hub.session_count(), 3);
+    assert!(devs.iter().all(|&d| w.clients[d].conn.is_some()), "the others carry on");
+    // A device already counted may start a new session (it replaces its old one), and
+    // a detached session still counts until it expires.
+    w.clients[devs[0]].session = None;
+    w.drop_conn(devs[0]);
+    w.connect(devs[0]);
+    assert!(w.clients[devs[0]].conn.is_some());
+    w.drop_conn(devs[1]);
+    w.connect(extra);
+    assert_eq!(w.clients[extra].closed_with, Some(4009));
+    w.advance(HubConfig::default().session_ttl);
+    w.connect(extra);
+    assert!(
+        w.clients[extra].conn.is_some(),
+        "room once the detached session expired"
+    );
+    assert_eq!(w.metrics.limit_hits(Limit::DevicesPerUser), 2);
+    // Other users are not affected.
+    let b = w.add("bob", "d0");
+    w.connect(b);
+    assert!(w.clients[b].conn.is_some());
+}
+
+#[test]
+fn resumes_keep_one_heartbeat_and_one_refresh_per_session() {
+    let mut w = World::new(HubConfig::default());
+    let a = w.add("alice", "a");
+    w.connect(a);
+    w.advance(Duration::from_secs(11)); // the hello deadline entry is gone
+    let settled = w.hub.timer_entries();
+    for _ in 0..50 {
+        w.drop_conn(a);
+        w.connect(a);
+    }
+    w.advance(Duration::from_secs(11));
+    assert_eq!(w.hub.timer_entries(), settled, "no timer entry per resume");
+    assert_eq!(w.clients[a].control.iter().filter(|v| v["resumed"] == true).count(), 50);
+    // 17 s after the last resume: one ping (at 15 s), not one per resume.
+    w.advance(Duration::from_secs(6));
+    assert_eq!(w.clients[a].pings, 1);
+    // The credentials refresh once, 80% of the TTL after the last welcome's.
+    w.advance(Duration::from_secs(480 - 17 - 1));
+    assert_eq!(w.clients[a].of_type("ice_servers").len(), 0);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.clients[a].of_type("ice_servers").len(), 1);
+    w.advance(Duration::from_secs(60));
+    assert_eq!(w.clients[a].of_type("ice_servers").len(), 1);
+    // One ping every 15 s since the last resume.
+    assert_eq!(w.clients[a].pings, 540 / 15);
+}
+
+#[test]
+fn duplicate_keys_are_refused_on_every_path() {
+    let (mut w, a, b) = in_call("d");
+    let c = cand(1);
+    for (text, key) in [
+        // The scanner's path: an unknown envelope key, twice.
+        (format!(r#"{{"type":"call.signal","x":1,"x":2,"seq":S,"call":"d","data":{c}}}"#), "x"),
+        // Inside a candidate's data.
+        (
+            r#"{"type":"call.signal","seq":S,"call":"d","data":{"candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 9 typ host","sdpMid":"0","sdpMid":"1"}}}"#.into(),
+            "sdpMid",
+        ),
+        // Inside an SDP's data: a Value kept the last `type`, a peer might keep the first.
+        (
+            r#"{"type":"call.signal","seq":S,"call":"d","data":{"sdp":{"type":"offer","sdp":"v=0","type":"answer"}}}"#.into(),
+            "type",
+        ),
+        // serde's path (an escaped key), twice the seq.
+        (r#"{"typ\u0065":"call.hangup","seq":S,"seq":S,"call":"d"}"#.into(), "seq"),
+        // A derive ignores unknown fields, twice or not.
+        (r#"{"type":"call.hangup","seq":S,"call":"d","why":1,"why":2}"#.into(), "why"),
+    ] {
+        w.clients[a].out_seq += 1;
+        let seq = w.clients[a].out_seq;
+        w.raw(a, &text.replace(":S", &format!(":{seq}")));
+        let e = error_frames(&w.clients[a]).pop().expect("an error");
+        assert_eq!(
+            (e.0.as_str(), e.1, e.2.as_str()),
+            ("bad_request", Some(seq), format!("duplicate key {key:?}").as_str()),
+            "{text}"
+        );
+    }
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 0, "nothing relayed");
+    assert_eq!(w.hub.live_calls(), 1, "the hangup with a duplicate key did nothing");
+    // The hello: a `Value` kept the last token.
+    let m = w.add("mallory", "m");
+    let conn = ConnId(5_000);
+    w.clients[m].conn = Some(conn);
+    w.hub.handle_connect(conn, w.now);
+    w.raw(
+        m,
+        r#"{"type":"hello","token":"dev:mallory","device":"m","token":"dev:alice"}"#,
+    );
+    assert_eq!(
+        error_frames(&w.clients[m]),
+        [("bad_request".into(), None, r#"hello: duplicate key "token""#.into())]
+    );
+    assert_eq!(w.clients[m].closed_with, Some(4000));
+    // The call goes on.
+    w.send(a, signal("d", cand(2)));
+    assert_eq!(w.clients[b].of_type("call.signal").len(), 1);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// A client frame with some key twice in any one object, wherever, is refused with
+    /// `bad_request` naming the key, and nothing is relayed; the same frame without the
+    /// duplicate is relayed.
+    #[test]
+    fn a_duplicate_key_anywhere_is_refused(
+        depth in 0usize..4,
+        key in proptest::sample::select(vec!["a", "sdpMid", "candidate", "type", "call", "data", "seq", "x\u{e9}"]),
+        escape in proptest::bool::ANY,
+    ) {
+        let (mut w, a, b) = in_call("p");
+        // `data` is an SDP signal whose `sdp` object has an extension object `ext` with
+        // `depth` levels of `"n":{…}` in it, the innermost holding the duplicate.
+        let mut inner = String::from(r#""z":0"#);
+        let mut dup = format!(r#""{key}":1,{inner},"{}":2"#, if escape { key.replace('a', "\\u0061") } else { key.to_owned() });
+        for _ in 0..depth {
+            inner = format!(r#""n":{{{inner}}}"#);
+            dup = format!(r#""n":{{{dup}}}"#);
+        }
+        let frame = |body: &str, seq: u64| {
+            format!(r#"{{"type":"call.signal","seq":{seq},"call":"p","data":{{"sdp":{{"type":"offer","sdp":"v=0","ext":{{{body}}}}}}}}}"#)
+        };
+        w.clients[a].out_seq += 1;
+        let seq = w.clients[a].out_seq;
+        w.raw(a, &frame(&dup, seq));
+        let e = error_frames(&w.clients[a]).pop();
+        let dup_key_refused = e.as_ref().map(|e| (e.0.as_str(), e.1)) == Some(("bad_request", Some(seq)))
+            && e.as_ref().is_some_and(|e| e.2.starts_with("duplicate key"));
+        // Escaped or not, the key is the same key twice.
+        proptest::prop_assert!(dup_key_refused, "{:?} for {}", e, frame(&dup, seq));
+        proptest::prop_assert_eq!(w.clients[b].of_type("call.signal").len(), 0);
+        w.clients[a].out_seq += 1;
+        let seq = w.clients[a].out_seq;
+        w.raw(a, &frame(&inner, seq));
+        proptest::prop_assert_eq!(w.clients[b].of_type("call.signal").len(), 1);
+    }
 }
