@@ -196,7 +196,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             own_ips.extend(addrs.iter().map(|i| i.ip()));
         }
     }
-    let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips, config.relay_ports.clone());
+    let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips);
     let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
     let auth = Authenticator::new(config.realm.clone(), secrets, config.static_users.clone());
     let quotas = Arc::new(Quotas::new(config.max_allocations_per_user, config.max_allocations));

@@ -29,8 +29,7 @@ pub fn run(data: &[u8], t0: Instant) {
     let mut s = Server::new(
         Config::new(relay_ip, 50000..=50015),
         Authenticator::new(REALM, vec![Secret::new("k")], vec![]),
-        PeerFilter::new(vec!["203.0.113.0/24".parse().expect("literal CIDR")], vec![])
-            .with_own_relays([relay_ip], 50000..=50015),
+        PeerFilter::new(vec!["203.0.113.0/24".parse().expect("literal CIDR")], vec![]).with_own_relays([relay_ip]),
         quotas.clone(),
         Arc::new(TurnMetrics::default()),
         StdRng::seed_from_u64(1),

@@ -472,6 +472,14 @@ impl<R: RngCore> Server<R> {
             return None;
         }
         let peer_ip = crate::filter::normalise(peer.0.ip());
+        if self.filter.is_own_ip(peer_ip) {
+            // Permissions are per IP: on our own address only a live relay is a peer,
+            // not whatever else listens there.
+            if let Err(r) = self.filter.check(peer.0) {
+                self.metrics.peer_refused(r.as_str());
+                return None;
+            }
+        }
         if !alloc.permitted(peer_ip, now) {
             // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
             self.metrics.dropped("no_permission");
@@ -554,6 +562,7 @@ impl<R: RngCore> Server<R> {
             .allocations_active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.by_port.insert(port, p.client);
+        self.filter.live_relays().insert(port.0);
         self.expiries.insert((expires, p.client));
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
         self.allocations.insert(
@@ -653,6 +662,13 @@ impl<R: RngCore> Server<R> {
         if !alloc.permitted(peer_ip, now) {
             self.metrics.dropped("no_permission");
             return None;
+        }
+        if self.filter.is_own_ip(peer_ip) {
+            // A channel to one of our relays outlives that relay's allocation.
+            if let Err(r) = self.filter.check(ch.peer) {
+                self.metrics.peer_refused(r.as_str());
+                return None;
+            }
         }
         self.metrics.relayed(Direction::ToPeer, cd.data.len());
         Some(ToPeer {
@@ -1146,8 +1162,8 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_permission");
             return None;
         }
-        // Permissions are per IP, but the filter also looks at ports (our own relays
-        // are reachable only on relay ports), so check every datagram's full address.
+        // Permissions are per IP, but the filter also looks at ports (our own address is
+        // reachable only on live relay ports), so check every datagram's full address.
         if let Err(r) = self.filter.check(peer) {
             self.metrics.peer_refused(r.as_str());
             return None;
@@ -1166,6 +1182,7 @@ impl<R: RngCore> Server<R> {
         };
         self.expiries.remove(&(a.expires, client));
         self.by_port.remove(&a.port);
+        self.filter.live_relays().remove(a.port.0);
         self.quotas.release(quota_user(&a.username));
         self.commands.push_back(Command::ReleaseRelay { port: a.port });
         self.metrics.allocation_deleted(reason);

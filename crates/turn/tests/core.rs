@@ -39,8 +39,7 @@ impl Harness {
         let t0 = Instant::now();
         let config = cfg(Config::new("192.0.2.1".parse().unwrap(), 50000..=50099));
         let auth = Authenticator::new(REALM, vec![Secret::new(SECRET)], vec![("static".into(), "pw".into())]);
-        let filter =
-            PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()], 50000..=50099);
+        let filter = PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()]);
         let quotas = Arc::new(Quotas::new(per_user, total));
         let metrics = Arc::new(TurnMetrics::default());
         let server = Server::new(
@@ -553,43 +552,82 @@ fn refused_peers_get_403_and_are_counted() {
         let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
         assert_eq!(code_of(&resp), Some(403), "{p} must be refused");
     }
-    // The server's own relay range stays reachable (client-to-client relaying).
+    // A live relay of this server stays reachable (client-to-client relaying)...
+    let mut bob = Client::rest(udp(4015), "bob", T0_UNIX + 100_000);
+    let bob_relay = bob.allocate(&mut h);
     let resp = c.call(
         &mut h,
         Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress("192.0.2.1:50050".parse().unwrap())],
+        &[Attribute::XorPeerAddress(bob_relay)],
     );
     assert_eq!(code_of(&resp), None);
+    // ...but no other port of the relay range on our address: nothing is bound there.
+    let idle = SocketAddr::new(bob_relay.ip(), if bob_relay.port() == 50050 { 50051 } else { 50050 });
+    let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(idle)]);
+    assert_eq!(
+        code_of(&resp),
+        Some(403),
+        "{idle} is in the relay range but not a relay"
+    );
     // All or nothing: one refused peer refuses the whole request.
     let resp = c.call(
         &mut h,
         Method::CREATE_PERMISSION,
         &[
-            Attribute::XorPeerAddress("192.0.2.1:50051".parse().unwrap()),
+            Attribute::XorPeerAddress(bob_relay),
             Attribute::XorPeerAddress("127.0.0.1:1".parse().unwrap()),
         ],
     );
     assert_eq!(code_of(&resp), Some(403));
 }
 
+/// Issue 17: the own-relay exception covers relay sockets bound now, not the relay
+/// range. Once an allocation is gone, its port is any local port: Send, ChannelData and
+/// inbound traffic through a permission for our own address all stop there.
 #[test]
-fn send_to_own_relay_ip_off_relay_ports_is_dropped_despite_permission() {
+fn own_relays_are_peers_only_while_their_allocation_lives() {
     let mut h = Harness::with(|c| c, 10, 100, vec![]);
-    let mut c = Client::rest(udp(4015), "alice", T0_UNIX + 100_000);
-    c.allocate(&mut h);
-    let own = "192.0.2.1:50050".parse().unwrap();
-    assert_eq!(
-        code_of(&c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(own)])),
-        None
+    let mut c = Client::rest(udp(4016), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let mut bob = Client::rest(udp(4017), "bob", T0_UNIX + 100_000);
+    let bob_relay = bob.allocate(&mut h);
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(bob_relay)],
     );
-    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
-    b.add(&Attribute::XorPeerAddress("192.0.2.1:22".parse().unwrap()))
+    assert_eq!(code_of(&resp), None);
+    let mut cd = [0u8; 64];
+    let n = ChannelData::encode_into(ChannelNumber::new(0x4001).unwrap(), b"m", false, &mut cd).unwrap();
+    let mut send = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
+    send.add(&Attribute::XorPeerAddress(bob_relay))
         .add(&Attribute::Data(b"x"));
-    assert!(h.server.handle_client_input(&b.finish(), c.addr, h.now).is_none());
-    assert_eq!(
-        h.metrics.count("peers_refused", "loopback") + h.metrics.count("peers_refused", "documentation"),
-        1
-    );
+    let send = send.finish();
+    // While Bob's allocation lives: both ways work.
+    assert!(h.server.handle_client_input(&cd[..n], c.addr, h.now).is_some());
+    assert!(h.server.handle_client_input(&send, c.addr, h.now).is_some());
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(bob_relay), relay_port(relayed), h.now)
+        .is_some());
+    // Another port on our address, through the same permission: refused inbound.
+    let other = SocketAddr::new(bob_relay.ip(), 22);
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(other), relay_port(relayed), h.now)
+        .is_none());
+    assert_eq!(h.metrics.count("peers_refused", "documentation"), 1);
+    // Bob leaves: his port is no relay any more, whatever the permission and channel say.
+    let resp = bob.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    assert_eq!(code_of(&resp), None);
+    assert!(h.server.handle_client_input(&cd[..n], c.addr, h.now).is_none());
+    assert!(h.server.handle_client_input(&send, c.addr, h.now).is_none());
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(bob_relay), relay_port(relayed), h.now)
+        .is_none());
+    assert_eq!(h.metrics.count("peers_refused", "documentation"), 4);
+    assert!(h.server.poll_transmit().is_none(), "no Data indication either");
 }
 
 #[test]
