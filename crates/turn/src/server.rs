@@ -844,6 +844,15 @@ impl<R: RngCore> Server<R> {
         if self.pending.values().any(|p| p.client == client && p.tid == tid) {
             return; // retransmission while the relay socket is being bound
         }
+        if msg.requested_transport().is_none() && !msg.has_integrity() {
+            // RFC 8656 §7.1: a client MUST include REQUESTED-TRANSPORT. §7.2 would check
+            // credentials first and challenge (401, ~140 B) a bare 20-byte request: a
+            // reflection no conforming client needs, so such a request gets no answer.
+            // With credentials it is authenticated and gets its 400 below.
+            self.metrics.dropped("allocate_without_transport");
+            tracing::debug!(client = %client.addr, "unauthenticated Allocate without REQUESTED-TRANSPORT dropped");
+            return;
+        }
         let Some(authed) = self.authenticate(msg, client, now) else {
             return;
         };

@@ -515,6 +515,28 @@ fn allocate_errors_per_rfc8656() {
     assert!(m.attributes().contains(&Attribute::XorRelayedAddress(relayed)));
 }
 
+/// RFC 8656 §7.1: "The client MUST include a REQUESTED-TRANSPORT attribute". §7.2 lets
+/// the server authenticate first ("If the REQUESTED-TRANSPORT attribute is not included
+/// or is malformed, the server rejects the request with a 400 (Bad Request) error"
+/// comes after the long-term credential check), which would answer a bare 20-byte
+/// request with a 401 seven times its size. Without credentials such a request is
+/// dropped and counted; with them it still gets the 400 (allocate_errors_per_rfc8656).
+#[test]
+fn unauthenticated_allocate_without_requested_transport_gets_no_answer() {
+    let mut h = Harness::new();
+    let bare = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([9; 12])).finish();
+    assert_eq!(bare.len(), 20);
+    assert!(h.send(udp(4030), &bare).is_empty(), "no answer");
+    assert_eq!(h.metrics.count("dropped", "allocate_without_transport"), 1);
+    assert_eq!(h.metrics.count("error_responses", "401"), 0);
+    // With REQUESTED-TRANSPORT the unauthenticated request is challenged as usual.
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([10; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    let out = h.send(udp(4030), &b.finish());
+    assert_eq!(out.len(), 1);
+    assert_eq!(code_of(&out[0]), Some(401));
+}
+
 #[test]
 fn quotas_per_user_and_total_give_486() {
     let mut h = Harness::with(|c| c, 2, 3, vec![]);
