@@ -16,6 +16,7 @@ use std::sync::Arc;
 use firstcall_turn::auth::{Authenticator, Secret};
 use firstcall_turn::filter::{Cidr, PeerFilter};
 use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::ratelimit::Rate;
 use firstcall_turn::server::{Config as CoreConfig, Quotas};
 use socket2::Type;
 
@@ -199,7 +200,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips);
     let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
     let auth = Authenticator::new(config.realm.clone(), secrets, config.static_users.clone());
-    let quotas = Arc::new(Quotas::new(config.max_allocations_per_user, config.max_allocations));
+    let error_rate = Rate {
+        per_sec: config.turn_error_rate,
+        burst: config.turn_error_burst,
+    };
+    let quotas = Arc::new(
+        Quotas::new(config.max_allocations_per_user, config.max_allocations)
+            .with_error_limit(error_rate, config.turn_error_table),
+    );
     let tls = match &config.tls {
         Some(t) => Some(load_tls(&t.cert, &t.key)?),
         None => None,

@@ -36,6 +36,7 @@ use rand::{Rng, RngCore};
 use crate::auth::{parse_rest_username, Authenticator, LongTermKey, NonceCheck, NonceKey, Nonces};
 use crate::filter::PeerFilter;
 use crate::metrics::{Direction, TurnMetrics};
+use crate::ratelimit::{Checked, ErrorLimiter, Rate, Verdict};
 
 /// How a client reached us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,16 +121,18 @@ impl Config {
     }
 }
 
-/// Allocation quotas and port reservations, shared by every core of one server.
+/// Allocation quotas, port reservations and rate limits, shared by every core of one server.
 ///
 /// Reservations are shared because the RTCP allocation that redeems a token
-/// comes from another client port, which SO_REUSEPORT may hand to another core.
+/// comes from another client port, which SO_REUSEPORT may hand to another core;
+/// the error limit because one source address's packets may meet any core.
 #[derive(Debug)]
 pub struct Quotas {
     per_user: usize,
     total: usize,
     state: Mutex<(usize, HashMap<String, usize>)>,
     reservations: Mutex<HashMap<[u8; 8], (RelayPort, Instant)>>,
+    errors: ErrorLimiter,
 }
 
 /// Which quota refused an allocation.
@@ -149,7 +152,16 @@ impl Quotas {
             total,
             state: Mutex::new((0, HashMap::new())),
             reservations: Mutex::new(HashMap::new()),
+            errors: ErrorLimiter::disabled(),
         }
+    }
+
+    /// Limit error responses to `rate` per source address (IPv6: per /64), tracking at
+    /// most `table` addresses. Past it an address gets no error responses, and its
+    /// requests that need authentication are not examined, until its bucket refills.
+    pub fn with_error_limit(mut self, rate: Rate, table: usize) -> Self {
+        self.errors = ErrorLimiter::new(rate, table);
+        self
     }
     fn reserve(&self, token: [u8; 8], port: RelayPort, until: Instant) {
         self.reservations
@@ -261,6 +273,8 @@ pub struct Server<R> {
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
     unix_anchor: (Instant, u64),
+    /// The `now` of the input being handled (for the error limit deep in the handlers).
+    now: Instant,
 }
 
 /// One live allocation. An allocation has a handful of permissions and channels (one
@@ -409,6 +423,7 @@ impl<R: RngCore> Server<R> {
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             unix_anchor: (now, unix_now),
+            now,
         }
     }
 
@@ -437,8 +452,12 @@ impl<R: RngCore> Server<R> {
         match firstcall_stun::classify(packet) {
             PacketKind::ChannelData => self.handle_channel_data(packet, client, now),
             PacketKind::Stun => match Message::decode(packet) {
-                Ok(msg) => self.handle_message(&msg, client, now),
+                Ok(msg) => {
+                    self.now = now;
+                    self.handle_message(&msg, client, now)
+                }
                 Err(e) => {
+                    self.now = now;
                     self.handle_malformed(e, client);
                     None
                 }
@@ -505,6 +524,7 @@ impl<R: RngCore> Server<R> {
 
     /// The driver bound (or failed to bind) the relay socket asked for by [`Command::BindRelay`].
     pub fn handle_relay_bound(&mut self, port: RelayPort, ok: bool, now: Instant) {
+        self.now = now;
         let Some(mut p) = self.pending.remove(&port) else {
             return;
         };
@@ -763,6 +783,13 @@ impl<R: RngCore> Server<R> {
     /// RFC 8656 §5 / RFC 8489 §9.2.4: long-term credential check. On failure the
     /// error response is already queued.
     fn authenticate(&mut self, msg: &Message<'_>, client: ClientAddr, now: Instant) -> Option<Authed> {
+        // An address that spent its error budget is not even examined (so a password
+        // guesser gets no more guesses than the limit, right or wrong, and no HMAC is
+        // computed for it) until its bucket refills.
+        let budget = self.quotas.errors.has_budget(client.addr.ip(), now);
+        if !self.count_limit(budget, client) {
+            return None;
+        }
         let unix = self.unix_now(now);
         let challenge = |this: &mut Self, code: ErrorCode<'static>, reason: &'static str| {
             this.metrics.auth_failure(reason);
@@ -1241,6 +1268,19 @@ impl<R: RngCore> Server<R> {
         b.finish()
     }
 
+    /// Count what the error limiter found; false when the address is limited.
+    fn count_limit(&self, c: Checked, client: ClientAddr) -> bool {
+        if c.table_full {
+            self.metrics.dropped("error_rate_table_full");
+        }
+        if c.verdict == Verdict::Limited {
+            self.metrics.dropped("error_rate_limited");
+            tracing::trace!(client = %client.addr, "error response budget spent: not answered");
+            return false;
+        }
+        true
+    }
+
     /// Queue an error response. Integrity is added when the request authenticated
     /// (never on 401/438, RFC 8489 §9.2.4).
     fn error_response(
@@ -1252,6 +1292,10 @@ impl<R: RngCore> Server<R> {
         authed: Option<&Authed>,
         attrs: &[Attribute<'_>],
     ) {
+        let checked = self.quotas.errors.allow(client.addr.ip(), self.now);
+        if !self.count_limit(checked, client) {
+            return;
+        }
         self.metrics.error_response(code.code);
         let mut b = MessageBuilder::new(Class::Error, method, tid);
         b.add(&Attribute::ErrorCode(code));

@@ -13,6 +13,7 @@ use firstcall_stun::{
 use firstcall_turn::auth::{long_term_key, rest_credential, Authenticator, Secret};
 use firstcall_turn::filter::{Cidr, PeerFilter};
 use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::ratelimit::Rate;
 use firstcall_turn::server::{ClientAddr, Command, Config, PeerAddr, Quotas, RelayPort, Server, Transport};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -36,11 +37,15 @@ impl Harness {
     }
 
     fn with(cfg: impl FnOnce(Config) -> Config, per_user: usize, total: usize, allow: Vec<Cidr>) -> Self {
+        Self::with_quotas(cfg, Quotas::new(per_user, total), allow)
+    }
+
+    fn with_quotas(cfg: impl FnOnce(Config) -> Config, quotas: Quotas, allow: Vec<Cidr>) -> Self {
         let t0 = Instant::now();
         let config = cfg(Config::new("192.0.2.1".parse().unwrap(), 50000..=50099));
         let auth = Authenticator::new(REALM, vec![Secret::new(SECRET)], vec![("static".into(), "pw".into())]);
         let filter = PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()]);
-        let quotas = Arc::new(Quotas::new(per_user, total));
+        let quotas = Arc::new(quotas);
         let metrics = Arc::new(TurnMetrics::default());
         let server = Server::new(
             config,
@@ -900,5 +905,51 @@ fn permission_and_channel_caps_give_508_and_change_nothing() {
         Method::CREATE_PERMISSION,
         &[Attribute::XorPeerAddress(peer(201, 1))],
     );
+    assert_eq!(code_of(&resp), None);
+}
+
+/// Issue 17: error responses per source address are a token bucket. Past it the address
+/// gets no error response, and its authenticated requests are not examined (a guesser
+/// learns nothing from a right password either), until the bucket refills; another
+/// address is not affected.
+#[test]
+fn error_responses_are_limited_per_source_address() {
+    let quotas = Quotas::new(10, 100).with_error_limit(Rate { per_sec: 1, burst: 3 }, 16);
+    let mut h = Harness::with_quotas(|c| c, quotas, vec![]);
+    let mut c = Client::rest(udp(4040), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h); // one 401 challenge: 2 tokens left
+    let good_key = c.key.clone();
+    c.key = b"wrong".to_vec();
+    for _ in 0..2 {
+        let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+        assert_eq!(code_of(&h.send(c.addr, &raw)[0]), Some(401));
+    }
+    for _ in 0..5 {
+        let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+        assert!(h.send(c.addr, &raw).is_empty(), "limited: no answer");
+    }
+    // The right key, same address: not examined either.
+    c.key = good_key;
+    let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+    assert!(h.send(c.addr, &raw).is_empty());
+    assert_eq!(h.metrics.count("dropped", "error_rate_limited"), 6);
+    assert_eq!(
+        h.metrics.count("auth_failures", "bad_integrity"),
+        2,
+        "no HMAC checked while limited"
+    );
+    // Other addresses are unaffected; Binding (a success) is never limited.
+    let other = ClientAddr {
+        addr: SocketAddr::from(([198, 51, 100, 8], 4040)),
+        transport: Transport::Udp,
+    };
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([1; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    assert_eq!(code_of(&h.send(other, &b.finish())[0]), Some(401));
+    let binding = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([2; 12])).finish();
+    assert_eq!(h.send(c.addr, &binding).len(), 1);
+    // A second later one token is back: the right key works.
+    h.advance(Duration::from_secs(1));
+    let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
     assert_eq!(code_of(&resp), None);
 }
