@@ -206,7 +206,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     };
     let quotas = Arc::new(
         Quotas::new(config.max_allocations_per_user, config.max_allocations)
-            .with_error_limit(error_rate, config.turn_error_table),
+            .with_error_limit(error_rate, config.turn_error_table)
+            .with_user_bandwidth(config.user_max_bps),
     );
     let tls = match &config.tls {
         Some(t) => Some(load_tls(&t.cert, &t.key)?),
@@ -247,6 +248,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         };
         let mut core = CoreConfig::new(relay_ip, block.clone());
         core.advertised_ip = advertised;
+        core.max_bps = config.max_bps;
         let m = Arc::new(TurnMetrics::default());
         metrics.push(m.clone());
         turn::spawn_worker(turn::WorkerSetup {

@@ -36,7 +36,7 @@ use rand::{Rng, RngCore};
 use crate::auth::{parse_rest_username, Authenticator, LongTermKey, NonceCheck, NonceKey, Nonces};
 use crate::filter::PeerFilter;
 use crate::metrics::{Direction, TurnMetrics};
-use crate::ratelimit::{Checked, ErrorLimiter, Rate, Verdict};
+use crate::ratelimit::{Checked, ErrorLimiter, Rate, TokenBucket, Verdict};
 
 /// How a client reached us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,6 +102,9 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// SOFTWARE attribute in responses.
     pub software: &'static str,
+    /// Relayed payload bytes per second per allocation, in each direction (coturn's
+    /// `max-bps`); 0 is no limit. Excess datagrams are dropped and counted.
+    pub max_bps: u64,
 }
 
 impl Config {
@@ -117,6 +120,7 @@ impl Config {
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(3600),
             software: concat!("firstcall ", env!("CARGO_PKG_VERSION")),
+            max_bps: 0,
         }
     }
 }
@@ -130,9 +134,41 @@ impl Config {
 pub struct Quotas {
     per_user: usize,
     total: usize,
-    state: Mutex<(usize, HashMap<String, usize>)>,
+    state: Mutex<(usize, HashMap<String, UserSlot>)>,
     reservations: Mutex<HashMap<[u8; 8], (RelayPort, Instant)>>,
     errors: ErrorLimiter,
+    user_bps: Rate,
+}
+
+/// One user's allocation count and bandwidth buckets.
+#[derive(Debug, Default)]
+struct UserSlot {
+    allocations: usize,
+    bandwidth: Option<Arc<UserBandwidth>>,
+}
+
+/// A user's relayed bytes per second over all their allocations, one bucket per
+/// [`Direction`]; shared by those allocations, on whichever core they live.
+#[derive(Debug)]
+pub struct UserBandwidth {
+    rate: Rate,
+    buckets: Mutex<[TokenBucket; 2]>,
+}
+
+impl UserBandwidth {
+    fn take(&self, dir: Direction, bytes: u64, now: Instant) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        b[dir as usize].take(self.rate, bytes, now)
+    }
+}
+
+/// The token-bucket rate for `bytes_per_sec` (0: none): a second's worth may come at
+/// once, and never less than one largest datagram.
+pub fn bandwidth_rate(bytes_per_sec: u64) -> Rate {
+    Rate {
+        per_sec: bytes_per_sec,
+        burst: bytes_per_sec.max(65_536),
+    }
 }
 
 /// Which quota refused an allocation.
@@ -153,7 +189,21 @@ impl Quotas {
             state: Mutex::new((0, HashMap::new())),
             reservations: Mutex::new(HashMap::new()),
             errors: ErrorLimiter::disabled(),
+            user_bps: Rate::UNLIMITED,
         }
+    }
+
+    /// Limit each user's relayed payload to `bytes_per_sec` in each direction, over all
+    /// their allocations (0: no limit). Excess datagrams are dropped and counted.
+    pub fn with_user_bandwidth(mut self, bytes_per_sec: u64) -> Self {
+        self.user_bps = bandwidth_rate(bytes_per_sec);
+        self
+    }
+
+    /// The bandwidth buckets of a user holding an allocation (None when unlimited).
+    fn user_bandwidth(&self, user: &str) -> Option<Arc<UserBandwidth>> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1.get(user).and_then(|u| u.bandwidth.clone())
     }
 
     /// Limit error responses to `rate` per source address (IPv6: per /64), tracking at
@@ -179,24 +229,31 @@ impl Quotas {
         let r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         r.values().filter(|(_, until)| *until > now).map(|(p, _)| p.0).collect()
     }
-    fn try_acquire(&self, user: &str) -> Result<(), QuotaExceeded> {
+    fn try_acquire(&self, user: &str, now: Instant) -> Result<(), QuotaExceeded> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.0 >= self.total {
             return Err(QuotaExceeded::Total);
         }
-        let n = s.1.entry(user.to_owned()).or_default();
-        if *n >= self.per_user {
+        let rate = self.user_bps;
+        let slot = s.1.entry(user.to_owned()).or_default();
+        if slot.allocations >= self.per_user {
             return Err(QuotaExceeded::PerUser);
         }
-        *n += 1;
+        slot.allocations += 1;
+        if rate.is_limited() && slot.bandwidth.is_none() {
+            slot.bandwidth = Some(Arc::new(UserBandwidth {
+                rate,
+                buckets: Mutex::new([TokenBucket::full(rate, now); 2]),
+            }));
+        }
         s.0 += 1;
         Ok(())
     }
     fn release(&self, user: &str) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = s.1.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(slot) = s.1.get_mut(user) {
+            slot.allocations -= 1;
+            if slot.allocations == 0 {
                 s.1.remove(user);
             }
             s.0 = s.0.saturating_sub(1);
@@ -290,6 +347,10 @@ struct Allocation {
     permissions: Vec<(IpAddr, Instant)>,
     /// Bound channels, including expired ones still in their cool-down.
     channels: Vec<Channel>,
+    /// Bandwidth buckets by [`Direction`] (unused without `max_bps`).
+    bandwidth: [TokenBucket; 2],
+    /// The user's buckets, shared with their other allocations.
+    user_bandwidth: Option<Arc<UserBandwidth>>,
 }
 
 struct Channel {
@@ -304,6 +365,22 @@ pub const MAX_PERMISSIONS: usize = 128;
 pub const MAX_CHANNELS: usize = 128;
 
 impl Allocation {
+    /// Charge `bytes` of relayed payload to this allocation and its user; the reason to
+    /// drop the datagram when either has spent its rate.
+    #[inline]
+    fn charge(&mut self, rate: Rate, dir: Direction, bytes: usize, now: Instant) -> Result<(), &'static str> {
+        let bytes = bytes as u64;
+        if !self.bandwidth[dir as usize].take(rate, bytes, now) {
+            return Err("bandwidth_allocation");
+        }
+        if let Some(u) = &self.user_bandwidth {
+            if !u.take(dir, bytes, now) {
+                return Err("bandwidth_user");
+            }
+        }
+        Ok(())
+    }
+
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.iter().any(|(p, exp)| *p == ip && *exp > now)
     }
@@ -485,7 +562,7 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_allocation_for_relay");
             return None;
         };
-        let alloc = self.allocations.get(&client)?;
+        let alloc = self.allocations.get_mut(&client)?;
         if alloc.expires <= now {
             self.metrics.dropped("allocation_expired");
             return None;
@@ -503,6 +580,15 @@ impl<R: RngCore> Server<R> {
             // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
             self.metrics.dropped("no_permission");
             tracing::trace!(relay = relay.0, peer = %peer.0, "dropped peer data without permission");
+            return None;
+        }
+        if let Err(why) = alloc.charge(
+            bandwidth_rate(self.config.max_bps),
+            Direction::ToClient,
+            data.len(),
+            now,
+        ) {
+            self.metrics.dropped(why);
             return None;
         }
         self.metrics.relayed(Direction::ToClient, data.len());
@@ -583,6 +669,7 @@ impl<R: RngCore> Server<R> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.by_port.insert(port, p.client);
         self.filter.live_relays().insert(port.0);
+        let user_bandwidth = self.quotas.user_bandwidth(quota_user(&p.request.username));
         self.expiries.insert((expires, p.client));
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
         self.allocations.insert(
@@ -596,6 +683,8 @@ impl<R: RngCore> Server<R> {
                 allocate_response: response.into_boxed_slice(),
                 permissions: Vec::new(),
                 channels: Vec::new(),
+                bandwidth: [TokenBucket::full(bandwidth_rate(self.config.max_bps), now); 2],
+                user_bandwidth,
             }),
         );
     }
@@ -669,31 +758,40 @@ impl<R: RngCore> Server<R> {
                 return None;
             }
         };
-        let Some(alloc) = self.allocations.get(&client) else {
+        let Some(alloc) = self.allocations.get_mut(&client) else {
             self.metrics.dropped("no_allocation");
             return None;
         };
-        let Some(ch) = alloc.channel(cd.channel).filter(|c| c.expires > now) else {
+        let Some(peer) = alloc.channel(cd.channel).filter(|c| c.expires > now).map(|c| c.peer) else {
             self.metrics.dropped("unbound_channel");
             tracing::trace!(client = %client.addr, channel = ?cd.channel, "dropped ChannelData on unbound channel");
             return None;
         };
-        let peer_ip = crate::filter::normalise(ch.peer.ip());
+        let peer_ip = crate::filter::normalise(peer.ip());
         if !alloc.permitted(peer_ip, now) {
             self.metrics.dropped("no_permission");
             return None;
         }
         if self.filter.is_own_ip(peer_ip) {
             // A channel to one of our relays outlives that relay's allocation.
-            if let Err(r) = self.filter.check(ch.peer) {
+            if let Err(r) = self.filter.check(peer) {
                 self.metrics.peer_refused(r.as_str());
                 return None;
             }
         }
+        if let Err(why) = alloc.charge(
+            bandwidth_rate(self.config.max_bps),
+            Direction::ToPeer,
+            cd.data.len(),
+            now,
+        ) {
+            self.metrics.dropped(why);
+            return None;
+        }
         self.metrics.relayed(Direction::ToPeer, cd.data.len());
         Some(ToPeer {
             relay: alloc.port,
-            peer: PeerAddr(ch.peer),
+            peer: PeerAddr(peer),
             data: cd.data,
         })
     }
@@ -953,7 +1051,7 @@ impl<R: RngCore> Server<R> {
             choice = PortChoice::Reserved;
         }
         let user = quota_user(&authed.username).to_owned();
-        if let Err(q) = self.quotas.try_acquire(&user) {
+        if let Err(q) = self.quotas.try_acquire(&user, now) {
             tracing::info!(client = %client.addr, %user, quota = ?q, "allocation quota reached");
             self.metrics.dropped(match q {
                 QuotaExceeded::PerUser => "quota_per_user",
@@ -1190,7 +1288,7 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("send_missing_attributes");
             return None;
         };
-        let Some(alloc) = self.allocations.get(&client).filter(|a| a.expires > now) else {
+        let Some(alloc) = self.allocations.get_mut(&client).filter(|a| a.expires > now) else {
             self.metrics.dropped("no_allocation");
             return None;
         };
@@ -1202,6 +1300,10 @@ impl<R: RngCore> Server<R> {
         // reachable only on live relay ports), so check every datagram's full address.
         if let Err(r) = self.filter.check(peer) {
             self.metrics.peer_refused(r.as_str());
+            return None;
+        }
+        if let Err(why) = alloc.charge(bandwidth_rate(self.config.max_bps), Direction::ToPeer, data.len(), now) {
+            self.metrics.dropped(why);
             return None;
         }
         self.metrics.relayed(Direction::ToPeer, data.len());

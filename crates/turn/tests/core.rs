@@ -953,3 +953,93 @@ fn error_responses_are_limited_per_source_address() {
     let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
     assert_eq!(code_of(&resp), None);
 }
+
+/// Issue 17: `max_bps` is a token bucket per allocation and direction (a second's worth
+/// at once), and the user's rate is shared by all their allocations; excess is dropped
+/// and counted by which limit it hit.
+#[test]
+fn bandwidth_quotas_per_allocation_and_per_user() {
+    let mut h = Harness::with(
+        |mut c| {
+            c.max_bps = 100_000;
+            c
+        },
+        10,
+        100,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    let mut c = Client::rest(udp(4050), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let p = peer(10, 8000);
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), None);
+    let mut buf = [0u8; 1100];
+    let n = ChannelData::encode_into(ChannelNumber::new(0x4001).unwrap(), &[7; 1000], false, &mut buf).unwrap();
+    let passed = (0..150)
+        .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+        .count();
+    assert_eq!(passed, 100, "100 KB at once, then nothing");
+    assert_eq!(h.metrics.count("dropped", "bandwidth_allocation"), 50);
+    // The other direction has its own bucket.
+    assert!(h
+        .server
+        .handle_peer_traffic(&[1; 1000], PeerAddr(p), relay_port(relayed), h.now)
+        .is_some());
+    // 10 ms later, 1000 bytes' worth is back.
+    h.advance(Duration::from_millis(10));
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some());
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_none());
+
+    // Per user: two allocations of one user share 100 KB/s; another user has their own.
+    let quotas = Quotas::new(10, 100).with_user_bandwidth(100_000);
+    let mut h = Harness::with_quotas(|c| c, quotas, vec!["203.0.113.0/24".parse().unwrap()]);
+    let mut clients: Vec<Client> = [("bob", 4051), ("bob", 4052), ("carol", 4053)]
+        .into_iter()
+        .map(|(u, port)| Client::rest(udp(port), u, T0_UNIX + 100_000))
+        .collect();
+    for c in clients.iter_mut() {
+        c.allocate(&mut h);
+        let resp = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+        );
+        assert_eq!(code_of(&resp), None);
+    }
+    let passed: Vec<usize> = clients
+        .iter()
+        .map(|c| {
+            (0..80)
+                .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        passed,
+        vec![80, 20, 80],
+        "bob's two allocations share one 100 KB budget"
+    );
+    assert_eq!(h.metrics.count("dropped", "bandwidth_user"), 60);
+    // Bob's budget outlives neither of his allocations: once both are gone, a new one
+    // starts full.
+    for i in [0, 1] {
+        let resp = clients[i].call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+        assert_eq!(code_of(&resp), None);
+    }
+    let mut again = Client::rest(udp(4054), "bob", T0_UNIX + 100_000);
+    again.allocate(&mut h);
+    let resp = again.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), None);
+    let passed = (0..80)
+        .filter(|_| h.server.handle_client_input(&buf[..n], again.addr, h.now).is_some())
+        .count();
+    assert_eq!(passed, 80, "a user who held no allocation starts with a full budget");
+}
