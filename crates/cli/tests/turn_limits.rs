@@ -366,6 +366,8 @@ fn a_non_reading_tcp_client_costs_bounded_memory() {
         "127.0.0.1/32",
         "--max-bps",
         "0",
+        "--user-max-bps",
+        "0",
         "--turn-stream-queue",
         "262144",
     ]);
@@ -378,12 +380,13 @@ fn a_non_reading_tcp_client_costs_bounded_memory() {
     let before = rss_kib(server.proc.pid());
     let payload = vec![0x5a; 60_000];
     let relayed_metric = "firstcall_turn_relayed_packets_total{direction=\"to_client\"}";
-    for batch in 0..35 {
-        for _ in 0..20 {
+    for batch in 0..70 {
+        // 10 × 60 KB fit the relay socket's 1 MiB receive buffer.
+        for _ in 0..10 {
             peer.send_to(&payload, relayed).unwrap();
         }
         // Pace on the server's own count so the relay socket's buffer never overflows.
-        let want = (batch + 1) * 20;
+        let want = (batch + 1) * 10;
         assert!(
             wait_until(Duration::from_secs(5), || server.metric(relayed_metric) >= want),
             "the server took {} of {want} datagrams",

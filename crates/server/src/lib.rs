@@ -261,6 +261,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             udp: udp.into(),
             tcp: tcp.into(),
             tls: tls_listener,
+            stream_queue: config.turn_stream_queue,
+            stream_timeout: config.turn_stream_timeout,
         })?;
     }
 
