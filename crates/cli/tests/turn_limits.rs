@@ -519,3 +519,48 @@ fn user_max_bps_limits_a_users_relayed_bytes() {
     assert!(got >= 100 && got <= 100 + (secs * 100.0) as u64 + 1, "{got} relayed");
     assert_eq!(got + dropped, 400);
 }
+
+/// Row "the default relay range overlaps the kernel's ephemeral ports": the server warns
+/// at start-up when its relay range overlaps the ephemeral range (read from this
+/// machine's kernel) or one of its own listeners, and not otherwise.
+#[test]
+fn a_relay_range_overlapping_ephemeral_ports_or_a_listener_is_warned_about() {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("Linux");
+    let eph: Vec<u16> = text.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
+    if !reserved.trim().is_empty() {
+        eprintln!(
+            "SKIP the ephemeral part: this kernel reserves ports ({})",
+            reserved.trim()
+        );
+    } else {
+        // No allocation is made: the server binds nothing in this range.
+        let turn = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let server = start_firstcall_relays(turn, (eph[0], eph[0] + 99), &["--turn-secret", SECRET]);
+        let log = server.log_text();
+        assert!(
+            log.contains("overlap the kernel's ephemeral ports") && log.contains("ip_local_reserved_ports"),
+            "no ephemeral-range warning:\n{log}"
+        );
+    }
+    let port = free_port();
+    let server = start_firstcall_relays(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        (port, port),
+        &["--turn-secret", SECRET],
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("TURN listener's port {port} is inside the relay port range")),
+        "no listener warning:\n{log}"
+    );
+    assert!(!log.contains("ephemeral ports"), "{port} is below the ephemeral range");
+    // The usual test range, below the ephemeral ports and clear of listeners: silent.
+    let server = start_firstcall(&["--turn-secret", SECRET]);
+    let log = server.log_text();
+    assert!(log.contains("firstcall listening"));
+    assert!(
+        !log.contains("relay port range") && !log.contains("ephemeral ports"),
+        "{log}"
+    );
+}

@@ -169,7 +169,8 @@ pub struct ServeArgs {
     /// Address relay sockets bind to [default: the --turn-listen address, else 0.0.0.0].
     #[arg(long, env = "FIRSTCALL_RELAY_IP")]
     pub relay_ip: Option<IpAddr>,
-    /// Relay port range MIN-MAX [default: 49152-65535].
+    /// Relay UDP port range MIN-MAX; one port per allocation [default: 61000-65535, above
+    /// Linux's default ephemeral ports 32768-60999].
     #[arg(long, env = "FIRSTCALL_RELAY_PORTS")]
     pub relay_ports: Option<String>,
     /// Let relays reach this CIDR although the default filter refuses it (repeatable).
@@ -297,6 +298,10 @@ pub struct FileConfig {
     turn_stream_timeout: Option<String>,
 }
 
+/// Relay ports unless configured: above Linux's default ephemeral range (32768-60999),
+/// so the kernel never gives a relay port to an outgoing socket (see [`crate::ports`]).
+pub const DEFAULT_RELAY_PORTS: &str = "61000-65535";
+
 /// Name of the generated secret file in the data dir.
 pub const SECRET_FILE: &str = "turn-secret";
 
@@ -359,7 +364,7 @@ impl ServeArgs {
             &self
                 .relay_ports
                 .or(f.relay_ports)
-                .unwrap_or_else(|| "49152-65535".into()),
+                .unwrap_or_else(|| DEFAULT_RELAY_PORTS.into()),
         )?;
         let realm = self.realm.or(f.realm).unwrap_or_else(|| "firstcall".into());
         if realm.is_empty() || realm.len() > 127 {
@@ -595,7 +600,7 @@ mod tests {
             .resolve_with(None)
             .unwrap();
         assert_eq!(c.realm, "firstcall");
-        assert_eq!(c.relay_ports, 49152..=65535);
+        assert_eq!(c.relay_ports, 61000..=65535);
         assert_eq!(c.turn_listen, "0.0.0.0:3478".parse().unwrap());
         assert!(c.tls.is_none() && c.turn_tls_listen.is_none());
         let _ = std::fs::remove_dir_all(dir);

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod http;
+pub mod ports;
 pub mod signal;
 pub mod sockopt;
 pub mod tcp;
@@ -324,6 +325,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             source,
         })?;
     let http_addr = listener.local_addr()?;
+    let (ephemeral, reserved) = ports::kernel_ports();
+    let mut listeners = vec![("TURN", turn_addr), ("HTTP", http_addr)];
+    listeners.extend(tls_addr.map(|a| ("TURN TLS", a)));
+    for warning in ports::relay_range_warnings(&config.relay_ports, ephemeral.as_ref(), &reserved, &listeners) {
+        tracing::warn!("{warning}");
+    }
     state.ready.store(true, Ordering::Release);
     tracing::info!(http = %http_addr, turn = %turn_addr, turn_tls = ?tls_addr, relay_ip = %relay_ip, advertised = %advertised,
         relay_ports = ?config.relay_ports, workers = threads, "firstcall listening");

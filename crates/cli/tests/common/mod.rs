@@ -147,8 +147,12 @@ pub fn start_firstcall(extra: &[&str]) -> Server {
 
 /// As [`start_firstcall`], with the TURN listener on `turn`.
 pub fn start_firstcall_on(turn: SocketAddr, extra: &[&str]) -> Server {
+    start_firstcall_relays(turn, relay_range(100), extra)
+}
+
+/// As [`start_firstcall_on`], with the relay port range `relay`.
+pub fn start_firstcall_relays(turn: SocketAddr, relay: (u16, u16), extra: &[&str]) -> Server {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let relay = relay_range(100);
     let tag = format!("{}-{}", std::process::id(), turn.port());
     let data_dir = std::env::temp_dir().join(format!("firstcall-test-{tag}"));
     let log = std::env::temp_dir().join(format!("firstcall-test-{tag}.log"));
