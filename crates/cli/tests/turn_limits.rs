@@ -564,3 +564,43 @@ fn a_relay_range_overlapping_ephemeral_ports_or_a_listener_is_warned_about() {
         "{log}"
     );
 }
+
+/// The error limit's table is bounded (`--turn-error-table`): with room for two source
+/// addresses, a third and fourth share one overflow bucket, counted when used.
+#[test]
+fn the_error_limit_table_is_bounded_and_counted() {
+    let server = start_firstcall(&[
+        "--turn-secret",
+        SECRET,
+        "--turn-error-rate",
+        "1",
+        "--turn-error-burst",
+        "1",
+        "--turn-error-table",
+        "2",
+    ]);
+    let challenged = |src: &str| {
+        let s = UdpSocket::bind((src, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([5; 12]));
+        b.add(&Attribute::RequestedTransport(17));
+        s.send_to(&b.finish(), server.turn).unwrap();
+        let mut buf = [0u8; 1500];
+        s.recv(&mut buf).is_ok()
+    };
+    // Two addresses fill the table (and spend their one token each, so they stay).
+    assert!(challenged("127.0.0.2"));
+    assert!(challenged("127.0.0.3"));
+    assert_eq!(
+        server.metric("firstcall_turn_dropped_total{reason=\"error_rate_table_full\"}"),
+        0
+    );
+    // The next ones share the overflow bucket: one token between them.
+    assert!(challenged("127.0.0.4"));
+    assert!(!challenged("127.0.0.5"), "the overflow bucket is spent");
+    assert!(server.metric("firstcall_turn_dropped_total{reason=\"error_rate_table_full\"}") >= 2);
+    assert_eq!(
+        server.metric("firstcall_turn_dropped_total{reason=\"error_rate_limited\"}"),
+        1
+    );
+}
