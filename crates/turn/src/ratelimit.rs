@@ -49,8 +49,12 @@ impl TokenBucket {
             self.last = self.last.max(now);
             return;
         }
-        let elapsed = (now - self.last).as_nanos();
-        let add = elapsed * u128::from(rate.per_sec) / NANOS;
+        // u64 arithmetic on the per-datagram path (a division by a constant is a multiply):
+        // whole seconds, then the nanoseconds (below 1e9, so no overflow for any rate under
+        // 1.8e10 per second).
+        let elapsed = now - self.last;
+        let add = u128::from(elapsed.as_secs()) * u128::from(rate.per_sec)
+            + u128::from(u64::from(elapsed.subsec_nanos()).saturating_mul(rate.per_sec) / NANOS as u64);
         if add == 0 {
             // Less than one token's worth: keep `last`, so the fraction is not lost.
             return;
