@@ -84,6 +84,13 @@ impl TokenBucket {
         }
     }
 
+    /// Give back `n` tokens taken for something that was then refused elsewhere.
+    pub fn refund(&mut self, rate: Rate, n: u64) {
+        if rate.is_limited() {
+            self.tokens = self.tokens.saturating_add(n).min(rate.burst);
+        }
+    }
+
     /// Whether at least one token is there (nothing taken).
     pub fn has_token(&mut self, rate: Rate, now: Instant) -> bool {
         if !rate.is_limited() {

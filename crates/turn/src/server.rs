@@ -375,6 +375,8 @@ impl Allocation {
         }
         if let Some(u) = &self.user_bandwidth {
             if !u.take(dir, bytes, now) {
+                // Not relayed: the allocation's own budget is not spent on it.
+                self.bandwidth[dir as usize].refund(rate, bytes);
                 return Err("bandwidth_user");
             }
         }

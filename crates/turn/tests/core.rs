@@ -1042,4 +1042,45 @@ fn bandwidth_quotas_per_allocation_and_per_user() {
         .filter(|_| h.server.handle_client_input(&buf[..n], again.addr, h.now).is_some())
         .count();
     assert_eq!(passed, 80, "a user who held no allocation starts with a full budget");
+
+    // Both limits: a datagram the user's budget refuses does not spend its allocation's.
+    let quotas = Quotas::new(10, 100).with_user_bandwidth(100_000);
+    let mut h = Harness::with_quotas(
+        |mut c| {
+            c.max_bps = 100_000;
+            c
+        },
+        quotas,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    let mut pair: Vec<Client> = [4055, 4056]
+        .into_iter()
+        .map(|port| Client::rest(udp(port), "dave", T0_UNIX + 100_000))
+        .collect();
+    for c in pair.iter_mut() {
+        c.allocate(&mut h);
+        let resp = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+        );
+        assert_eq!(code_of(&resp), None);
+    }
+    let send = |h: &mut Harness, c: &Client, k: usize| {
+        (0..k)
+            .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+            .count()
+    };
+    assert_eq!(send(&mut h, &pair[0], 100), 100, "dave's whole budget");
+    assert_eq!(send(&mut h, &pair[1], 150), 0);
+    assert_eq!(
+        (
+            h.metrics.count("dropped", "bandwidth_user"),
+            h.metrics.count("dropped", "bandwidth_allocation")
+        ),
+        (150, 0),
+        "all refused by the user's budget, none charged to the second allocation"
+    );
+    h.advance(Duration::from_millis(500));
+    assert_eq!(send(&mut h, &pair[1], 100), 50, "half a second of the user's rate");
 }
