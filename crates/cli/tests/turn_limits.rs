@@ -251,11 +251,13 @@ fn error_responses_are_rate_limited_per_source_ip() {
     // the refill interval).
     let reader = std::thread::spawn(move || {
         let mut tids = Vec::new();
+        let mut last = Instant::now();
         let mut buf = [0u8; 1500];
         while let Ok(n) = sock.recv(&mut buf) {
             tids.push(Message::decode(&buf[..n]).unwrap().transaction_id());
+            last = Instant::now();
         }
-        tids
+        (tids, last)
     });
     // Not a whole number of refill intervals (500 ms), so that the right password below
     // comes half an interval after the last refill, not on one.
@@ -279,16 +281,21 @@ fn error_responses_are_rate_limited_per_source_ip() {
     // The right password right behind the guesses, while the address is limited.
     let (right_tid, right) = guesser.build(Method::REFRESH, &[Attribute::Lifetime(600)], None);
     guesser.send_raw(&right);
-    let answers = reader.join().unwrap();
+    let (answers, last_answer) = reader.join().unwrap();
     let answered = answers.len() as u64;
     let limited = server.metric("firstcall_turn_dropped_total{reason=\"error_rate_limited\"}");
     eprintln!(
         "{sent} wrong passwords in {secs:.2} s: {answered} answered ({:.1}/s), {limited} unanswered and counted",
         answered as f64 / secs
     );
-    // 20 at once (less the first Allocate's challenge), then 2 a second: at most
-    // 19 + 2 × (2.25 s + the reader's last 1 s) + 1.
-    assert!(answered <= 19 + 7, "{answered} answers, limit is 20 + 2/s");
+    // 20 at once (less the first Allocate's challenge), then 2 a second for as long as
+    // answers came (the server may lag behind the sender under load).
+    let span = last_answer.saturating_duration_since(started).as_secs_f64();
+    let bound = 19 + (2.0 * span) as u64 + 1;
+    assert!(
+        answered <= bound,
+        "{answered} answers in {span:.2} s, limit is 20 + 2/s"
+    );
     assert!(answered >= 19, "the burst is answered");
     assert!(limited > 0 && limited + answered >= sent / 2, "the rest is counted");
     assert!(
