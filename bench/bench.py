@@ -114,6 +114,9 @@ def start_firstcall(threads, tmp):
         "--relay-ports", "20000-44999", "--turn-secret", SECRET, "--realm", REALM,
         "--threads", str(threads), "--max-allocations", "200000",
         "--max-allocations-per-user", "200000", "--log", "warn",
+        # The generators run from one address at full speed: no per-address error limit
+        # (every allocation starts with a 401) and no bandwidth quota, like coturn's defaults.
+        "--turn-error-rate", "0", "--max-bps", "0", "--user-max-bps", "0",
         "--data-dir", str(tmp / "firstcall-data"), "--jwt-secret", SECRET,
     ])
     wait_for(lambda: p.check() and stun_binding_ok(turn), "firstcall")

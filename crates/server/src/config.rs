@@ -153,6 +153,21 @@ pub struct ServeConfig {
     pub max_ringing_per_callee: usize,
     /// Signaling sessions (devices) per user.
     pub max_devices_per_user: usize,
+    // TURN limits (issue 17).
+    /// TURN error responses per second per source address (IPv6: per /64); 0 is no limit.
+    pub turn_error_rate: u64,
+    /// TURN error responses a source address may get at once.
+    pub turn_error_burst: u64,
+    /// Most source addresses the TURN error limit tracks.
+    pub turn_error_table: usize,
+    /// Relayed payload bytes per second per allocation, each direction; 0 is no limit.
+    pub max_bps: u64,
+    /// Relayed payload bytes per second per user, all allocations, each direction; 0 is no limit.
+    pub user_max_bps: u64,
+    /// Bytes queued for one TURN TCP/TLS client before further frames are dropped.
+    pub turn_stream_queue: usize,
+    /// A TURN TCP/TLS client that completes no frame for this long is disconnected.
+    pub turn_stream_timeout: Duration,
 }
 
 /// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
@@ -193,7 +208,8 @@ pub struct ServeArgs {
     /// Address relay sockets bind to [default: the --turn-listen address, else 0.0.0.0].
     #[arg(long, env = "FIRSTCALL_RELAY_IP")]
     pub relay_ip: Option<IpAddr>,
-    /// Relay port range MIN-MAX [default: 49152-65535].
+    /// Relay UDP port range MIN-MAX; one port per allocation [default: 61000-65535, above
+    /// Linux's default ephemeral ports 32768-60999].
     #[arg(long, env = "FIRSTCALL_RELAY_PORTS")]
     pub relay_ports: Option<String>,
     /// Let relays reach this CIDR although the default filter refuses it (repeatable).
@@ -310,6 +326,35 @@ pub struct ServeArgs {
     /// Signaling sessions (devices) one user may have; one more hello is refused (close 4009) [default: 16].
     #[arg(long, env = "FIRSTCALL_MAX_DEVICES_PER_USER")]
     pub max_devices_per_user: Option<usize>,
+    // TURN limits (issue 17).
+    /// TURN error responses (401, 400, 403, …) per second per source address, IPv6 per /64;
+    /// past it the address gets no error responses and its authenticated requests are not
+    /// examined until the budget refills; 0 disables [default: 20].
+    #[arg(long, env = "FIRSTCALL_TURN_ERROR_RATE")]
+    pub turn_error_rate: Option<u64>,
+    /// TURN error responses a source address may get at once [default: 100].
+    #[arg(long, env = "FIRSTCALL_TURN_ERROR_BURST")]
+    pub turn_error_burst: Option<u64>,
+    /// Most source addresses the TURN error limit tracks; beyond them, idle ones are
+    /// forgotten and the rest share one budget [default: 65536].
+    #[arg(long, env = "FIRSTCALL_TURN_ERROR_TABLE")]
+    pub turn_error_table: Option<usize>,
+    /// Relayed payload bytes per second per allocation, each direction apart (coturn's
+    /// max-bps); excess datagrams are dropped; 0 disables [default: 4000000].
+    #[arg(long, env = "FIRSTCALL_MAX_BPS")]
+    pub max_bps: Option<u64>,
+    /// Relayed payload bytes per second per user over all their allocations, each direction
+    /// apart; 0 disables [default: 12500000].
+    #[arg(long, env = "FIRSTCALL_USER_MAX_BPS")]
+    pub user_max_bps: Option<u64>,
+    /// Bytes queued for one TURN TCP/TLS client that is not reading before further frames
+    /// are dropped [default: 262144].
+    #[arg(long, env = "FIRSTCALL_TURN_STREAM_QUEUE")]
+    pub turn_stream_queue: Option<usize>,
+    /// A TURN TCP/TLS client must complete a frame within this of connecting or of its
+    /// previous frame, however it trickles bytes, or it is disconnected [default: 120s].
+    #[arg(long, env = "FIRSTCALL_TURN_STREAM_TIMEOUT")]
+    pub turn_stream_timeout: Option<String>,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -361,7 +406,19 @@ pub struct FileConfig {
     max_held_bytes_per_user: Option<usize>,
     max_ringing_per_callee: Option<usize>,
     max_devices_per_user: Option<usize>,
+    // TURN limits (issue 17).
+    turn_error_rate: Option<u64>,
+    turn_error_burst: Option<u64>,
+    turn_error_table: Option<usize>,
+    max_bps: Option<u64>,
+    user_max_bps: Option<u64>,
+    turn_stream_queue: Option<usize>,
+    turn_stream_timeout: Option<String>,
 }
+
+/// Relay ports unless configured: above Linux's default ephemeral range (32768-60999),
+/// so the kernel never gives a relay port to an outgoing socket (see [`crate::ports`]).
+pub const DEFAULT_RELAY_PORTS: &str = "61000-65535";
 
 /// Name of the generated secret file in the data dir.
 pub const SECRET_FILE: &str = "turn-secret";
@@ -456,7 +513,7 @@ impl ServeArgs {
             &self
                 .relay_ports
                 .or(f.relay_ports)
-                .unwrap_or_else(|| "49152-65535".into()),
+                .unwrap_or_else(|| DEFAULT_RELAY_PORTS.into()),
         )?;
         let realm = self.realm.or(f.realm).unwrap_or_else(|| "firstcall".into());
         if realm.is_empty() || realm.len() > 127 {
@@ -631,6 +688,34 @@ impl ServeArgs {
             max_held_bytes_per_user,
             max_ringing_per_callee,
             max_devices_per_user,
+            // TURN limits (issue 17).
+            turn_error_rate: self.turn_error_rate.or(f.turn_error_rate).unwrap_or(20),
+            turn_error_burst: match self.turn_error_burst.or(f.turn_error_burst).unwrap_or(100) {
+                0 => return Err(invalid("--turn-error-burst", "must be at least 1")),
+                n => n,
+            },
+            turn_error_table: match self.turn_error_table.or(f.turn_error_table).unwrap_or(65_536) {
+                0 => return Err(invalid("--turn-error-table", "must be at least 1")),
+                n => n,
+            },
+            max_bps: self.max_bps.or(f.max_bps).unwrap_or(4_000_000),
+            user_max_bps: self.user_max_bps.or(f.user_max_bps).unwrap_or(12_500_000),
+            turn_stream_queue: match self.turn_stream_queue.or(f.turn_stream_queue).unwrap_or(256 * 1024) {
+                n if n < 65_536 => {
+                    return Err(invalid(
+                        "--turn-stream-queue",
+                        "must be at least 65536 (one largest frame)",
+                    ))
+                }
+                n => n,
+            },
+            turn_stream_timeout: parse_duration(
+                "--turn-stream-timeout",
+                &self
+                    .turn_stream_timeout
+                    .or(f.turn_stream_timeout)
+                    .unwrap_or_else(|| "120s".into()),
+            )?,
         })
     }
 }
@@ -859,7 +944,7 @@ mod tests {
             .resolve_with(None)
             .unwrap();
         assert_eq!(c.realm, "firstcall");
-        assert_eq!(c.relay_ports, 49152..=65535);
+        assert_eq!(c.relay_ports, 61000..=65535);
         assert_eq!(c.turn_listen, "0.0.0.0:3478".parse().unwrap());
         assert!(c.tls.is_none() && c.turn_tls_listen.is_none());
         let _ = std::fs::remove_dir_all(dir);
@@ -927,6 +1012,38 @@ mod tests {
         .resolve_with(None)
         .unwrap();
         assert_eq!(c.turn_tls_listen, Some("127.0.0.1:5349".parse().unwrap()));
+    }
+
+    #[test]
+    fn turn_limits_have_defaults_flags_and_file_keys() {
+        let c = args(&["--turn-secret", "s"]).resolve_with(None).unwrap();
+        assert_eq!(
+            (c.turn_error_rate, c.turn_error_burst, c.turn_error_table),
+            (20, 100, 65_536)
+        );
+        assert_eq!((c.max_bps, c.user_max_bps), (4_000_000, 12_500_000));
+        assert_eq!(c.turn_stream_queue, 256 * 1024);
+        assert_eq!(c.turn_stream_timeout, Duration::from_secs(120));
+        let file = "turn_error_rate = 5\nturn_error_burst = 7\nturn_error_table = 9\nmax_bps = 1000\n\
+                    user_max_bps = 2000\nturn_stream_queue = 70000\nturn_stream_timeout = \"30s\"\n";
+        let c = args(&["--turn-secret", "s", "--max-bps", "0"])
+            .resolve_with(Some((Path::new("x.toml"), file)))
+            .unwrap();
+        assert_eq!((c.turn_error_rate, c.turn_error_burst, c.turn_error_table), (5, 7, 9));
+        assert_eq!((c.max_bps, c.user_max_bps), (0, 2000), "the flag beats the file");
+        assert_eq!(c.turn_stream_queue, 70_000);
+        assert_eq!(c.turn_stream_timeout, Duration::from_secs(30));
+        for bad in [
+            &["--turn-error-burst", "0"][..],
+            &["--turn-error-table", "0"],
+            &["--turn-stream-queue", "1000"],
+            &["--turn-stream-timeout", "0s"],
+        ] {
+            let e = args(&[&["--turn-secret", "s"][..], bad].concat())
+                .resolve_with(None)
+                .unwrap_err();
+            assert!(e.to_string().contains(bad[0]), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod config;
 pub mod http;
+pub mod ports;
 pub mod signal;
 pub mod sockopt;
 pub mod tcp;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use firstcall_turn::auth::{Authenticator, Secret};
 use firstcall_turn::filter::{Cidr, PeerFilter};
 use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::ratelimit::Rate;
 use firstcall_turn::server::{Config as CoreConfig, Quotas};
 use socket2::Type;
 
@@ -261,10 +263,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             own_ips.extend(addrs.iter().map(|i| i.ip()));
         }
     }
-    let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips, config.relay_ports.clone());
+    let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips);
     let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
     let auth = Authenticator::new(config.realm.clone(), secrets, config.static_users.clone());
-    let quotas = Arc::new(Quotas::new(config.max_allocations_per_user, config.max_allocations));
+    let error_rate = Rate {
+        per_sec: config.turn_error_rate,
+        burst: config.turn_error_burst,
+    };
+    let quotas = Arc::new(
+        Quotas::new(config.max_allocations_per_user, config.max_allocations)
+            .with_error_limit(error_rate, config.turn_error_table)
+            .with_user_bandwidth(config.user_max_bps),
+    );
     let tls = match &config.tls {
         Some(t) => Some(load_tls(&t.cert, &t.key)?),
         None => None,
@@ -304,6 +314,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         };
         let mut core = CoreConfig::new(relay_ip, block.clone());
         core.advertised_ip = advertised;
+        core.max_bps = config.max_bps;
         let m = Arc::new(TurnMetrics::default());
         metrics.push(m.clone());
         turn::spawn_worker(turn::WorkerSetup {
@@ -316,6 +327,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             udp: udp.into(),
             tcp: tcp.into(),
             tls: tls_listener,
+            stream_queue: config.turn_stream_queue,
+            stream_timeout: config.turn_stream_timeout,
         })?;
     }
 
@@ -394,6 +407,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             source,
         })?;
     let http_addr = listener.local_addr()?;
+    let (ephemeral, reserved) = ports::kernel_ports();
+    let mut listeners = vec![("TURN", turn_addr), ("HTTP", http_addr)];
+    listeners.extend(tls_addr.map(|a| ("TURN TLS", a)));
+    for warning in ports::relay_range_warnings(&config.relay_ports, ephemeral.as_ref(), &reserved, &listeners) {
+        tracing::warn!("{warning}");
+    }
     state.ready.store(true, Ordering::Release);
     tracing::info!(http = %http_addr, turn = %turn_addr, turn_tls = ?tls_addr, relay_ip = %relay_ip, advertised = %advertised,
         relay_ports = ?config.relay_ports, workers = threads, "firstcall listening");

@@ -15,7 +15,7 @@
 //! registration and no buffer; the relay task hands each datagram to the core and
 //! sends the result itself, with no copy between tasks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +35,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Everything a worker needs, prepared (and every socket bound) before it starts.
 pub struct WorkerSetup {
@@ -57,6 +57,10 @@ pub struct WorkerSetup {
     pub tcp: std::net::TcpListener,
     /// TLS listener and its config.
     pub tls: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// Bytes queued for one TCP/TLS client before further frames are dropped.
+    pub stream_queue: usize,
+    /// A TCP/TLS client must complete a frame within this of connecting or of its last one.
+    pub stream_timeout: Duration,
 }
 
 /// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
@@ -119,7 +123,55 @@ pub fn spawn_worker(setup: WorkerSetup) -> io::Result<std::thread::JoinHandle<()
     })
 }
 
-type StreamTx = mpsc::Sender<Vec<u8>>;
+/// Frames waiting for one TCP/TLS client's writer task, bounded in bytes (a frame may be
+/// anything from a 4-byte ChannelData to 64 KiB, so a count of frames bounds nothing).
+/// The frame being written counts until the socket has taken all of it.
+struct StreamQueue {
+    frames: RefCell<VecDeque<Vec<u8>>>,
+    bytes: Cell<usize>,
+    limit: usize,
+    wake: Notify,
+}
+
+impl StreamQueue {
+    fn new(limit: usize) -> Self {
+        StreamQueue {
+            frames: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            limit,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queue `frame`, or give it back when it would take the queue past its limit.
+    fn push(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        let bytes = self.bytes.get() + frame.len();
+        if bytes > self.limit {
+            return Err(frame);
+        }
+        self.bytes.set(bytes);
+        self.frames.borrow_mut().push_back(frame);
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Write queued frames to the client until the socket fails.
+async fn stream_writer<W: AsyncWrite + Unpin>(q: Rc<StreamQueue>, mut wr: W) {
+    loop {
+        let next = q.frames.borrow_mut().pop_front();
+        let Some(frame) = next else {
+            q.wake.notified().await;
+            continue;
+        };
+        let failed = wr.write_all(&frame).await.is_err();
+        q.bytes.set(q.bytes.get() - frame.len());
+        if failed {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
 
 struct Worker {
     core: RefCell<Server<StdRng>>,
@@ -132,7 +184,9 @@ struct Worker {
     relays: RefCell<HashMap<RelayPort, RelaySocket>>,
     /// Where relay sockets are registered; the relay task owns the `Poll` itself.
     relay_registry: mio::Registry,
-    streams: RefCell<HashMap<ClientAddr, StreamTx>>,
+    streams: RefCell<HashMap<ClientAddr, Rc<StreamQueue>>>,
+    stream_queue: usize,
+    stream_timeout: Duration,
     timer: Notify,
     metrics: Arc<TurnMetrics>,
     /// One receive buffer (`BATCH_SIZE` slots) for every relay socket of this worker.
@@ -182,10 +236,8 @@ struct RelaySocket {
 
 /// Largest datagram a relay socket receives (UDP payload limit).
 const MAX_DATAGRAM: usize = 65_536;
-/// Frames queued per stream connection before further ones are dropped (and counted).
-const STREAM_QUEUE: usize = 512;
-/// A TLS handshake or a stream that sends no complete frame within this is closed.
-const STREAM_IDLE: Duration = Duration::from_secs(120);
+/// A TLS handshake that has not completed within this is dropped.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let now = Instant::now();
@@ -213,6 +265,8 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         relays: RefCell::new(HashMap::new()),
         relay_registry,
         streams: RefCell::new(HashMap::new()),
+        stream_queue: s.stream_queue,
+        stream_timeout: s.stream_timeout,
         timer: Notify::new(),
         metrics: s.metrics,
         relay_storage: RefCell::new(vec![0u8; quinn_udp::BATCH_SIZE * RECV_SLOT]),
@@ -463,7 +517,7 @@ fn send_to_client(w: &Worker, client: ClientAddr, payload: Vec<u8>) {
         Transport::Udp => send_udp(w, client.addr, &payload),
         Transport::Tcp | Transport::Tls => {
             let streams = w.streams.borrow();
-            match streams.get(&client).map(|tx| tx.try_send(payload)) {
+            match streams.get(&client).map(|q| q.push(payload)) {
                 Some(Ok(())) => {}
                 Some(Err(_)) => w.metrics.dropped("stream_queue_full"),
                 None => w.metrics.dropped("stream_gone"),
@@ -711,7 +765,7 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, tls: Option<tokio_rustls::Tl
             }
             Some(acceptor) => {
                 tokio::task::spawn_local(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             stream_conn(
                                 w,
@@ -736,26 +790,25 @@ async fn accept_loop(w: Rc<Worker>, l: TcpListener, tls: Option<tokio_rustls::Tl
 }
 
 async fn stream_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(w: Rc<Worker>, stream: S, client: ClientAddr) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    w.streams.borrow_mut().insert(client, tx);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let queue = Rc::new(StreamQueue::new(w.stream_queue));
+    w.streams.borrow_mut().insert(client, queue.clone());
     tracing::debug!(client = %client.addr, transport = client.transport.as_str(), "stream connected");
-    let writer = tokio::task::spawn_local(async move {
-        while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = tokio::task::spawn_local(stream_writer(queue, wr));
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
+    // A deadline for the next complete frame, moved only when one completes: a client
+    // trickling bytes that never finish a frame is cut as surely as a silent one.
+    let mut deadline = tokio::time::Instant::now() + w.stream_timeout;
     let reason = 'conn: loop {
-        let n = match tokio::time::timeout(STREAM_IDLE, rd.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
             Ok(Ok(0)) => break 'conn "closed",
             Ok(Ok(n)) => n,
             Ok(Err(_)) => break 'conn "read_error",
-            Err(_) => break 'conn "idle",
+            Err(_) => {
+                w.metrics.dropped("stream_frame_timeout");
+                break 'conn "frame_timeout";
+            }
         };
         buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
@@ -769,6 +822,7 @@ async fn stream_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(w: Rc<Worker>,
                     }
                     flush(&w);
                     start += len;
+                    deadline = tokio::time::Instant::now() + w.stream_timeout;
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -10,15 +10,22 @@
 //! Decision order, first match wins:
 //! 1. an operator `deny` CIDR matching the original or normalised address: refuse;
 //! 2. an operator `allow` CIDR matching the original or normalised address: accept;
-//! 3. one of the server's own relay addresses on a relay port: accept (so two
-//!    clients of one server can relay to each other);
-//! 4. a default-deny range matching the original or normalised address: refuse;
-//! 5. otherwise accept.
+//! 3. no default-deny range matches the original or normalised address: accept;
+//! 4. the address is one of the server's own relay addresses and its port is a relay
+//!    socket bound *now* (a live allocation of this server): accept, so two clients of
+//!    one server can relay to each other;
+//! 5. otherwise refuse with the default-deny range's reason.
+//!
+//! Step 4 asks the [`LiveRelays`] set, which the cores keep (a port enters when its
+//! relay socket is bound and leaves when the allocation goes). A port of the relay
+//! range that no allocation holds is an ordinary local port: any process may bind it
+//! (the range may overlap the kernel's ephemeral ports), and it must not be reachable.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 /// An IP network such as `10.0.0.0/8` or `::1/128`; a bare address is a host route.
 /// Host bits below the prefix are cleared on construction (`10.1.2.3/8` is `10.0.0.0/8`).
@@ -142,7 +149,7 @@ pub enum Refusal {
     LinkLocal,
     /// 224.0.0.0/4 or ff00::/8.
     Multicast,
-    /// 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32.
+    /// 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32, 3fff::/20.
     Documentation,
     /// 198.18.0.0/15 benchmarking.
     Benchmarking,
@@ -193,14 +200,24 @@ const DEFAULT_DENY: &[(Cidr, Refusal)] = &[
     (Cidr::v4([240, 0, 0, 0], 4), Refusal::Reserved),
     (Cidr::v6([0, 0, 0, 0, 0, 0, 0, 0], 128), Refusal::Unspecified),
     (Cidr::v6([0, 0, 0, 0, 0, 0, 0, 1], 128), Refusal::Loopback),
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765, SIIT): never on the wire as a peer.
+    (Cidr::v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96), Refusal::Reserved),
     (Cidr::v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), Refusal::Nat64),
     (Cidr::v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), Refusal::Nat64),
     // Discard-only prefix (RFC 6666).
     (Cidr::v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), Refusal::Reserved),
-    // Benchmarking (RFC 5180) and ORCHIDv2 (RFC 7343): not routable peers.
+    // Dummy IPv6 prefix (RFC 9780).
+    (Cidr::v6([0x100, 0, 0, 1, 0, 0, 0, 0], 64), Refusal::Reserved),
+    // Benchmarking (RFC 5180), then the rest of the IETF protocol assignments 2001::/23
+    // (Teredo, PCP/TURN anycast, AMT, AS112, ORCHID, ORCHIDv2, DRIP; eturnal denies the
+    // whole block too): none is a media peer.
     (Cidr::v6([0x2001, 2, 0, 0, 0, 0, 0, 0], 48), Refusal::Benchmarking),
-    (Cidr::v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28), Refusal::Reserved),
+    (Cidr::v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), Refusal::Reserved),
     (Cidr::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), Refusal::Documentation),
+    // Documentation (RFC 9637).
+    (Cidr::v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), Refusal::Documentation),
+    // SRv6 segment identifiers (RFC 9602): not host addresses.
+    (Cidr::v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16), Refusal::Reserved),
     (Cidr::v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), Refusal::Private),
     (Cidr::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), Refusal::LinkLocal),
     // Deprecated site-local: still private in practice.
@@ -234,13 +251,42 @@ pub fn normalise(ip: IpAddr) -> IpAddr {
     ip
 }
 
-/// The peer filter: default deny list plus operator adjustments.
+/// The relay ports that have a bound relay socket now, shared by every core of one
+/// server (each core inserts and removes its own ports).
+#[derive(Debug, Default)]
+pub struct LiveRelays(RwLock<HashSet<u16>>);
+
+impl LiveRelays {
+    /// A relay socket was bound on `port`.
+    pub fn insert(&self, port: u16) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(port);
+    }
+    /// The relay socket on `port` is closed.
+    pub fn remove(&self, port: u16) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(&port);
+    }
+    /// Whether a relay socket is bound on `port` now.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&port)
+    }
+    /// How many relay sockets are bound now.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The peer filter: default deny list plus operator adjustments. Clones share one
+/// [`LiveRelays`] set.
 #[derive(Clone, Debug, Default)]
 pub struct PeerFilter {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     own_ips: Vec<IpAddr>,
-    own_ports: Option<RangeInclusive<u16>>,
+    live: Arc<LiveRelays>,
 }
 
 impl PeerFilter {
@@ -250,19 +296,34 @@ impl PeerFilter {
             allow,
             deny,
             own_ips: vec![],
-            own_ports: None,
+            live: Arc::default(),
         }
     }
 
-    /// The server's own relay endpoints: these IPs on `ports` stay reachable.
-    pub fn with_own_relays(mut self, ips: impl IntoIterator<Item = IpAddr>, ports: RangeInclusive<u16>) -> Self {
+    /// The server's own relay addresses (the relay and the advertised address): these
+    /// IPs stay reachable on the ports in [`PeerFilter::live_relays`], and only there.
+    pub fn with_own_relays(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
         self.own_ips = ips
             .into_iter()
             .map(normalise)
             .filter(|ip| !ip.is_unspecified())
             .collect();
-        self.own_ports = Some(ports);
+        self.own_ips.sort();
+        self.own_ips.dedup();
         self
+    }
+
+    /// The set of relay ports bound now; the cores keep it up to date.
+    pub fn live_relays(&self) -> &Arc<LiveRelays> {
+        &self.live
+    }
+
+    /// Whether `ip` (normalised) is one of the server's own relay addresses. Cheap: the
+    /// cores ask it for every datagram to or from a peer, and only for those ask the
+    /// live set.
+    #[inline]
+    pub fn is_own_ip(&self, ip: IpAddr) -> bool {
+        !self.own_ips.is_empty() && self.own_ips.contains(&normalise(ip))
     }
 
     /// Accept or refuse relaying to `peer`.
@@ -276,12 +337,10 @@ impl PeerFilter {
         if self.allow.iter().any(hit) {
             return Ok(());
         }
-        if self.own_ports.as_ref().is_some_and(|p| p.contains(&peer.port())) && self.own_ips.contains(&norm) {
-            return Ok(());
-        }
         match DEFAULT_DENY.iter().find(|(c, _)| hit(c)) {
-            Some((_, r)) => Err(*r),
             None => Ok(()),
+            Some(_) if self.own_ips.contains(&norm) && self.live.contains(peer.port()) => Ok(()),
+            Some((_, r)) => Err(*r),
         }
     }
 }
@@ -324,6 +383,18 @@ mod tests {
             ("ff02::1", Refusal::Multicast),
             ("2001:db8::1", Refusal::Documentation),
             ("64:ff9b::808:808", Refusal::Nat64),
+            // IPv4-translated (RFC 2765): not normalised, refused whole, whatever it embeds.
+            ("::ffff:0:808:808", Refusal::Reserved),
+            ("::ffff:0:7f00:1", Refusal::Reserved),
+            ("3fff::1", Refusal::Documentation),
+            ("3fff:fff:ffff::1", Refusal::Documentation),
+            ("100:0:0:1::1", Refusal::Reserved),
+            ("5f00::1", Refusal::Reserved),
+            ("2001:2::1", Refusal::Benchmarking),
+            ("2001:1::1", Refusal::Reserved),
+            ("2001:3::1", Refusal::Reserved),
+            ("2001:1ff::1", Refusal::Reserved),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", Refusal::Reserved),
         ] {
             assert_eq!(check(&f, ip), Err(r), "{ip}");
         }
@@ -338,6 +409,9 @@ mod tests {
             "100.128.0.0",
             "172.32.0.1",
             "2606:4700::1111",
+            "2001:200::1",
+            "3fff:1000::1",
+            "2002:808:808::1",
         ] {
             assert_eq!(check(&f, ip), Ok(()), "{ip}");
         }
@@ -391,12 +465,26 @@ mod tests {
     }
 
     #[test]
-    fn own_relays_are_reachable_only_on_relay_ports() {
-        let f = PeerFilter::new(vec![], vec![]).with_own_relays(["127.0.0.1".parse().unwrap()], 50000..=50010);
-        assert_eq!(f.check("127.0.0.1:50005".parse().unwrap()), Ok(()));
+    fn own_relays_are_reachable_only_while_their_socket_is_bound() {
+        let f = PeerFilter::new(vec![], vec![]).with_own_relays(["127.0.0.1".parse().unwrap()]);
+        let clone = f.clone();
+        // A relay-range port that no allocation holds is any local port.
+        assert_eq!(f.check("127.0.0.1:50005".parse().unwrap()), Err(Refusal::Loopback));
+        clone.live_relays().insert(50005);
+        assert_eq!(
+            f.check("127.0.0.1:50005".parse().unwrap()),
+            Ok(()),
+            "clones share the set"
+        );
         assert_eq!(f.check("[::ffff:127.0.0.1]:50005".parse().unwrap()), Ok(()));
+        assert_eq!(f.check("127.0.0.1:50006".parse().unwrap()), Err(Refusal::Loopback));
         assert_eq!(f.check("127.0.0.1:22".parse().unwrap()), Err(Refusal::Loopback));
         assert_eq!(f.check("127.0.0.2:50005".parse().unwrap()), Err(Refusal::Loopback));
+        assert_eq!(f.check("[::1]:50005".parse().unwrap()), Err(Refusal::Loopback));
+        f.live_relays().remove(50005);
+        assert_eq!(f.check("127.0.0.1:50005".parse().unwrap()), Err(Refusal::Loopback));
+        assert!(f.is_own_ip("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!f.is_own_ip("127.0.0.2".parse().unwrap()));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use crate::auth::{long_term_key, rest_credential, Authenticator, Secret};
 use crate::filter::PeerFilter;
 use crate::metrics::TurnMetrics;
+use crate::ratelimit::Rate;
 use crate::server::{ClientAddr, Command, Config, PeerAddr, Quotas, RelayPort, Server, Transport};
 
 const REALM: &str = "fuzz";
@@ -25,12 +26,16 @@ const UNIX0: u64 = 1_800_000_000;
 /// Run one script from `t0`. Panics only when the core breaks an invariant.
 pub fn run(data: &[u8], t0: Instant) {
     let relay_ip: IpAddr = [192, 0, 2, 1].into();
-    let quotas = Arc::new(Quotas::new(3, 6));
+    // The error limit on (every client shares one address), generous enough that time
+    // steps (op 4) refill it and the script still reaches deep states.
+    let quotas = Arc::new(Quotas::new(3, 6).with_error_limit(Rate { per_sec: 5, burst: 64 }, 4));
+    let filter =
+        PeerFilter::new(vec!["203.0.113.0/24".parse().expect("literal CIDR")], vec![]).with_own_relays([relay_ip]);
+    let live = filter.live_relays().clone();
     let mut s = Server::new(
         Config::new(relay_ip, 50000..=50015),
         Authenticator::new(REALM, vec![Secret::new("k")], vec![]),
-        PeerFilter::new(vec!["203.0.113.0/24".parse().expect("literal CIDR")], vec![])
-            .with_own_relays([relay_ip], 50000..=50015),
+        filter,
         quotas.clone(),
         Arc::new(TurnMetrics::default()),
         StdRng::seed_from_u64(1),
@@ -134,5 +139,10 @@ pub fn run(data: &[u8], t0: Instant) {
         }
         assert!(s.allocation_count() <= 6, "total quota holds");
         assert!(quotas.in_use() >= s.allocation_count(), "every allocation holds quota");
+        assert_eq!(
+            live.len(),
+            s.allocation_count(),
+            "a port is a live relay iff an allocation holds it"
+        );
     }
 }

@@ -36,6 +36,7 @@ use rand::{Rng, RngCore};
 use crate::auth::{parse_rest_username, Authenticator, LongTermKey, NonceCheck, NonceKey, Nonces};
 use crate::filter::PeerFilter;
 use crate::metrics::{Direction, TurnMetrics};
+use crate::ratelimit::{Checked, ErrorLimiter, Rate, TokenBucket, Verdict};
 
 /// How a client reached us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,6 +102,9 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// SOFTWARE attribute in responses.
     pub software: &'static str,
+    /// Relayed payload bytes per second per allocation, in each direction (coturn's
+    /// `max-bps`); 0 is no limit. Excess datagrams are dropped and counted.
+    pub max_bps: u64,
 }
 
 impl Config {
@@ -116,20 +120,55 @@ impl Config {
             channel_lifetime: Duration::from_secs(600),
             nonce_lifetime: Duration::from_secs(3600),
             software: concat!("firstcall ", env!("CARGO_PKG_VERSION")),
+            max_bps: 0,
         }
     }
 }
 
-/// Allocation quotas and port reservations, shared by every core of one server.
+/// Allocation quotas, port reservations and rate limits, shared by every core of one server.
 ///
 /// Reservations are shared because the RTCP allocation that redeems a token
-/// comes from another client port, which SO_REUSEPORT may hand to another core.
+/// comes from another client port, which SO_REUSEPORT may hand to another core;
+/// the error limit because one source address's packets may meet any core.
 #[derive(Debug)]
 pub struct Quotas {
     per_user: usize,
     total: usize,
-    state: Mutex<(usize, HashMap<String, usize>)>,
+    state: Mutex<(usize, HashMap<String, UserSlot>)>,
     reservations: Mutex<HashMap<[u8; 8], (RelayPort, Instant)>>,
+    errors: ErrorLimiter,
+    user_bps: Rate,
+}
+
+/// One user's allocation count and bandwidth buckets.
+#[derive(Debug, Default)]
+struct UserSlot {
+    allocations: usize,
+    bandwidth: Option<Arc<UserBandwidth>>,
+}
+
+/// A user's relayed bytes per second over all their allocations, one bucket per
+/// [`Direction`]; shared by those allocations, on whichever core they live.
+#[derive(Debug)]
+pub struct UserBandwidth {
+    rate: Rate,
+    buckets: Mutex<[TokenBucket; 2]>,
+}
+
+impl UserBandwidth {
+    fn take(&self, dir: Direction, bytes: u64, now: Instant) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        b[dir as usize].take(self.rate, bytes, now)
+    }
+}
+
+/// The token-bucket rate for `bytes_per_sec` (0: none): a second's worth may come at
+/// once, and never less than one largest datagram.
+pub fn bandwidth_rate(bytes_per_sec: u64) -> Rate {
+    Rate {
+        per_sec: bytes_per_sec,
+        burst: bytes_per_sec.max(65_536),
+    }
 }
 
 /// Which quota refused an allocation.
@@ -149,7 +188,30 @@ impl Quotas {
             total,
             state: Mutex::new((0, HashMap::new())),
             reservations: Mutex::new(HashMap::new()),
+            errors: ErrorLimiter::disabled(),
+            user_bps: Rate::UNLIMITED,
         }
+    }
+
+    /// Limit each user's relayed payload to `bytes_per_sec` in each direction, over all
+    /// their allocations (0: no limit). Excess datagrams are dropped and counted.
+    pub fn with_user_bandwidth(mut self, bytes_per_sec: u64) -> Self {
+        self.user_bps = bandwidth_rate(bytes_per_sec);
+        self
+    }
+
+    /// The bandwidth buckets of a user holding an allocation (None when unlimited).
+    fn user_bandwidth(&self, user: &str) -> Option<Arc<UserBandwidth>> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1.get(user).and_then(|u| u.bandwidth.clone())
+    }
+
+    /// Limit error responses to `rate` per source address (IPv6: per /64), tracking at
+    /// most `table` addresses. Past it an address gets no error responses, and its
+    /// requests that need authentication are not examined, until its bucket refills.
+    pub fn with_error_limit(mut self, rate: Rate, table: usize) -> Self {
+        self.errors = ErrorLimiter::new(rate, table);
+        self
     }
     fn reserve(&self, token: [u8; 8], port: RelayPort, until: Instant) {
         self.reservations
@@ -167,24 +229,31 @@ impl Quotas {
         let r = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         r.values().filter(|(_, until)| *until > now).map(|(p, _)| p.0).collect()
     }
-    fn try_acquire(&self, user: &str) -> Result<(), QuotaExceeded> {
+    fn try_acquire(&self, user: &str, now: Instant) -> Result<(), QuotaExceeded> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.0 >= self.total {
             return Err(QuotaExceeded::Total);
         }
-        let n = s.1.entry(user.to_owned()).or_default();
-        if *n >= self.per_user {
+        let rate = self.user_bps;
+        let slot = s.1.entry(user.to_owned()).or_default();
+        if slot.allocations >= self.per_user {
             return Err(QuotaExceeded::PerUser);
         }
-        *n += 1;
+        slot.allocations += 1;
+        if rate.is_limited() && slot.bandwidth.is_none() {
+            slot.bandwidth = Some(Arc::new(UserBandwidth {
+                rate,
+                buckets: Mutex::new([TokenBucket::full(rate, now); 2]),
+            }));
+        }
         s.0 += 1;
         Ok(())
     }
     fn release(&self, user: &str) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = s.1.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(slot) = s.1.get_mut(user) {
+            slot.allocations -= 1;
+            if slot.allocations == 0 {
                 s.1.remove(user);
             }
             s.0 = s.0.saturating_sub(1);
@@ -261,6 +330,8 @@ pub struct Server<R> {
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
     unix_anchor: (Instant, u64),
+    /// The `now` of the input being handled (for the error limit deep in the handlers).
+    now: Instant,
 }
 
 /// One live allocation. An allocation has a handful of permissions and channels (one
@@ -276,6 +347,10 @@ struct Allocation {
     permissions: Vec<(IpAddr, Instant)>,
     /// Bound channels, including expired ones still in their cool-down.
     channels: Vec<Channel>,
+    /// Bandwidth buckets by [`Direction`] (unused without `max_bps`).
+    bandwidth: [TokenBucket; 2],
+    /// The user's buckets, shared with their other allocations.
+    user_bandwidth: Option<Arc<UserBandwidth>>,
 }
 
 struct Channel {
@@ -290,6 +365,24 @@ pub const MAX_PERMISSIONS: usize = 128;
 pub const MAX_CHANNELS: usize = 128;
 
 impl Allocation {
+    /// Charge `bytes` of relayed payload to this allocation and its user; the reason to
+    /// drop the datagram when either has spent its rate.
+    #[inline]
+    fn charge(&mut self, rate: Rate, dir: Direction, bytes: usize, now: Instant) -> Result<(), &'static str> {
+        let bytes = bytes as u64;
+        if !self.bandwidth[dir as usize].take(rate, bytes, now) {
+            return Err("bandwidth_allocation");
+        }
+        if let Some(u) = &self.user_bandwidth {
+            if !u.take(dir, bytes, now) {
+                // Not relayed: the allocation's own budget is not spent on it.
+                self.bandwidth[dir as usize].refund(rate, bytes);
+                return Err("bandwidth_user");
+            }
+        }
+        Ok(())
+    }
+
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.iter().any(|(p, exp)| *p == ip && *exp > now)
     }
@@ -409,6 +502,7 @@ impl<R: RngCore> Server<R> {
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             unix_anchor: (now, unix_now),
+            now,
         }
     }
 
@@ -437,8 +531,12 @@ impl<R: RngCore> Server<R> {
         match firstcall_stun::classify(packet) {
             PacketKind::ChannelData => self.handle_channel_data(packet, client, now),
             PacketKind::Stun => match Message::decode(packet) {
-                Ok(msg) => self.handle_message(&msg, client, now),
+                Ok(msg) => {
+                    self.now = now;
+                    self.handle_message(&msg, client, now)
+                }
                 Err(e) => {
+                    self.now = now;
                     self.handle_malformed(e, client);
                     None
                 }
@@ -466,16 +564,33 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_allocation_for_relay");
             return None;
         };
-        let alloc = self.allocations.get(&client)?;
+        let alloc = self.allocations.get_mut(&client)?;
         if alloc.expires <= now {
             self.metrics.dropped("allocation_expired");
             return None;
         }
         let peer_ip = crate::filter::normalise(peer.0.ip());
+        if self.filter.is_own_ip(peer_ip) {
+            // Permissions are per IP: on our own address only a live relay is a peer,
+            // not whatever else listens there.
+            if let Err(r) = self.filter.check(peer.0) {
+                self.metrics.peer_refused(r.as_str());
+                return None;
+            }
+        }
         if !alloc.permitted(peer_ip, now) {
             // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
             self.metrics.dropped("no_permission");
             tracing::trace!(relay = relay.0, peer = %peer.0, "dropped peer data without permission");
+            return None;
+        }
+        if let Err(why) = alloc.charge(
+            bandwidth_rate(self.config.max_bps),
+            Direction::ToClient,
+            data.len(),
+            now,
+        ) {
+            self.metrics.dropped(why);
             return None;
         }
         self.metrics.relayed(Direction::ToClient, data.len());
@@ -497,6 +612,7 @@ impl<R: RngCore> Server<R> {
 
     /// The driver bound (or failed to bind) the relay socket asked for by [`Command::BindRelay`].
     pub fn handle_relay_bound(&mut self, port: RelayPort, ok: bool, now: Instant) {
+        self.now = now;
         let Some(mut p) = self.pending.remove(&port) else {
             return;
         };
@@ -554,6 +670,8 @@ impl<R: RngCore> Server<R> {
             .allocations_active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.by_port.insert(port, p.client);
+        self.filter.live_relays().insert(port.0);
+        let user_bandwidth = self.quotas.user_bandwidth(quota_user(&p.request.username));
         self.expiries.insert((expires, p.client));
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
         self.allocations.insert(
@@ -567,6 +685,8 @@ impl<R: RngCore> Server<R> {
                 allocate_response: response.into_boxed_slice(),
                 permissions: Vec::new(),
                 channels: Vec::new(),
+                bandwidth: [TokenBucket::full(bandwidth_rate(self.config.max_bps), now); 2],
+                user_bandwidth,
             }),
         );
     }
@@ -640,24 +760,40 @@ impl<R: RngCore> Server<R> {
                 return None;
             }
         };
-        let Some(alloc) = self.allocations.get(&client) else {
+        let Some(alloc) = self.allocations.get_mut(&client) else {
             self.metrics.dropped("no_allocation");
             return None;
         };
-        let Some(ch) = alloc.channel(cd.channel).filter(|c| c.expires > now) else {
+        let Some(peer) = alloc.channel(cd.channel).filter(|c| c.expires > now).map(|c| c.peer) else {
             self.metrics.dropped("unbound_channel");
             tracing::trace!(client = %client.addr, channel = ?cd.channel, "dropped ChannelData on unbound channel");
             return None;
         };
-        let peer_ip = crate::filter::normalise(ch.peer.ip());
+        let peer_ip = crate::filter::normalise(peer.ip());
         if !alloc.permitted(peer_ip, now) {
             self.metrics.dropped("no_permission");
+            return None;
+        }
+        if self.filter.is_own_ip(peer_ip) {
+            // A channel to one of our relays outlives that relay's allocation.
+            if let Err(r) = self.filter.check(peer) {
+                self.metrics.peer_refused(r.as_str());
+                return None;
+            }
+        }
+        if let Err(why) = alloc.charge(
+            bandwidth_rate(self.config.max_bps),
+            Direction::ToPeer,
+            cd.data.len(),
+            now,
+        ) {
+            self.metrics.dropped(why);
             return None;
         }
         self.metrics.relayed(Direction::ToPeer, cd.data.len());
         Some(ToPeer {
             relay: alloc.port,
-            peer: PeerAddr(ch.peer),
+            peer: PeerAddr(peer),
             data: cd.data,
         })
     }
@@ -747,6 +883,13 @@ impl<R: RngCore> Server<R> {
     /// RFC 8656 §5 / RFC 8489 §9.2.4: long-term credential check. On failure the
     /// error response is already queued.
     fn authenticate(&mut self, msg: &Message<'_>, client: ClientAddr, now: Instant) -> Option<Authed> {
+        // An address that spent its error budget is not even examined (so a password
+        // guesser gets no more guesses than the limit, right or wrong, and no HMAC is
+        // computed for it) until its bucket refills.
+        let budget = self.quotas.errors.has_budget(client.addr.ip(), now);
+        if !self.count_limit(budget, client) {
+            return None;
+        }
         let unix = self.unix_now(now);
         let challenge = |this: &mut Self, code: ErrorCode<'static>, reason: &'static str| {
             this.metrics.auth_failure(reason);
@@ -828,6 +971,15 @@ impl<R: RngCore> Server<R> {
         if self.pending.values().any(|p| p.client == client && p.tid == tid) {
             return; // retransmission while the relay socket is being bound
         }
+        if msg.requested_transport().is_none() && !msg.has_integrity() {
+            // RFC 8656 §7.1: a client MUST include REQUESTED-TRANSPORT. §7.2 would check
+            // credentials first and challenge (401, ~140 B) a bare 20-byte request: a
+            // reflection no conforming client needs, so such a request gets no answer.
+            // With credentials it is authenticated and gets its 400 below.
+            self.metrics.dropped("allocate_without_transport");
+            tracing::debug!(client = %client.addr, "unauthenticated Allocate without REQUESTED-TRANSPORT dropped");
+            return;
+        }
         let Some(authed) = self.authenticate(msg, client, now) else {
             return;
         };
@@ -901,7 +1053,7 @@ impl<R: RngCore> Server<R> {
             choice = PortChoice::Reserved;
         }
         let user = quota_user(&authed.username).to_owned();
-        if let Err(q) = self.quotas.try_acquire(&user) {
+        if let Err(q) = self.quotas.try_acquire(&user, now) {
             tracing::info!(client = %client.addr, %user, quota = ?q, "allocation quota reached");
             self.metrics.dropped(match q {
                 QuotaExceeded::PerUser => "quota_per_user",
@@ -1138,7 +1290,7 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("send_missing_attributes");
             return None;
         };
-        let Some(alloc) = self.allocations.get(&client).filter(|a| a.expires > now) else {
+        let Some(alloc) = self.allocations.get_mut(&client).filter(|a| a.expires > now) else {
             self.metrics.dropped("no_allocation");
             return None;
         };
@@ -1146,10 +1298,14 @@ impl<R: RngCore> Server<R> {
             self.metrics.dropped("no_permission");
             return None;
         }
-        // Permissions are per IP, but the filter also looks at ports (our own relays
-        // are reachable only on relay ports), so check every datagram's full address.
+        // Permissions are per IP, but the filter also looks at ports (our own address is
+        // reachable only on live relay ports), so check every datagram's full address.
         if let Err(r) = self.filter.check(peer) {
             self.metrics.peer_refused(r.as_str());
+            return None;
+        }
+        if let Err(why) = alloc.charge(bandwidth_rate(self.config.max_bps), Direction::ToPeer, data.len(), now) {
+            self.metrics.dropped(why);
             return None;
         }
         self.metrics.relayed(Direction::ToPeer, data.len());
@@ -1166,6 +1322,7 @@ impl<R: RngCore> Server<R> {
         };
         self.expiries.remove(&(a.expires, client));
         self.by_port.remove(&a.port);
+        self.filter.live_relays().remove(a.port.0);
         self.quotas.release(quota_user(&a.username));
         self.commands.push_back(Command::ReleaseRelay { port: a.port });
         self.metrics.allocation_deleted(reason);
@@ -1215,6 +1372,19 @@ impl<R: RngCore> Server<R> {
         b.finish()
     }
 
+    /// Count what the error limiter found; false when the address is limited.
+    fn count_limit(&self, c: Checked, client: ClientAddr) -> bool {
+        if c.table_full {
+            self.metrics.dropped("error_rate_table_full");
+        }
+        if c.verdict == Verdict::Limited {
+            self.metrics.dropped("error_rate_limited");
+            tracing::trace!(client = %client.addr, "error response budget spent: not answered");
+            return false;
+        }
+        true
+    }
+
     /// Queue an error response. Integrity is added when the request authenticated
     /// (never on 401/438, RFC 8489 §9.2.4).
     fn error_response(
@@ -1226,6 +1396,10 @@ impl<R: RngCore> Server<R> {
         authed: Option<&Authed>,
         attrs: &[Attribute<'_>],
     ) {
+        let checked = self.quotas.errors.allow(client.addr.ip(), self.now);
+        if !self.count_limit(checked, client) {
+            return;
+        }
         self.metrics.error_response(code.code);
         let mut b = MessageBuilder::new(Class::Error, method, tid);
         b.add(&Attribute::ErrorCode(code));

@@ -13,6 +13,7 @@ use firstcall_stun::{
 use firstcall_turn::auth::{long_term_key, rest_credential, Authenticator, Secret};
 use firstcall_turn::filter::{Cidr, PeerFilter};
 use firstcall_turn::metrics::TurnMetrics;
+use firstcall_turn::ratelimit::Rate;
 use firstcall_turn::server::{ClientAddr, Command, Config, PeerAddr, Quotas, RelayPort, Server, Transport};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -36,12 +37,15 @@ impl Harness {
     }
 
     fn with(cfg: impl FnOnce(Config) -> Config, per_user: usize, total: usize, allow: Vec<Cidr>) -> Self {
+        Self::with_quotas(cfg, Quotas::new(per_user, total), allow)
+    }
+
+    fn with_quotas(cfg: impl FnOnce(Config) -> Config, quotas: Quotas, allow: Vec<Cidr>) -> Self {
         let t0 = Instant::now();
         let config = cfg(Config::new("192.0.2.1".parse().unwrap(), 50000..=50099));
         let auth = Authenticator::new(REALM, vec![Secret::new(SECRET)], vec![("static".into(), "pw".into())]);
-        let filter =
-            PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()], 50000..=50099);
-        let quotas = Arc::new(Quotas::new(per_user, total));
+        let filter = PeerFilter::new(allow, vec![]).with_own_relays(["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        let quotas = Arc::new(quotas);
         let metrics = Arc::new(TurnMetrics::default());
         let server = Server::new(
             config,
@@ -516,6 +520,28 @@ fn allocate_errors_per_rfc8656() {
     assert!(m.attributes().contains(&Attribute::XorRelayedAddress(relayed)));
 }
 
+/// RFC 8656 §7.1: "The client MUST include a REQUESTED-TRANSPORT attribute". §7.2 lets
+/// the server authenticate first ("If the REQUESTED-TRANSPORT attribute is not included
+/// or is malformed, the server rejects the request with a 400 (Bad Request) error"
+/// comes after the long-term credential check), which would answer a bare 20-byte
+/// request with a 401 seven times its size. Without credentials such a request is
+/// dropped and counted; with them it still gets the 400 (allocate_errors_per_rfc8656).
+#[test]
+fn unauthenticated_allocate_without_requested_transport_gets_no_answer() {
+    let mut h = Harness::new();
+    let bare = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([9; 12])).finish();
+    assert_eq!(bare.len(), 20);
+    assert!(h.send(udp(4030), &bare).is_empty(), "no answer");
+    assert_eq!(h.metrics.count("dropped", "allocate_without_transport"), 1);
+    assert_eq!(h.metrics.count("error_responses", "401"), 0);
+    // With REQUESTED-TRANSPORT the unauthenticated request is challenged as usual.
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([10; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    let out = h.send(udp(4030), &b.finish());
+    assert_eq!(out.len(), 1);
+    assert_eq!(code_of(&out[0]), Some(401));
+}
+
 #[test]
 fn quotas_per_user_and_total_give_486() {
     let mut h = Harness::with(|c| c, 2, 3, vec![]);
@@ -553,43 +579,82 @@ fn refused_peers_get_403_and_are_counted() {
         let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
         assert_eq!(code_of(&resp), Some(403), "{p} must be refused");
     }
-    // The server's own relay range stays reachable (client-to-client relaying).
+    // A live relay of this server stays reachable (client-to-client relaying)...
+    let mut bob = Client::rest(udp(4015), "bob", T0_UNIX + 100_000);
+    let bob_relay = bob.allocate(&mut h);
     let resp = c.call(
         &mut h,
         Method::CREATE_PERMISSION,
-        &[Attribute::XorPeerAddress("192.0.2.1:50050".parse().unwrap())],
+        &[Attribute::XorPeerAddress(bob_relay)],
     );
     assert_eq!(code_of(&resp), None);
+    // ...but no other port of the relay range on our address: nothing is bound there.
+    let idle = SocketAddr::new(bob_relay.ip(), if bob_relay.port() == 50050 { 50051 } else { 50050 });
+    let resp = c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(idle)]);
+    assert_eq!(
+        code_of(&resp),
+        Some(403),
+        "{idle} is in the relay range but not a relay"
+    );
     // All or nothing: one refused peer refuses the whole request.
     let resp = c.call(
         &mut h,
         Method::CREATE_PERMISSION,
         &[
-            Attribute::XorPeerAddress("192.0.2.1:50051".parse().unwrap()),
+            Attribute::XorPeerAddress(bob_relay),
             Attribute::XorPeerAddress("127.0.0.1:1".parse().unwrap()),
         ],
     );
     assert_eq!(code_of(&resp), Some(403));
 }
 
+/// Issue 17: the own-relay exception covers relay sockets bound now, not the relay
+/// range. Once an allocation is gone, its port is any local port: Send, ChannelData and
+/// inbound traffic through a permission for our own address all stop there.
 #[test]
-fn send_to_own_relay_ip_off_relay_ports_is_dropped_despite_permission() {
+fn own_relays_are_peers_only_while_their_allocation_lives() {
     let mut h = Harness::with(|c| c, 10, 100, vec![]);
-    let mut c = Client::rest(udp(4015), "alice", T0_UNIX + 100_000);
-    c.allocate(&mut h);
-    let own = "192.0.2.1:50050".parse().unwrap();
-    assert_eq!(
-        code_of(&c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(own)])),
-        None
+    let mut c = Client::rest(udp(4016), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let mut bob = Client::rest(udp(4017), "bob", T0_UNIX + 100_000);
+    let bob_relay = bob.allocate(&mut h);
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(bob_relay)],
     );
-    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
-    b.add(&Attribute::XorPeerAddress("192.0.2.1:22".parse().unwrap()))
+    assert_eq!(code_of(&resp), None);
+    let mut cd = [0u8; 64];
+    let n = ChannelData::encode_into(ChannelNumber::new(0x4001).unwrap(), b"m", false, &mut cd).unwrap();
+    let mut send = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
+    send.add(&Attribute::XorPeerAddress(bob_relay))
         .add(&Attribute::Data(b"x"));
-    assert!(h.server.handle_client_input(&b.finish(), c.addr, h.now).is_none());
-    assert_eq!(
-        h.metrics.count("peers_refused", "loopback") + h.metrics.count("peers_refused", "documentation"),
-        1
-    );
+    let send = send.finish();
+    // While Bob's allocation lives: both ways work.
+    assert!(h.server.handle_client_input(&cd[..n], c.addr, h.now).is_some());
+    assert!(h.server.handle_client_input(&send, c.addr, h.now).is_some());
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(bob_relay), relay_port(relayed), h.now)
+        .is_some());
+    // Another port on our address, through the same permission: refused inbound.
+    let other = SocketAddr::new(bob_relay.ip(), 22);
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(other), relay_port(relayed), h.now)
+        .is_none());
+    assert_eq!(h.metrics.count("peers_refused", "documentation"), 1);
+    // Bob leaves: his port is no relay any more, whatever the permission and channel say.
+    let resp = bob.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    assert_eq!(code_of(&resp), None);
+    assert!(h.server.handle_client_input(&cd[..n], c.addr, h.now).is_none());
+    assert!(h.server.handle_client_input(&send, c.addr, h.now).is_none());
+    assert!(h
+        .server
+        .handle_peer_traffic(b"r", PeerAddr(bob_relay), relay_port(relayed), h.now)
+        .is_none());
+    assert_eq!(h.metrics.count("peers_refused", "documentation"), 4);
+    assert!(h.server.poll_transmit().is_none(), "no Data indication either");
 }
 
 #[test]
@@ -841,4 +906,181 @@ fn permission_and_channel_caps_give_508_and_change_nothing() {
         &[Attribute::XorPeerAddress(peer(201, 1))],
     );
     assert_eq!(code_of(&resp), None);
+}
+
+/// Issue 17: error responses per source address are a token bucket. Past it the address
+/// gets no error response, and its authenticated requests are not examined (a guesser
+/// learns nothing from a right password either), until the bucket refills; another
+/// address is not affected.
+#[test]
+fn error_responses_are_limited_per_source_address() {
+    let quotas = Quotas::new(10, 100).with_error_limit(Rate { per_sec: 1, burst: 3 }, 16);
+    let mut h = Harness::with_quotas(|c| c, quotas, vec![]);
+    let mut c = Client::rest(udp(4040), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h); // one 401 challenge: 2 tokens left
+    let good_key = c.key.clone();
+    c.key = b"wrong".to_vec();
+    for _ in 0..2 {
+        let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+        assert_eq!(code_of(&h.send(c.addr, &raw)[0]), Some(401));
+    }
+    for _ in 0..5 {
+        let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+        assert!(h.send(c.addr, &raw).is_empty(), "limited: no answer");
+    }
+    // The right key, same address: not examined either.
+    c.key = good_key;
+    let (_, raw) = c.request(Method::REFRESH, &[Attribute::Lifetime(600)]);
+    assert!(h.send(c.addr, &raw).is_empty());
+    assert_eq!(h.metrics.count("dropped", "error_rate_limited"), 6);
+    assert_eq!(
+        h.metrics.count("auth_failures", "bad_integrity"),
+        2,
+        "no HMAC checked while limited"
+    );
+    // Other addresses are unaffected; Binding (a success) is never limited.
+    let other = ClientAddr {
+        addr: SocketAddr::from(([198, 51, 100, 8], 4040)),
+        transport: Transport::Udp,
+    };
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, TransactionId([1; 12]));
+    b.add(&Attribute::RequestedTransport(17));
+    assert_eq!(code_of(&h.send(other, &b.finish())[0]), Some(401));
+    let binding = MessageBuilder::new(Class::Request, Method::BINDING, TransactionId([2; 12])).finish();
+    assert_eq!(h.send(c.addr, &binding).len(), 1);
+    // A second later one token is back: the right key works.
+    h.advance(Duration::from_secs(1));
+    let resp = c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(600)]);
+    assert_eq!(code_of(&resp), None);
+}
+
+/// Issue 17: `max_bps` is a token bucket per allocation and direction (a second's worth
+/// at once), and the user's rate is shared by all their allocations; excess is dropped
+/// and counted by which limit it hit.
+#[test]
+fn bandwidth_quotas_per_allocation_and_per_user() {
+    let mut h = Harness::with(
+        |mut c| {
+            c.max_bps = 100_000;
+            c
+        },
+        10,
+        100,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    let mut c = Client::rest(udp(4050), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    let p = peer(10, 8000);
+    let resp = c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), None);
+    let mut buf = [0u8; 1100];
+    let n = ChannelData::encode_into(ChannelNumber::new(0x4001).unwrap(), &[7; 1000], false, &mut buf).unwrap();
+    let passed = (0..150)
+        .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+        .count();
+    assert_eq!(passed, 100, "100 KB at once, then nothing");
+    assert_eq!(h.metrics.count("dropped", "bandwidth_allocation"), 50);
+    // The other direction has its own bucket.
+    assert!(h
+        .server
+        .handle_peer_traffic(&[1; 1000], PeerAddr(p), relay_port(relayed), h.now)
+        .is_some());
+    // 10 ms later, 1000 bytes' worth is back.
+    h.advance(Duration::from_millis(10));
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some());
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_none());
+
+    // Per user: two allocations of one user share 100 KB/s; another user has their own.
+    let quotas = Quotas::new(10, 100).with_user_bandwidth(100_000);
+    let mut h = Harness::with_quotas(|c| c, quotas, vec!["203.0.113.0/24".parse().unwrap()]);
+    let mut clients: Vec<Client> = [("bob", 4051), ("bob", 4052), ("carol", 4053)]
+        .into_iter()
+        .map(|(u, port)| Client::rest(udp(port), u, T0_UNIX + 100_000))
+        .collect();
+    for c in clients.iter_mut() {
+        c.allocate(&mut h);
+        let resp = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+        );
+        assert_eq!(code_of(&resp), None);
+    }
+    let passed: Vec<usize> = clients
+        .iter()
+        .map(|c| {
+            (0..80)
+                .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        passed,
+        vec![80, 20, 80],
+        "bob's two allocations share one 100 KB budget"
+    );
+    assert_eq!(h.metrics.count("dropped", "bandwidth_user"), 60);
+    // Bob's budget outlives neither of his allocations: once both are gone, a new one
+    // starts full.
+    for i in [0, 1] {
+        let resp = clients[i].call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+        assert_eq!(code_of(&resp), None);
+    }
+    let mut again = Client::rest(udp(4054), "bob", T0_UNIX + 100_000);
+    again.allocate(&mut h);
+    let resp = again.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    assert_eq!(code_of(&resp), None);
+    let passed = (0..80)
+        .filter(|_| h.server.handle_client_input(&buf[..n], again.addr, h.now).is_some())
+        .count();
+    assert_eq!(passed, 80, "a user who held no allocation starts with a full budget");
+
+    // Both limits: a datagram the user's budget refuses does not spend its allocation's.
+    let quotas = Quotas::new(10, 100).with_user_bandwidth(100_000);
+    let mut h = Harness::with_quotas(
+        |mut c| {
+            c.max_bps = 100_000;
+            c
+        },
+        quotas,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    let mut pair: Vec<Client> = [4055, 4056]
+        .into_iter()
+        .map(|port| Client::rest(udp(port), "dave", T0_UNIX + 100_000))
+        .collect();
+    for c in pair.iter_mut() {
+        c.allocate(&mut h);
+        let resp = c.call(
+            &mut h,
+            Method::CHANNEL_BIND,
+            &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+        );
+        assert_eq!(code_of(&resp), None);
+    }
+    let send = |h: &mut Harness, c: &Client, k: usize| {
+        (0..k)
+            .filter(|_| h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some())
+            .count()
+    };
+    assert_eq!(send(&mut h, &pair[0], 100), 100, "dave's whole budget");
+    assert_eq!(send(&mut h, &pair[1], 150), 0);
+    assert_eq!(
+        (
+            h.metrics.count("dropped", "bandwidth_user"),
+            h.metrics.count("dropped", "bandwidth_allocation")
+        ),
+        (150, 0),
+        "all refused by the user's budget, none charged to the second allocation"
+    );
+    h.advance(Duration::from_millis(500));
+    assert_eq!(send(&mut h, &pair[1], 100), 50, "half a second of the user's rate");
 }

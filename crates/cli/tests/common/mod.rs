@@ -148,18 +148,27 @@ pub fn start_firstcall(extra: &[&str]) -> Server {
 
 /// As [`start_firstcall`], with the TURN listener on `turn`.
 pub fn start_firstcall_on(turn: SocketAddr, extra: &[&str]) -> Server {
-    start_firstcall_with(turn, None, extra)
+    start_firstcall_with(turn, relay_range(100), None, extra)
+}
+
+/// As [`start_firstcall_on`], with the relay port range `relay`.
+pub fn start_firstcall_relays(turn: SocketAddr, relay: (u16, u16), extra: &[&str]) -> Server {
+    start_firstcall_with(turn, relay, None, extra)
 }
 
 /// As [`start_firstcall`], with the open-files limit (soft and hard) set to `nofile`
 /// by util-linux's `prlimit`, which then execs the server (same PID).
 pub fn start_firstcall_nofile(nofile: u64, extra: &[&str]) -> Server {
-    start_firstcall_with(SocketAddr::from(([127, 0, 0, 1], free_port())), Some(nofile), extra)
+    start_firstcall_with(
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        relay_range(100),
+        Some(nofile),
+        extra,
+    )
 }
 
-fn start_firstcall_with(turn: SocketAddr, nofile: Option<u64>, extra: &[&str]) -> Server {
+fn start_firstcall_with(turn: SocketAddr, relay: (u16, u16), nofile: Option<u64>, extra: &[&str]) -> Server {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let relay = relay_range(100);
     let tag = format!("{}-{}", std::process::id(), turn.port());
     let data_dir = std::env::temp_dir().join(format!("firstcall-test-{tag}"));
     let log = std::env::temp_dir().join(format!("firstcall-test-{tag}.log"));
