@@ -184,6 +184,39 @@ async fn running_out_of_descriptors_degrades_health_and_spares_live_sessions() {
     );
 }
 
+/// A WebSocket opening handshake from `from`; the socket once `101` came back.
+fn websocket_from(from: [u8; 4], server: &Server) -> Option<TcpStream> {
+    let mut s = connect_from(from, server.http).ok()?;
+    s.write_all(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .ok()?;
+    s.set_read_timeout(Some(T)).ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    head.starts_with(b"HTTP/1.1 101").then_some(s)
+}
+
+#[test]
+fn websocket_sessions_count_against_the_per_address_cap_for_their_whole_life() {
+    // Before: one token, 300 device ids -> 300 live sessions, from one address.
+    let server = start_firstcall(&["--turn-secret", "s", "--max-connections-per-ip", "3"]);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|i| websocket_from([127, 0, 0, 2], &server).unwrap_or_else(|| panic!("socket {i} refused")))
+        .collect();
+    // Upgraded, the three still hold their slots: a fourth is closed at once.
+    assert!(websocket_from([127, 0, 0, 2], &server).is_none());
+    assert_eq!(
+        server.metric("firstcall_http_connections_refused_total{reason=\"max_connections_per_ip\"}"),
+        1
+    );
+    // Another address is not affected; a slot frees when its socket goes.
+    assert!(websocket_from([127, 0, 0, 3], &server).is_some());
+    drop(held);
+    assert!(wait_until(T, || websocket_from([127, 0, 0, 2], &server).is_some()));
+}
+
 #[test]
 fn serve_without_a_token_setting_refuses_to_start_and_says_how_to_choose() {
     let out = std::process::Command::new(firstcall_bin())

@@ -420,7 +420,22 @@ async fn callee_socket_cut_at_random_points_loses_nothing() {
 /// nothing is lost by cutting it: on resume, every frame arrives, in order.
 #[tokio::test]
 async fn a_socket_too_slow_to_read_is_cut_and_its_frames_replayed_on_resume() {
-    let server = start_firstcall(&["--turn-secret", "s"]);
+    // The session's own bounds (what it keeps unacknowledged, what a ringing call holds)
+    // raised well past the socket's, so that the socket's queue is what gives first.
+    let server = start_firstcall(&[
+        "--turn-secret",
+        "s",
+        "--max-unacked-bytes",
+        "67108864",
+        "--max-held-bytes",
+        "33554432",
+        "--max-held-bytes-per-user",
+        "33554432",
+        "--max-held-signals",
+        "1000",
+        "--max-held-signals-per-user",
+        "1000",
+    ]);
     let (mut alice, mut bob) = ringing(&server, "slow", "video").await;
     // Bob reads nothing from here on. Frames of ~60 KB fill the kernel's buffers (a few
     // MB on loopback) and then the server's 1 MiB queue for his socket; 190 of them stay

@@ -514,6 +514,21 @@ fn descriptors(server: &Server) -> usize {
 const SLOW: &str = "firstcall_signal_sockets_cut_total{reason=\"slow\"}";
 
 /// Alice and bob in a ringing call; bob's session id, and bob's socket.
+/// The hub's own bounds on what a session keeps and a ringing call holds, raised well
+/// past the socket's queue: the tests below are about the socket, not the session.
+const ROOMY_SESSIONS: [&str; 10] = [
+    "--max-unacked-bytes",
+    "67108864",
+    "--max-held-bytes",
+    "33554432",
+    "--max-held-bytes-per-user",
+    "33554432",
+    "--max-held-signals",
+    "1000",
+    "--max-held-signals-per-user",
+    "1000",
+];
+
 fn ringing(server: &Server) -> (Raw, Raw, String) {
     let mut alice = open(server);
     alice.hello_with(&jwt("alice"));
@@ -581,7 +596,7 @@ fn resume_and_read(c: &mut Raw, session: &str, last_seq: u64, until: u64) -> (Ve
 /// a session's 4096 unacknowledged frames), and the frames stay in the session.
 #[test]
 fn a_resume_replayed_to_a_socket_that_never_reads_is_cut_within_the_queue_limit() {
-    let server = start_jwt(&[]);
+    let server = start_jwt(&ROOMY_SESSIONS);
     let (mut alice, bob, session) = ringing(&server);
     drop(bob);
     // 140 signals of 60 KB wait in bob's session, unacknowledged.
@@ -635,7 +650,9 @@ fn a_resume_replayed_to_a_socket_that_never_reads_is_cut_within_the_queue_limit(
 /// queue limit: a resume replays 480 KB to a reading client with a 256 KiB limit.
 #[test]
 fn a_replay_larger_than_the_limit_that_the_kernel_takes_is_not_cut() {
-    let server = start_jwt(&["--slow-socket-queue", "262144"]);
+    let mut flags = vec!["--slow-socket-queue", "262144"];
+    flags.extend(ROOMY_SESSIONS);
+    let server = start_jwt(&flags);
     let (mut alice, bob, session) = ringing(&server);
     drop(bob);
     signals(&mut alice, 8);

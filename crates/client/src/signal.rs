@@ -84,7 +84,10 @@ impl SignalClient {
     /// Open a new socket, resume the session if there is one, resend what the
     /// server has not processed.
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(self.url.as_str()).await?;
+        // TCP_NODELAY: signaling frames are small and latency-bound; with Nagle, a frame
+        // written right after the previous one (an ack, then the next request) waits for
+        // the server's delayed ACK.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true).await?;
         let mut hello = json!({"type": "hello", "token": self.token, "device": self.device});
         if let Some(s) = &self.session {
             hello["resume"] = json!({"session": s, "last_seq": self.last_in});

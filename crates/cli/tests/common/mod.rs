@@ -300,3 +300,56 @@ pub fn allocate_with(turn: SocketAddr, user: &str, pass: &str, realm: &str) -> S
     })
     .unwrap()
 }
+
+/// An unrelated user measuring the server's answer time while a flood runs: a
+/// sequenced frame the hub answers at once (a hang-up of no call gets `unknown_call`),
+/// every 20 ms, with `token`. On a thread and runtime of its own, so that the test's
+/// flood (60 KB frames built and sent on the test's runtime) does not delay its
+/// measurement. Returns the times once `stop` is set.
+pub fn bystander(
+    server: &Server,
+    token: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    let url = format!("ws://{}/v1/ws", server.http);
+    let token = token.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut c = firstcall_client::signal::SignalClient::connect(&url, &token, "bystander")
+                .await
+                .expect("bystander connects");
+            let _ = ready_tx.send(());
+            let mut times = Vec::new();
+            while !stop.load(Ordering::SeqCst) && times.len() < 20_000 {
+                let t = Instant::now();
+                c.send(serde_json::json!({"type": "call.hangup", "call": "nothing"}))
+                    .await;
+                let (e, _) = c
+                    .expect("error", Duration::from_secs(5))
+                    .await
+                    .expect("the bystander's answer");
+                assert_eq!(e["code"], "unknown_call");
+                times.push(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            times
+        })
+    });
+    // Connected before the flood starts.
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("bystander connected");
+    handle
+}
+
+/// The 99th percentile and the largest of `times`.
+pub fn p99_max(times: &mut [Duration]) -> (Duration, Duration) {
+    times.sort();
+    let n = times.len();
+    (times[(n * 99 / 100).min(n - 1)], times[n - 1])
+}
