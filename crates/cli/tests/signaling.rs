@@ -425,7 +425,8 @@ async fn a_socket_too_slow_to_read_is_cut_and_its_frames_replayed_on_resume() {
     let server = start_firstcall(&["--turn-secret", "s", "--max-unacked-bytes", "33554432"]);
     let (mut alice, mut bob) = ringing(&server, "slow", "video").await;
     // Answered: a ringing call would hold at most 64 KiB of alice's signals.
-    bob.send(json!({"type": "call.accept", "call": "slow", "sdp": "a"})).await;
+    bob.send(json!({"type": "call.accept", "call": "slow", "sdp": "a"}))
+        .await;
     alice.expect("call.accepted", T).await.unwrap();
     // Bob reads nothing from here on. Frames of ~60 KB fill the kernel's buffers (a few
     // MB on loopback) and then the server's 1 MiB queue for his socket; 190 of them stay
