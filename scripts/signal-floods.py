@@ -12,6 +12,7 @@ mask). Stops only the servers it started.
 """
 
 import json
+import multiprocessing
 import os
 import socket
 import struct
@@ -145,37 +146,50 @@ class WS:
         self.s.close()
 
 
-class Pinger(threading.Thread):
-    """An unrelated user pinging the server every 50 ms during a flood."""
+class Pinger:
+    """An unrelated user pinging the server every 50 ms during a flood, from a process of
+    its own (so that the flood's Python does not delay it)."""
 
     def __init__(self, server):
-        super().__init__(daemon=True)
-        self.ws = WS(server)
-        self.ws.hello(server.token("bystander"), "p")
-        self.rtts = []
-        self.stop = False
+        token = server.token("bystander")
+        self.results = multiprocessing.Queue()
+        self.halt = multiprocessing.Event()
+        self.proc = multiprocessing.Process(target=Pinger.run, args=(server.http, token, self.halt, self.results),
+                                            daemon=True)
 
-    def run(self):
-        while not self.stop:
+    def start(self):
+        self.proc.start()
+
+    @staticmethod
+    def run(http, token, halt, results):
+        class S:
+            pass
+        srv = S()
+        srv.http = http
+        ws = WS(srv)
+        ws.hello(token, "p")
+        rtts = []
+        while not halt.is_set():
             t = time.perf_counter()
-            self.ws.send('{"type":"ping"}')
+            ws.send('{"type":"ping"}')
             try:
                 while True:
-                    v = self.ws.next_json(10)
+                    v = ws.next_json(10)
                     if v.get("type") == "pong":
                         break
                     if v.get("type") == "ping":
-                        self.ws.send('{"type":"pong"}')
+                        ws.send('{"type":"pong"}')
             except Exception:
-                self.rtts.append(10.0)
-                return
-            self.rtts.append(time.perf_counter() - t)
+                rtts.append(10.0)
+                break
+            rtts.append(time.perf_counter() - t)
             time.sleep(0.05)
+        results.put(rtts)
 
     def summary(self):
-        self.stop = True
-        self.join(15)
-        r = sorted(self.rtts)
+        self.halt.set()
+        r = sorted(self.results.get(timeout=20))
+        self.proc.join(5)
         if not r:
             return "no pings"
         p = lambda q: r[min(len(r) - 1, int(q * len(r)))] * 1000

@@ -420,23 +420,14 @@ async fn callee_socket_cut_at_random_points_loses_nothing() {
 /// nothing is lost by cutting it: on resume, every frame arrives, in order.
 #[tokio::test]
 async fn a_socket_too_slow_to_read_is_cut_and_its_frames_replayed_on_resume() {
-    // The session's own bounds (what it keeps unacknowledged, what a ringing call holds)
-    // raised well past the socket's, so that the socket's queue is what gives first.
-    let server = start_firstcall(&[
-        "--turn-secret",
-        "s",
-        "--max-unacked-bytes",
-        "67108864",
-        "--max-held-bytes",
-        "33554432",
-        "--max-held-bytes-per-user",
-        "33554432",
-        "--max-held-signals",
-        "1000",
-        "--max-held-signals-per-user",
-        "1000",
-    ]);
+    // Room for the frames bob leaves unacknowledged: with the default 1 MiB the session
+    // would be given up (unacked_overflow) long before the kernel's buffers fill.
+    let server = start_firstcall(&["--turn-secret", "s", "--max-unacked-bytes", "33554432"]);
     let (mut alice, mut bob) = ringing(&server, "slow", "video").await;
+    // Answered: a ringing call would hold at most 64 KiB of alice's signals.
+    bob.send(json!({"type": "call.accept", "call": "slow", "sdp": "a"}))
+        .await;
+    alice.expect("call.accepted", T).await.unwrap();
     // Bob reads nothing from here on. Frames of ~60 KB fill the kernel's buffers (a few
     // MB on loopback) and then the server's 1 MiB queue for his socket; 190 of them stay
     // within the rate limit's burst.
