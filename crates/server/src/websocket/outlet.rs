@@ -14,7 +14,7 @@ pub struct Outlet {
     pub(super) sock: TcpStream,
     /// Unsent bytes (queued here, the kernel having refused them or not yet been
     /// offered them) past which the socket is too slow and is cut
-    /// (`--slow-socket-queue`). See [`Outlet::append`].
+    /// (`--slow-socket-queue`). See [`Outlet::bound`].
     limit: usize,
     out: Mutex<OutBuf>,
     /// Wakes the socket's own task: its socket would block, or it is to close.
@@ -40,7 +40,7 @@ pub(super) struct OutBuf {
 }
 
 impl OutBuf {
-    /// The socket is done (its peer gone, or cut): nothing more is queued or written.
+    /// The socket is done (its peer gone): nothing more is queued or written.
     fn fail(&mut self) {
         self.failed = true;
         self.bytes = Vec::new();
@@ -61,7 +61,7 @@ pub enum Queued {
 }
 
 impl Outlet {
-    /// The outlet of `sock`, queueing at most `limit` bytes while it is blocked.
+    /// The outlet of `sock`, cut once more than `limit` bytes are unsent.
     pub(super) fn new(sock: TcpStream, limit: usize) -> Outlet {
         Outlet {
             sock,
