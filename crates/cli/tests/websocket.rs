@@ -646,6 +646,65 @@ fn a_resume_replayed_to_a_socket_that_never_reads_is_cut_within_the_queue_limit(
     assert_eq!(all, (0..140).collect::<Vec<u64>>());
 }
 
+/// Bytes the kernel holds to send (`tx_queue` in /proc/net/tcp) on the loopback TCP
+/// socket from port `local` to port `remote`.
+fn kernel_send_queue(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (port(f[1]) == local && port(f[2]) == remote)
+            .then(|| u64::from_str_radix(f[4].split(':').next().unwrap(), 16).unwrap())
+    })
+}
+
+/// A client cut for a replay larger than what its socket took at once still gets, if it
+/// reads within the linger, everything the server had queued before the cut (up to the
+/// limit and the frame that passed it), whole and in order, then the end of the socket:
+/// it resumes from there, not from what the kernel alone had taken.
+#[test]
+fn a_cut_socket_that_reads_gets_what_was_queued_before_the_end() {
+    let server = start_jwt(&[]);
+    let (mut alice, bob, session) = ringing(&server);
+    drop(bob);
+    signals(&mut alice, 140);
+    let mut c = open_small(&server);
+    let hello = format!(
+        r#"{{"type":"hello","token":"{}","device":"d","resume":{{"session":"{session}","last_seq":0}}}}"#,
+        jwt("bob")
+    );
+    c.send(&frame(true, 1, hello.as_bytes()));
+    assert!(wait_until(Duration::from_secs(10), || server.metric(SLOW) == 1));
+    // Nothing moves while the client reads nothing: the server's kernel holds this much.
+    let me = c.s.local_addr().unwrap().port();
+    let in_kernel = kernel_send_queue(server.http.port(), me).expect("the server's socket, lingering");
+    let (mut bytes, mut got) = (0u64, vec![]);
+    while let Some((op, p)) = c.try_next() {
+        bytes += p.len() as u64
+            + if p.len() < 126 {
+                2
+            } else if p.len() < 65536 {
+                4
+            } else {
+                10
+            };
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(op, 1, "text frames only, no close frame after a cut");
+        if v["type"] == "call.signal" {
+            got.push(v["data"]["sdp"]["sdp"].as_str().unwrap()[..4].parse::<u64>().unwrap());
+        }
+    }
+    eprintln!(
+        "cut socket: {bytes} bytes read, {in_kernel} of them in the server's kernel at the cut, {} signals",
+        got.len()
+    );
+    assert_eq!(got, (0..got.len() as u64).collect::<Vec<u64>>(), "whole and in order");
+    assert!(
+        bytes >= in_kernel + (1 << 20),
+        "only {bytes} bytes, {in_kernel} of them from the kernel: the queued MiB was dropped"
+    );
+}
+
 /// A burst the kernel takes at once is not a slow socket, though it is larger than the
 /// queue limit: a resume replays 480 KB to a reading client with a 256 KiB limit.
 #[test]

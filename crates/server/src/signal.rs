@@ -1,11 +1,12 @@
-//! The WebSocket driver for the signaling hub.
+//! The signaling hub as a WebSocket [`Endpoint`].
 //!
-//! The `Hub` sits behind one lock. Each socket has one task, which reads WebSocket
-//! frames (RFC 6455, [`firstcall_signal::ws`]) and hands them to the hub itself; the
-//! frames the hub sends are written straight to their sockets by the task that caused
-//! them. A socket too slow to drain its queue is cut (closed without a close frame, which
-//! could not get through): its frames stay unacknowledged in its session and are replayed
-//! when the client resumes, so nothing is lost by cutting it.
+//! The `Hub` sits behind one lock. Each socket has one task ([`crate::websocket`]),
+//! which reads WebSocket frames (RFC 6455, [`firstcall_signal::ws`]) and hands their
+//! messages to the hub itself; the frames the hub sends are written straight to their
+//! sockets by the task that caused them. A socket whose unsent bytes pass the queue
+//! limit is cut (closed without a close frame, which could not get through): its frames
+//! stay unacknowledged in its session and are replayed when the client resumes, so
+//! nothing is lost by cutting it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

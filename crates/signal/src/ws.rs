@@ -429,36 +429,58 @@ pub fn fuzz(data: &[u8]) {
     };
     let cut = (split as usize).min(data.len());
     for role in [Role::Server, Role::Client] {
-        let mut d = Decoder::new(role, 4096);
-        let mut pending = data[..cut].to_vec();
-        'reads: for more in [&data[cut..], &[][..]] {
-            pending.extend_from_slice(more);
-            let mut at = 0;
-            loop {
-                match d.decode(&mut pending[at..]) {
-                    Ok((_, 0)) => break,
-                    Ok((m, n)) => {
-                        let len = match m {
-                            Some(Message::Text(t)) => t.len(),
-                            Some(Message::Binary(b)) => b.len(),
-                            Some(Message::Ping(p) | Message::Pong(p)) => {
-                                assert!(p.len() <= 125, "control frame over 125 bytes");
-                                0
-                            }
-                            _ => 0,
-                        };
-                        assert!(len <= 4096, "message over the limit");
-                        at += n;
+        // Where the reads split must not matter: the same messages, then the same error
+        // (UTF-8 is checked as it arrives, so a split inside a text frame is the case).
+        assert_eq!(
+            fuzz_reads(role, data, &[cut]),
+            fuzz_reads(role, data, &[]),
+            "two reads split at {cut} and one read differ"
+        );
+    }
+}
+
+/// Decode `data` as `role` in reads that end at `cuts` (ascending) and at its end: what
+/// came out, in order (each message as its debug text, then the error that ended it, if
+/// any).
+fn fuzz_reads(role: Role, data: &[u8], cuts: &[usize]) -> Vec<String> {
+    let mut d = Decoder::new(role, 4096);
+    let mut out = vec![];
+    let mut pending = vec![];
+    let mut from = 0;
+    for &to in cuts.iter().chain([&data.len(), &data.len()]) {
+        let to = to.clamp(from, data.len());
+        pending.extend_from_slice(&data[from..to]);
+        from = to;
+        let mut at = 0;
+        loop {
+            match d.decode(&mut pending[at..]) {
+                Ok((_, 0)) => break,
+                Ok((m, n)) => {
+                    let len = match m {
+                        Some(Message::Text(t)) => t.len(),
+                        Some(Message::Binary(b)) => b.len(),
+                        Some(Message::Ping(p) | Message::Pong(p)) => {
+                            assert!(p.len() <= 125, "control frame over 125 bytes");
+                            0
+                        }
+                        _ => 0,
+                    };
+                    assert!(len <= 4096, "message over the limit");
+                    if let Some(m) = m {
+                        out.push(format!("{m:?}"));
                     }
-                    Err(e) => {
-                        assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
-                        break 'reads;
-                    }
+                    at += n;
+                }
+                Err(e) => {
+                    assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+                    out.push(format!("{e:?}"));
+                    return out;
                 }
             }
-            pending.drain(..at);
         }
+        pending.drain(..at);
     }
+    out
 }
 
 #[cfg(test)]
@@ -762,6 +784,31 @@ mod tests {
         #[test]
         fn arbitrary_bytes_get_an_answer_never_a_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
             fuzz(&data);
+        }
+
+        /// Text frames, fragmented or not, with one byte anywhere changed (often making
+        /// the UTF-8 invalid), give the same messages and the same error however the
+        /// stream is split into reads.
+        #[test]
+        fn a_split_anywhere_does_not_change_the_outcome(
+            msgs in proptest::collection::vec(("[a-zé€𝄞]{0,60}", 1usize..4), 1..5),
+            key in proptest::prelude::any::<[u8; 4]>(),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+            mut cuts in proptest::collection::vec(0usize..1000, 0..6),
+        ) {
+            let mut wire = vec![];
+            for (text, pieces) in &msgs {
+                let b = text.as_bytes();
+                let step = b.len().div_ceil(*pieces).max(1);
+                let chunks: Vec<&[u8]> = if b.is_empty() { vec![b] } else { b.chunks(step).collect() };
+                wire.extend(fragmented(&chunks, key));
+            }
+            let at = flip.0 % wire.len();
+            wire[at] ^= flip.1;
+            cuts.sort_unstable();
+            for role in [Role::Server, Role::Client] {
+                proptest::prop_assert_eq!(fuzz_reads(role, &wire, &cuts), fuzz_reads(role, &wire, &[]));
+            }
         }
 
         /// Any sequence of messages, masked or not, fragmented or not, cut into reads

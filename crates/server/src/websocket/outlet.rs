@@ -14,7 +14,7 @@ pub struct Outlet {
     pub(super) sock: TcpStream,
     /// Unsent bytes (queued here, the kernel having refused them or not yet been
     /// offered them) past which the socket is too slow and is cut
-    /// (`--slow-socket-queue`). See [`Outlet::append`].
+    /// (`--slow-socket-queue`). See [`Outlet::bound`].
     limit: usize,
     out: Mutex<OutBuf>,
     /// Wakes the socket's own task: its socket would block, or it is to close.
@@ -31,14 +31,16 @@ pub(super) struct OutBuf {
     listed: bool,
     /// A close frame is queued: after it, nothing more is sent.
     pub(super) closing: bool,
-    /// A write failed, or the socket was cut: drop whatever comes.
+    /// A write failed: the peer is gone, drop whatever comes.
     pub(super) failed: bool,
-    /// The socket was cut for being too slow; its task counts and logs it, once.
+    /// The socket was cut for being too slow: nothing more is queued, what is queued
+    /// may still drain within the socket's linger, and its task counts and logs the cut,
+    /// once.
     pub(super) slow: bool,
 }
 
 impl OutBuf {
-    /// The socket is done (its peer gone, or cut): nothing more is queued or written.
+    /// The socket is done (its peer gone): nothing more is queued or written.
     fn fail(&mut self) {
         self.failed = true;
         self.bytes = Vec::new();
@@ -53,13 +55,13 @@ pub enum Queued {
     First,
     /// Queued behind frames already listed for a push.
     Listed,
-    /// The queue is over its limit: the frame is not queued, the socket is cut, and
-    /// its task is told.
+    /// The frame took the queue over its limit: the socket is cut (its task is told),
+    /// nothing after this frame is sent, and the caller forgets the socket.
     Cut,
 }
 
 impl Outlet {
-    /// The outlet of `sock`, queueing at most `limit` bytes while it is blocked.
+    /// The outlet of `sock`, cut once more than `limit` bytes are unsent.
     pub(super) fn new(sock: TcpStream, limit: usize) -> Outlet {
         Outlet {
             sock,
@@ -103,9 +105,9 @@ impl Outlet {
     }
 
     /// Queue one frame; false if that took the queue over its limit: the socket is then
-    /// cut (and its task told), and neither this frame nor anything after it is sent.
+    /// cut (and its task told), and nothing after this frame is sent.
     fn append(&self, b: &mut OutBuf, op: OpCode, payload: &[u8]) -> bool {
-        if b.closing || b.failed {
+        if b.closing || b.failed || b.slow {
             return true;
         }
         ws::encode(&mut b.bytes, op, payload, None);
@@ -122,9 +124,11 @@ impl Outlet {
     /// socket takes at once. Only a queue over the limit gets this write, so the usual
     /// small frame still waits for the batched write after the read. If the socket's
     /// task already waits for writability, the kernel has refused and is not asked
-    /// again. Still over: the socket is cut. Its session keeps every frame for the
-    /// resume, and nothing after a refused frame may go out (the client would see a
-    /// gap), so whatever is queued is dropped.
+    /// again. Still over: the socket is cut. The frame just queued is the last: nothing
+    /// after it may go out (the client would see a gap), and its session keeps every
+    /// frame for the resume. What is queued, at most the limit and that frame, may still
+    /// drain while the socket lingers (a client that reads but was handed more than the
+    /// kernel took at once then gets it all before it resumes); then it is closed.
     fn bound(&self, b: &mut OutBuf) -> bool {
         if b.bytes.len() <= self.limit {
             return true;
@@ -148,7 +152,6 @@ impl Outlet {
         if b.bytes.len() <= self.limit {
             return true;
         }
-        b.fail();
         b.slow = true;
         self.wake.notify_one();
         false
@@ -187,7 +190,7 @@ impl Outlet {
     /// Queue the close frame, with a status code and reason if given; nothing is sent
     /// after it. False if it took the queue over its limit (see [`Outlet::bound`]).
     fn close_frame(&self, b: &mut OutBuf, status: Option<(u16, &str)>) -> bool {
-        if b.closing || b.failed {
+        if b.closing || b.failed || b.slow {
             return true;
         }
         match status {

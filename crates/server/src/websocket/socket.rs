@@ -93,6 +93,8 @@ enum Stop {
     Closing,
     /// The endpoint closed the socket, and its close frame is out.
     Closed,
+    /// The socket is too slow: its queue passed the limit.
+    Slow,
 }
 
 /// Serve one upgraded socket until it closes; `early` holds the bytes read with the
@@ -120,6 +122,9 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
                 let b = outlet.lock();
                 if b.failed {
                     stop = Some(Stop::Gone);
+                } else if b.slow {
+                    // `linger` lets what is queued drain, within its bound.
+                    stop = Some(Stop::Slow);
                 } else if b.closing {
                     // `linger` sends what is left of the queue, within its bound.
                     stop = Some(Stop::Closed);
@@ -131,6 +136,10 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
                 let mut b = outlet.lock();
                 if b.failed {
                     stop = Some(Stop::Gone);
+                    continue;
+                }
+                if b.slow {
+                    stop = Some(Stop::Slow);
                     continue;
                 }
                 match r.and_then(|_| outlet.write_queued(&mut b)) {
@@ -154,7 +163,7 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
         }
     }
     ep.disconnect(conn);
-    if outlet.lock().slow {
+    if matches!(stop, Some(Stop::Slow)) || outlet.lock().slow {
         // Counted here, whichever path cut it (the endpoint's frames, a pong, a close):
         // the task ends once, so each cut is counted and logged once.
         tracing::info!(
@@ -165,8 +174,10 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
         ep.metrics().count("sockets_cut", Cut::Slow.label());
     }
     if !matches!(stop, Some(Stop::Gone)) {
-        // RFC 6455 7.1.1: after the closing handshake the server closes TCP first.
-        // Bounded: a peer that neither reads nor closes is dropped.
+        // RFC 6455 7.1.1: after the closing handshake the server closes TCP first. A
+        // slow socket gets the same chance to take what it has queued (no close frame:
+        // the client resumes on seeing the socket end). Bounded: a peer that neither
+        // reads nor closes is dropped.
         let _ = tokio::time::timeout(CLOSE_LINGER, linger(&outlet)).await;
     }
 }
