@@ -664,7 +664,7 @@ fn kernel_send_queue(local: u16, remote: u16) -> Option<u64> {
 /// it resumes from there, not from what the kernel alone had taken.
 #[test]
 fn a_cut_socket_that_reads_gets_what_was_queued_before_the_end() {
-    let server = start_jwt(&[]);
+    let server = start_jwt(&ROOMY_SESSIONS);
     let (mut alice, bob, session) = ringing(&server);
     drop(bob);
     signals(&mut alice, 140);

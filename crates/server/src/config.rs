@@ -244,7 +244,7 @@ pub struct ServeArgs {
     /// Keep a disconnected signaling session (and its unacknowledged frames) this long [default: 60s].
     #[arg(long, env = "FIRSTCALL_SESSION_TTL")]
     pub session_ttl: Option<String>,
-    /// Cut a signaling socket once this many bytes queue for it while it takes nothing
+    /// Cut a signaling socket once this many of its bytes are unsent, the kernel taking no more
     /// (its frames wait in the session for the resume) [default: 1048576].
     #[arg(long, env = "FIRSTCALL_SLOW_SOCKET_QUEUE")]
     pub slow_socket_queue: Option<usize>,
