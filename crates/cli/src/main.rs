@@ -63,11 +63,16 @@ fn main() -> anyhow::Result<()> {
             let config = args.resolve()?;
             let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
                 .with_context(|| format!("bad --log filter {:?}", config.log))?;
-            tracing_subscriber::fmt()
+            let fmt = tracing_subscriber::fmt()
                 .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+                .with_writer(std::io::stderr);
+            match config.log_format {
+                firstcall_server::config::LogFormat::Text => fmt
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init(),
+                // One object per line, spans and fields included, for log shippers.
+                firstcall_server::config::LogFormat::Json => fmt.json().with_current_span(true).init(),
+            }
             let secrets: Vec<String> = config
                 .turn_secrets
                 .iter()

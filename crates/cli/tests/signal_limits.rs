@@ -419,15 +419,23 @@ const BOUND_MIB: f64 = 32.0;
 /// flood, not the other tests' servers on the same 2 cores.
 static FLOODS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// The bound on an unrelated user's answer time during a flood (before: 5.7 ->
-/// 242 ms for a ping during the held-signal flood).
+/// The bound on what a flood may add to an unrelated user's answer time at p99
+/// (before: 5.7 -> 242 ms for a ping during the held-signal flood). Added to the same
+/// user's p99 measured just before the flood, so that a machine busy with other work
+/// (both figures rise alike) does not fail the test, and a flood that slows others does.
 const BYSTANDER_P99: Duration = Duration::from_millis(20);
+
+/// The bystander's p99 with nothing going on (2 s, about 100 answers).
+fn calm_p99(server: &Server) -> Duration {
+    p99_max(&mut bystander_calm(server, &token("carol"), Duration::from_secs(2))).0
+}
 
 #[tokio::test]
 async fn a_held_signal_flood_copied_to_late_devices_stays_bounded() {
     let _alone = FLOODS.write().await;
     let server = start(&[]);
     let mut alice = client(&server, "alice", "a").await;
+    let calm = calm_p99(&server);
     let stop = Arc::new(AtomicBool::new(false));
     let watch = bystander(&server, &token("carol"), stop.clone());
     let before = rss_mib(&server);
@@ -453,8 +461,11 @@ async fn a_held_signal_flood_copied_to_late_devices_stays_bounded() {
     assert!(grown < BOUND_MIB, "RSS grew {grown:.0} MiB");
     stop.store(true, Ordering::SeqCst);
     let (p99, max) = p99_max(&mut watch.join().unwrap());
-    eprintln!("held flood: RSS grew {grown:.1} MiB; bystander p99 {p99:?}, max {max:?}");
-    assert!(p99 < BYSTANDER_P99, "an unrelated user's answers took {p99:?} at p99");
+    eprintln!("held flood: RSS grew {grown:.1} MiB; bystander p99 {p99:?} (calm {calm:?}), max {max:?}");
+    assert!(
+        p99 < calm + BYSTANDER_P99,
+        "an unrelated user's answers took {p99:?} at p99 during the flood, {calm:?} before"
+    );
 }
 
 #[tokio::test]
@@ -489,6 +500,7 @@ async fn a_resume_from_zero_on_a_socket_that_never_reads_stays_bounded() {
 async fn an_error_echo_flood_stays_bounded() {
     let _alone = FLOODS.write().await;
     let server = start(&[]);
+    let calm = calm_p99(&server);
     let stop = Arc::new(AtomicBool::new(false));
     let watch = bystander(&server, &token("carol"), stop.clone());
     let before = rss_mib(&server);
@@ -527,6 +539,9 @@ async fn an_error_echo_flood_stays_bounded() {
     let (p99, max) = p99_max(&mut watch.join().unwrap());
     // Mallory's 600 errors; the bystander acknowledged all of its own.
     assert!(wait_until(T, || server.metric("firstcall_signal_unacked_frames") == 600));
-    eprintln!("echo flood: RSS grew {grown:.1} MiB; bystander p99 {p99:?}, max {max:?}");
-    assert!(p99 < BYSTANDER_P99, "an unrelated user's answers took {p99:?} at p99");
+    eprintln!("echo flood: RSS grew {grown:.1} MiB; bystander p99 {p99:?} (calm {calm:?}), max {max:?}");
+    assert!(
+        p99 < calm + BYSTANDER_P99,
+        "an unrelated user's answers took {p99:?} at p99 during the flood, {calm:?} before"
+    );
 }

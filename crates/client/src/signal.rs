@@ -66,6 +66,12 @@ impl SignalClient {
         Ok(c)
     }
 
+    /// The token the next (re)connect's hello carries: a fresh one, for a resume after the
+    /// old one expired (the server accepts a fresh token of the same user).
+    pub fn set_token(&mut self, token: &str) {
+        self.token = token.to_owned();
+    }
+
     /// The session id.
     pub fn session(&self) -> Option<&str> {
         self.session.as_deref()

@@ -50,6 +50,28 @@ pub enum ConfigError {
     },
 }
 
+/// Who may list the users online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Nobody: `/v1/online` answers 404 (the default with real tokens: presence leaks who
+    /// uses the app, and apps usually have their own).
+    Off,
+    /// Anyone holding a valid token (the default in dev mode, for the demo's contact list).
+    All,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
 /// TLS certificate and key files (PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -134,6 +156,20 @@ pub struct ServeConfig {
     pub webhook_callee_burst: u32,
     /// The window of `webhook_callee_burst`.
     pub webhook_callee_window: Duration,
+    /// Accepted JWT audiences (`aud`); empty: not checked.
+    pub jwt_audience: Vec<String>,
+    /// The accepted JWT issuer (`iss`); `None`: not checked.
+    pub jwt_issuer: Option<String>,
+    /// The JWT claim naming the user.
+    pub jwt_user_claim: String,
+    /// Accepted JWT algorithms; empty: the key's own.
+    pub jwt_algorithms: Vec<String>,
+    /// Who may list online users (`/v1/online`).
+    pub presence: Presence,
+    /// A separate listener for `/metrics` (then not served on the public one).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as text or JSON.
+    pub log_format: LogFormat,
     // Signaling limits (docs/operations.md, "Signaling limits").
     /// Live calls a user may have placed or answered.
     pub max_calls_per_user: usize,
@@ -297,6 +333,29 @@ pub struct ServeArgs {
     /// The window of --webhook-callee-burst [default: 60s].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_WINDOW")]
     pub webhook_callee_window: Option<String>,
+    /// Accept JWTs only with one of these audiences in `aud` (repeatable; env comma-separated)
+    /// [default: aud not checked].
+    #[arg(long = "jwt-audience", env = "FIRSTCALL_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Accept JWTs only from this issuer (`iss`), e.g. https://sso.example.org/realms/app.
+    #[arg(long, env = "FIRSTCALL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The JWT claim that names the user [default: sub].
+    #[arg(long, env = "FIRSTCALL_JWT_USER_CLAIM")]
+    pub jwt_user_claim: Option<String>,
+    /// Accepted JWT algorithms, e.g. RS256,PS256 [default: HS256 with --jwt-secret, RS256 or
+    /// ES256 by the --jwt-public-key's type].
+    #[arg(long = "jwt-algorithms", env = "FIRSTCALL_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Vec<String>,
+    /// Who may list the users online (GET /v1/online): off or all [default: off; all in dev mode].
+    #[arg(long, env = "FIRSTCALL_PRESENCE")]
+    pub presence: Option<Presence>,
+    /// Serve /metrics on this address only (e.g. 127.0.0.1:9090), not on the public listener.
+    #[arg(long, env = "FIRSTCALL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "FIRSTCALL_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     // Signaling limits (docs/operations.md, "Signaling limits").
     /// Most live calls one user may have placed or answered (invites ringing for them do not count) [default: 8].
     #[arg(long, env = "FIRSTCALL_MAX_CALLS_PER_USER")]
@@ -396,6 +455,13 @@ pub struct FileConfig {
     webhook_pair_interval: Option<String>,
     webhook_callee_burst: Option<u32>,
     webhook_callee_window: Option<String>,
+    jwt_audience: Option<Vec<String>>,
+    jwt_issuer: Option<String>,
+    jwt_user_claim: Option<String>,
+    jwt_algorithms: Option<Vec<String>>,
+    presence: Option<Presence>,
+    metrics_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
     // Signaling limits.
     max_calls_per_user: Option<usize>,
     max_unacked_frames: Option<usize>,
@@ -679,6 +745,20 @@ impl ServeArgs {
                     .or(f.webhook_callee_window)
                     .unwrap_or_else(|| "60s".into()),
             )?,
+            jwt_audience: list(self.jwt_audience, f.jwt_audience),
+            jwt_issuer: self.jwt_issuer.or(f.jwt_issuer).filter(|s| !s.is_empty()),
+            jwt_user_claim: self
+                .jwt_user_claim
+                .or(f.jwt_user_claim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "sub".into()),
+            jwt_algorithms: list(self.jwt_algorithms, f.jwt_algorithms),
+            presence: self
+                .presence
+                .or(f.presence)
+                .unwrap_or(if dev { Presence::All } else { Presence::Off }),
+            metrics_listen: self.metrics_listen.or(f.metrics_listen),
+            log_format: self.log_format.or(f.log_format).unwrap_or_default(),
             max_calls_per_user,
             max_unacked_frames,
             max_unacked_bytes,

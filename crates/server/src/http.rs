@@ -40,6 +40,10 @@ pub struct AppState {
     pub conn_limits: Arc<crate::accept::ConnLimits>,
     /// Webhook counters, when a webhook is configured.
     pub webhook_metrics: Option<Arc<crate::webhook::WebhookMetrics>>,
+    /// Who may list online users.
+    pub presence: crate::config::Presence,
+    /// `/metrics` on the public listener (no `--metrics-listen`).
+    pub metrics_public: bool,
 }
 
 impl AppState {
@@ -48,11 +52,24 @@ impl AppState {
     }
 }
 
-/// The router.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The metrics listener's router (`--metrics-listen`): `/metrics` and `/healthz`.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// The public router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let public_metrics = state.metrics_public;
+    let r = Router::new();
+    let r = if public_metrics {
+        r.route("/metrics", get(metrics))
+    } else {
+        r
+    };
+    r.route("/healthz", get(healthz))
         .route("/v1/turn-credentials", get(turn_credentials))
         .route("/v1/dev/token", get(dev_token))
         .route("/v1/online", get(online))
@@ -96,6 +113,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// Users online now, for the demo's contact list.
 async fn online(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if s.presence == crate::config::Presence::Off {
+        return error(
+            StatusCode::NOT_FOUND,
+            "presence_off",
+            "presence is off on this server (--presence all lists online users to every signed-in user)",
+        );
+    }
     if let Err(message) = bearer_user(&headers, &s.tokens) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", &message);
     }
@@ -164,7 +188,7 @@ fn bearer_user(headers: &HeaderMap, tokens: &Tokens) -> Result<UserId, String> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or("Authorization must be Bearer <token>")?;
-    tokens.user(token.trim(), unix_now())
+    tokens.user(token.trim(), unix_now()).map_err(|r| r.to_string())
 }
 
 async fn turn_credentials(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -71,6 +71,8 @@ pub struct Running {
     pub http: SocketAddr,
     /// TURN UDP/TCP address.
     pub turn: SocketAddr,
+    /// The separate metrics listener, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     /// TURN TLS address.
     pub turn_tls: Option<SocketAddr>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -341,12 +343,21 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     if let Some(a) = tls_addr {
         ice_uris.push(format!("turns:{h}:{}?transport=tcp", a.port()));
     }
+    let claims = tokens::Claims {
+        audience: config.jwt_audience.clone(),
+        issuer: config.jwt_issuer.clone(),
+        user_claim: Some(config.jwt_user_claim.clone()),
+        algorithms: tokens::parse_algorithms(&config.jwt_algorithms)?,
+    };
     let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key) {
-        (Some(s), _) => tokens::Tokens::hs256(s),
-        (None, Some(p)) => tokens::Tokens::public_key(p)?,
+        (Some(s), _) => tokens::Tokens::with_secret(s, claims)?,
+        (None, Some(p)) => tokens::Tokens::with_public_key(p, claims)?,
         // `resolve` allows no JWT setting only with --dev.
         (None, None) => tokens::Tokens::Dev,
     });
+    if !config.dev && config.jwt_audience.is_empty() {
+        tracing::info!("no --jwt-audience: a token's aud is not checked; set it to the audience your issuer puts in tokens meant for this server");
+    }
     if config.dev {
         warn_dev_mode(&config);
     }
@@ -398,6 +409,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         tokens,
         conn_limits: conn_limits.clone(),
         webhook_metrics,
+        presence: config.presence,
+        metrics_public: config.metrics_listen.is_none(),
     });
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -416,6 +429,28 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     state.ready.store(true, Ordering::Release);
     tracing::info!(http = %http_addr, turn = %turn_addr, turn_tls = ?tls_addr, relay_ip = %relay_ip, advertised = %advertised,
         relay_ports = ?config.relay_ports, workers = threads, "firstcall listening");
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "metrics",
+                    addr,
+                    source,
+                })?;
+            let bound = l.local_addr()?;
+            // Scrapers only: a handful of connections, bounded like the public listener.
+            let limits = accept::ConnLimits::new(accept::Limits {
+                max_connections: 64,
+                max_per_ip: 0,
+                header_timeout: config.http_header_timeout,
+            });
+            tokio::spawn(accept::serve(l, http::metrics_router(state.clone()), limits));
+            tracing::info!(metrics = %bound, "metrics listening (not on the public listener)");
+            Some(bound)
+        }
+        None => None,
+    };
     let app = http::router(state).merge(
         axum::Router::new()
             .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
@@ -423,6 +458,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     );
     let http_task = tokio::spawn(accept::serve(listener, app, conn_limits));
     Ok(Running {
+        metrics: metrics_addr,
         http: http_addr,
         turn: turn_addr,
         turn_tls: tls_addr,

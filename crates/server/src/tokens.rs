@@ -1,27 +1,104 @@
-//! Bearer tokens: JWT (HS256 with a shared secret; RS256/ES256 with a public key)
-//! whose `sub` is the user, or, with no JWT settings, dev tokens `dev:<user>`.
+//! Bearer tokens: JWT (HS256 with a shared secret; RS256/ES256 and the rest of their
+//! families with a public key) whose user claim (`sub` unless `--jwt-user-claim`) is the
+//! user, or, in dev mode, dev tokens `dev:<user>`.
 //!
-//! Expiry is checked against the time the caller passes in, never the clock.
+//! Checks, in order: the JWT's shape, its algorithm against the allow-list, its signature,
+//! `exp` (required), `nbf`, `aud` (when `--jwt-audience` is set: the token must carry one
+//! of them), `iss` (when `--jwt-issuer` is set), the user claim. A refusal names the check
+//! that failed ([`Refusal`]) to the client and in the server log. Time is what the caller
+//! passes in, never the clock.
+
+use std::collections::HashSet;
 
 use firstcall_signal::hub::TokenVerifier;
 use firstcall_signal::protocol::UserId;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// How tokens are checked.
 pub enum Tokens {
     /// Any `dev:<user>` is accepted. Never for production.
     Dev,
     /// Signed JWTs.
-    Jwt {
-        /// Verification key.
-        key: DecodingKey,
-        /// Accepted algorithms.
-        algorithms: Vec<Algorithm>,
-    },
+    Jwt(Box<Jwt>),
 }
 
-/// Why a token was refused or a key could not be loaded.
+/// A JWT verifier: one key, its allowed algorithms and the claims it checks.
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    user_claim: String,
+}
+
+/// What a deployment's tokens must carry, beyond a valid signature and `exp`.
+#[derive(Clone, Debug, Default)]
+pub struct Claims {
+    /// Accepted audiences; empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// The accepted issuer; `None`: `iss` is not checked.
+    pub issuer: Option<String>,
+    /// The claim naming the user (default `sub`).
+    pub user_claim: Option<String>,
+    /// Accepted algorithms; empty: the key's own (HS256, RS256 or ES256).
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// Why a token was refused: each variant is one check.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Dev mode and not `dev:<user>`.
+    #[error("dev mode: token must be dev:<user>")]
+    DevFormat,
+    /// Not a JWT (three base64url parts with JSON inside).
+    #[error("invalid token: not a JWT")]
+    Malformed,
+    /// The header's `alg` is not in the allow-list (or does not fit the key).
+    #[error("invalid token: algorithm not accepted")]
+    Algorithm,
+    /// The signature does not verify with the configured key.
+    #[error("invalid token: bad signature")]
+    Signature,
+    /// No `exp`.
+    #[error("token has no exp: tokens must expire")]
+    NoExp,
+    /// `exp` is past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is ahead (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` missing or none of the accepted audiences.
+    #[error("token audience not accepted")]
+    Audience,
+    /// `iss` missing or not the accepted issuer.
+    #[error("token issuer not accepted")]
+    Issuer,
+    /// The user claim is missing, not a string, or not a valid user id.
+    #[error("token {0} claim is missing or not a valid user id")]
+    UserClaim(String),
+}
+
+impl Refusal {
+    /// The check that failed, for logs and metrics.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Refusal::DevFormat => "dev_format",
+            Refusal::Malformed => "malformed",
+            Refusal::Algorithm => "algorithm",
+            Refusal::Signature => "signature",
+            Refusal::NoExp => "exp_missing",
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::Audience => "audience",
+            Refusal::Issuer => "issuer",
+            Refusal::UserClaim(_) => "user_claim",
+        }
+    }
+}
+
+/// Why a key or a setting could not be used, or a token not signed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The public key file is not a PEM RSA or EC public key.
@@ -32,13 +109,16 @@ pub enum TokenError {
         /// Why.
         message: String,
     },
+    /// `--jwt-algorithms` names an algorithm the key cannot verify.
+    #[error("--jwt-algorithms: {0}")]
+    Algorithms(String),
     /// Signing failed (bad secret).
     #[error("cannot sign token: {0}")]
     Sign(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Claims {
+struct MintedClaims {
     sub: String,
     #[serde(default)]
     exp: Option<u64>,
@@ -51,33 +131,47 @@ struct Claims {
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY: u64 = 30;
 
+/// Parse `--jwt-algorithms` names (`RS256`, `ES256`, ...).
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, TokenError> {
+    names
+        .iter()
+        .map(|n| {
+            n.trim()
+                .parse::<Algorithm>()
+                .map_err(|_| TokenError::Algorithms(format!("unknown algorithm {n:?}")))
+        })
+        .collect()
+}
+
 impl Tokens {
-    /// HS256 with a shared secret.
+    /// HS256 with a shared secret, checking nothing beyond the signature, `exp` and `sub`.
     pub fn hs256(secret: &str) -> Tokens {
-        Tokens::Jwt {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            algorithms: vec![Algorithm::HS256],
-        }
+        Tokens::with_secret(secret, Claims::default()).expect("HS256 fits a secret")
     }
 
-    /// RS256 or ES256 with a PEM public key.
+    /// A shared secret (HS256, or the HMAC algorithms of `claims.algorithms`).
+    pub fn with_secret(secret: &str, claims: Claims) -> Result<Tokens, TokenError> {
+        Jwt::tokens(DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256, claims)
+    }
+
+    /// RS256 or ES256 (or the algorithms of `claims.algorithms` in the key's family)
+    /// with a PEM public key.
     pub fn public_key(path: &std::path::Path) -> Result<Tokens, TokenError> {
+        Tokens::with_public_key(path, Claims::default())
+    }
+
+    /// As [`Tokens::public_key`], checking `claims`.
+    pub fn with_public_key(path: &std::path::Path, claims: Claims) -> Result<Tokens, TokenError> {
         let err = |m: String| TokenError::Key {
             path: path.display().to_string(),
             message: m,
         };
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-            return Ok(Tokens::Jwt {
-                key,
-                algorithms: vec![Algorithm::RS256],
-            });
+            return Jwt::tokens(key, Algorithm::RS256, claims);
         }
         let key = DecodingKey::from_ec_pem(&pem).map_err(|e| err(format!("neither RSA nor EC: {e}")))?;
-        Ok(Tokens::Jwt {
-            key,
-            algorithms: vec![Algorithm::ES256],
-        })
+        Jwt::tokens(key, Algorithm::ES256, claims)
     }
 
     /// Dev mode?
@@ -85,48 +179,103 @@ impl Tokens {
         matches!(self, Tokens::Dev)
     }
 
-    /// The user a token names at `now_unix`.
-    pub fn user(&self, token: &str, now_unix: u64) -> Result<UserId, String> {
-        match self {
+    /// The user a token names at `now_unix`, or the check it failed.
+    pub fn user(&self, token: &str, now_unix: u64) -> Result<UserId, Refusal> {
+        let r = match self {
             Tokens::Dev => token
                 .strip_prefix("dev:")
                 .and_then(UserId::parse)
-                .ok_or_else(|| "dev mode: token must be dev:<user>".to_owned()),
-            Tokens::Jwt { key, algorithms } => {
-                let mut v = Validation::new(algorithms[0]);
-                v.algorithms = algorithms.clone();
-                // Time claims are checked below against the time passed in.
-                v.validate_exp = false;
-                v.validate_nbf = false;
-                v.required_spec_claims.clear();
-                v.required_spec_claims.insert("sub".into());
-                let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| format!("invalid token: {e}"))?;
-                let c = data.claims;
-                // A token that never expires is a password that can never be revoked.
-                let Some(exp) = c.exp else {
-                    return Err("token has no exp: tokens must expire".into());
-                };
-                if exp.saturating_add(LEEWAY) < now_unix {
-                    return Err("token expired".into());
-                }
-                if c.nbf.is_some_and(|nbf| nbf > now_unix + LEEWAY) {
-                    return Err("token not yet valid".into());
-                }
-                UserId::parse(&c.sub).ok_or_else(|| "token sub is not a valid user id".into())
-            }
+                .ok_or(Refusal::DevFormat),
+            Tokens::Jwt(j) => j.user(token, now_unix),
+        };
+        if let Err(why) = &r {
+            tracing::info!(check = why.check(), reason = %why, "token refused");
         }
+        r
+    }
+}
+
+impl Jwt {
+    fn tokens(key: DecodingKey, default: Algorithm, claims: Claims) -> Result<Tokens, TokenError> {
+        let algorithms = if claims.algorithms.is_empty() {
+            vec![default]
+        } else {
+            claims.algorithms.clone()
+        };
+        let family = |a: Algorithm| {
+            use Algorithm::*;
+            match a {
+                HS256 | HS384 | HS512 => 0,
+                RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => 1,
+                ES256 | ES384 => 2,
+                _ => 3, // EdDSA and any newer family: never one of our keys' defaults
+            }
+        };
+        if let Some(bad) = algorithms.iter().find(|a| family(**a) != family(default)) {
+            return Err(TokenError::Algorithms(format!(
+                "{bad:?} cannot be verified with this key ({default:?} family)"
+            )));
+        }
+        let mut v = Validation::new(algorithms[0]);
+        v.algorithms = algorithms;
+        // Time claims are checked against the time passed in, not the clock.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims.clear();
+        v.validate_aud = !claims.audience.is_empty();
+        if v.validate_aud {
+            v.aud = Some(claims.audience.iter().cloned().collect::<HashSet<_>>());
+            v.required_spec_claims.insert("aud".into());
+        }
+        if let Some(iss) = &claims.issuer {
+            v.iss = Some(HashSet::from([iss.clone()]));
+            v.required_spec_claims.insert("iss".into());
+        }
+        Ok(Tokens::Jwt(Box::new(Jwt {
+            key,
+            validation: v,
+            user_claim: claims.user_claim.unwrap_or_else(|| "sub".into()),
+        })))
+    }
+
+    fn user(&self, token: &str, now_unix: u64) -> Result<UserId, Refusal> {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => Refusal::Signature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
+                ErrorKind::InvalidAudience => Refusal::Audience,
+                ErrorKind::InvalidIssuer => Refusal::Issuer,
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => Refusal::Audience,
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => Refusal::Issuer,
+                _ => Refusal::Malformed,
+            },
+        )?;
+        let c = data.claims;
+        let time = |name: &str| c.get(name).and_then(Value::as_u64);
+        // A token that never expires is a password that can never be revoked.
+        let exp = time("exp").ok_or(Refusal::NoExp)?;
+        if exp.saturating_add(LEEWAY) < now_unix {
+            return Err(Refusal::Expired);
+        }
+        if time("nbf").is_some_and(|nbf| nbf > now_unix.saturating_add(LEEWAY)) {
+            return Err(Refusal::NotYetValid);
+        }
+        c.get(&self.user_claim)
+            .and_then(Value::as_str)
+            .and_then(UserId::parse)
+            .ok_or_else(|| Refusal::UserClaim(self.user_claim.clone()))
     }
 }
 
 impl TokenVerifier for Tokens {
     fn verify(&self, token: &str, now_unix: u64) -> Result<UserId, String> {
-        self.user(token, now_unix)
+        self.user(token, now_unix).map_err(|r| r.to_string())
     }
 }
 
 /// An HS256 token for `user` valid for `ttl_secs` from `now_unix` (`firstcall token`).
 pub fn mint_hs256(secret: &str, user: &str, now_unix: u64, ttl_secs: u64) -> Result<String, TokenError> {
-    let claims = Claims {
+    let claims = MintedClaims {
         sub: user.to_owned(),
         exp: Some(now_unix + ttl_secs),
         nbf: None,
@@ -150,24 +299,23 @@ mod tests {
         let v = Tokens::hs256("k");
         assert_eq!(v.user(&t, 1000).unwrap().as_str(), "alice");
         assert_eq!(v.user(&t, 4600 + LEEWAY).unwrap().as_str(), "alice");
-        assert!(v.user(&t, 4601 + LEEWAY).unwrap_err().contains("expired"));
+        assert!(v.user(&t, 4601 + LEEWAY).unwrap_err() == Refusal::Expired);
         assert!(Tokens::hs256("other").user(&t, 1000).is_err());
         assert!(v.user("dev:alice", 1000).is_err(), "dev tokens only in dev mode");
     }
 
     #[test]
     fn a_token_without_exp_is_refused() {
-        let claims = Claims {
+        let claims = MintedClaims {
             sub: "alice".into(),
             exp: None,
             nbf: None,
             iat: Some(1000),
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k")).unwrap();
-        let e = Tokens::hs256("k").user(&t, 1000).unwrap_err();
-        assert!(e.contains("no exp"), "{e}");
+        assert_eq!(Tokens::hs256("k").user(&t, 1000).unwrap_err(), Refusal::NoExp);
         // `exp` far in the future is accepted, and does not overflow.
-        let claims = Claims {
+        let claims = MintedClaims {
             exp: Some(u64::MAX),
             ..claims
         };
@@ -184,7 +332,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let pub_path = dir.join("pub.pem");
         std::fs::write(&pub_path, kp.public_key_pem()).unwrap();
-        let claims = Claims {
+        let claims = MintedClaims {
             sub: "carol".into(),
             exp: Some(5000),
             nbf: None,
@@ -199,6 +347,121 @@ mod tests {
         assert!(v.user(&mint_hs256("x", "carol", 4000, 100).unwrap(), 4000).is_err());
         assert!(Tokens::public_key(&dir.join("missing.pem")).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An RS256 key pair written as PEM files, and a token signer for it.
+    fn rsa_pair(dir: &std::path::Path) -> (std::path::PathBuf, EncodingKey) {
+        // A 2048-bit RSA key from openssl (rcgen here signs with ECDSA only).
+        std::fs::create_dir_all(dir).unwrap();
+        let key = dir.join("rsa.pem");
+        let public = dir.join("rsa.pub.pem");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&public)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "openssl");
+        let enc = EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
+        (public, enc)
+    }
+
+    /// A token shaped like a Keycloak access token: kid, aud list, iss, azp, typ.
+    fn keycloak(key: &EncodingKey, alg: Algorithm, claims: serde_json::Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = Some("kc-2026".into());
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    }
+
+    #[test]
+    fn audience_issuer_user_claim_and_algorithms_as_configured() {
+        let dir = std::env::temp_dir().join(format!("firstcall-kc-{}", std::process::id()));
+        let (public, key) = rsa_pair(&dir);
+        let iss = "https://sso.example.org/realms/chat";
+        let claims = |aud: serde_json::Value, iss: &str| {
+            serde_json::json!({
+                "exp": 5000, "iat": 1000, "sub": "f81d4fae-7dec", "preferred_username": "alice",
+                "aud": aud, "iss": iss, "azp": "chat-app", "typ": "Bearer",
+            })
+        };
+        let good = keycloak(
+            &key,
+            Algorithm::RS256,
+            claims(serde_json::json!(["account", "firstcall"]), iss),
+        );
+        // Before: any token carrying `aud` was refused (InvalidAudience), with no setting.
+        let plain = Tokens::public_key(&public).unwrap();
+        assert_eq!(plain.user(&good, 2000).unwrap().as_str(), "f81d4fae-7dec");
+        let strict = Tokens::with_public_key(
+            &public,
+            Claims {
+                audience: vec!["firstcall".into()],
+                issuer: Some(iss.into()),
+                user_claim: Some("preferred_username".into()),
+                algorithms: parse_algorithms(&["RS256".into(), "PS256".into()]).unwrap(),
+            },
+        )
+        .unwrap();
+        assert_eq!(strict.user(&good, 2000).unwrap().as_str(), "alice");
+        let other_aud = keycloak(&key, Algorithm::RS256, claims(serde_json::json!("account"), iss));
+        assert_eq!(strict.user(&other_aud, 2000).unwrap_err(), Refusal::Audience);
+        let mut no_aud = claims(serde_json::json!("x"), iss);
+        no_aud.as_object_mut().unwrap().remove("aud");
+        let no_aud = keycloak(&key, Algorithm::RS256, no_aud);
+        assert_eq!(strict.user(&no_aud, 2000).unwrap_err(), Refusal::Audience);
+        let other_iss = keycloak(
+            &key,
+            Algorithm::RS256,
+            claims(serde_json::json!("firstcall"), "https://evil"),
+        );
+        assert_eq!(strict.user(&other_iss, 2000).unwrap_err(), Refusal::Issuer);
+        let mut nameless = claims(serde_json::json!("firstcall"), iss);
+        nameless.as_object_mut().unwrap().remove("preferred_username");
+        let nameless = keycloak(&key, Algorithm::RS256, nameless);
+        assert_eq!(
+            strict.user(&nameless, 2000).unwrap_err(),
+            Refusal::UserClaim("preferred_username".into())
+        );
+        // RS384 is the key's family but not in the allow-list.
+        let rs384 = keycloak(&key, Algorithm::RS384, claims(serde_json::json!("firstcall"), iss));
+        assert_eq!(strict.user(&rs384, 2000).unwrap_err(), Refusal::Algorithm);
+        assert_eq!(strict.user(&good, 6000).unwrap_err(), Refusal::Expired);
+        assert_eq!(strict.user("a.b", 2000).unwrap_err(), Refusal::Malformed);
+        // An allow-list outside the key's family is refused at start.
+        let e = Tokens::with_public_key(
+            &public,
+            Claims {
+                algorithms: vec![Algorithm::HS256],
+                ..Claims::default()
+            },
+        );
+        assert!(matches!(e, Err(TokenError::Algorithms(_))));
+        assert!(parse_algorithms(&["none".into()]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn each_refusal_names_its_check() {
+        let v = Tokens::hs256("k");
+        let t = mint_hs256("other", "alice", 1000, 100).unwrap();
+        assert_eq!(v.user(&t, 1000).unwrap_err(), Refusal::Signature);
+        assert_eq!(Refusal::Signature.check(), "signature");
+        assert_eq!(Tokens::Dev.user("bob", 0).unwrap_err(), Refusal::DevFormat);
     }
 
     #[test]

@@ -347,6 +347,18 @@ pub fn bystander(
     handle
 }
 
+/// The bystander's answer times over `window` with nothing else going on: the baseline
+/// a flood's times are compared with (on a loaded machine both rise alike; what a
+/// flood must not do is add to them).
+pub fn bystander_calm(server: &Server, token: &str, window: Duration) -> Vec<Duration> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = bystander(server, token, stop.clone());
+    // The measurement window, not a synchronisation.
+    std::thread::sleep(window);
+    stop.store(true, Ordering::SeqCst);
+    watch.join().expect("bystander")
+}
+
 /// The 99th percentile and the largest of `times`.
 pub fn p99_max(times: &mut [Duration]) -> (Duration, Duration) {
     times.sort();
