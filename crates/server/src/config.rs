@@ -189,6 +189,10 @@ pub struct ServeConfig {
     pub max_ringing_per_callee: usize,
     /// Signaling sessions (devices) per user.
     pub max_devices_per_user: usize,
+    /// Ended call ids remembered for repeated invites.
+    pub max_ended_calls: usize,
+    /// User pairs' last invites remembered for first-attempt accounting.
+    pub max_invite_pairs: usize,
     // TURN limits (issue 17).
     /// TURN error responses per second per source address (IPv6: per /64); 0 is no limit.
     pub turn_error_rate: u64,
@@ -385,6 +389,14 @@ pub struct ServeArgs {
     /// Signaling sessions (devices) one user may have; one more hello is refused (close 4009) [default: 16].
     #[arg(long, env = "FIRSTCALL_MAX_DEVICES_PER_USER")]
     pub max_devices_per_user: Option<usize>,
+    /// Ended call ids remembered (10 minutes at most) so that a repeated invite stays a
+    /// no-op; past it the oldest are forgotten first [default: 16384].
+    #[arg(long, env = "FIRSTCALL_MAX_ENDED_CALLS")]
+    pub max_ended_calls: Option<usize>,
+    /// User pairs whose last invite is remembered (2 minutes at most) to tell a retry from a
+    /// first attempt; past it the oldest are forgotten first [default: 16384].
+    #[arg(long, env = "FIRSTCALL_MAX_INVITE_PAIRS")]
+    pub max_invite_pairs: Option<usize>,
     // TURN limits (issue 17).
     /// TURN error responses (401, 400, 403, …) per second per source address, IPv6 per /64;
     /// past it the address gets no error responses and its authenticated requests are not
@@ -472,6 +484,8 @@ pub struct FileConfig {
     max_held_bytes_per_user: Option<usize>,
     max_ringing_per_callee: Option<usize>,
     max_devices_per_user: Option<usize>,
+    max_ended_calls: Option<usize>,
+    max_invite_pairs: Option<usize>,
     // TURN limits (issue 17).
     turn_error_rate: Option<u64>,
     turn_error_burst: Option<u64>,
@@ -658,6 +672,8 @@ impl ServeArgs {
             f.max_devices_per_user,
             16,
         )?;
+        let max_ended_calls = limit("--max-ended-calls", self.max_ended_calls, f.max_ended_calls, 16_384)?;
+        let max_invite_pairs = limit("--max-invite-pairs", self.max_invite_pairs, f.max_invite_pairs, 16_384)?;
         // A late callee device gets the invite (its SDP up to 64 KiB) and every held
         // signal as unacknowledged frames: they must fit, or its session would be given
         // up on arrival.
@@ -768,6 +784,8 @@ impl ServeArgs {
             max_held_bytes_per_user,
             max_ringing_per_callee,
             max_devices_per_user,
+            max_ended_calls,
+            max_invite_pairs,
             // TURN limits (issue 17).
             turn_error_rate: self.turn_error_rate.or(f.turn_error_rate).unwrap_or(20),
             turn_error_burst: match self.turn_error_burst.or(f.turn_error_burst).unwrap_or(100) {

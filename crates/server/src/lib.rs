@@ -389,6 +389,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         max_held_bytes_per_user: config.max_held_bytes_per_user,
         max_ringing_per_callee: config.max_ringing_per_callee,
         max_devices_per_user: config.max_devices_per_user,
+        max_ended_calls: config.max_ended_calls,
+        max_invite_pairs: config.max_invite_pairs,
         ..Default::default()
     };
     let ice = Arc::new(signal::TurnIce {

@@ -28,6 +28,7 @@ use tracing::Span;
 
 use crate::metrics::{Limit, SignalMetrics};
 use crate::protocol::*;
+use crate::recent::Recent;
 
 /// Settings.
 #[derive(Clone, Debug)]
@@ -69,6 +70,12 @@ pub struct HubConfig {
     /// Sessions (devices, attached or awaiting a resume) one user may have; one more
     /// hello is refused with `too_many_devices` and close code 4009.
     pub max_devices_per_user: usize,
+    /// Ended call ids remembered (10 minutes at most) so that a repeated invite stays a
+    /// no-op; past it the oldest are forgotten first.
+    pub max_ended_calls: usize,
+    /// User pairs whose last invite is remembered (2 minutes at most) to tell a retry
+    /// from a first attempt; past it the oldest are forgotten first.
+    pub max_invite_pairs: usize,
 }
 
 impl Default for HubConfig {
@@ -93,6 +100,8 @@ impl Default for HubConfig {
             max_held_bytes_per_user: 256 << 10,
             max_ringing_per_callee: 16,
             max_devices_per_user: 16,
+            max_ended_calls: 16_384,
+            max_invite_pairs: 16_384,
         }
     }
 }
@@ -286,9 +295,9 @@ pub struct Hub<R> {
     user_calls: HashMap<UserId, Vec<CallKey>>,
     call_ids: HashMap<CallId, CallKey>,
     /// Recently ended calls: a repeated invite with their id stays a no-op.
-    ended: HashMap<CallId, Instant>,
+    ended: Recent<CallId, ()>,
     /// Last invite time per unordered user pair, for first-attempt accounting.
-    attempts: HashMap<(UserId, UserId), (Instant, bool)>,
+    attempts: Recent<(UserId, UserId), bool>,
     timers: BTreeSet<(Instant, Timer)>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -327,6 +336,7 @@ impl<R: RngCore> Hub<R> {
         now: Instant,
         unix_now: u64,
     ) -> Self {
+        let (ended_cap, pairs_cap) = (config.max_ended_calls, config.max_invite_pairs);
         Hub {
             config,
             rng,
@@ -340,8 +350,8 @@ impl<R: RngCore> Hub<R> {
             calls: HashMap::default(),
             user_calls: HashMap::default(),
             call_ids: HashMap::default(),
-            ended: HashMap::default(),
-            attempts: HashMap::default(),
+            ended: Recent::new(ENDED_MEMORY, ended_cap),
+            attempts: Recent::new(RETRY_WINDOW, pairs_cap),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -670,8 +680,8 @@ impl<R: RngCore> Hub<R> {
         // millisecond under load, and each sweep walks both maps whole.
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
-            self.ended.retain(|_, at| *at + ENDED_MEMORY > now);
-            self.attempts.retain(|_, (at, _)| *at + RETRY_WINDOW > now);
+            self.ended.sweep(now);
+            self.attempts.sweep(now);
         }
     }
 
@@ -733,6 +743,13 @@ impl<R: RngCore> Hub<R> {
             unix + (now - at).as_secs()
         } else {
             unix.saturating_sub((at - now).as_secs())
+        }
+    }
+
+    /// Remember an ended call's id, so that a repeated invite with it stays a no-op.
+    fn forget_later(&mut self, id: CallId, now: Instant) {
+        if self.ended.insert(id, (), now) {
+            self.metrics.limit_hit(Limit::EndedCalls);
         }
     }
 
@@ -1510,7 +1527,9 @@ impl<R: RngCore> Hub<R> {
         span.in_scope(|| tracing::info!(device = %me.1, "invite"));
         let pair = ordered(&me.0, &to);
         let retried = self.attempts.get(&pair).is_some_and(|(at, _)| *at + RETRY_WINDOW > now);
-        self.attempts.insert(pair, (now, retried));
+        if self.attempts.insert(pair, retried, now) {
+            self.metrics.limit_hit(Limit::InvitePairs);
+        }
         self.metrics.count("invites", "total");
 
         let busy = self.calls_of(&to).any(|c| c.state != CallState::Ringing);
@@ -1526,7 +1545,7 @@ impl<R: RngCore> Hub<R> {
         }
         if busy || ringing_full {
             span.in_scope(|| tracing::info!(ringing_full, "callee busy"));
-            self.ended.insert(id.clone(), now);
+            self.forget_later(id.clone(), now);
             self.metrics.count("calls_ended", EndReason::Busy.as_str());
             self.push(
                 key,
@@ -1544,7 +1563,7 @@ impl<R: RngCore> Hub<R> {
                 self.end_call(other, EndReason::Glare, None, None, now);
             } else {
                 span.in_scope(|| tracing::info!(winner = %other_id, "glare: this invite loses"));
-                self.ended.insert(id.clone(), now);
+                self.forget_later(id.clone(), now);
                 self.metrics.count("calls_ended", EndReason::Glare.as_str());
                 self.push(
                     key,
@@ -1667,14 +1686,14 @@ impl<R: RngCore> Hub<R> {
                 }
             }
         }
-        self.ended.insert(c.id.clone(), now);
+        self.forget_later(c.id.clone(), now);
         self.metrics.count("calls_ended", reason.as_str());
         if reason != EndReason::Hangup || c.state != CallState::Connected {
-            if let Some(a) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
-                a.1 = true; // the next invite between them is a retry
+            if let Some(retried) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
+                *retried = true; // the next invite between them is a retry
             }
-        } else if let Some(a) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
-            a.1 = false;
+        } else if let Some(retried) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
+            *retried = false;
         }
         c.span
             .in_scope(|| tracing::info!(reason = reason.as_str(), detail = ?detail, "ended"));

@@ -11,5 +11,6 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod protocol;
+pub mod recent;
 pub mod scan;
 pub mod ws;

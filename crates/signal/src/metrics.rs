@@ -40,11 +40,15 @@ pub enum Limit {
     FrameRate,
     /// A frame over 64 KiB.
     FrameSize,
+    /// Ended call ids remembered (`--max-ended-calls`): the oldest forgotten early.
+    EndedCalls,
+    /// User pairs' last invites remembered (`--max-invite-pairs`): the oldest forgotten early.
+    InvitePairs,
 }
 
 impl Limit {
     /// Every limit, for tests and documentation.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 14] = [
         Limit::HeldSignalsPerCall,
         Limit::HeldBytesPerCall,
         Limit::HeldSignalsPerUser,
@@ -57,6 +61,8 @@ impl Limit {
         Limit::DevicesPerUser,
         Limit::FrameRate,
         Limit::FrameSize,
+        Limit::EndedCalls,
+        Limit::InvitePairs,
     ];
 
     /// Metrics label.
@@ -74,6 +80,8 @@ impl Limit {
             Limit::DevicesPerUser => "devices_per_user",
             Limit::FrameRate => "frame_rate",
             Limit::FrameSize => "frame_size",
+            Limit::EndedCalls => "ended_calls",
+            Limit::InvitePairs => "invite_pairs",
         }
     }
 }

@@ -1496,3 +1496,40 @@ proptest::proptest! {
         proptest::prop_assert_eq!(w.clients[b].of_type("call.signal").len(), 1);
     }
 }
+
+#[test]
+fn ended_calls_and_invite_pairs_are_remembered_within_their_caps() {
+    // Before: both maps held every call and pair of their window (10 and 2 minutes),
+    // ~110 bytes per call: a soak of ordinary calls grew the server without bound
+    // in call count (18.6 -> 49 MiB after 230,000 calls in 10 minutes).
+    let mut w = World::new(HubConfig {
+        max_ended_calls: 3,
+        max_invite_pairs: 2,
+        ..HubConfig::default()
+    });
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    for n in 0..5 {
+        let call = format!("e{n}");
+        w.send(a, invite(&call, if n % 2 == 0 { "bob" } else { "carol" }));
+        w.send(a, json!({"type": "call.cancel", "call": call}));
+    }
+    assert_eq!(w.metrics.limit_hits(Limit::EndedCalls), 2, "e0 and e1 forgotten first");
+    // A repeat of a remembered call is still a no-op; of a forgotten one, a new call.
+    let rung = w.clients[b].of_type("call.incoming").len();
+    w.send(a, invite("e4", "carol"));
+    w.send(a, invite("e2", "bob"));
+    assert_eq!(w.clients[b].of_type("call.incoming").len(), rung, "e2 is remembered");
+    w.send(a, invite("e0", "bob"));
+    assert_eq!(
+        w.clients[b].of_type("call.incoming").len(),
+        rung + 1,
+        "e0 was forgotten"
+    );
+    // Two pairs at most: alice-bob and alice-carol, then alice-dave pushes one out.
+    assert_eq!(w.metrics.limit_hits(Limit::InvitePairs), 0);
+    w.send(a, invite("d1", "dave"));
+    assert_eq!(w.metrics.limit_hits(Limit::InvitePairs), 1);
+    assert!(w.clients[a].of_type("error").is_empty(), "nothing refused");
+}
