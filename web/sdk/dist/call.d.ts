@@ -1,0 +1,103 @@
+import { Emitter } from "./emitter.js";
+import type { TimelineEntry } from "./env.js";
+import type { Client } from "./client.js";
+import type { CallState, EndReason, HangupReason, Media, ServerFrame } from "./protocol.js";
+import { type SelectedPair } from "./stats.js";
+export interface CallOptions {
+    /** false: an audio-only call (default: video). */
+    video?: boolean;
+    /** The call id (default: a new UUID). */
+    id?: string;
+}
+export interface CallEvents {
+    state: (s: CallState) => void;
+    /** Our camera and microphone, once open. */
+    localstream: (s: MediaStream) => void;
+    /** The other side's camera and microphone. */
+    remotestream: (s: MediaStream) => void;
+    /** Media flows: the selected pair and the time it took. */
+    connected: (info: {
+        ms: number;
+    } & SelectedPair) => void;
+    /** The media path broke and is being restarted (ICE restart). */
+    reconnecting: (info: {
+        why: string;
+    }) => void;
+    /** The media path is back after a restart. */
+    reconnected: () => void;
+    timeline: (e: TimelineEntry) => void;
+    ended: (reason: EndReason) => void;
+}
+type CallFrame = Extract<ServerFrame, {
+    call: string;
+}>;
+/** One call. Events: see `CallEvents`. */
+export declare class Call extends Emitter<CallEvents> {
+    readonly client: Client;
+    readonly id: string;
+    readonly peer: string;
+    readonly direction: "outgoing" | "incoming";
+    readonly media: Media;
+    state: CallState;
+    endReason: EndReason | null;
+    pc: RTCPeerConnection | null;
+    localStream: MediaStream | null;
+    remoteStream: MediaStream | null;
+    readonly timeline: TimelineEntry[];
+    /** Candidate counts by type, gathered locally and received from the peer. */
+    readonly candidates: {
+        local: Record<string, number>;
+        remote: Record<string, number>;
+    };
+    connectMs: number | null;
+    /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
+    iceConnectedMs: number | null;
+    selectedPair: SelectedPair | null;
+    /** @internal */ offer: string | null;
+    /** @internal */ fromDevice: string | null;
+    private remoteCandidates;
+    private remoteSet;
+    private readonly t0;
+    private connectTimer;
+    /** The restart and renegotiation rules' state (negotiation.ts). */
+    private neg;
+    private readonly timers;
+    /** We are creating or sending an offer that `signalingState` does not show yet. */
+    private makingOffer;
+    constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media);
+    /** Answer an incoming call. */
+    accept(): Promise<void>;
+    /** Decline an incoming call. */
+    reject(): void;
+    /** End the call (cancel, reject or hang up, as fits its state). */
+    hangup(reason?: HangupReason): void;
+    /** @internal Live, and its peer connection not built yet. */
+    get awaitingPeer(): boolean;
+    /** @internal */
+    start(): Promise<void>;
+    /** @internal */
+    setState(s: CallState): void;
+    /** @internal */
+    mark(event: string, detail?: Record<string, unknown>): void;
+    /** @internal */
+    onFrame(f: CallFrame): void;
+    /** @internal */
+    end(reason: EndReason, why: string): void;
+    private armConnectTimeout;
+    /** What the rules need to know of the peer connection now. */
+    private view;
+    /** Feed one event to the rules and carry out what they say. */
+    private step;
+    private act;
+    private sendRestartOffer;
+    private setupPeer;
+    private signal;
+    private onIceState;
+    private onSignal;
+    private onRemoteAnswer;
+    private onRemoteOffer;
+    private remoteDescriptionSet;
+    private connecting;
+    private onConnected;
+}
+export {};

@@ -1,0 +1,425 @@
+// One call: its peer connection, media, signals, and the driver of the restart and
+// renegotiation rules (negotiation.ts).
+import { Emitter } from "./emitter.js";
+import { initialNegotiation, negotiate } from "./negotiation.js";
+import { candidateType, iceUfrag, selectedPair } from "./stats.js";
+/** One call. Events: see `CallEvents`. */
+export class Call extends Emitter {
+    constructor(client, id, peer, direction, media) {
+        super();
+        this.client = client;
+        this.id = id;
+        this.peer = peer;
+        this.direction = direction;
+        this.media = media;
+        this.state = "new";
+        this.endReason = null;
+        this.pc = null;
+        this.localStream = null;
+        this.remoteStream = null;
+        this.timeline = [];
+        /** Candidate counts by type, gathered locally and received from the peer. */
+        this.candidates = { local: {}, remote: {} };
+        this.connectMs = null;
+        /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
+        this.iceConnectedMs = null;
+        this.selectedPair = null;
+        /** @internal */ this.offer = null;
+        /** @internal */ this.fromDevice = null;
+        this.remoteCandidates = [];
+        this.remoteSet = false;
+        this.connectTimer = null;
+        this.timers = { failed: null, disconnect: null, answer: null };
+        /** We are creating or sending an offer that `signalingState` does not show yet. */
+        this.makingOffer = false;
+        this.connecting = false;
+        this.t0 = client.env.now();
+        this.neg = initialNegotiation(direction === "outgoing" ? "caller" : "callee", client.options.iceRestartGraceMs ?? 3000);
+    }
+    /** Answer an incoming call. */
+    async accept() {
+        if (this.direction !== "incoming" || this.state !== "ringing")
+            return;
+        this.setState("connecting");
+        this.armConnectTimeout();
+        try {
+            await this.client.whenIceReady();
+            await this.setupPeer();
+            await this.pc.setRemoteDescription({ type: "offer", sdp: this.offer ?? "" });
+            await this.remoteDescriptionSet();
+            const answer = await this.pc.createAnswer();
+            await this.pc.setLocalDescription(answer);
+            this.client.send({ type: "call.accept", call: this.id, sdp: this.pc.localDescription.sdp });
+            this.mark("accept sent");
+        }
+        catch (e) {
+            this.mark("accept failed", { error: String(e) });
+            this.hangup("media_failed");
+        }
+    }
+    /** Decline an incoming call. */
+    reject() {
+        if (this.state === "ended")
+            return;
+        this.client.send({ type: "call.reject", call: this.id });
+        this.end("rejected", "local reject");
+    }
+    /** End the call (cancel, reject or hang up, as fits its state). */
+    hangup(reason = "user") {
+        if (this.state === "ended")
+            return;
+        if (this.direction === "outgoing" && (this.state === "ringing" || this.state === "pending" || this.state === "new")) {
+            this.client.send({ type: "call.cancel", call: this.id });
+            this.end("cancelled", "local cancel");
+        }
+        else if (this.direction === "incoming" && this.state === "ringing") {
+            this.reject();
+        }
+        else {
+            this.client.send({ type: "call.hangup", call: this.id, reason });
+            this.end(reason === "ice_failed" ? "ice_failed" : "hangup", `local hangup (${reason})`);
+        }
+    }
+    /** @internal Live, and its peer connection not built yet. */
+    get awaitingPeer() {
+        return !this.pc && this.state !== "ended";
+    }
+    /** @internal */
+    async start() {
+        this.mark("calling", { to: this.peer, media: this.media, ice_servers: this.client.iceServers.length });
+        this.armConnectTimeout();
+        try {
+            if (!(await this.client.whenIceReady()))
+                this.mark("no ICE servers yet: calling without TURN");
+            else if (!this.client.iceServers.length)
+                this.mark("no ICE servers");
+            await this.setupPeer();
+            const offer = await this.pc.createOffer();
+            await this.pc.setLocalDescription(offer);
+            // The offer rides in the invite; candidates follow as they are found.
+            this.client.send({ type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc.localDescription.sdp });
+            this.setState("ringing");
+            this.mark("invite sent");
+        }
+        catch (e) {
+            this.mark("setup failed", { error: String(e) });
+            this.end("local", String(e));
+        }
+    }
+    /** @internal */
+    setState(s) {
+        if (this.state === s || this.state === "ended")
+            return;
+        this.state = s;
+        this.emit("state", s);
+    }
+    /** @internal */
+    mark(event, detail) {
+        const e = { t: this.client.env.now() - this.t0, event, detail };
+        this.timeline.push(e);
+        this.emit("timeline", e);
+        this.client.log(`call ${this.id.slice(0, 8)}`, event, detail);
+    }
+    /** @internal */
+    onFrame(f) {
+        switch (f.type) {
+            case "call.ringing":
+                this.mark("ringing", { device: f.device });
+                if (this.state === "pending")
+                    this.setState("ringing");
+                return;
+            case "call.pending":
+                this.mark("callee offline: waiting (push sent)");
+                this.setState("pending");
+                return;
+            case "call.accepted":
+                this.mark("accepted", { device: f.device });
+                this.setState("connecting");
+                void this.pc
+                    ?.setRemoteDescription({ type: "answer", sdp: f.sdp })
+                    .then(() => this.remoteDescriptionSet())
+                    .catch((e) => {
+                    this.mark("bad answer", { error: String(e) });
+                    this.hangup("media_failed");
+                });
+                return;
+            case "call.signal":
+                return void this.onSignal(f.data);
+            case "call.ended":
+                return this.end(f.reason, f.detail ? `remote: ${f.detail}` : "remote");
+        }
+    }
+    /** @internal */
+    end(reason, why) {
+        if (this.state === "ended")
+            return;
+        this.endReason = reason;
+        this.mark("ended", { reason, why });
+        this.client.env.clearTimeout(this.connectTimer);
+        this.step({ type: "ended" });
+        try {
+            this.pc?.close();
+        }
+        catch {
+            /* ignore */
+        }
+        this.localStream?.getTracks().forEach((t) => t.stop());
+        this.state = "ended";
+        this.emit("state", "ended");
+        this.emit("ended", reason);
+        // Ready for the next call once no call is in progress.
+        if (!this.client.inCall())
+            this.client.prewarm();
+    }
+    armConnectTimeout() {
+        const ms = this.client.options.connectTimeoutMs ?? 45000;
+        this.connectTimer = this.client.env.setTimeout(() => {
+            if (this.state !== "connected" && this.state !== "ended") {
+                this.mark("no connection in time", { ms });
+                this.hangup("ice_failed");
+            }
+        }, ms);
+    }
+    /** What the rules need to know of the peer connection now. */
+    view() {
+        const pc = this.pc;
+        return {
+            ice: pc?.iceConnectionState ?? "new",
+            conn: pc?.connectionState ?? "new",
+            gathering: pc?.iceGatheringState ?? "new",
+            signaling: pc?.signalingState ?? "stable",
+            makingOffer: this.makingOffer,
+        };
+    }
+    /** Feed one event to the rules and carry out what they say. */
+    step(event) {
+        const { state, actions } = negotiate(this.neg, event, this.client.env.now());
+        this.neg = state;
+        for (const a of actions)
+            this.act(a);
+    }
+    act(a) {
+        const env = this.client.env;
+        switch (a.type) {
+            case "mark":
+                return this.mark(a.event, a.detail);
+            case "arm": {
+                env.clearTimeout(this.timers[a.timer]);
+                const timer = a.timer;
+                this.timers[timer] = env.setTimeout(() => {
+                    this.timers[timer] = null;
+                    if (this.pc)
+                        this.step({ type: "timer", timer, pc: this.view() });
+                }, Math.max(0, a.at - env.now()));
+                return;
+            }
+            case "disarm":
+                env.clearTimeout(this.timers[a.timer]);
+                this.timers[a.timer] = null;
+                return;
+            case "restart":
+                return void this.sendRestartOffer(a.gen);
+            case "rollback": {
+                const pc = this.pc;
+                void pc
+                    .setLocalDescription({ type: "rollback" })
+                    .catch((e) => this.mark("rollback failed", { error: String(e) }))
+                    .then(() => this.step({ type: "restart-done", gen: a.gen, what: "unanswered restart", pc: this.view() }));
+                return;
+            }
+            case "hangup":
+                return this.hangup(a.reason);
+            case "reconnecting":
+                return this.emit("reconnecting", { why: a.why });
+            case "reconnected":
+                return this.emit("reconnected");
+            case "apply-answer":
+            case "answer-offer":
+            case "offer":
+                // Carried out by onSignal / onNegotiationNeeded, which asked for them.
+                return;
+        }
+    }
+    async sendRestartOffer(gen) {
+        const pc = this.pc;
+        this.makingOffer = true;
+        try {
+            const offer = await pc.createOffer({ iceRestart: true });
+            await pc.setLocalDescription(offer);
+            if (this.state === "ended")
+                return;
+            this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription.sdp, restart: gen } } });
+        }
+        catch (e) {
+            this.mark("ice restart failed", { error: String(e) });
+            this.makingOffer = false;
+            this.step({ type: "restart-done", gen, what: "failed restart", pc: this.view() });
+        }
+        finally {
+            this.makingOffer = false;
+        }
+    }
+    async setupPeer() {
+        const env = this.client.env;
+        if (!env.RTCPeerConnection || !env.getUserMedia)
+            throw new Error("WebRTC is not available here");
+        this.localStream = await env.getUserMedia({ audio: true, video: this.media === "video" });
+        this.emit("localstream", this.localStream);
+        const config = this.client.rtcConfiguration();
+        const warm = this.client.takeWarmPeer(config);
+        const pc = warm ?? new env.RTCPeerConnection(config);
+        this.mark(warm ? "using pre-warmed peer connection" : "peer connection created");
+        this.pc = pc;
+        for (const t of this.localStream.getTracks())
+            pc.addTrack(t, this.localStream);
+        pc.onicecandidate = (ev) => {
+            if (ev.candidate && ev.candidate.candidate) {
+                const type = ev.candidate.type ?? candidateType(ev.candidate.candidate);
+                this.candidates.local[type] = (this.candidates.local[type] ?? 0) + 1;
+                // Trickle: each candidate goes out the moment it is found (queued if offline).
+                this.signal({ candidate: ev.candidate.toJSON() });
+                this.mark("candidate gathered and sent", { type, protocol: ev.candidate.protocol });
+            }
+            else if (!ev.candidate) {
+                this.signal({ end_of_candidates: true });
+                this.mark("gathering complete", { ...this.candidates.local });
+                this.step({ type: "local-gathering-complete", pc: this.view() });
+            }
+        };
+        // A TURN or STUN server that cannot be reached or refuses us shows here, and only here:
+        // without it a call that gathered no relay candidates would not say why.
+        pc.onicecandidateerror = (ev) => {
+            const e = ev;
+            this.mark("candidate error", { url: e.url, code: e.errorCode, text: e.errorText, address: e.address });
+        };
+        pc.ontrack = (ev) => {
+            this.remoteStream = ev.streams[0] ?? new MediaStream([ev.track]);
+            this.emit("remotestream", this.remoteStream);
+        };
+        pc.oniceconnectionstatechange = () => this.onIceState(pc.iceConnectionState);
+        pc.onconnectionstatechange = () => {
+            this.mark(`connection ${pc.connectionState}`);
+            if (pc.connectionState === "connected")
+                void this.onConnected();
+            this.step({ type: "conn", pc: this.view() });
+        };
+        pc.onsignalingstatechange = () => {
+            if (pc.signalingState === "stable")
+                this.step({ type: "stable", pc: this.view() });
+        };
+    }
+    signal(data) {
+        this.client.send({ type: "call.signal", call: this.id, data });
+    }
+    onIceState(s) {
+        if ((s === "connected" || s === "completed") && this.iceConnectedMs === null) {
+            this.iceConnectedMs = this.client.env.now() - this.t0;
+            this.mark(`ice ${s}`, { ms: this.iceConnectedMs });
+        }
+        else
+            this.mark(`ice ${s}`);
+        this.step({ type: "ice", pc: this.view() });
+    }
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    async onSignal(data) {
+        if (!data)
+            return;
+        if (data.candidate) {
+            const type = candidateType(data.candidate.candidate ?? "");
+            this.candidates.remote[type] = (this.candidates.remote[type] ?? 0) + 1;
+            if (!this.remoteSet || !this.pc) {
+                // Until the remote description is set, candidates wait here rather than fail.
+                this.remoteCandidates.push(data.candidate);
+                this.mark("remote candidate buffered", { type });
+                return;
+            }
+            this.mark("remote candidate", { type });
+            await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
+        }
+        else if (data.end_of_candidates) {
+            const previous = this.neg.restartAnswerPending;
+            this.mark("remote gathering complete", { ...this.candidates.remote, ...(previous ? { generation: "previous" } : {}) });
+            if (this.pc)
+                this.step({ type: "remote-end-of-candidates", pc: this.view() });
+        }
+        else if (data.sdp && this.pc) {
+            const desc = { type: data.sdp.type, sdp: data.sdp.sdp };
+            // `restart` numbers a restart offer and is echoed in its answer (an SDK without it
+            // sends none, and its answers are taken as before).
+            const tag = data.sdp.restart;
+            if (desc.type === "answer")
+                return this.onRemoteAnswer(desc, typeof tag === "number" ? tag : undefined);
+            if (desc.type === "offer")
+                return this.onRemoteOffer(desc, typeof tag === "number" ? tag : undefined);
+            this.mark("unexpected sdp", { type: desc.type });
+        }
+    }
+    async onRemoteAnswer(desc, tag) {
+        const pc = this.pc;
+        const { state, actions } = negotiate(this.neg, { type: "remote-answer", restart: tag, pc: this.view() }, this.client.env.now());
+        this.neg = state;
+        for (const a of actions)
+            this.act(a);
+        const apply = actions.find((a) => a.type === "apply-answer");
+        if (!apply)
+            return;
+        let ok = true;
+        try {
+            await pc.setRemoteDescription(desc);
+        }
+        catch (e) {
+            ok = false;
+            this.mark("renegotiation failed", { error: String(e) });
+        }
+        this.step({ type: "answer-applied", gen: apply.gen, ok, pc: this.view() });
+    }
+    async onRemoteOffer(desc, tag) {
+        const pc = this.pc;
+        const current = pc.remoteDescription?.sdp;
+        const ufrag = iceUfrag(desc.sdp ?? "");
+        const iceRestart = !current || iceUfrag(current) !== ufrag;
+        const { state, actions } = negotiate(this.neg, { type: "remote-offer", iceRestart, pc: this.view() }, this.client.env.now());
+        this.neg = state;
+        for (const a of actions)
+            this.act(a);
+        if (!actions.some((a) => a.type === "answer-offer"))
+            return;
+        try {
+            // A polite side's own offer, if any, is rolled back by this (implicit rollback).
+            await pc.setRemoteDescription(desc);
+            const answer = await pc.createAnswer();
+            await pc.setLocalDescription(answer);
+            const echo = tag !== undefined ? { restart: tag } : {};
+            this.signal({ sdp: { type: "answer", sdp: pc.localDescription.sdp, ...echo } });
+            this.mark("renegotiation answered");
+        }
+        catch (e) {
+            this.mark("renegotiation failed", { error: String(e) });
+        }
+    }
+    async remoteDescriptionSet() {
+        this.remoteSet = true;
+        const pending = this.remoteCandidates.splice(0);
+        if (pending.length)
+            this.mark("buffered remote candidates applied", { count: pending.length });
+        for (const c of pending)
+            await this.pc?.addIceCandidate(c).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
+    }
+    async onConnected() {
+        if (this.state === "connected" || this.state === "ended" || !this.pc || this.connecting)
+            return;
+        this.connecting = true;
+        this.connectMs = this.client.env.now() - this.t0;
+        this.client.env.clearTimeout(this.connectTimer);
+        // The pair is known before anyone sees `connected`, so listeners can read it.
+        const pair = await selectedPair(this.pc);
+        // The call may have ended while the stats were read.
+        if (this.state === "ended")
+            return;
+        this.selectedPair = pair;
+        this.setState("connected");
+        this.mark("connected", { ms: this.connectMs, ...pair });
+        this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
+        this.emit("connected", { ms: this.connectMs, ...pair });
+    }
+}
