@@ -1,7 +1,7 @@
 import { Emitter } from "./emitter.js";
 import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
-import type { CallState, EndReason, HangupReason, Media, ServerFrame } from "./protocol.js";
+import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
 import { type SelectedPair } from "./stats.js";
 export interface CallOptions {
     /** false: an audio-only call (default: video). */
@@ -25,6 +25,13 @@ export interface CallEvents {
     }) => void;
     /** The media path is back after a restart. */
     reconnected: () => void;
+    /** The other side muted or unmuted its microphone, turned its camera off or on, or
+     * started or stopped a screen share. */
+    remotemedia: (s: MediaState) => void;
+    /** The other side's screen share (null when it stopped). */
+    remotescreen: (s: MediaStream | null) => void;
+    /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
+    screenended: () => void;
     timeline: (e: TimelineEntry) => void;
     ended: (reason: EndReason) => void;
 }
@@ -64,7 +71,43 @@ export declare class Call extends Emitter<CallEvents> {
     private readonly timers;
     /** We are creating or sending an offer that `signalingState` does not show yet. */
     private makingOffer;
+    /** The call's first offer and answer are applied: renegotiation may begin. */
+    private negotiated;
+    /** What we send, as last told to the other side. */
+    localMedia: MediaState;
+    /** What the other side sends, as it last told us. */
+    remoteMedia: MediaState;
+    /** The other side's screen share, while it lasts. */
+    remoteScreen: MediaStream | null;
+    /** Our screen share, while it lasts. */
+    screenStream: MediaStream | null;
+    private readonly senders;
+    private screenSender;
+    /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
+    private cameraStreamId;
     constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media);
+    /**
+     * Stop sending the microphone (`"audio"`) or the camera (`"video"`), and tell the other
+     * side (`remotemedia` there). Nothing is sent for that track until `unmute`: its sender
+     * carries no track (replaceTrack(null), no renegotiation), so the other side decodes
+     * nothing; the local track stays open (disabled) for a quick unmute.
+     */
+    mute(kind: Media): Promise<void>;
+    /** Send the microphone or camera again, and tell the other side. */
+    unmute(kind: Media): Promise<void>;
+    private setSending;
+    /** Point the camera's or microphone's sender at its track, or at nothing while muted. */
+    private applySending;
+    /**
+     * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
+     * a renegotiation, which either side may start at any time after the call connected.
+     * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+     */
+    shareScreen(opts?: {
+        stream?: MediaStream;
+    }): Promise<void>;
+    /** Stop our screen share (a renegotiation). */
+    stopScreen(): Promise<void>;
     /** Answer an incoming call. */
     accept(): Promise<void>;
     /** Decline an incoming call. */
@@ -91,6 +134,8 @@ export declare class Call extends Emitter<CallEvents> {
     private act;
     private sendRestartOffer;
     private setupPeer;
+    /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
+    private sendOffer;
     private signal;
     private onIceState;
     private onSignal;

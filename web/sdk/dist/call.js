@@ -32,9 +32,110 @@ export class Call extends Emitter {
         this.timers = { failed: null, disconnect: null, answer: null };
         /** We are creating or sending an offer that `signalingState` does not show yet. */
         this.makingOffer = false;
+        /** The call's first offer and answer are applied: renegotiation may begin. */
+        this.negotiated = false;
+        /** The other side's screen share, while it lasts. */
+        this.remoteScreen = null;
+        /** Our screen share, while it lasts. */
+        this.screenStream = null;
+        this.senders = {};
+        this.screenSender = null;
+        /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
+        this.cameraStreamId = null;
         this.connecting = false;
         this.t0 = client.env.now();
         this.neg = initialNegotiation(direction === "outgoing" ? "caller" : "callee", client.options.iceRestartGraceMs ?? 3000);
+        const start = { audio: true, video: media === "video", screen: false };
+        this.localMedia = { ...start };
+        this.remoteMedia = { ...start };
+    }
+    /**
+     * Stop sending the microphone (`"audio"`) or the camera (`"video"`), and tell the other
+     * side (`remotemedia` there). Nothing is sent for that track until `unmute`: its sender
+     * carries no track (replaceTrack(null), no renegotiation), so the other side decodes
+     * nothing; the local track stays open (disabled) for a quick unmute.
+     */
+    mute(kind) {
+        return this.setSending(kind, false);
+    }
+    /** Send the microphone or camera again, and tell the other side. */
+    unmute(kind) {
+        return this.setSending(kind, true);
+    }
+    async setSending(kind, on) {
+        if (this.state === "ended" || (kind === "video" && this.media !== "video") || this.localMedia[kind] === on)
+            return;
+        this.localMedia = { ...this.localMedia, [kind]: on };
+        for (const t of this.localStream?.getTracks() ?? [])
+            if (t.kind === kind)
+                t.enabled = on;
+        await this.applySending(kind);
+        this.mark(on ? `${kind} unmuted` : `${kind} muted`);
+        this.signal({ media: { ...this.localMedia } });
+    }
+    /** Point the camera's or microphone's sender at its track, or at nothing while muted. */
+    async applySending(kind) {
+        const sender = this.senders[kind];
+        if (!sender)
+            return;
+        const track = this.localStream?.getTracks().find((t) => t.kind === kind) ?? null;
+        await sender.replaceTrack(this.localMedia[kind] ? track : null);
+    }
+    /**
+     * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
+     * a renegotiation, which either side may start at any time after the call connected.
+     * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+     */
+    async shareScreen(opts = {}) {
+        const pc = this.pc;
+        if (this.state === "ended" || !pc || !this.negotiated)
+            throw new Error("firstcall: shareScreen needs a connected call");
+        if (this.screenStream)
+            return;
+        const env = this.client.env;
+        let stream = opts.stream;
+        if (!stream) {
+            if (!env.getDisplayMedia)
+                throw new Error("firstcall: screen capture is not available here");
+            stream = await env.getDisplayMedia({ video: true, audio: false });
+        }
+        const track = stream.getVideoTracks()[0];
+        if (!track)
+            throw new Error("firstcall: the screen stream has no video track");
+        if (this.state === "ended") {
+            if (!opts.stream)
+                stream.getTracks().forEach((t) => t.stop());
+            return;
+        }
+        this.screenStream = stream;
+        // The browser's own "stop sharing" ends the track.
+        track.addEventListener("ended", () => void this.stopScreen());
+        this.screenSender = pc.addTrack(track, stream);
+        this.localMedia = { ...this.localMedia, screen: true };
+        this.mark("screen share started");
+        this.signal({ media: { ...this.localMedia } });
+    }
+    /** Stop our screen share (a renegotiation). */
+    async stopScreen() {
+        const stream = this.screenStream;
+        if (!stream)
+            return;
+        this.screenStream = null;
+        const sender = this.screenSender;
+        this.screenSender = null;
+        stream.getTracks().forEach((t) => t.stop());
+        if (this.state !== "ended" && this.pc && sender) {
+            try {
+                this.pc.removeTrack(sender);
+            }
+            catch (e) {
+                this.mark("screen share removal failed", { error: String(e) });
+            }
+            this.localMedia = { ...this.localMedia, screen: false };
+            this.signal({ media: { ...this.localMedia } });
+        }
+        this.mark("screen share stopped");
+        this.emit("screenended");
     }
     /** Answer an incoming call. */
     async accept() {
@@ -50,6 +151,7 @@ export class Call extends Emitter {
             const answer = await this.pc.createAnswer();
             await this.pc.setLocalDescription(answer);
             this.client.send({ type: "call.accept", call: this.id, sdp: this.pc.localDescription.sdp });
+            this.negotiated = true;
             this.mark("accept sent");
         }
         catch (e) {
@@ -137,7 +239,10 @@ export class Call extends Emitter {
                 this.setState("connecting");
                 void this.pc
                     ?.setRemoteDescription({ type: "answer", sdp: f.sdp })
-                    .then(() => this.remoteDescriptionSet())
+                    .then(() => {
+                    this.negotiated = true;
+                    return this.remoteDescriptionSet();
+                })
                     .catch((e) => {
                     this.mark("bad answer", { error: String(e) });
                     this.hangup("media_failed");
@@ -164,6 +269,7 @@ export class Call extends Emitter {
             /* ignore */
         }
         this.localStream?.getTracks().forEach((t) => t.stop());
+        this.screenStream?.getTracks().forEach((t) => t.stop());
         this.state = "ended";
         this.emit("state", "ended");
         this.emit("ended", reason);
@@ -270,8 +376,16 @@ export class Call extends Emitter {
         const pc = warm ?? new env.RTCPeerConnection(config);
         this.mark(warm ? "using pre-warmed peer connection" : "peer connection created");
         this.pc = pc;
-        for (const t of this.localStream.getTracks())
-            pc.addTrack(t, this.localStream);
+        for (const t of this.localStream.getTracks()) {
+            const sender = pc.addTrack(t, this.localStream);
+            if (sender && (t.kind === "audio" || t.kind === "video"))
+                this.senders[t.kind] = sender;
+            // Muted before the peer connection existed.
+            if (!this.localMedia[t.kind]) {
+                t.enabled = false;
+                await this.applySending(t.kind);
+            }
+        }
         pc.onicecandidate = (ev) => {
             if (ev.candidate && ev.candidate.candidate) {
                 const type = ev.candidate.type ?? candidateType(ev.candidate.candidate);
@@ -293,8 +407,39 @@ export class Call extends Emitter {
             this.mark("candidate error", { url: e.url, code: e.errorCode, text: e.errorText, address: e.address });
         };
         pc.ontrack = (ev) => {
-            this.remoteStream = ev.streams[0] ?? new MediaStream([ev.track]);
-            this.emit("remotestream", this.remoteStream);
+            const stream = ev.streams[0] ?? new MediaStream([ev.track]);
+            // The first stream is the camera and microphone; any later one is a screen share.
+            if (this.cameraStreamId === null)
+                this.cameraStreamId = stream.id;
+            if (stream.id === this.cameraStreamId) {
+                this.remoteStream = stream;
+                this.emit("remotestream", stream);
+                return;
+            }
+            if (this.remoteScreen === stream)
+                return;
+            this.remoteScreen = stream;
+            this.mark("remote screen share", { stream: stream.id });
+            // Its track leaves the stream when the other side stops sharing (renegotiated).
+            stream.onremovetrack = () => {
+                if (stream.getTracks().length || this.remoteScreen !== stream)
+                    return;
+                this.remoteScreen = null;
+                this.emit("remotescreen", null);
+            };
+            this.emit("remotescreen", stream);
+        };
+        pc.onnegotiationneeded = () => {
+            // The first offer and answer go in the invite and the accept; only what changes
+            // after them is renegotiated.
+            if (!this.negotiated || this.state === "ended")
+                return;
+            const { state, actions } = negotiate(this.neg, { type: "negotiation-needed", pc: this.view() }, this.client.env.now());
+            this.neg = state;
+            for (const a of actions)
+                this.act(a);
+            if (actions.some((a) => a.type === "offer"))
+                void this.sendOffer();
         };
         pc.oniceconnectionstatechange = () => this.onIceState(pc.iceConnectionState);
         pc.onconnectionstatechange = () => {
@@ -307,6 +452,26 @@ export class Call extends Emitter {
             if (pc.signalingState === "stable")
                 this.step({ type: "stable", pc: this.view() });
         };
+    }
+    /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
+    async sendOffer() {
+        const pc = this.pc;
+        this.makingOffer = true;
+        try {
+            // Without arguments: the offer is created and applied in one step, so an offer
+            // from the other side cannot slip in between.
+            await pc.setLocalDescription();
+            if (this.state === "ended" || pc.signalingState !== "have-local-offer")
+                return;
+            this.signal({ sdp: { type: "offer", sdp: pc.localDescription.sdp } });
+            this.mark("renegotiation offer sent");
+        }
+        catch (e) {
+            this.mark("renegotiation offer failed", { error: String(e) });
+        }
+        finally {
+            this.makingOffer = false;
+        }
     }
     signal(data) {
         this.client.send({ type: "call.signal", call: this.id, data });
@@ -324,6 +489,17 @@ export class Call extends Emitter {
     async onSignal(data) {
         if (!data)
             return;
+        if (data.media && typeof data.media === "object") {
+            const m = data.media;
+            this.remoteMedia = { audio: m.audio !== false, video: m.video !== false && this.media === "video", screen: m.screen === true };
+            this.mark("remote media", { ...this.remoteMedia });
+            this.emit("remotemedia", { ...this.remoteMedia });
+            if (!this.remoteMedia.screen && this.remoteScreen) {
+                this.remoteScreen = null;
+                this.emit("remotescreen", null);
+            }
+            return;
+        }
         if (data.candidate) {
             const type = candidateType(data.candidate.candidate ?? "");
             this.candidates.remote[type] = (this.candidates.remote[type] ?? 0) + 1;
