@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { NetNs } from "./lib/netns.mjs";
 import { launchIn } from "./lib/browser.mjs";
 import { startFirstcall } from "./lib/servers.mjs";
-import { openClient, connectedWithMedia } from "./lib/sdk.mjs";
+import { openClient, connectedWithMedia, endedReason, incoming } from "./lib/sdk.mjs";
 import { installMediaProbes } from "./lib/media.mjs";
 
 const isRoot = process.getuid && process.getuid() === 0;
@@ -152,5 +152,138 @@ describe("SDK in-call media in Chromium", { skip: !isRoot && !process.env.CI && 
     }
     t.diagnostic(`caller sees ${JSON.stringify(sa)}; callee sees ${JSON.stringify(sb)}`);
     await close();
+  });
+
+  /** Record every frame `page` sends that carries an SDP (an offer or answer on the wire). */
+  const recordSdpFrames = (page) =>
+    page.evaluate(() => {
+      window.sdpFrames = [];
+      const send = WebSocket.prototype.send;
+      WebSocket.prototype.send = function (data) {
+        if (typeof data === "string" && data.includes('"sdp"')) window.sdpFrames.push(JSON.parse(data).type);
+        return send.call(this, data);
+      };
+    });
+
+  /** On `page`, the remote camera decodes `n` more frames on the same receiver track. */
+  const cameraDecodes = (page, n = 15) =>
+    page.evaluate(async (n) => {
+      const id = window.me.remoteStream.getVideoTracks()[0].id;
+      return window.untilGrows(async () => (await window.rx(window.me)).video[id]?.frames ?? 0, n, 15000, "camera frames");
+    }, n);
+
+  // The switch is between microphones: Chromium's fake capture has two besides the
+  // default, but a second fake camera (device-count=2) hands a peer connection's sender no
+  // frame at all (a loopback pair decoded 28 -> 28 frames after replaceTrack to
+  // fake_device_1, and 28 -> 59 -> 89 after replaceTrack to a new fake_device_0 track). The
+  // camera's replaceTrack path is exercised by the unplug test below.
+  test("a microphone switch keeps the call, with no new offer on the wire", async (t) => {
+    const { a, b, close } = await connectedPair("dv");
+    for (const p of [a.page, b.page]) await recordSdpFrames(p);
+    const remoteAudio = () => b.page.evaluate(() => window.me.remoteStream.getAudioTracks()[0].id);
+    const receiverBefore = await remoteAudio();
+    const sw = await a.page.evaluate(async () => {
+      const sending = () => window.me.pc.getSenders().find((s) => s.track?.kind === "audio").track;
+      const before = sending().getSettings().deviceId;
+      const mics = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "audioinput" && d.deviceId !== "default");
+      const other = mics.filter((d) => d.deviceId !== before).at(-1);
+      if (!other) throw new Error(`one microphone only: ${JSON.stringify(mics)}`);
+      const events = [];
+      window.me.on("device", (d) => events.push(d));
+      await window.me.setDevice({ audio: other.deviceId });
+      let source;
+      (await window.me.pc.getStats()).forEach((s) => s.type === "media-source" && s.kind === "audio" && (source = s.trackIdentifier));
+      return { before, wanted: other.deviceId, now: sending().getSettings().deviceId, label: sending().label, sourceTrack: source, sendingTrack: sending().id, events };
+    });
+    assert.notEqual(sw.before, sw.wanted);
+    assert.equal(sw.now, sw.wanted, "the sender carries the chosen microphone");
+    assert.equal(sw.sourceTrack, sw.sendingTrack, "the encoder reads the new track");
+    assert.deepEqual(sw.events.map((e) => [e.kind, e.deviceId]), [["audio", sw.wanted]]);
+    // The far side keeps receiving on the same receiver track.
+    const after = await b.page.evaluate(() => window.untilGrows(async () => (await window.rx(window.me)).audioPackets, 50, 10000, "audio packets after the switch"));
+    assert.equal(await remoteAudio(), receiverBefore);
+    assert.deepEqual(await a.page.evaluate(() => window.sdpFrames), [], "the caller sent no offer or answer");
+    assert.deepEqual(await b.page.evaluate(() => window.sdpFrames), [], "the callee sent no offer or answer");
+    assert.equal(await restarts(a.page), 0);
+    assert.equal(await a.page.evaluate(() => window.me.state), "connected");
+    t.diagnostic(`switched to ${sw.label}; callee received ${JSON.stringify(after)}`);
+    await close();
+  });
+
+  test("a camera that goes away mid-call is replaced by another, and the app is told", async (t) => {
+    const { a, b, close } = await connectedPair("ul");
+    const lost = await a.page.evaluate(async () => {
+      const got = new Promise((resolve) => window.me.on("devicelost", resolve));
+      // What Chromium does when a camera is unplugged: the track ends and fires `ended`
+      // (a fake device cannot be unplugged; stop() alone fires no event).
+      const track = window.me.localStream.getVideoTracks()[0];
+      track.stop();
+      track.dispatchEvent(new Event("ended"));
+      const e = await Promise.race([got, new Promise((_, rej) => setTimeout(() => rej(new Error("no devicelost in 10 s")), 10000))]);
+      return { ...e, sending: window.me.pc.getSenders().find((s) => s.track?.kind === "video")?.track?.readyState };
+    });
+    assert.equal(lost.kind, "video");
+    assert.ok(lost.fallback, "a fallback camera was opened");
+    assert.equal(lost.sending, "live");
+    const after = await cameraDecodes(b.page);
+    assert.equal(await a.page.evaluate(() => window.me.state), "connected");
+    t.diagnostic(`lost ${lost.lost}, now ${lost.fallback.label}; callee decoded ${JSON.stringify(after)}`);
+    await close();
+  });
+
+  test("a callee whose camera cannot be opened: media_failed on both sides", async (t) => {
+    const b = await openClient(browser, server.origin, "mf-bob");
+    const a = await openClient(browser, server.origin, "mf-alice");
+    await a.page.evaluate(() => (window.call = window.client.call("mf-bob")));
+    await incoming(b.page);
+    // A real getUserMedia failure: a camera id that does not exist (OverconstrainedError).
+    await b.page.evaluate(() => window.calls[0].accept({ video: { deviceId: { exact: "no-such-camera" } } }));
+    assert.equal(await endedReason(b.page, "window.calls[0]"), "media_failed");
+    assert.equal(await endedReason(a.page, "window.call"), "media_failed");
+    const why = await b.page.evaluate(() => window.calls[0].timeline.find((e) => e.event === "accept failed").detail.error);
+    assert.match(why, /Overconstrained/);
+    t.diagnostic(`callee: ${why}`);
+    await a.close();
+    await b.close();
+  });
+
+  test("the app's own streams are used as they are: no second getUserMedia, tracks left running", async (t) => {
+    const b = await openClient(browser, server.origin, "as-bob");
+    const a = await openClient(browser, server.origin, "as-alice");
+    for (const p of [a.page, b.page]) {
+      await p.evaluate(async () => {
+        // The app's preview, opened before the call.
+        window.preview = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+        window.gum = 0;
+        const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+        navigator.mediaDevices.getUserMedia = (c) => (window.gum++, gum(c));
+      });
+    }
+    await a.page.evaluate(() => (window.call = window.client.call("as-bob", { stream: window.preview })));
+    await incoming(b.page);
+    await b.page.evaluate(() => window.calls[0].accept({ stream: window.preview }));
+    const [sa, sb] = await Promise.all([connectedWithMedia(a.page, "window.call"), connectedWithMedia(b.page, "window.calls[0]")]);
+    for (const p of [a.page, b.page]) await installMediaProbes(p);
+    const widths = await Promise.all(
+      [[a.page, "window.call"], [b.page, "window.calls[0]"]].map(([p, e]) =>
+        p.evaluate(async (e) => {
+          const c = eval(e);
+          const id = c.remoteStream.getVideoTracks()[0].id;
+          await window.untilGrows(async () => (await window.rx(c)).video[id].frames, 10, 10000, "frames");
+          return (await window.rx(c)).video[id].width;
+        }, e),
+      ),
+    );
+    assert.deepEqual(widths, [320, 320], "each side decodes the other's 320x240 preview");
+    await a.page.evaluate(() => window.call.hangup());
+    await endedReason(b.page, "window.calls[0]");
+    for (const p of [a.page, b.page]) {
+      const r = await p.evaluate(() => ({ gum: window.gum, states: window.preview.getTracks().map((t) => t.readyState) }));
+      assert.equal(r.gum, 0, "the SDK opened no camera or microphone of its own");
+      assert.deepEqual(r.states, ["live", "live"], "the app's preview keeps running after the call");
+    }
+    t.diagnostic(`app streams: ${JSON.stringify({ sa: sa.pair, sb: sb.pair, widths })}`);
+    await a.close();
+    await b.close();
   });
 });

@@ -3,11 +3,28 @@ import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
 import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
 import { type SelectedPair } from "./stats.js";
-export interface CallOptions {
-    /** false: an audio-only call (default: video). */
-    video?: boolean;
+/** Where a call's camera and microphone come from. */
+export interface MediaOptions {
+    /**
+     * The app's own stream (e.g. its preview), used as it is: the SDK opens no camera and
+     * leaves the stream's tracks running when the call ends. A stream without a video
+     * track makes an audio call.
+     */
+    stream?: MediaStream;
+    /** Microphone constraints for getUserMedia, e.g. `{deviceId: {exact: id}}` (default: any). */
+    audio?: MediaTrackConstraints;
+    /** false: an audio-only call (default: video); or camera constraints for getUserMedia. */
+    video?: boolean | MediaTrackConstraints;
+}
+export interface CallOptions extends MediaOptions {
     /** The call id (default: a new UUID). */
     id?: string;
+}
+/** What a call says when a device changes under it. */
+export interface DeviceInfo {
+    kind: Media;
+    deviceId: string;
+    label: string;
 }
 export interface CallEvents {
     state: (s: CallState) => void;
@@ -32,6 +49,14 @@ export interface CallEvents {
     remotescreen: (s: MediaStream | null) => void;
     /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
     screenended: () => void;
+    /** We now send from this device (after `setDevice`, or a fallback after `devicelost`). */
+    device: (d: DeviceInfo) => void;
+    /** A device we sent from went away (unplugged); `fallback` is the device now used instead, or null if none could be opened. */
+    devicelost: (e: {
+        kind: Media;
+        lost: string;
+        fallback: DeviceInfo | null;
+    }) => void;
     timeline: (e: TimelineEntry) => void;
     ended: (reason: EndReason) => void;
 }
@@ -82,10 +107,13 @@ export declare class Call extends Emitter<CallEvents> {
     /** Our screen share, while it lasts. */
     screenStream: MediaStream | null;
     private readonly senders;
+    /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
+    private readonly ownTracks;
+    private mediaOptions;
     private screenSender;
     /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
     private cameraStreamId;
-    constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media);
+    constructor(client: Client, id: string, peer: string, direction: "outgoing" | "incoming", media: Media, options?: MediaOptions);
     /**
      * Stop sending the microphone (`"audio"`) or the camera (`"video"`), and tell the other
      * side (`remotemedia` there). Nothing is sent for that track until `unmute`: its sender
@@ -108,8 +136,11 @@ export declare class Call extends Emitter<CallEvents> {
     }): Promise<void>;
     /** Stop our screen share (a renegotiation). */
     stopScreen(): Promise<void>;
-    /** Answer an incoming call. */
-    accept(): Promise<void>;
+    /**
+     * Answer an incoming call, with the app's own stream or constraints if given. A camera
+     * or microphone that cannot be opened ends the call as `media_failed`, on both sides.
+     */
+    accept(options?: MediaOptions): Promise<void>;
     /** Decline an incoming call. */
     reject(): void;
     /** End the call (cancel, reject or hang up, as fits its state). */
@@ -134,6 +165,22 @@ export declare class Call extends Emitter<CallEvents> {
     private act;
     private sendRestartOffer;
     private setupPeer;
+    /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+    private openMedia;
+    /**
+     * Send from another microphone and/or camera (device ids from enumerateDevices): the
+     * new track replaces the old on the same sender (replaceTrack), so nothing is
+     * renegotiated and no offer goes out. A muted kind stays muted.
+     */
+    setDevice(ids: {
+        audio?: string;
+        video?: string;
+    }): Promise<void>;
+    /** Put `track` in place of the local track of its kind, on the same sender. */
+    private swapTrack;
+    /** A device unplugged ends its track: fall back to the default device of that kind. */
+    private watchTrack;
+    private onTrackEnded;
     /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
     private sendOffer;
     private signal;

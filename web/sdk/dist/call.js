@@ -5,7 +5,7 @@ import { initialNegotiation, negotiate } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair } from "./stats.js";
 /** One call. Events: see `CallEvents`. */
 export class Call extends Emitter {
-    constructor(client, id, peer, direction, media) {
+    constructor(client, id, peer, direction, media, options = {}) {
         super();
         this.client = client;
         this.id = id;
@@ -39,10 +39,13 @@ export class Call extends Emitter {
         /** Our screen share, while it lasts. */
         this.screenStream = null;
         this.senders = {};
+        /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
+        this.ownTracks = new Set();
         this.screenSender = null;
         /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
         this.cameraStreamId = null;
         this.connecting = false;
+        this.mediaOptions = options;
         this.t0 = client.env.now();
         this.neg = initialNegotiation(direction === "outgoing" ? "caller" : "callee", client.options.iceRestartGraceMs ?? 3000);
         const start = { audio: true, video: media === "video", screen: false };
@@ -137,10 +140,14 @@ export class Call extends Emitter {
         this.mark("screen share stopped");
         this.emit("screenended");
     }
-    /** Answer an incoming call. */
-    async accept() {
+    /**
+     * Answer an incoming call, with the app's own stream or constraints if given. A camera
+     * or microphone that cannot be opened ends the call as `media_failed`, on both sides.
+     */
+    async accept(options = {}) {
         if (this.direction !== "incoming" || this.state !== "ringing")
             return;
+        this.mediaOptions = options;
         this.setState("connecting");
         this.armConnectTimeout();
         try {
@@ -179,7 +186,7 @@ export class Call extends Emitter {
         }
         else {
             this.client.send({ type: "call.hangup", call: this.id, reason });
-            this.end(reason === "ice_failed" ? "ice_failed" : "hangup", `local hangup (${reason})`);
+            this.end(reason === "user" ? "hangup" : reason, `local hangup (${reason})`);
         }
     }
     /** @internal Live, and its peer connection not built yet. */
@@ -205,7 +212,8 @@ export class Call extends Emitter {
         }
         catch (e) {
             this.mark("setup failed", { error: String(e) });
-            this.end("local", String(e));
+            // Nothing was sent yet: the other side never hears of this call.
+            this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
         }
     }
     /** @internal */
@@ -251,7 +259,9 @@ export class Call extends Emitter {
             case "call.signal":
                 return void this.onSignal(f.data);
             case "call.ended":
-                return this.end(f.reason, f.detail ? `remote: ${f.detail}` : "remote");
+                // The other side could not open its camera or microphone: the server says
+                // `rejected` (before an answer) or `hangup`, with the hang-up reason as detail.
+                return this.end(f.detail === "media_failed" ? "media_failed" : f.reason, f.detail ? `remote: ${f.detail}` : "remote");
         }
     }
     /** @internal */
@@ -268,7 +278,9 @@ export class Call extends Emitter {
         catch {
             /* ignore */
         }
-        this.localStream?.getTracks().forEach((t) => t.stop());
+        for (const t of this.ownTracks)
+            t.stop();
+        this.ownTracks.clear();
         this.screenStream?.getTracks().forEach((t) => t.stop());
         this.state = "ended";
         this.emit("state", "ended");
@@ -367,9 +379,19 @@ export class Call extends Emitter {
     }
     async setupPeer() {
         const env = this.client.env;
-        if (!env.RTCPeerConnection || !env.getUserMedia)
+        if (!env.RTCPeerConnection)
             throw new Error("WebRTC is not available here");
-        this.localStream = await env.getUserMedia({ audio: true, video: this.media === "video" });
+        const opts = this.mediaOptions;
+        if (opts.stream) {
+            this.localStream = opts.stream;
+            this.mark("app's own stream", { tracks: opts.stream.getTracks().map((t) => t.kind) });
+        }
+        else {
+            const video = this.media === "video" ? (typeof opts.video === "object" ? opts.video : true) : false;
+            this.localStream = await this.openMedia({ audio: opts.audio ?? true, video });
+        }
+        for (const t of this.localStream.getTracks())
+            this.watchTrack(t);
         this.emit("localstream", this.localStream);
         const config = this.client.rtcConfiguration();
         const warm = this.client.takeWarmPeer(config);
@@ -452,6 +474,91 @@ export class Call extends Emitter {
             if (pc.signalingState === "stable")
                 this.step({ type: "stable", pc: this.view() });
         };
+    }
+    /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+    async openMedia(constraints) {
+        const gum = this.client.env.getUserMedia;
+        if (!gum)
+            throw new MediaFailure("getUserMedia is not available here");
+        let stream;
+        try {
+            stream = await gum(constraints);
+        }
+        catch (e) {
+            const err = e;
+            throw new MediaFailure(`${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
+        }
+        for (const t of stream.getTracks())
+            this.ownTracks.add(t);
+        return stream;
+    }
+    /**
+     * Send from another microphone and/or camera (device ids from enumerateDevices): the
+     * new track replaces the old on the same sender (replaceTrack), so nothing is
+     * renegotiated and no offer goes out. A muted kind stays muted.
+     */
+    async setDevice(ids) {
+        if (this.state === "ended" || !this.pc)
+            throw new Error("firstcall: setDevice needs a call with media");
+        for (const kind of ["audio", "video"]) {
+            const id = ids[kind];
+            if (!id || (kind === "video" && this.media !== "video"))
+                continue;
+            const stream = await this.openMedia({ [kind]: { deviceId: { exact: id } } });
+            const track = stream.getTracks().find((t) => t.kind === kind);
+            if (!track)
+                throw new Error(`firstcall: no ${kind} track from device ${id}`);
+            if (this.state === "ended") {
+                track.stop();
+                return;
+            }
+            await this.swapTrack(kind, track);
+            this.mark("device switched", { kind, label: track.label });
+        }
+    }
+    /** Put `track` in place of the local track of its kind, on the same sender. */
+    async swapTrack(kind, track) {
+        const stream = this.localStream;
+        const old = stream.getTracks().find((t) => t.kind === kind);
+        track.enabled = this.localMedia[kind];
+        if (old)
+            stream.removeTrack(old);
+        stream.addTrack(track);
+        this.watchTrack(track);
+        const sender = this.senders[kind];
+        if (sender && this.localMedia[kind])
+            await sender.replaceTrack(track);
+        if (old && this.ownTracks.delete(old))
+            old.stop();
+        const info = { kind, deviceId: track.getSettings?.().deviceId ?? "", label: track.label };
+        this.emit("device", info);
+        return info;
+    }
+    /** A device unplugged ends its track: fall back to the default device of that kind. */
+    watchTrack(track) {
+        track.addEventListener("ended", () => void this.onTrackEnded(track));
+    }
+    async onTrackEnded(track) {
+        const kind = track.kind;
+        // Only the track we send now matters (one we replaced or stopped ourselves does not).
+        if (this.state === "ended" || !this.localStream?.getTracks().includes(track))
+            return;
+        this.mark("device lost", { kind, label: track.label });
+        let fallback = null;
+        try {
+            const stream = await this.openMedia({ [kind]: true });
+            const next = stream.getTracks().find((t) => t.kind === kind);
+            if (next && this.state !== "ended")
+                fallback = await this.swapTrack(kind, next);
+            else
+                next?.stop();
+        }
+        catch (e) {
+            this.mark("no fallback device", { kind, error: String(e) });
+        }
+        if (fallback)
+            this.mark("fell back to device", { kind, label: fallback.label });
+        this.emit("devicelost", { kind, lost: track.label, fallback });
     }
     /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
     async sendOffer() {
@@ -598,4 +705,7 @@ export class Call extends Emitter {
         this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
         this.emit("connected", { ms: this.connectMs, ...pair });
     }
+}
+/** The camera or microphone could not be opened: the call ends as `media_failed`. */
+class MediaFailure extends Error {
 }

@@ -55,7 +55,12 @@ export declare class Client extends Emitter<ClientEvents> {
     private readonly httpBase;
     constructor(url: string, options: ConnectOptions);
     get state(): ClientState;
-    /** Start a call. Returns at once; watch the call's events. */
+    /**
+     * Start a call. Returns at once; watch the call's events. `opts.stream` hands the SDK
+     * the app's own camera and microphone; `opts.audio` / `opts.video` are getUserMedia
+     * constraints (device ids); a camera or microphone that cannot be opened ends the call
+     * as `media_failed`.
+     */
     call(user: string, opts?: CallOptions): Call;
     /**
      * Resolves once ICE servers are known (first welcome), or after `maxMs` so a call is

@@ -13,8 +13,6 @@ export interface Environment {
     fetch?: typeof fetch;
     /** Subscribe to network changes (online/offline); returns an unsubscribe function. */
     onNetworkChange?: (fn: (online: boolean) => void) => () => void;
-    /** Subscribe to media device changes (plugged, unplugged); returns an unsubscribe function. */
-    onDeviceChange?: (fn: () => void) => () => void;
 }
 export interface WebSocketLike {
     readyState: number;

@@ -25,12 +25,6 @@ export function defaultEnv() {
                 };
             }
             : undefined,
-        onDeviceChange: md?.addEventListener
-            ? (fn) => {
-                md.addEventListener("devicechange", fn);
-                return () => md.removeEventListener("devicechange", fn);
-            }
-            : undefined,
     };
 }
 export function deviceId() {

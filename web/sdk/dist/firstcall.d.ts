@@ -3,6 +3,6 @@ export type { Environment, WebSocketLike, TimelineEntry } from "./env.js";
 export { Emitter, type EventMap } from "./emitter.js";
 export { Session, type SessionEvents } from "./session.js";
 export { Client, connect, createClient, type ConnectOptions, type ClientEvents } from "./client.js";
-export { Call, type CallOptions, type CallEvents } from "./call.js";
+export { Call, type CallOptions, type CallEvents, type MediaOptions, type DeviceInfo } from "./call.js";
 export { negotiate, initialNegotiation, restartDecision, type NegotiationState, type NegotiationEvent, type NegotiationAction, type PcView, type Role, type TimerName, } from "./negotiation.js";
 export type { SelectedPair } from "./stats.js";

@@ -7,11 +7,30 @@ import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame
 import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
 
-export interface CallOptions {
-  /** false: an audio-only call (default: video). */
-  video?: boolean;
+/** Where a call's camera and microphone come from. */
+export interface MediaOptions {
+  /**
+   * The app's own stream (e.g. its preview), used as it is: the SDK opens no camera and
+   * leaves the stream's tracks running when the call ends. A stream without a video
+   * track makes an audio call.
+   */
+  stream?: MediaStream;
+  /** Microphone constraints for getUserMedia, e.g. `{deviceId: {exact: id}}` (default: any). */
+  audio?: MediaTrackConstraints;
+  /** false: an audio-only call (default: video); or camera constraints for getUserMedia. */
+  video?: boolean | MediaTrackConstraints;
+}
+
+export interface CallOptions extends MediaOptions {
   /** The call id (default: a new UUID). */
   id?: string;
+}
+
+/** What a call says when a device changes under it. */
+export interface DeviceInfo {
+  kind: Media;
+  deviceId: string;
+  label: string;
 }
 
 export interface CallEvents {
@@ -33,6 +52,10 @@ export interface CallEvents {
   remotescreen: (s: MediaStream | null) => void;
   /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
   screenended: () => void;
+  /** We now send from this device (after `setDevice`, or a fallback after `devicelost`). */
+  device: (d: DeviceInfo) => void;
+  /** A device we sent from went away (unplugged); `fallback` is the device now used instead, or null if none could be opened. */
+  devicelost: (e: { kind: Media; lost: string; fallback: DeviceInfo | null }) => void;
   timeline: (e: TimelineEntry) => void;
   ended: (reason: EndReason) => void;
 }
@@ -75,6 +98,9 @@ export class Call extends Emitter<CallEvents> {
   /** Our screen share, while it lasts. */
   screenStream: MediaStream | null = null;
   private readonly senders: Partial<Record<Media, RTCRtpSender>> = {};
+  /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
+  private readonly ownTracks = new Set<MediaStreamTrack>();
+  private mediaOptions: MediaOptions;
   private screenSender: RTCRtpSender | null = null;
   /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
   private cameraStreamId: string | null = null;
@@ -85,8 +111,10 @@ export class Call extends Emitter<CallEvents> {
     readonly peer: string,
     readonly direction: "outgoing" | "incoming",
     readonly media: Media,
+    options: MediaOptions = {},
   ) {
     super();
+    this.mediaOptions = options;
     this.t0 = client.env.now();
     this.neg = initialNegotiation(direction === "outgoing" ? "caller" : "callee", client.options.iceRestartGraceMs ?? 3000);
     const start: MediaState = { audio: true, video: media === "video", screen: false };
@@ -177,9 +205,13 @@ export class Call extends Emitter<CallEvents> {
     this.emit("screenended");
   }
 
-  /** Answer an incoming call. */
-  async accept(): Promise<void> {
+  /**
+   * Answer an incoming call, with the app's own stream or constraints if given. A camera
+   * or microphone that cannot be opened ends the call as `media_failed`, on both sides.
+   */
+  async accept(options: MediaOptions = {}): Promise<void> {
     if (this.direction !== "incoming" || this.state !== "ringing") return;
+    this.mediaOptions = options;
     this.setState("connecting");
     this.armConnectTimeout();
     try {
@@ -215,7 +247,7 @@ export class Call extends Emitter<CallEvents> {
       this.reject();
     } else {
       this.client.send({ type: "call.hangup", call: this.id, reason });
-      this.end(reason === "ice_failed" ? "ice_failed" : "hangup", `local hangup (${reason})`);
+      this.end(reason === "user" ? "hangup" : reason, `local hangup (${reason})`);
     }
   }
 
@@ -240,7 +272,8 @@ export class Call extends Emitter<CallEvents> {
       this.mark("invite sent");
     } catch (e) {
       this.mark("setup failed", { error: String(e) });
-      this.end("local", String(e));
+      // Nothing was sent yet: the other side never hears of this call.
+      this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
     }
   }
 
@@ -287,7 +320,9 @@ export class Call extends Emitter<CallEvents> {
       case "call.signal":
         return void this.onSignal(f.data);
       case "call.ended":
-        return this.end(f.reason, f.detail ? `remote: ${f.detail}` : "remote");
+        // The other side could not open its camera or microphone: the server says
+        // `rejected` (before an answer) or `hangup`, with the hang-up reason as detail.
+        return this.end(f.detail === "media_failed" ? "media_failed" : f.reason, f.detail ? `remote: ${f.detail}` : "remote");
     }
   }
 
@@ -303,7 +338,8 @@ export class Call extends Emitter<CallEvents> {
     } catch {
       /* ignore */
     }
-    this.localStream?.getTracks().forEach((t) => t.stop());
+    for (const t of this.ownTracks) t.stop();
+    this.ownTracks.clear();
     this.screenStream?.getTracks().forEach((t) => t.stop());
     this.state = "ended";
     this.emit("state", "ended");
@@ -402,8 +438,16 @@ export class Call extends Emitter<CallEvents> {
 
   private async setupPeer(): Promise<void> {
     const env = this.client.env;
-    if (!env.RTCPeerConnection || !env.getUserMedia) throw new Error("WebRTC is not available here");
-    this.localStream = await env.getUserMedia({ audio: true, video: this.media === "video" });
+    if (!env.RTCPeerConnection) throw new Error("WebRTC is not available here");
+    const opts = this.mediaOptions;
+    if (opts.stream) {
+      this.localStream = opts.stream;
+      this.mark("app's own stream", { tracks: opts.stream.getTracks().map((t) => t.kind) });
+    } else {
+      const video = this.media === "video" ? (typeof opts.video === "object" ? opts.video : true) : false;
+      this.localStream = await this.openMedia({ audio: opts.audio ?? true, video });
+    }
+    for (const t of this.localStream.getTracks()) this.watchTrack(t);
     this.emit("localstream", this.localStream);
     const config = this.client.rtcConfiguration();
     const warm = this.client.takeWarmPeer(config);
@@ -476,6 +520,82 @@ export class Call extends Emitter<CallEvents> {
     pc.onsignalingstatechange = () => {
       if (pc.signalingState === "stable") this.step({ type: "stable", pc: this.view() });
     };
+  }
+
+  /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+  private async openMedia(constraints: MediaStreamConstraints): Promise<MediaStream> {
+    const gum = this.client.env.getUserMedia;
+    if (!gum) throw new MediaFailure("getUserMedia is not available here");
+    let stream: MediaStream;
+    try {
+      stream = await gum(constraints);
+    } catch (e) {
+      const err = e as { name?: string; message?: string };
+      throw new MediaFailure(`${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
+    }
+    for (const t of stream.getTracks()) this.ownTracks.add(t);
+    return stream;
+  }
+
+  /**
+   * Send from another microphone and/or camera (device ids from enumerateDevices): the
+   * new track replaces the old on the same sender (replaceTrack), so nothing is
+   * renegotiated and no offer goes out. A muted kind stays muted.
+   */
+  async setDevice(ids: { audio?: string; video?: string }): Promise<void> {
+    if (this.state === "ended" || !this.pc) throw new Error("firstcall: setDevice needs a call with media");
+    for (const kind of ["audio", "video"] as const) {
+      const id = ids[kind];
+      if (!id || (kind === "video" && this.media !== "video")) continue;
+      const stream = await this.openMedia({ [kind]: { deviceId: { exact: id } } });
+      const track = stream.getTracks().find((t) => t.kind === kind);
+      if (!track) throw new Error(`firstcall: no ${kind} track from device ${id}`);
+      if ((this.state as CallState) === "ended") {
+        track.stop();
+        return;
+      }
+      await this.swapTrack(kind, track);
+      this.mark("device switched", { kind, label: track.label });
+    }
+  }
+
+  /** Put `track` in place of the local track of its kind, on the same sender. */
+  private async swapTrack(kind: Media, track: MediaStreamTrack): Promise<DeviceInfo> {
+    const stream = this.localStream!;
+    const old = stream.getTracks().find((t) => t.kind === kind);
+    track.enabled = this.localMedia[kind];
+    if (old) stream.removeTrack(old);
+    stream.addTrack(track);
+    this.watchTrack(track);
+    const sender = this.senders[kind];
+    if (sender && this.localMedia[kind]) await sender.replaceTrack(track);
+    if (old && this.ownTracks.delete(old)) old.stop();
+    const info: DeviceInfo = { kind, deviceId: track.getSettings?.().deviceId ?? "", label: track.label };
+    this.emit("device", info);
+    return info;
+  }
+
+  /** A device unplugged ends its track: fall back to the default device of that kind. */
+  private watchTrack(track: MediaStreamTrack): void {
+    track.addEventListener("ended", () => void this.onTrackEnded(track));
+  }
+
+  private async onTrackEnded(track: MediaStreamTrack): Promise<void> {
+    const kind = track.kind as Media;
+    // Only the track we send now matters (one we replaced or stopped ourselves does not).
+    if (this.state === "ended" || !this.localStream?.getTracks().includes(track)) return;
+    this.mark("device lost", { kind, label: track.label });
+    let fallback: DeviceInfo | null = null;
+    try {
+      const stream = await this.openMedia({ [kind]: true });
+      const next = stream.getTracks().find((t) => t.kind === kind);
+      if (next && (this.state as CallState) !== "ended") fallback = await this.swapTrack(kind, next);
+      else next?.stop();
+    } catch (e) {
+      this.mark("no fallback device", { kind, error: String(e) });
+    }
+    if (fallback) this.mark("fell back to device", { kind, label: fallback.label });
+    this.emit("devicelost", { kind, lost: track.label, fallback });
   }
 
   /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
@@ -612,3 +732,6 @@ export class Call extends Emitter<CallEvents> {
     this.emit("connected", { ms: this.connectMs, ...pair });
   }
 }
+
+/** The camera or microphone could not be opened: the call ends as `media_failed`. */
+class MediaFailure extends Error {}

@@ -75,9 +75,15 @@ export class Client extends Emitter<ClientEvents> {
     return this.session.state;
   }
 
-  /** Start a call. Returns at once; watch the call's events. */
+  /**
+   * Start a call. Returns at once; watch the call's events. `opts.stream` hands the SDK
+   * the app's own camera and microphone; `opts.audio` / `opts.video` are getUserMedia
+   * constraints (device ids); a camera or microphone that cannot be opened ends the call
+   * as `media_failed`.
+   */
   call(user: string, opts: CallOptions = {}): Call {
-    const c = new Call(this, opts.id ?? uuid(), user, "outgoing", opts.video === false ? "audio" : "video");
+    const audioOnly = opts.video === false || (opts.stream !== undefined && !opts.stream.getVideoTracks().length);
+    const c = new Call(this, opts.id ?? uuid(), user, "outgoing", audioOnly ? "audio" : "video", opts);
     this.calls.set(c.id, c);
     void c.start();
     return c;

@@ -13,8 +13,6 @@ export interface Environment {
   fetch?: typeof fetch;
   /** Subscribe to network changes (online/offline); returns an unsubscribe function. */
   onNetworkChange?: (fn: (online: boolean) => void) => () => void;
-  /** Subscribe to media device changes (plugged, unplugged); returns an unsubscribe function. */
-  onDeviceChange?: (fn: () => void) => () => void;
 }
 
 export interface WebSocketLike {
@@ -58,12 +56,6 @@ export function defaultEnv(): Environment {
             g.removeEventListener("online", on);
             g.removeEventListener("offline", off);
           };
-        }
-      : undefined,
-    onDeviceChange: md?.addEventListener
-      ? (fn) => {
-          md.addEventListener("devicechange", fn);
-          return () => md.removeEventListener("devicechange", fn);
         }
       : undefined,
   };
