@@ -130,7 +130,12 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
 
   test("the direct path breaks mid-call: the call carries on over the relay", async (t) => {
     const { a, b } = await pair("pb-alice", "pb-bob");
-    await a.page.evaluate(() => (window.call = window.client.call("pb-bob", { video: true })));
+    await a.page.evaluate(() => {
+      window.call = window.client.call("pb-bob", { video: true });
+      window.recovery = [];
+      window.call.on("reconnecting", (e) => window.recovery.push(["reconnecting", e.cause]));
+      window.call.on("reconnected", (e) => window.recovery.push(["reconnected", e.cause]));
+    });
     await assertFirstAttempt(a, b, "before the break");
     // Drop every packet between the two pages' own ports, UDP and TCP (ICE-TCP host pairs
     // too); what stays is each page's traffic with the server: TURN (3478, 5349), the
@@ -166,9 +171,16 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
           if (Date.now() > deadline) throw new Error(`relay pair but no video: ${JSON.stringify(s)}`);
           await sleep(200);
         }
-        return { ...s, state: window.call.state, restarts: window.call.timeline.filter((e) => e.event === "ice restart").length };
+        // The app was told: reconnecting at the restart, reconnected once ICE was back.
+        const restarted = window.call.timeline.some((e) => e.event === "ice restart");
+        while (restarted && !window.recovery.some(([e]) => e === "reconnected")) {
+          if (Date.now() > deadline) throw new Error(`no reconnected event: ${JSON.stringify(window.recovery)}`);
+          await sleep(100);
+        }
+        return { ...s, state: window.call.state, restarts: window.call.timeline.filter((e) => e.event === "ice restart").length, recovery: window.recovery };
       });
       assert.equal(r.state, "connected");
+      if (r.restarts > 0) assert.deepEqual(r.recovery, [["reconnecting", "ice"], ["reconnected", "ice"]]);
       t.diagnostic(`path break: on the relay after ${Date.now() - t0} ms: ${JSON.stringify(r)}`);
     } finally {
       for (const r of rules) execFileSync("ip", ["netns", "exec", ns.name, "iptables", "-D", "INPUT", ...r]);
@@ -220,6 +232,9 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     // frame goes into a closing socket and is lost on the wire (the seed app's bug).
     // The SDK still holds it unacknowledged and resends it after the resume.
     const queued = await b.page.evaluate(async () => {
+      window.recovery = [];
+      window.calls[0].on("reconnecting", (e) => window.recovery.push(["reconnecting", e.cause]));
+      window.calls[0].on("reconnected", (e) => window.recovery.push(["reconnected", e.cause]));
       const send = WebSocket.prototype.send;
       window.killed = null;
       WebSocket.prototype.send = function (data) {
@@ -236,6 +251,7 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     await connectedWithMedia(b.page, "window.calls[0]");
     const resumed = await b.page.evaluate(() => window.client.timeline.some((e) => e.event === "client: session resumed"));
     assert.ok(resumed, "the callee resumed its session");
+    assert.deepEqual(await b.page.evaluate(() => window.recovery), [["reconnecting", "signaling"], ["reconnected", "signaling"]], "the callee's call said so");
     const killedSeq = await b.page.evaluate(() => window.killed);
     assert.ok(killedSeq > 0, "the socket was killed under a candidate frame");
     const remote = await a.page.evaluate(() => window.call.candidates.remote);

@@ -95,6 +95,7 @@ const SDK_FILES: &[(&str, &str, &str)] = sdk_modules![
     "client",
     "call",
     "negotiation",
+    "quality",
     "stats",
 ];
 

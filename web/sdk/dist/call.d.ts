@@ -3,6 +3,7 @@ import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
 import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
 import { type SelectedPair } from "./stats.js";
+import { type CallSummary, type QualityReport } from "./quality.js";
 /** Where a call's camera and microphone come from. */
 export interface MediaOptions {
     /**
@@ -36,12 +37,19 @@ export interface CallEvents {
     connected: (info: {
         ms: number;
     } & SelectedPair) => void;
-    /** The media path broke and is being restarted (ICE restart). */
+    /**
+     * The call is recovering: its media path broke and ICE is being restarted (`cause:
+     * "ice"`), or the signaling socket dropped and the session is being resumed (`cause:
+     * "signaling"`). Show "reconnecting…" until `reconnected` with the same cause.
+     */
     reconnecting: (info: {
+        cause: "ice" | "signaling";
         why: string;
     }) => void;
-    /** The media path is back after a restart. */
-    reconnected: () => void;
+    /** The media path is back after a restart, or the session resumed. */
+    reconnected: (info: {
+        cause: "ice" | "signaling";
+    }) => void;
     /** The other side muted or unmuted its microphone, turned its camera off or on, or
      * started or stopped a screen share. */
     remotemedia: (s: MediaState) => void;
@@ -49,6 +57,10 @@ export interface CallEvents {
     remotescreen: (s: MediaStream | null) => void;
     /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
     screenended: () => void;
+    /** Every `qualityIntervalMs` (2 s) once connected: round trip, jitter, loss, bitrates, level. */
+    quality: (q: QualityReport) => void;
+    /** When the call ends: duration, pair, bytes, restarts (also in `call.summary`). */
+    summary: (s: CallSummary) => void;
     /** We now send from this device (after `setDevice`, or a fallback after `devicelost`). */
     device: (d: DeviceInfo) => void;
     /** A device we sent from went away (unplugged); `fallback` is the device now used instead, or null if none could be opened. */
@@ -110,6 +122,14 @@ export declare class Call extends Emitter<CallEvents> {
     /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
     private readonly ownTracks;
     private mediaOptions;
+    /** The latest quality report, and the call's summary once it ended. */
+    lastQuality: QualityReport | null;
+    summary: CallSummary | null;
+    private qualityTimer;
+    private lastSample;
+    private readonly reports;
+    private connectedAt;
+    private restartsTotal;
     private screenSender;
     /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
     private cameraStreamId;
@@ -149,6 +169,9 @@ export declare class Call extends Emitter<CallEvents> {
     get awaitingPeer(): boolean;
     /** @internal */
     start(): Promise<void>;
+    private signalingDown;
+    /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
+    onSessionState(s: "reconnecting" | "connected", why: string): void;
     /** @internal */
     setState(s: CallState): void;
     /** @internal */
@@ -191,5 +214,8 @@ export declare class Call extends Emitter<CallEvents> {
     private remoteDescriptionSet;
     private connecting;
     private onConnected;
+    /** Read the stats; from the second sample on, report the interval since the last. */
+    private sampleQuality;
+    private summarize;
 }
 export {};

@@ -3,6 +3,7 @@
 import { Emitter } from "./emitter.js";
 import { initialNegotiation, negotiate } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair } from "./stats.js";
+import { quality, readSample } from "./quality.js";
 /** One call. Events: see `CallEvents`. */
 export class Call extends Emitter {
     constructor(client, id, peer, direction, media, options = {}) {
@@ -41,9 +42,18 @@ export class Call extends Emitter {
         this.senders = {};
         /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
         this.ownTracks = new Set();
+        /** The latest quality report, and the call's summary once it ended. */
+        this.lastQuality = null;
+        this.summary = null;
+        this.qualityTimer = null;
+        this.lastSample = null;
+        this.reports = [];
+        this.connectedAt = null;
+        this.restartsTotal = 0;
         this.screenSender = null;
         /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
         this.cameraStreamId = null;
+        this.signalingDown = false;
         this.connecting = false;
         this.mediaOptions = options;
         this.t0 = client.env.now();
@@ -216,6 +226,20 @@ export class Call extends Emitter {
             this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
         }
     }
+    /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
+    onSessionState(s, why) {
+        if (this.state === "ended")
+            return;
+        if (s === "reconnecting" && !this.signalingDown) {
+            this.signalingDown = true;
+            this.emit("reconnecting", { cause: "signaling", why });
+        }
+        else if (s === "connected" && this.signalingDown) {
+            this.signalingDown = false;
+            this.mark("reconnected", { cause: "signaling" });
+            this.emit("reconnected", { cause: "signaling" });
+        }
+    }
     /** @internal */
     setState(s) {
         if (this.state === s || this.state === "ended")
@@ -271,6 +295,7 @@ export class Call extends Emitter {
         this.endReason = reason;
         this.mark("ended", { reason, why });
         this.client.env.clearTimeout(this.connectTimer);
+        this.client.env.clearTimeout(this.qualityTimer);
         this.step({ type: "ended" });
         try {
             this.pc?.close();
@@ -283,7 +308,10 @@ export class Call extends Emitter {
         this.ownTracks.clear();
         this.screenStream?.getTracks().forEach((t) => t.stop());
         this.state = "ended";
+        this.summary = this.summarize();
+        this.mark("summary", { ...this.summary });
         this.emit("state", "ended");
+        this.emit("summary", this.summary);
         this.emit("ended", reason);
         // Ready for the next call once no call is in progress.
         if (!this.client.inCall())
@@ -336,6 +364,7 @@ export class Call extends Emitter {
                 this.timers[a.timer] = null;
                 return;
             case "restart":
+                this.restartsTotal++;
                 return void this.sendRestartOffer(a.gen);
             case "rollback": {
                 const pc = this.pc;
@@ -348,9 +377,10 @@ export class Call extends Emitter {
             case "hangup":
                 return this.hangup(a.reason);
             case "reconnecting":
-                return this.emit("reconnecting", { why: a.why });
+                return this.emit("reconnecting", { cause: "ice", why: a.why });
             case "reconnected":
-                return this.emit("reconnected");
+                this.mark("reconnected", { cause: "ice" });
+                return this.emit("reconnected", { cause: "ice" });
             case "apply-answer":
             case "answer-offer":
             case "offer":
@@ -704,6 +734,47 @@ export class Call extends Emitter {
         this.mark("connected", { ms: this.connectMs, ...pair });
         this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
         this.emit("connected", { ms: this.connectMs, ...pair });
+        this.connectedAt = this.client.env.now();
+        void this.sampleQuality();
+    }
+    /** Read the stats; from the second sample on, report the interval since the last. */
+    async sampleQuality() {
+        const every = this.client.options.qualityIntervalMs ?? 2000;
+        const pc = this.pc;
+        if (!pc || every <= 0 || this.state === "ended")
+            return;
+        try {
+            const sample = readSample(await pc.getStats(), this.client.env.now());
+            if (this.state === "ended")
+                return;
+            if (this.lastSample) {
+                const q = quality(this.lastSample, sample);
+                this.lastQuality = q;
+                this.reports.push(q);
+                this.emit("quality", q);
+            }
+            this.lastSample = sample;
+        }
+        catch (e) {
+            this.mark("stats failed", { error: String(e) });
+        }
+        if (this.state !== "ended")
+            this.qualityTimer = this.client.env.setTimeout(() => void this.sampleQuality(), every);
+    }
+    summarize() {
+        const mean = (xs) => {
+            const v = xs.filter((x) => x !== null);
+            return v.length ? Math.round((v.reduce((a, b) => a + b, 0) / v.length) * 10000) / 10000 : null;
+        };
+        return {
+            durationMs: this.connectedAt === null ? 0 : this.client.env.now() - this.connectedAt,
+            pair: this.selectedPair,
+            bytesSent: this.lastSample?.bytesSent ?? 0,
+            bytesReceived: this.lastSample?.bytesReceived ?? 0,
+            restarts: this.restartsTotal,
+            rttMs: mean(this.reports.map((r) => r.rttMs)),
+            loss: mean(this.reports.map((r) => r.loss)),
+        };
     }
 }
 /** The camera or microphone could not be opened: the call ends as `media_failed`. */

@@ -23,6 +23,8 @@ export interface ConnectOptions {
      * gathered before any call, so that a call does not wait for them (default true).
      */
     prewarm?: boolean;
+    /** How often a connected call emits `quality` (default 2000 ms; 0: never). */
+    qualityIntervalMs?: number;
     env?: Partial<Environment>;
 }
 export interface ClientEvents {

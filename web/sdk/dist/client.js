@@ -19,6 +19,10 @@ export class Client extends Emitter {
         this.session = new Session(url, options.token, options.device ?? deviceId(), this.env);
         this.session.on("state", (s) => {
             this.log("client", `socket ${s}`);
+            // Each live call says it is reconnecting; the welcome says when it is back.
+            if (s === "reconnecting")
+                for (const c of this.calls.values())
+                    c.onSessionState("reconnecting", "signaling socket lost");
             this.emit("state", s);
         });
         this.session.on("log", (event, detail) => this.log("session", event, detail));
@@ -161,6 +165,8 @@ export class Client extends Emitter {
                 if (!live.has(c.id) && c.state !== "new")
                     c.end("failed", "session lost");
         }
+        for (const c of this.calls.values())
+            c.onSessionState("connected", w.resumed ? "session resumed" : "new session");
         this.emit("welcome", w);
     }
     onFrame(f) {

@@ -23,10 +23,12 @@
 // The modules: protocol.ts (frames as discriminated unions), session.ts (the reliable
 // session), client.ts (ICE servers, pre-warming, calls), call.ts (one call's peer
 // connection and media), negotiation.ts (the restart and renegotiation rules as a pure
-// function), stats.ts, emitter.ts (typed events), env.ts.
+// function), quality.ts (quality reports from stats), stats.ts, emitter.ts (typed
+// events), env.ts.
 export * from "./protocol.js";
 export { Emitter } from "./emitter.js";
 export { Session } from "./session.js";
 export { Client, connect, createClient } from "./client.js";
 export { Call } from "./call.js";
 export { negotiate, initialNegotiation, restartDecision, } from "./negotiation.js";
+export { quality, qualityLevel, readSample } from "./quality.js";

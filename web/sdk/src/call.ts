@@ -6,6 +6,7 @@ import type { Client } from "./client.js";
 import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame, SignalData } from "./protocol.js";
 import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
+import { quality, readSample, type CallSummary, type QualityReport, type QualitySample } from "./quality.js";
 
 /** Where a call's camera and microphone come from. */
 export interface MediaOptions {
@@ -41,10 +42,14 @@ export interface CallEvents {
   remotestream: (s: MediaStream) => void;
   /** Media flows: the selected pair and the time it took. */
   connected: (info: { ms: number } & SelectedPair) => void;
-  /** The media path broke and is being restarted (ICE restart). */
-  reconnecting: (info: { why: string }) => void;
-  /** The media path is back after a restart. */
-  reconnected: () => void;
+  /**
+   * The call is recovering: its media path broke and ICE is being restarted (`cause:
+   * "ice"`), or the signaling socket dropped and the session is being resumed (`cause:
+   * "signaling"`). Show "reconnecting…" until `reconnected` with the same cause.
+   */
+  reconnecting: (info: { cause: "ice" | "signaling"; why: string }) => void;
+  /** The media path is back after a restart, or the session resumed. */
+  reconnected: (info: { cause: "ice" | "signaling" }) => void;
   /** The other side muted or unmuted its microphone, turned its camera off or on, or
    * started or stopped a screen share. */
   remotemedia: (s: MediaState) => void;
@@ -52,6 +57,10 @@ export interface CallEvents {
   remotescreen: (s: MediaStream | null) => void;
   /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
   screenended: () => void;
+  /** Every `qualityIntervalMs` (2 s) once connected: round trip, jitter, loss, bitrates, level. */
+  quality: (q: QualityReport) => void;
+  /** When the call ends: duration, pair, bytes, restarts (also in `call.summary`). */
+  summary: (s: CallSummary) => void;
   /** We now send from this device (after `setDevice`, or a fallback after `devicelost`). */
   device: (d: DeviceInfo) => void;
   /** A device we sent from went away (unplugged); `fallback` is the device now used instead, or null if none could be opened. */
@@ -101,6 +110,14 @@ export class Call extends Emitter<CallEvents> {
   /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
   private readonly ownTracks = new Set<MediaStreamTrack>();
   private mediaOptions: MediaOptions;
+  /** The latest quality report, and the call's summary once it ended. */
+  lastQuality: QualityReport | null = null;
+  summary: CallSummary | null = null;
+  private qualityTimer: unknown = null;
+  private lastSample: QualitySample | null = null;
+  private readonly reports: QualityReport[] = [];
+  private connectedAt: number | null = null;
+  private restartsTotal = 0;
   private screenSender: RTCRtpSender | null = null;
   /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
   private cameraStreamId: string | null = null;
@@ -277,6 +294,21 @@ export class Call extends Emitter<CallEvents> {
     }
   }
 
+  private signalingDown = false;
+
+  /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
+  onSessionState(s: "reconnecting" | "connected", why: string): void {
+    if (this.state === "ended") return;
+    if (s === "reconnecting" && !this.signalingDown) {
+      this.signalingDown = true;
+      this.emit("reconnecting", { cause: "signaling", why });
+    } else if (s === "connected" && this.signalingDown) {
+      this.signalingDown = false;
+      this.mark("reconnected", { cause: "signaling" });
+      this.emit("reconnected", { cause: "signaling" });
+    }
+  }
+
   /** @internal */
   setState(s: CallState): void {
     if (this.state === s || this.state === "ended") return;
@@ -332,6 +364,7 @@ export class Call extends Emitter<CallEvents> {
     this.endReason = reason;
     this.mark("ended", { reason, why });
     this.client.env.clearTimeout(this.connectTimer);
+    this.client.env.clearTimeout(this.qualityTimer);
     this.step({ type: "ended" });
     try {
       this.pc?.close();
@@ -342,7 +375,10 @@ export class Call extends Emitter<CallEvents> {
     this.ownTracks.clear();
     this.screenStream?.getTracks().forEach((t) => t.stop());
     this.state = "ended";
+    this.summary = this.summarize();
+    this.mark("summary", { ...this.summary });
     this.emit("state", "ended");
+    this.emit("summary", this.summary);
     this.emit("ended", reason);
     // Ready for the next call once no call is in progress.
     if (!this.client.inCall()) this.client.prewarm();
@@ -396,6 +432,7 @@ export class Call extends Emitter<CallEvents> {
         this.timers[a.timer] = null;
         return;
       case "restart":
+        this.restartsTotal++;
         return void this.sendRestartOffer(a.gen);
       case "rollback": {
         const pc = this.pc!;
@@ -408,9 +445,10 @@ export class Call extends Emitter<CallEvents> {
       case "hangup":
         return this.hangup(a.reason);
       case "reconnecting":
-        return this.emit("reconnecting", { why: a.why });
+        return this.emit("reconnecting", { cause: "ice", why: a.why });
       case "reconnected":
-        return this.emit("reconnected");
+        this.mark("reconnected", { cause: "ice" });
+        return this.emit("reconnected", { cause: "ice" });
       case "apply-answer":
       case "answer-offer":
       case "offer":
@@ -730,6 +768,45 @@ export class Call extends Emitter<CallEvents> {
     this.mark("connected", { ms: this.connectMs, ...pair });
     this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
     this.emit("connected", { ms: this.connectMs, ...pair });
+    this.connectedAt = this.client.env.now();
+    void this.sampleQuality();
+  }
+
+  /** Read the stats; from the second sample on, report the interval since the last. */
+  private async sampleQuality(): Promise<void> {
+    const every = this.client.options.qualityIntervalMs ?? 2000;
+    const pc = this.pc;
+    if (!pc || every <= 0 || this.state === "ended") return;
+    try {
+      const sample = readSample(await pc.getStats(), this.client.env.now());
+      if ((this.state as CallState) === "ended") return;
+      if (this.lastSample) {
+        const q = quality(this.lastSample, sample);
+        this.lastQuality = q;
+        this.reports.push(q);
+        this.emit("quality", q);
+      }
+      this.lastSample = sample;
+    } catch (e) {
+      this.mark("stats failed", { error: String(e) });
+    }
+    if ((this.state as CallState) !== "ended") this.qualityTimer = this.client.env.setTimeout(() => void this.sampleQuality(), every);
+  }
+
+  private summarize(): CallSummary {
+    const mean = (xs: (number | null)[]) => {
+      const v = xs.filter((x): x is number => x !== null);
+      return v.length ? Math.round((v.reduce((a, b) => a + b, 0) / v.length) * 10000) / 10000 : null;
+    };
+    return {
+      durationMs: this.connectedAt === null ? 0 : this.client.env.now() - this.connectedAt,
+      pair: this.selectedPair,
+      bytesSent: this.lastSample?.bytesSent ?? 0,
+      bytesReceived: this.lastSample?.bytesReceived ?? 0,
+      restarts: this.restartsTotal,
+      rttMs: mean(this.reports.map((r) => r.rttMs)),
+      loss: mean(this.reports.map((r) => r.loss)),
+    };
   }
 }
 

@@ -25,6 +25,8 @@ export interface ConnectOptions {
    * gathered before any call, so that a call does not wait for them (default true).
    */
   prewarm?: boolean;
+  /** How often a connected call emits `quality` (default 2000 ms; 0: never). */
+  qualityIntervalMs?: number;
   env?: Partial<Environment>;
 }
 
@@ -63,6 +65,8 @@ export class Client extends Emitter<ClientEvents> {
     this.session = new Session(url, options.token, options.device ?? deviceId(), this.env);
     this.session.on("state", (s: ClientState) => {
       this.log("client", `socket ${s}`);
+      // Each live call says it is reconnecting; the welcome says when it is back.
+      if (s === "reconnecting") for (const c of this.calls.values()) c.onSessionState("reconnecting", "signaling socket lost");
       this.emit("state", s);
     });
     this.session.on("log", (event: string, detail: Record<string, unknown>) => this.log("session", event, detail));
@@ -209,6 +213,7 @@ export class Client extends Emitter<ClientEvents> {
       const live = new Set((w.calls ?? []).map((c) => c.call));
       for (const c of [...this.calls.values()]) if (!live.has(c.id) && c.state !== "new") c.end("failed", "session lost");
     }
+    for (const c of this.calls.values()) c.onSessionState("connected", w.resumed ? "session resumed" : "new session");
     this.emit("welcome", w);
   }
 

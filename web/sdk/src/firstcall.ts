@@ -23,7 +23,8 @@
 // The modules: protocol.ts (frames as discriminated unions), session.ts (the reliable
 // session), client.ts (ICE servers, pre-warming, calls), call.ts (one call's peer
 // connection and media), negotiation.ts (the restart and renegotiation rules as a pure
-// function), stats.ts, emitter.ts (typed events), env.ts.
+// function), quality.ts (quality reports from stats), stats.ts, emitter.ts (typed
+// events), env.ts.
 
 export * from "./protocol.js";
 export type { Environment, WebSocketLike, TimelineEntry } from "./env.js";
@@ -43,3 +44,4 @@ export {
   type TimerName,
 } from "./negotiation.js";
 export type { SelectedPair } from "./stats.js";
+export { quality, qualityLevel, readSample, type QualityReport, type QualitySample, type QualityLevel, type CallSummary } from "./quality.js";
