@@ -25,7 +25,7 @@ test("the callee never restarts ICE; the caller does once both sides have gather
   const callee = run("callee", [[{ type: "remote-end-of-candidates", pc: done }, 0], [failed({ gathering: "complete" }), 10]]);
   assert.deepEqual(callee.actions, []);
   const caller = run("caller", [[{ type: "remote-end-of-candidates", pc: pcv({ gathering: "complete" }) }, 0], [failed({ gathering: "complete" }), 10]]);
-  assert.deepEqual(caller.kinds, ["reconnecting", "mark:ice restart", "arm", "restart"]);
+  assert.deepEqual(caller.kinds, ["mark:ice restart", "arm", "restart"]);
   assert.deepEqual(caller.actions.find((a) => a.type === "arm"), { type: "arm", timer: "answer", at: 10 + 2000 });
   assert.equal(caller.state.restartGen, 1);
   assert.equal(caller.state.restartInFlight, true);
@@ -107,19 +107,33 @@ test("either side offers when renegotiation is needed and it is stable; never ov
   assert.deepEqual(ended.actions, []);
 });
 
-test("reconnecting once at the first restart of a series, reconnected when ICE is back", () => {
+test("reconnecting once when a connected path breaks, whatever follows; reconnected when ICE is back", () => {
   const g = pcv({ gathering: "complete" });
   const r = run("caller", [
+    [{ type: "ice", pc: pcv({ ice: "connected", conn: "connected", gathering: "complete" }) }, 0],
     [{ type: "remote-end-of-candidates", pc: g }, 0],
+    [{ type: "ice", pc: pcv({ ice: "disconnected", conn: "connected", gathering: "complete" }) }, 5],
     [failed({ gathering: "complete" }), 10],
     [{ type: "answer-applied", gen: 1, ok: true, pc: pcv({ conn: "failed", gathering: "complete" }) }, 20],
     [{ type: "remote-end-of-candidates", pc: pcv({ conn: "failed", gathering: "complete" }) }, 30],
     [{ type: "ice", pc: pcv({ ice: "connected", conn: "connected", gathering: "complete" }) }, 40],
   ]);
   assert.equal(r.kinds.filter((k) => k === "reconnecting").length, 1, r.kinds.join(","));
+  assert.equal(r.actions.find((a) => a.type === "reconnecting").why, "ice disconnected");
   assert.equal(r.kinds.filter((k) => k === "restart").length, 2);
   assert.equal(r.kinds.at(-1), "reconnected");
   assert.equal(r.state.restarts, 0);
+  // The callee, which never restarts, is told too; a blip that heals needs no restart.
+  const callee = run("callee", [
+    [{ type: "ice", pc: pcv({ ice: "connected" }) }, 0],
+    [{ type: "ice", pc: pcv({ ice: "disconnected" }) }, 5],
+    [{ type: "ice", pc: pcv({ ice: "connected" }) }, 900],
+  ]);
+  assert.deepEqual(callee.kinds.filter((k) => k.startsWith("reconn")), ["reconnecting", "reconnected"]);
+  // Before ICE ever connected, a failure or restart is still connecting: nothing said.
+  const early = run("caller", [[{ type: "remote-end-of-candidates", pc: g }, 0], [failed({ gathering: "complete" }), 1]]);
+  assert.ok(early.kinds.includes("restart"));
+  assert.ok(!early.kinds.includes("reconnecting"));
 });
 
 test("an answer to an earlier restart is ignored; the current one's is applied", () => {

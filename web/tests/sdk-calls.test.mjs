@@ -172,15 +172,16 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
           await sleep(200);
         }
         // The app was told: reconnecting at the restart, reconnected once ICE was back.
-        const restarted = window.call.timeline.some((e) => e.event === "ice restart");
-        while (restarted && !window.recovery.some(([e]) => e === "reconnected")) {
+        while (window.recovery.at(-1)?.[0] !== "reconnected") {
           if (Date.now() > deadline) throw new Error(`no reconnected event: ${JSON.stringify(window.recovery)}`);
           await sleep(100);
         }
         return { ...s, state: window.call.state, restarts: window.call.timeline.filter((e) => e.event === "ice restart").length, recovery: window.recovery };
       });
       assert.equal(r.state, "connected");
-      if (r.restarts > 0) assert.deepEqual(r.recovery, [["reconnecting", "ice"], ["reconnected", "ice"]]);
+      // Told when the path broke and when it was back (ICE may flap meanwhile: pairs alternate).
+      assert.ok(r.recovery.length >= 2 && r.recovery.length % 2 === 0, JSON.stringify(r.recovery));
+      r.recovery.forEach(([e, cause], i) => assert.deepEqual([e, cause], [i % 2 ? "reconnected" : "reconnecting", "ice"], JSON.stringify(r.recovery)));
       t.diagnostic(`path break: on the relay after ${Date.now() - t0} ms: ${JSON.stringify(r)}`);
     } finally {
       for (const r of rules) execFileSync("ip", ["netns", "exec", ns.name, "iptables", "-D", "INPUT", ...r]);
@@ -211,7 +212,12 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
       const b2 = await openClient(br2, s2.origin, "o-bob", { autoAccept: true });
       const sa = await connectedWithMedia(a2.page, "window.call");
       await connectedWithMedia(b2.page, "window.calls[0]");
-      assert.equal(await metric(a2.page, 'firstcall_signal_first_attempt_total{result="success"}'), 1);
+      // The server counts the call when its call.connected frame is processed, which a
+      // /metrics read right after the pages saw media can overtake (it did once, under load).
+      const sample = 'firstcall_signal_first_attempt_total{result="success"}';
+      const until = Date.now() + 5000;
+      while ((await metric(a2.page, sample)) !== 1 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await metric(a2.page, sample), 1);
       t.diagnostic(`offline callee: connected ${Date.now() - t0} ms after the pending wait began; ${JSON.stringify(sa)}`);
       await a2.close();
       await b2.close();

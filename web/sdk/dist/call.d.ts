@@ -38,7 +38,8 @@ export interface CallEvents {
         ms: number;
     } & SelectedPair) => void;
     /**
-     * The call is recovering: its media path broke and ICE is being restarted (`cause:
+     * The call is recovering: its media path broke after it had connected (ICE
+     * disconnected or failed; the caller restarts ICE if it does not come back: `cause:
      * "ice"`), or the signaling socket dropped and the session is being resumed (`cause:
      * "signaling"`). Show "reconnecting…" until `reconnected` with the same cause.
      */

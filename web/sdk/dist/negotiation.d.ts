@@ -33,6 +33,10 @@ export interface NegotiationState {
     timers: Record<TimerName, number | null>;
     /** The restart the answer timer is for. */
     answerTimerGen: number;
+    /** ICE has connected at least once in this call. */
+    wasConnected: boolean;
+    /** The media path broke after it had connected (told as `reconnecting`) and is not back yet. */
+    recovering: boolean;
 }
 export type NegotiationEvent = 
 /** iceConnectionState changed (to `pc.ice`). */
@@ -130,12 +134,13 @@ export type NegotiationAction = {
     type: "hangup";
     reason: "ice_failed";
 }
-/** The call lost its media path and is being restarted (first restart of a series). */
+/** The call's media path broke after it had connected (ICE disconnected or failed), or
+ * a restart began: once until `reconnected`. */
  | {
     type: "reconnecting";
     why: string;
 }
-/** ICE is back after a restart. */
+/** ICE is connected again. */
  | {
     type: "reconnected";
 };

@@ -32,6 +32,8 @@ export function initialNegotiation(role, grace) {
         failedWhy: "",
         timers: { failed: null, disconnect: null, answer: null },
         answerTimerGen: 0,
+        wasConnected: false,
+        recovering: false,
     };
 }
 /**
@@ -59,6 +61,13 @@ export function negotiate(state, event, now) {
         s.timers[timer] = null;
         out.push({ type: "disarm", timer });
     };
+    // The media path broke: say so once, until ICE is back.
+    const lost = (why) => {
+        if (s.recovering)
+            return;
+        s.recovering = true;
+        out.push({ type: "reconnecting", why });
+    };
     const stillFailed = (pc) => pc.conn === "failed" || pc.ice === "failed";
     const busy = (pc) => pc.signaling !== "stable" || pc.makingOffer;
     const restartIce = (why, pc) => {
@@ -79,8 +88,9 @@ export function negotiate(state, event, now) {
             out.push({ type: "hangup", reason: "ice_failed" });
             return;
         }
-        if (s.restarts === 0)
-            out.push({ type: "reconnecting", why });
+        // Before ICE ever connected the call is still connecting, not reconnecting.
+        if (s.wasConnected)
+            lost(why);
         s.restarts++;
         const gen = ++s.restartGen;
         s.restartInFlight = true;
@@ -139,6 +149,8 @@ export function negotiate(state, event, now) {
             break;
         case "ice": {
             const { pc } = event;
+            if ((pc.ice === "failed" || pc.ice === "disconnected") && s.wasConnected)
+                lost(`ice ${pc.ice}`);
             if (pc.ice === "failed")
                 onFailed("ice failed", pc);
             else if (pc.ice === "disconnected")
@@ -146,9 +158,12 @@ export function negotiate(state, event, now) {
             else if (pc.ice === "connected" || pc.ice === "completed") {
                 disarm("disconnect");
                 disarm("failed");
-                // A restart that got here helped: a long call may need a few, far apart.
-                if (s.restarts > 0)
+                s.wasConnected = true;
+                if (s.recovering) {
+                    s.recovering = false;
                     out.push({ type: "reconnected" });
+                }
+                // A restart that got here helped: a long call may need a few, far apart.
                 s.restarts = 0;
             }
             break;

@@ -56,6 +56,10 @@ export interface NegotiationState {
   timers: Record<TimerName, number | null>;
   /** The restart the answer timer is for. */
   answerTimerGen: number;
+  /** ICE has connected at least once in this call. */
+  wasConnected: boolean;
+  /** The media path broke after it had connected (told as `reconnecting`) and is not back yet. */
+  recovering: boolean;
 }
 
 export type NegotiationEvent =
@@ -94,9 +98,10 @@ export type NegotiationAction =
   /** Create and send a (non-restart) offer. */
   | { type: "offer" }
   | { type: "hangup"; reason: "ice_failed" }
-  /** The call lost its media path and is being restarted (first restart of a series). */
+  /** The call's media path broke after it had connected (ICE disconnected or failed), or
+   * a restart began: once until `reconnected`. */
   | { type: "reconnecting"; why: string }
-  /** ICE is back after a restart. */
+  /** ICE is connected again. */
   | { type: "reconnected" };
 
 export function initialNegotiation(role: Role, grace: number): NegotiationState {
@@ -113,6 +118,8 @@ export function initialNegotiation(role: Role, grace: number): NegotiationState 
     failedWhy: "",
     timers: { failed: null, disconnect: null, answer: null },
     answerTimerGen: 0,
+    wasConnected: false,
+    recovering: false,
   };
 }
 
@@ -140,6 +147,12 @@ export function negotiate(state: NegotiationState, event: NegotiationEvent, now:
     s.timers[timer] = null;
     out.push({ type: "disarm", timer });
   };
+  // The media path broke: say so once, until ICE is back.
+  const lost = (why: string) => {
+    if (s.recovering) return;
+    s.recovering = true;
+    out.push({ type: "reconnecting", why });
+  };
   const stillFailed = (pc: PcView) => pc.conn === "failed" || pc.ice === "failed";
   const busy = (pc: PcView) => pc.signaling !== "stable" || pc.makingOffer;
 
@@ -160,7 +173,8 @@ export function negotiate(state: NegotiationState, event: NegotiationEvent, now:
       out.push({ type: "hangup", reason: "ice_failed" });
       return;
     }
-    if (s.restarts === 0) out.push({ type: "reconnecting", why });
+    // Before ICE ever connected the call is still connecting, not reconnecting.
+    if (s.wasConnected) lost(why);
     s.restarts++;
     const gen = ++s.restartGen;
     s.restartInFlight = true;
@@ -216,13 +230,18 @@ export function negotiate(state: NegotiationState, event: NegotiationEvent, now:
       break;
     case "ice": {
       const { pc } = event;
+      if ((pc.ice === "failed" || pc.ice === "disconnected") && s.wasConnected) lost(`ice ${pc.ice}`);
       if (pc.ice === "failed") onFailed("ice failed", pc);
       else if (pc.ice === "disconnected") armDisconnect();
       else if (pc.ice === "connected" || pc.ice === "completed") {
         disarm("disconnect");
         disarm("failed");
+        s.wasConnected = true;
+        if (s.recovering) {
+          s.recovering = false;
+          out.push({ type: "reconnected" });
+        }
         // A restart that got here helped: a long call may need a few, far apart.
-        if (s.restarts > 0) out.push({ type: "reconnected" });
         s.restarts = 0;
       }
       break;
