@@ -144,8 +144,10 @@ describe("SDK in-call media in Chromium", { skip: !isRoot && !process.env.CI && 
     const [sa, sb] = await Promise.all([screenDecodes(a.page), screenDecodes(b.page)]);
     for (const s of [sa, sb]) assert.equal(s.width, 1280);
     // The collision happened and was resolved by role: the caller kept its offer, the callee yielded.
-    assert.ok(await a.page.evaluate(() => window.me.timeline.some((e) => e.event === "remote offer ignored (offers crossed)")));
-    assert.ok(await b.page.evaluate(() => window.me.timeline.some((e) => e.event === "offers crossed: own offer rolled back")));
+    const story = (p) => p.evaluate(() => window.me.timeline.filter((e) => !/candidate/.test(e.event)).map((e) => `${e.t} ${e.event} ${JSON.stringify(e.detail ?? {})}`).join("\n"));
+    const stories = async () => `caller:\n${await story(a.page)}\ncallee:\n${await story(b.page)}`;
+    assert.ok(await a.page.evaluate(() => window.me.timeline.some((e) => e.event === "remote offer ignored (offers crossed)")), await stories());
+    assert.ok(await b.page.evaluate(() => window.me.timeline.some((e) => e.event === "offers crossed: own offer rolled back")), await stories());
     for (const p of [a.page, b.page]) {
       assert.equal(await p.evaluate(() => window.me.state), "connected");
       assert.equal(await restarts(p), 0);
