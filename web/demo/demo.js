@@ -62,8 +62,12 @@ function showCall(call) {
   call.on("state", refresh);
   call.on("localstream", (s) => ($("local").srcObject = s));
   call.on("remotestream", (s) => ($("remote").srcObject = s));
+  wireControls(call);
   call.on("ended", () => {
     refresh();
+    $("remote-screen").srcObject = null;
+    $("remote-screen").classList.add("hidden");
+    $("remote-media").classList.add("hidden");
     $("local").srcObject = null;
     $("remote").srcObject = null;
     $("placeholder").classList.remove("hidden");
@@ -71,6 +75,70 @@ function showCall(call) {
     setTimeout(() => current === call && $("callbar").classList.add("hidden"), 1500);
   });
   refresh();
+}
+
+// Mute, camera, screen share and device pickers for `call`; the other side's media state
+// and the call's quality as the SDK reports them.
+function wireControls(call) {
+  const buttons = () => {
+    $("mute-audio").textContent = call.localMedia.audio ? "Mute" : "Unmute";
+    $("mute-audio").classList.toggle("on", !call.localMedia.audio);
+    $("mute-video").textContent = call.localMedia.video ? "Camera off" : "Camera on";
+    $("mute-video").classList.toggle("on", !call.localMedia.video);
+    $("mute-video").disabled = call.media !== "video";
+    $("share-screen").textContent = call.screenStream ? "Stop sharing" : "Share screen";
+    $("share-screen").classList.toggle("on", !!call.screenStream);
+  };
+  const report = (what) => (e) => addEvent({ t: 0, event: `${what} failed`, detail: { error: String(e) } });
+  const toggle = (kind) => () => (call.localMedia[kind] ? call.mute(kind) : call.unmute(kind)).catch(report(kind)).finally(buttons);
+  $("mute-audio").onclick = toggle("audio");
+  $("mute-video").onclick = toggle("video");
+  $("share-screen").onclick = () => (call.screenStream ? call.stopScreen() : call.shareScreen()).catch(report("screen share")).finally(buttons);
+  call.on("screenended", buttons);
+  for (const [id, kind, label] of [["mic-select", "audioinput", "audio"], ["camera-select", "videoinput", "video"]]) {
+    $(id).innerHTML = "";
+    $(id).onchange = () => call.setDevice({ [label]: $(id).value }).catch(report("device switch"));
+    $(id).dataset.kind = kind;
+  }
+  const fillDevices = async () => {
+    const devices = await navigator.mediaDevices.enumerateDevices();
+    const using = (k) => call.localStream?.getTracks().find((t) => t.kind === k)?.getSettings().deviceId;
+    for (const [id, kind, k] of [["mic-select", "audioinput", "audio"], ["camera-select", "videoinput", "video"]]) {
+      const sel = $(id);
+      sel.innerHTML = "";
+      for (const d of devices.filter((d) => d.kind === kind)) {
+        const o = document.createElement("option");
+        o.value = d.deviceId;
+        o.textContent = d.label || d.deviceId.slice(0, 8);
+        o.selected = d.deviceId === using(k);
+        sel.appendChild(o);
+      }
+      sel.disabled = sel.options.length < 2;
+    }
+  };
+  call.on("localstream", () => void fillDevices());
+  call.on("device", () => void fillDevices());
+  call.on("devicelost", (e) => addEvent({ t: 0, event: `${e.kind} device lost`, detail: { now: e.fallback?.label ?? "none" } }));
+  call.on("remotemedia", (m) => {
+    const off = [!m.audio && "muted", call.media === "video" && !m.video && "camera off", m.screen && "sharing screen"].filter(Boolean);
+    $("remote-media").textContent = `${call.peer}: ${off.length ? off.join(", ") : "on"}`;
+    $("remote-media").dataset.audio = String(m.audio);
+    $("remote-media").dataset.video = String(m.video);
+    $("remote-media").classList.toggle("hidden", !off.length);
+  });
+  call.on("remotescreen", (s) => {
+    $("remote-screen").srcObject = s;
+    $("remote-screen").classList.toggle("hidden", !s);
+  });
+  call.on("quality", (q) => {
+    const loss = q.loss === null ? "–" : `${(q.loss * 100).toFixed(1)} %`;
+    $("quality").textContent = `${q.level} · ${q.rttMs ?? "–"} ms · ${loss} loss · ${q.inKbps} kbit/s`;
+    $("quality").dataset.level = q.level;
+  });
+  call.on("reconnecting", () => ($("quality").textContent = "reconnecting…"));
+  $("quality").textContent = "–";
+  $("quality").dataset.level = "";
+  buttons();
 }
 
 async function refreshPeople() {

@@ -349,6 +349,10 @@ class RtcPC {
     this.log.push(o?.iceRestart ? "restart offer" : "offer");
     return { type: "offer", sdp: "v=0 offer" };
   }
+  async createAnswer() {
+    this.log.push("answer");
+    return { type: "answer", sdp: "v=0 answer" };
+  }
   async setLocalDescription(d) {
     this.log.push(`local ${d.type}`);
     if (d.type === "rollback") {
@@ -556,4 +560,40 @@ test("a late answer to a rolled-back restart is told apart from the current rest
   await signal({ sdp: { type: "answer", sdp: "v=0 answer", restart: 2 } });
   assert.equal(pc.signalingState, "stable");
   assert.ok(events().includes("ice restart answered"));
+});
+
+// Renegotiation and media notices through a Call (the caller: impolite), with the fake
+// peer connection: what goes on the wire.
+const sdpSent = (ws) => ws.sent.filter((f) => f.type === "call.signal" && f.data.sdp).map((f) => f.data.sdp);
+
+test("the caller answers the callee's renegotiation offer when stable, and ignores one that crosses its own", async () => {
+  const { pc, ws, offers, signal, events, bothGathered } = await callingWorld();
+  await signal({ sdp: { type: "offer", sdp: "v=0 screen" } });
+  assert.deepEqual(sdpSent(ws).map((d) => d.type), ["answer"], "answered");
+  assert.equal(sdpSent(ws)[0].restart, undefined, "no restart number on a renegotiation answer");
+  assert.equal(pc.signalingState, "stable");
+  // A restart of the caller's is out when the callee's next offer arrives: it is ignored
+  // (the callee, polite, rolls back and answers the restart instead).
+  await bothGathered();
+  pc.conn("failed");
+  await settle();
+  assert.equal(offers(), 1);
+  await signal({ sdp: { type: "offer", sdp: "v=0 screen again" } });
+  assert.ok(events().includes("remote offer ignored (offers crossed)"));
+  assert.deepEqual(sdpSent(ws).map((d) => d.type), ["answer", "offer"], "no answer to the crossing offer");
+  assert.equal(pc.signalingState, "have-local-offer", "the restart offer stands");
+});
+
+test("mute sends a media notice; a notice received is the call's remoteMedia and a remotemedia event", async () => {
+  const { call, ws, signal } = await callingWorld();
+  await call.mute("audio");
+  await call.mute("audio"); // twice: one notice
+  await call.mute("video");
+  const notices = ws.sent.filter((f) => f.type === "call.signal" && f.data.media).map((f) => f.data.media);
+  assert.deepEqual(notices, [{ audio: false, video: true, screen: false }, { audio: false, video: false, screen: false }]);
+  const got = [];
+  call.on("remotemedia", (m) => got.push(m));
+  await signal({ media: { audio: true, video: false, screen: true } });
+  assert.deepEqual(got, [{ audio: true, video: false, screen: true }]);
+  assert.deepEqual(call.remoteMedia, { audio: true, video: false, screen: true });
 });

@@ -82,14 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/demo.css",
             get(|| async { asset("text/css; charset=utf-8", DEMO_CSS) }),
         )
-        .route(
-            "/sdk/firstcall.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SDK_JS) }),
-        )
-        .route(
-            "/sdk/firstcall.d.ts",
-            get(|| async { asset("text/plain; charset=utf-8", SDK_DTS) }),
-        )
+        .route("/sdk/{file}", get(sdk_file))
         .with_state(state)
 }
 
@@ -97,8 +90,38 @@ pub fn router(state: Arc<AppState>) -> Router {
 const DEMO_HTML: &str = include_str!("../../../web/demo/index.html");
 const DEMO_JS: &str = include_str!("../../../web/demo/demo.js");
 const DEMO_CSS: &str = include_str!("../../../web/demo/demo.css");
-const SDK_JS: &str = include_str!("../../../web/sdk/dist/firstcall.js");
-const SDK_DTS: &str = include_str!("../../../web/sdk/dist/firstcall.d.ts");
+
+/// The SDK's modules as compiled to web/sdk/dist, each with its declarations, served
+/// under /sdk/ (firstcall.js imports the others by relative path).
+macro_rules! sdk_modules {
+    ($($m:literal),* $(,)?) => {
+        &[$(
+            (concat!($m, ".js"), "text/javascript; charset=utf-8",
+             include_str!(concat!("../../../web/sdk/dist/", $m, ".js"))),
+            (concat!($m, ".d.ts"), "text/plain; charset=utf-8",
+             include_str!(concat!("../../../web/sdk/dist/", $m, ".d.ts"))),
+        )*]
+    };
+}
+const SDK_FILES: &[(&str, &str, &str)] = sdk_modules![
+    "firstcall",
+    "protocol",
+    "env",
+    "emitter",
+    "session",
+    "client",
+    "call",
+    "negotiation",
+    "quality",
+    "stats",
+];
+
+async fn sdk_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match SDK_FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => asset(content_type, body),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -410,7 +410,7 @@ pub fn validate_signal(data: &str) -> Result<SignalKind, &'static str> {
 fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
     let obj = data.as_object().ok_or("data must be an object")?;
     if obj.len() != 1 {
-        return Err("data must have exactly one of candidate, end_of_candidates, sdp");
+        return Err("data must have exactly one of candidate, end_of_candidates, sdp, media");
     }
     if let Some(c) = obj.get("candidate") {
         let cand = c
@@ -435,7 +435,24 @@ fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
         }
         return Ok(SignalKind::Sdp);
     }
-    Err("data must have exactly one of candidate, end_of_candidates, sdp")
+    if let Some(m) = obj.get("media") {
+        let m = m.as_object().ok_or("media must be an object")?;
+        for key in ["audio", "video"] {
+            if !m.get(key).is_some_and(Value::is_boolean) {
+                return Err("media.audio and media.video must be booleans");
+            }
+        }
+        for (key, value) in m {
+            if !["audio", "video", "screen"].contains(&key.as_str()) {
+                return Err("media may hold only audio, video and screen");
+            }
+            if !value.is_boolean() {
+                return Err("media.screen must be a boolean");
+            }
+        }
+        return Ok(SignalKind::Media);
+    }
+    Err("data must have exactly one of candidate, end_of_candidates, sdp, media")
 }
 
 /// What a signal carries, for logs.
@@ -447,6 +464,8 @@ pub enum SignalKind {
     EndOfCandidates,
     /// Renegotiation / ICE restart SDP.
     Sdp,
+    /// The sender's media state (microphone, camera, screen share).
+    Media,
 }
 
 /// The `typ` of an SDP candidate line.
@@ -557,5 +576,23 @@ mod tests {
         assert!(validate_signal(raw(json!({"sdp":{"type":"bogus","sdp":"v=0"}}))).is_err());
         assert!(validate_signal(raw(json!({"candidate":{}, "sdp":{}}))).is_err());
         assert!(validate_signal(raw(json!("x"))).is_err());
+        assert_eq!(
+            validate_signal(raw(json!({"media":{"audio":false,"video":true,"screen":false}}))),
+            Ok(SignalKind::Media)
+        );
+        assert_eq!(
+            validate_signal(raw(json!({"media":{"audio":true,"video":true}}))),
+            Ok(SignalKind::Media)
+        );
+        for bad in [
+            json!({"media":true}),
+            json!({"media":{"audio":true}}),
+            json!({"media":{"audio":"no","video":true}}),
+            json!({"media":{"audio":true,"video":true,"screen":1}}),
+            json!({"media":{"audio":true,"video":true,"volume":3}}),
+            json!({"media":{"audio":true,"video":true},"end_of_candidates":true}),
+        ] {
+            assert!(validate_signal(raw(bad.clone())).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,113 @@
+import { Emitter } from "./emitter.js";
+import { type Environment, type TimelineEntry } from "./env.js";
+import { Session } from "./session.js";
+import { Call, type CallOptions } from "./call.js";
+import type { ClientFrame, ClientState, ServerFrame, Welcome } from "./protocol.js";
+export interface ConnectOptions {
+    /** JWT, or `dev:<user>` against a server in dev mode. */
+    token: string;
+    /** Stable per installation; generated and kept in localStorage when absent. */
+    device?: string;
+    /** Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). */
+    rtcConfig?: RTCConfiguration;
+    /** Keep only the ICE server URLs this accepts (e.g. only `?transport=tcp` behind a UDP-blocking firewall). */
+    iceUrlFilter?: (url: string) => boolean;
+    /** Give up on a call that has not connected after this long (default 45 s). */
+    connectTimeoutMs?: number;
+    /** How long ICE may stay `disconnected` before it is restarted (default 3 s). */
+    iceRestartGraceMs?: number;
+    /** Reject the first connect() after this long without a welcome (default 15 s). */
+    firstConnectTimeoutMs?: number;
+    /**
+     * Keep one peer connection ready with its candidates (TURN allocations included)
+     * gathered before any call, so that a call does not wait for them (default true).
+     */
+    prewarm?: boolean;
+    /** How often a connected call emits `quality` (default 2000 ms; 0: never). */
+    qualityIntervalMs?: number;
+    env?: Partial<Environment>;
+}
+export interface ClientEvents {
+    state: (s: ClientState) => void;
+    welcome: (w: Welcome) => void;
+    /** An incoming call, ringing: `call.accept()` or `call.reject()`. */
+    incoming: (call: Call) => void;
+    "ice-servers": (servers: RTCIceServer[]) => void;
+    /** The server refused one of our frames. */
+    "server-error": (f: Extract<ServerFrame, {
+        type: "error";
+    }>) => void;
+    /** The server refused us for good (bad token): no reconnecting. */
+    fatal: (e: {
+        code: number;
+        reason?: string;
+    }) => void;
+    timeline: (e: TimelineEntry) => void;
+}
+/** A signaling client with calls. */
+export declare class Client extends Emitter<ClientEvents> {
+    readonly session: Session;
+    readonly user: string;
+    iceServers: RTCIceServer[];
+    readonly calls: Map<string, Call>;
+    readonly timeline: TimelineEntry[];
+    readonly env: Environment;
+    readonly options: ConnectOptions;
+    private readonly started;
+    private readonly httpBase;
+    constructor(url: string, options: ConnectOptions);
+    get state(): ClientState;
+    /**
+     * Start a call. Returns at once; watch the call's events. `opts.stream` hands the SDK
+     * the app's own camera and microphone; `opts.audio` / `opts.video` are getUserMedia
+     * constraints (device ids); a camera or microphone that cannot be opened ends the call
+     * as `media_failed`.
+     */
+    call(user: string, opts?: CallOptions): Call;
+    /**
+     * Resolves once ICE servers are known (first welcome), or after `maxMs` so a call is
+     * never stuck: gathering before then would miss relay candidates, which is exactly
+     * how cold-start calls used to fail.
+     */
+    whenIceReady(maxMs?: number): Promise<boolean>;
+    /** Users with a socket connected now (`GET /v1/online`). */
+    online(): Promise<string[]>;
+    close(): void;
+    private warm;
+    /** @internal True while any call has not ended. */
+    inCall(): boolean;
+    /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
+    private wantsPool;
+    /** @internal The RTCConfiguration every call's peer connection gets. */
+    rtcConfiguration(): RTCConfiguration;
+    /**
+     * @internal Gather candidates before the next call: a TURN allocation costs two round
+     * trips (401 challenge, then Allocate), which at 100 ms RTT was most of the gap between
+     * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
+     */
+    prewarm(): void;
+    /** @internal The pre-warmed peer connection, when it was built for `config`. */
+    takeWarmPeer(config: RTCConfiguration): RTCPeerConnection | null;
+    /** @internal */
+    send(frame: ClientFrame): number;
+    /** @internal */
+    log(source: string, event: string, detail?: Record<string, unknown>): void;
+    private onWelcome;
+    private onFrame;
+}
+/**
+ * Connect to a firstcall server. Resolves once the first welcome arrives (the client
+ * then holds ICE servers); keeps reconnecting on its own afterwards.
+ *
+ * ```ts
+ * const client = await connect("wss://example.org/v1/ws", { token });
+ * client.on("incoming", (call) => call.accept());
+ * const call = client.call("bob", { video: true });
+ * ```
+ */
+export declare function connect(url: string, options: ConnectOptions): Promise<Client>;
+/**
+ * A client whose calls can be placed before the socket is up (cold start): frames are
+ * queued and go out on connect. `connect()` waits for the welcome; this does not.
+ */
+export declare function createClient(url: string, options: ConnectOptions): Client;

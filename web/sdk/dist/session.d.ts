@@ -1,0 +1,61 @@
+import { Emitter } from "./emitter.js";
+import type { Environment } from "./env.js";
+import type { ClientState, ClientFrame, ServerFrame, Welcome } from "./protocol.js";
+/** A frame as it travels: its fields, its seq, and perhaps a piggybacked ack. */
+type Frame = Record<string, any> & {
+    type: string;
+    seq?: number;
+};
+export interface SessionEvents {
+    state: (s: ClientState) => void;
+    log: (event: string, detail: Record<string, unknown>) => void;
+    welcome: (w: Welcome) => void;
+    /** A sequenced frame, processed once and in order (or an unsequenced handshake error). */
+    frame: (f: ServerFrame) => void;
+    fatal: (e: {
+        code: number;
+        reason?: string;
+    }) => void;
+}
+/** The reliable session (see the top of this file). */
+export declare class Session extends Emitter<SessionEvents> {
+    private readonly url;
+    private readonly token;
+    private readonly device;
+    private readonly env;
+    state: ClientState;
+    sessionId: string | null;
+    welcome: Welcome | null;
+    /** Frames sent (or queued) and not yet acknowledged, in order. */
+    readonly unacked: {
+        seq: number;
+        frame: Frame;
+    }[];
+    private ws;
+    private lastIn;
+    private outSeq;
+    private attempt;
+    private reconnectTimer;
+    private watchdog;
+    private ackTimer;
+    private heartbeatMs;
+    private closed;
+    private unsubscribeNetwork;
+    constructor(url: string, token: string, device: string, env: Environment);
+    /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
+    send(frame: ClientFrame): number;
+    open(): void;
+    /** Drop the socket and resume on a fresh one right away. */
+    restart(why: string): void;
+    close(): void;
+    private raw;
+    private setState;
+    private scheduleReconnect;
+    private armWatchdog;
+    private onFrame;
+    /** The server has processed our frames up to `n`: stop keeping them. */
+    private release;
+    private scheduleAck;
+    private onWelcome;
+}
+export {};

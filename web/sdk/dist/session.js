@@ -1,0 +1,247 @@
+// The reliable session: numbered frames kept until acknowledged, acks, heartbeats,
+// reconnect with backoff and resume. Transport only; knows nothing of calls.
+import { Emitter } from "./emitter.js";
+/** The close codes after which reconnecting cannot help. */
+const FATAL_CLOSE = new Set([4003]);
+/** The reliable session (see the top of this file). */
+export class Session extends Emitter {
+    constructor(url, token, device, env) {
+        super();
+        this.url = url;
+        this.token = token;
+        this.device = device;
+        this.env = env;
+        this.state = "connecting";
+        this.sessionId = null;
+        this.welcome = null;
+        /** Frames sent (or queued) and not yet acknowledged, in order. */
+        this.unacked = [];
+        this.ws = null;
+        this.lastIn = 0;
+        this.outSeq = 0;
+        this.attempt = 0;
+        this.reconnectTimer = null;
+        this.watchdog = null;
+        this.ackTimer = null;
+        this.heartbeatMs = 15000;
+        this.closed = false;
+        this.unsubscribeNetwork = null;
+        this.unsubscribeNetwork =
+            env.onNetworkChange?.((online) => {
+                this.emit("log", "network", { online });
+                // A changed network invalidates the socket's path: resume on a new one now.
+                if (online)
+                    this.restart("network changed");
+            }) ?? null;
+    }
+    /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
+    send(frame) {
+        const seq = ++this.outSeq;
+        const f = { ...frame, seq };
+        this.unacked.push({ seq, frame: f });
+        if (this.ws && this.state === "connected") {
+            if (this.ackTimer) {
+                // Our pending ack rides on this frame instead of a frame of its own.
+                this.env.clearTimeout(this.ackTimer);
+                this.ackTimer = null;
+                this.raw(JSON.stringify({ ...f, ack: this.lastIn }));
+            }
+            else {
+                this.raw(JSON.stringify(f));
+            }
+        }
+        else
+            this.emit("log", "queued", { type: frame.type, seq });
+        return seq;
+    }
+    open() {
+        if (this.closed)
+            return;
+        this.env.clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = null;
+        let ws;
+        try {
+            ws = new this.env.WebSocket(this.url);
+        }
+        catch (e) {
+            this.scheduleReconnect(String(e));
+            return;
+        }
+        this.ws = ws;
+        ws.onopen = () => {
+            const hello = { type: "hello", token: this.token, device: this.device };
+            if (this.sessionId)
+                hello.resume = { session: this.sessionId, last_seq: this.lastIn };
+            ws.send(JSON.stringify(hello));
+            this.armWatchdog();
+        };
+        ws.onmessage = (ev) => {
+            if (ws !== this.ws)
+                return;
+            this.armWatchdog();
+            let f;
+            try {
+                f = JSON.parse(String(ev.data));
+            }
+            catch {
+                this.emit("log", "bad-frame", { data: String(ev.data).slice(0, 100) });
+                return;
+            }
+            this.onFrame(ws, f);
+        };
+        ws.onclose = (ev) => {
+            if (ws !== this.ws)
+                return;
+            this.ws = null;
+            this.env.clearTimeout(this.watchdog);
+            const code = ev?.code;
+            this.emit("log", "socket-closed", { code, reason: ev?.reason });
+            if (code !== undefined && FATAL_CLOSE.has(code)) {
+                this.close();
+                this.emit("fatal", { code, reason: ev?.reason });
+                return;
+            }
+            this.scheduleReconnect(`closed ${code ?? ""}`);
+        };
+        ws.onerror = () => this.emit("log", "socket-error", {});
+    }
+    /** Drop the socket and resume on a fresh one right away. */
+    restart(why) {
+        if (this.closed)
+            return;
+        this.emit("log", "restart", { why });
+        const ws = this.ws;
+        this.ws = null;
+        try {
+            ws?.close();
+        }
+        catch {
+            /* already closing */
+        }
+        this.attempt = 0;
+        this.setState("reconnecting");
+        this.open();
+    }
+    close() {
+        this.closed = true;
+        this.env.clearTimeout(this.reconnectTimer);
+        this.env.clearTimeout(this.watchdog);
+        this.env.clearTimeout(this.ackTimer);
+        this.unsubscribeNetwork?.();
+        const ws = this.ws;
+        this.ws = null;
+        try {
+            ws?.close(1000, "bye");
+        }
+        catch {
+            /* ignore */
+        }
+        this.setState("closed");
+    }
+    raw(text) {
+        try {
+            this.ws?.send(text);
+        }
+        catch {
+            // The frame stays in `unacked` and goes out again after the resume.
+            this.restart("send failed");
+        }
+    }
+    setState(s) {
+        if (this.state === s)
+            return;
+        this.state = s;
+        this.emit("state", s);
+    }
+    scheduleReconnect(why) {
+        if (this.closed || this.reconnectTimer)
+            return;
+        this.setState("reconnecting");
+        // First retry at once, then exponential backoff (250 ms .. 10 s) with full jitter,
+        // so a server restart is not met by every client in the same millisecond.
+        const base = this.attempt === 0 ? 0 : Math.min(10000, 250 * 2 ** (this.attempt - 1));
+        const delay = Math.round(base * (0.5 + this.env.random() / 2));
+        this.attempt++;
+        this.emit("log", "reconnect-scheduled", { why, delay, attempt: this.attempt });
+        this.reconnectTimer = this.env.setTimeout(() => {
+            this.reconnectTimer = null;
+            this.open();
+        }, delay);
+    }
+    armWatchdog() {
+        this.env.clearTimeout(this.watchdog);
+        // Two missed heartbeats: the socket is dead even if the OS has not noticed.
+        this.watchdog = this.env.setTimeout(() => this.restart("heartbeat lost"), this.heartbeatMs * 2 + 1000);
+    }
+    onFrame(ws, f) {
+        if (typeof f.ack === "number" && f.type !== "ack")
+            this.release(f.ack);
+        switch (f.type) {
+            case "welcome":
+                return this.onWelcome(ws, f);
+            case "ack":
+                this.release(Number(f.seq));
+                return;
+            case "ping":
+                ws.send('{"type":"pong"}');
+                return;
+            case "pong":
+                return;
+        }
+        if (typeof f.seq !== "number") {
+            // Unsequenced: only handshake errors.
+            this.emit("frame", f);
+            return;
+        }
+        if (f.seq <= this.lastIn)
+            return this.scheduleAck(ws); // replayed duplicate
+        if (f.seq > this.lastIn + 1) {
+            // Cannot happen with a correct server; resuming asks for exactly what is missing.
+            this.emit("log", "gap", { expected: this.lastIn + 1, got: f.seq });
+            this.restart("sequence gap");
+            return;
+        }
+        this.lastIn = f.seq;
+        this.scheduleAck(ws);
+        this.emit("frame", f);
+    }
+    /** The server has processed our frames up to `n`: stop keeping them. */
+    release(n) {
+        while (this.unacked.length && this.unacked[0].seq <= n)
+            this.unacked.shift();
+    }
+    scheduleAck(ws) {
+        if (this.ackTimer)
+            return;
+        this.ackTimer = this.env.setTimeout(() => {
+            this.ackTimer = null;
+            if (this.ws === ws)
+                ws.send(JSON.stringify({ type: "ack", seq: this.lastIn }));
+        }, 50);
+    }
+    onWelcome(ws, f) {
+        this.heartbeatMs = Number(f.heartbeat_ms) || this.heartbeatMs;
+        if (f.resumed) {
+            const done = Number(f.last_seq);
+            while (this.unacked.length && this.unacked[0].seq <= done)
+                this.unacked.shift();
+        }
+        else {
+            // New session: our unprocessed frames are renumbered from 1 and resent. Every
+            // call frame is idempotent on the server, so a frame it did see is harmless.
+            this.lastIn = 0;
+            this.outSeq = 0;
+            for (const u of this.unacked) {
+                u.seq = ++this.outSeq;
+                u.frame = { ...u.frame, seq: u.seq };
+            }
+        }
+        this.sessionId = f.session;
+        this.welcome = f;
+        this.attempt = 0;
+        this.setState("connected");
+        this.emit("welcome", f);
+        for (const u of this.unacked)
+            ws.send(JSON.stringify(u.frame));
+    }
+}

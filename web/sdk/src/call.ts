@@ -1,0 +1,815 @@
+// One call: its peer connection, media, signals, and the driver of the restart and
+// renegotiation rules (negotiation.ts).
+import { Emitter } from "./emitter.js";
+import type { TimelineEntry } from "./env.js";
+import type { Client } from "./client.js";
+import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame, SignalData } from "./protocol.js";
+import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
+import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
+import { quality, readSample, type CallSummary, type QualityReport, type QualitySample } from "./quality.js";
+
+/** Where a call's camera and microphone come from. */
+export interface MediaOptions {
+  /**
+   * The app's own stream (e.g. its preview), used as it is: the SDK opens no camera and
+   * leaves the stream's tracks running when the call ends. A stream without a video
+   * track makes an audio call.
+   */
+  stream?: MediaStream;
+  /** Microphone constraints for getUserMedia, e.g. `{deviceId: {exact: id}}` (default: any). */
+  audio?: MediaTrackConstraints;
+  /** false: an audio-only call (default: video); or camera constraints for getUserMedia. */
+  video?: boolean | MediaTrackConstraints;
+}
+
+export interface CallOptions extends MediaOptions {
+  /** The call id (default: a new UUID). */
+  id?: string;
+}
+
+/** What a call says when a device changes under it. */
+export interface DeviceInfo {
+  kind: Media;
+  deviceId: string;
+  label: string;
+}
+
+export interface CallEvents {
+  state: (s: CallState) => void;
+  /** Our camera and microphone, once open. */
+  localstream: (s: MediaStream) => void;
+  /** The other side's camera and microphone. */
+  remotestream: (s: MediaStream) => void;
+  /** Media flows: the selected pair and the time it took. */
+  connected: (info: { ms: number } & SelectedPair) => void;
+  /**
+   * The call is recovering: its media path broke after it had connected (ICE
+   * disconnected or failed; the caller restarts ICE if it does not come back: `cause:
+   * "ice"`), or the signaling socket dropped and the session is being resumed (`cause:
+   * "signaling"`). Show "reconnecting…" until `reconnected` with the same cause.
+   */
+  reconnecting: (info: { cause: "ice" | "signaling"; why: string }) => void;
+  /** The media path is back after a restart, or the session resumed. */
+  reconnected: (info: { cause: "ice" | "signaling" }) => void;
+  /** The other side muted or unmuted its microphone, turned its camera off or on, or
+   * started or stopped a screen share. */
+  remotemedia: (s: MediaState) => void;
+  /** The other side's screen share (null when it stopped). */
+  remotescreen: (s: MediaStream | null) => void;
+  /** Our own screen share stopped (by `stopScreen()` or the browser's own stop button). */
+  screenended: () => void;
+  /** Every `qualityIntervalMs` (2 s) once connected: round trip, jitter, loss, bitrates, level. */
+  quality: (q: QualityReport) => void;
+  /** When the call ends: duration, pair, bytes, restarts (also in `call.summary`). */
+  summary: (s: CallSummary) => void;
+  /** We now send from this device (after `setDevice`, or a fallback after `devicelost`). */
+  device: (d: DeviceInfo) => void;
+  /** A device we sent from went away (unplugged); `fallback` is the device now used instead, or null if none could be opened. */
+  devicelost: (e: { kind: Media; lost: string; fallback: DeviceInfo | null }) => void;
+  timeline: (e: TimelineEntry) => void;
+  ended: (reason: EndReason) => void;
+}
+
+type CallFrame = Extract<ServerFrame, { call: string }>;
+
+/** One call. Events: see `CallEvents`. */
+export class Call extends Emitter<CallEvents> {
+  state: CallState = "new";
+  endReason: EndReason | null = null;
+  pc: RTCPeerConnection | null = null;
+  localStream: MediaStream | null = null;
+  remoteStream: MediaStream | null = null;
+  readonly timeline: TimelineEntry[] = [];
+  /** Candidate counts by type, gathered locally and received from the peer. */
+  readonly candidates = { local: {} as Record<string, number>, remote: {} as Record<string, number> };
+  connectMs: number | null = null;
+  /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
+  iceConnectedMs: number | null = null;
+  selectedPair: SelectedPair | null = null;
+  /** @internal */ offer: string | null = null;
+  /** @internal */ fromDevice: string | null = null;
+  private remoteCandidates: RTCIceCandidateInit[] = [];
+  private remoteSet = false;
+  private readonly t0: number;
+  private connectTimer: unknown = null;
+  /** The restart and renegotiation rules' state (negotiation.ts). */
+  private neg: NegotiationState;
+  private readonly timers: Record<TimerName, unknown> = { failed: null, disconnect: null, answer: null };
+  /** We are creating or sending an offer that `signalingState` does not show yet. */
+  private makingOffer = false;
+  /** The call's first offer and answer are applied: renegotiation may begin. */
+  private negotiated = false;
+  /** What we send, as last told to the other side. */
+  localMedia: MediaState;
+  /** What the other side sends, as it last told us. */
+  remoteMedia: MediaState;
+  /** The other side's screen share, while it lasts. */
+  remoteScreen: MediaStream | null = null;
+  /** Our screen share, while it lasts. */
+  screenStream: MediaStream | null = null;
+  private readonly senders: Partial<Record<Media, RTCRtpSender>> = {};
+  /** Tracks the SDK opened (stopped when the call ends); an app's own stream is not. */
+  private readonly ownTracks = new Set<MediaStreamTrack>();
+  private mediaOptions: MediaOptions;
+  /** The latest quality report, and the call's summary once it ended. */
+  lastQuality: QualityReport | null = null;
+  summary: CallSummary | null = null;
+  private qualityTimer: unknown = null;
+  private lastSample: QualitySample | null = null;
+  private readonly reports: QualityReport[] = [];
+  private connectedAt: number | null = null;
+  private restartsTotal = 0;
+  private screenSender: RTCRtpSender | null = null;
+  /** The id of the other side's camera-and-microphone stream (any other is a screen share). */
+  private cameraStreamId: string | null = null;
+
+  constructor(
+    readonly client: Client,
+    readonly id: string,
+    readonly peer: string,
+    readonly direction: "outgoing" | "incoming",
+    readonly media: Media,
+    options: MediaOptions = {},
+  ) {
+    super();
+    this.mediaOptions = options;
+    this.t0 = client.env.now();
+    this.neg = initialNegotiation(direction === "outgoing" ? "caller" : "callee", client.options.iceRestartGraceMs ?? 3000);
+    const start: MediaState = { audio: true, video: media === "video", screen: false };
+    this.localMedia = { ...start };
+    this.remoteMedia = { ...start };
+  }
+
+  /**
+   * Stop sending the microphone (`"audio"`) or the camera (`"video"`), and tell the other
+   * side (`remotemedia` there). Nothing is sent for that track until `unmute`: its sender
+   * carries no track (replaceTrack(null), no renegotiation), so the other side decodes
+   * nothing; the local track stays open (disabled) for a quick unmute.
+   */
+  mute(kind: Media): Promise<void> {
+    return this.setSending(kind, false);
+  }
+
+  /** Send the microphone or camera again, and tell the other side. */
+  unmute(kind: Media): Promise<void> {
+    return this.setSending(kind, true);
+  }
+
+  private async setSending(kind: Media, on: boolean): Promise<void> {
+    if (this.state === "ended" || (kind === "video" && this.media !== "video") || this.localMedia[kind] === on) return;
+    this.localMedia = { ...this.localMedia, [kind]: on };
+    for (const t of this.localStream?.getTracks() ?? []) if (t.kind === kind) t.enabled = on;
+    await this.applySending(kind);
+    this.mark(on ? `${kind} unmuted` : `${kind} muted`);
+    this.signal({ media: { ...this.localMedia } });
+  }
+
+  /** Point the camera's or microphone's sender at its track, or at nothing while muted. */
+  private async applySending(kind: Media): Promise<void> {
+    const sender = this.senders[kind];
+    if (!sender) return;
+    const track = this.localStream?.getTracks().find((t) => t.kind === kind) ?? null;
+    await sender.replaceTrack(this.localMedia[kind] ? track : null);
+  }
+
+  /**
+   * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
+   * a renegotiation, which either side may start at any time after the call connected.
+   * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+   */
+  async shareScreen(opts: { stream?: MediaStream } = {}): Promise<void> {
+    const pc = this.pc;
+    if (this.state === "ended" || !pc || !this.negotiated) throw new Error("firstcall: shareScreen needs a connected call");
+    if (this.screenStream) return;
+    const env = this.client.env;
+    let stream = opts.stream;
+    if (!stream) {
+      if (!env.getDisplayMedia) throw new Error("firstcall: screen capture is not available here");
+      stream = await env.getDisplayMedia({ video: true, audio: false });
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track) throw new Error("firstcall: the screen stream has no video track");
+    if ((this.state as CallState) === "ended") {
+      if (!opts.stream) stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    this.screenStream = stream;
+    // The browser's own "stop sharing" ends the track.
+    track.addEventListener("ended", () => void this.stopScreen());
+    this.screenSender = pc.addTrack(track, stream);
+    this.localMedia = { ...this.localMedia, screen: true };
+    this.mark("screen share started");
+    this.signal({ media: { ...this.localMedia } });
+  }
+
+  /** Stop our screen share (a renegotiation). */
+  async stopScreen(): Promise<void> {
+    const stream = this.screenStream;
+    if (!stream) return;
+    this.screenStream = null;
+    const sender = this.screenSender;
+    this.screenSender = null;
+    stream.getTracks().forEach((t) => t.stop());
+    if (this.state !== "ended" && this.pc && sender) {
+      try {
+        this.pc.removeTrack(sender);
+      } catch (e) {
+        this.mark("screen share removal failed", { error: String(e) });
+      }
+      this.localMedia = { ...this.localMedia, screen: false };
+      this.signal({ media: { ...this.localMedia } });
+    }
+    this.mark("screen share stopped");
+    this.emit("screenended");
+  }
+
+  /**
+   * Answer an incoming call, with the app's own stream or constraints if given. A camera
+   * or microphone that cannot be opened ends the call as `media_failed`, on both sides.
+   */
+  async accept(options: MediaOptions = {}): Promise<void> {
+    if (this.direction !== "incoming" || this.state !== "ringing") return;
+    this.mediaOptions = options;
+    this.setState("connecting");
+    this.armConnectTimeout();
+    try {
+      await this.client.whenIceReady();
+      await this.setupPeer();
+      await this.pc!.setRemoteDescription({ type: "offer", sdp: this.offer ?? "" });
+      await this.remoteDescriptionSet();
+      const answer = await this.pc!.createAnswer();
+      await this.pc!.setLocalDescription(answer);
+      this.client.send({ type: "call.accept", call: this.id, sdp: this.pc!.localDescription!.sdp });
+      this.negotiated = true;
+      this.mark("accept sent");
+    } catch (e) {
+      this.mark("accept failed", { error: String(e) });
+      this.hangup("media_failed");
+    }
+  }
+
+  /** Decline an incoming call. */
+  reject(): void {
+    if (this.state === "ended") return;
+    this.client.send({ type: "call.reject", call: this.id });
+    this.end("rejected", "local reject");
+  }
+
+  /** End the call (cancel, reject or hang up, as fits its state). */
+  hangup(reason: HangupReason = "user"): void {
+    if (this.state === "ended") return;
+    if (this.direction === "outgoing" && (this.state === "ringing" || this.state === "pending" || this.state === "new")) {
+      this.client.send({ type: "call.cancel", call: this.id });
+      this.end("cancelled", "local cancel");
+    } else if (this.direction === "incoming" && this.state === "ringing") {
+      this.reject();
+    } else {
+      this.client.send({ type: "call.hangup", call: this.id, reason });
+      this.end(reason === "user" ? "hangup" : reason, `local hangup (${reason})`);
+    }
+  }
+
+  /** @internal Live, and its peer connection not built yet. */
+  get awaitingPeer(): boolean {
+    return !this.pc && this.state !== "ended";
+  }
+
+  /** @internal */
+  async start(): Promise<void> {
+    this.mark("calling", { to: this.peer, media: this.media, ice_servers: this.client.iceServers.length });
+    this.armConnectTimeout();
+    try {
+      if (!(await this.client.whenIceReady())) this.mark("no ICE servers yet: calling without TURN");
+      else if (!this.client.iceServers.length) this.mark("no ICE servers");
+      await this.setupPeer();
+      const offer = await this.pc!.createOffer();
+      await this.pc!.setLocalDescription(offer);
+      // The offer rides in the invite; candidates follow as they are found.
+      this.client.send({ type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc!.localDescription!.sdp });
+      this.setState("ringing");
+      this.mark("invite sent");
+    } catch (e) {
+      this.mark("setup failed", { error: String(e) });
+      // Nothing was sent yet: the other side never hears of this call.
+      this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
+    }
+  }
+
+  private signalingDown = false;
+
+  /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
+  onSessionState(s: "reconnecting" | "connected", why: string): void {
+    if (this.state === "ended") return;
+    if (s === "reconnecting" && !this.signalingDown) {
+      this.signalingDown = true;
+      this.emit("reconnecting", { cause: "signaling", why });
+    } else if (s === "connected" && this.signalingDown) {
+      this.signalingDown = false;
+      this.mark("reconnected", { cause: "signaling" });
+      this.emit("reconnected", { cause: "signaling" });
+    }
+  }
+
+  /** @internal */
+  setState(s: CallState): void {
+    if (this.state === s || this.state === "ended") return;
+    this.state = s;
+    this.emit("state", s);
+  }
+
+  /** @internal */
+  mark(event: string, detail?: Record<string, unknown>): void {
+    const e: TimelineEntry = { t: this.client.env.now() - this.t0, event, detail };
+    this.timeline.push(e);
+    this.emit("timeline", e);
+    this.client.log(`call ${this.id.slice(0, 8)}`, event, detail);
+  }
+
+  /** @internal */
+  onFrame(f: CallFrame): void {
+    switch (f.type) {
+      case "call.ringing":
+        this.mark("ringing", { device: f.device });
+        if (this.state === "pending") this.setState("ringing");
+        return;
+      case "call.pending":
+        this.mark("callee offline: waiting (push sent)");
+        this.setState("pending");
+        return;
+      case "call.accepted":
+        this.mark("accepted", { device: f.device });
+        this.setState("connecting");
+        void this.pc
+          ?.setRemoteDescription({ type: "answer", sdp: f.sdp })
+          .then(() => {
+            this.negotiated = true;
+            return this.remoteDescriptionSet();
+          })
+          .catch((e) => {
+            this.mark("bad answer", { error: String(e) });
+            this.hangup("media_failed");
+          });
+        return;
+      case "call.signal":
+        return void this.onSignal(f.data);
+      case "call.ended":
+        // The other side could not open its camera or microphone: the server says
+        // `rejected` (before an answer) or `hangup`, with the hang-up reason as detail.
+        return this.end(f.detail === "media_failed" ? "media_failed" : f.reason, f.detail ? `remote: ${f.detail}` : "remote");
+    }
+  }
+
+  /** @internal */
+  end(reason: EndReason, why: string): void {
+    if (this.state === "ended") return;
+    this.endReason = reason;
+    this.mark("ended", { reason, why });
+    this.client.env.clearTimeout(this.connectTimer);
+    this.client.env.clearTimeout(this.qualityTimer);
+    this.step({ type: "ended" });
+    try {
+      this.pc?.close();
+    } catch {
+      /* ignore */
+    }
+    for (const t of this.ownTracks) t.stop();
+    this.ownTracks.clear();
+    this.screenStream?.getTracks().forEach((t) => t.stop());
+    this.state = "ended";
+    this.summary = this.summarize();
+    this.mark("summary", { ...this.summary });
+    this.emit("state", "ended");
+    this.emit("summary", this.summary);
+    this.emit("ended", reason);
+    // Ready for the next call once no call is in progress.
+    if (!this.client.inCall()) this.client.prewarm();
+  }
+
+  private armConnectTimeout(): void {
+    const ms = this.client.options.connectTimeoutMs ?? 45000;
+    this.connectTimer = this.client.env.setTimeout(() => {
+      if (this.state !== "connected" && this.state !== "ended") {
+        this.mark("no connection in time", { ms });
+        this.hangup("ice_failed");
+      }
+    }, ms);
+  }
+
+  /** What the rules need to know of the peer connection now. */
+  private view(): PcView {
+    const pc = this.pc;
+    return {
+      ice: pc?.iceConnectionState ?? "new",
+      conn: pc?.connectionState ?? "new",
+      gathering: pc?.iceGatheringState ?? "new",
+      signaling: pc?.signalingState ?? "stable",
+      makingOffer: this.makingOffer,
+    };
+  }
+
+  /** Feed one event to the rules and carry out what they say. */
+  private step(event: NegotiationEvent): void {
+    const { state, actions } = negotiate(this.neg, event, this.client.env.now());
+    this.neg = state;
+    for (const a of actions) this.act(a);
+  }
+
+  private act(a: NegotiationAction): void {
+    const env = this.client.env;
+    switch (a.type) {
+      case "mark":
+        return this.mark(a.event, a.detail);
+      case "arm": {
+        env.clearTimeout(this.timers[a.timer]);
+        const timer = a.timer;
+        this.timers[timer] = env.setTimeout(() => {
+          this.timers[timer] = null;
+          if (this.pc) this.step({ type: "timer", timer, pc: this.view() });
+        }, Math.max(0, a.at - env.now()));
+        return;
+      }
+      case "disarm":
+        env.clearTimeout(this.timers[a.timer]);
+        this.timers[a.timer] = null;
+        return;
+      case "restart":
+        this.restartsTotal++;
+        return void this.sendRestartOffer(a.gen);
+      case "rollback": {
+        const pc = this.pc!;
+        void pc
+          .setLocalDescription({ type: "rollback" })
+          .catch((e) => this.mark("rollback failed", { error: String(e) }))
+          .then(() => this.step({ type: "restart-done", gen: a.gen, what: "unanswered restart", pc: this.view() }));
+        return;
+      }
+      case "hangup":
+        return this.hangup(a.reason);
+      case "reconnecting":
+        return this.emit("reconnecting", { cause: "ice", why: a.why });
+      case "reconnected":
+        this.mark("reconnected", { cause: "ice" });
+        return this.emit("reconnected", { cause: "ice" });
+      case "apply-answer":
+      case "answer-offer":
+      case "offer":
+        // Carried out by onSignal / onNegotiationNeeded, which asked for them.
+        return;
+    }
+  }
+
+  private async sendRestartOffer(gen: number): Promise<void> {
+    const pc = this.pc!;
+    this.makingOffer = true;
+    try {
+      const offer = await pc.createOffer({ iceRestart: true });
+      await pc.setLocalDescription(offer);
+      if ((this.state as CallState) === "ended") return;
+      this.client.send({ type: "call.signal", call: this.id, data: { sdp: { type: "offer", sdp: pc.localDescription!.sdp, restart: gen } } });
+    } catch (e) {
+      this.mark("ice restart failed", { error: String(e) });
+      this.makingOffer = false;
+      this.step({ type: "restart-done", gen, what: "failed restart", pc: this.view() });
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  private async setupPeer(): Promise<void> {
+    const env = this.client.env;
+    if (!env.RTCPeerConnection) throw new Error("WebRTC is not available here");
+    const opts = this.mediaOptions;
+    if (opts.stream) {
+      this.localStream = opts.stream;
+      this.mark("app's own stream", { tracks: opts.stream.getTracks().map((t) => t.kind) });
+    } else {
+      const video = this.media === "video" ? (typeof opts.video === "object" ? opts.video : true) : false;
+      this.localStream = await this.openMedia({ audio: opts.audio ?? true, video });
+    }
+    for (const t of this.localStream.getTracks()) this.watchTrack(t);
+    this.emit("localstream", this.localStream);
+    const config = this.client.rtcConfiguration();
+    const warm = this.client.takeWarmPeer(config);
+    const pc = warm ?? new env.RTCPeerConnection(config);
+    this.mark(warm ? "using pre-warmed peer connection" : "peer connection created");
+    this.pc = pc;
+    for (const t of this.localStream.getTracks()) {
+      const sender = pc.addTrack(t, this.localStream);
+      if (sender && (t.kind === "audio" || t.kind === "video")) this.senders[t.kind] = sender;
+      // Muted before the peer connection existed.
+      if (!this.localMedia[t.kind as Media]) {
+        t.enabled = false;
+        await this.applySending(t.kind as Media);
+      }
+    }
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && ev.candidate.candidate) {
+        const type = ev.candidate.type ?? candidateType(ev.candidate.candidate);
+        this.candidates.local[type] = (this.candidates.local[type] ?? 0) + 1;
+        // Trickle: each candidate goes out the moment it is found (queued if offline).
+        this.signal({ candidate: ev.candidate.toJSON() });
+        this.mark("candidate gathered and sent", { type, protocol: ev.candidate.protocol });
+      } else if (!ev.candidate) {
+        this.signal({ end_of_candidates: true });
+        this.mark("gathering complete", { ...this.candidates.local });
+        this.step({ type: "local-gathering-complete", pc: this.view() });
+      }
+    };
+    // A TURN or STUN server that cannot be reached or refuses us shows here, and only here:
+    // without it a call that gathered no relay candidates would not say why.
+    pc.onicecandidateerror = (ev: Event) => {
+      const e = ev as Event & { url?: string; errorCode?: number; errorText?: string; address?: string | null };
+      this.mark("candidate error", { url: e.url, code: e.errorCode, text: e.errorText, address: e.address });
+    };
+    pc.ontrack = (ev) => {
+      const stream = ev.streams[0] ?? new MediaStream([ev.track]);
+      // The first stream is the camera and microphone; any later one is a screen share.
+      if (this.cameraStreamId === null) this.cameraStreamId = stream.id;
+      if (stream.id === this.cameraStreamId) {
+        this.remoteStream = stream;
+        this.emit("remotestream", stream);
+        return;
+      }
+      if (this.remoteScreen === stream) return;
+      this.remoteScreen = stream;
+      this.mark("remote screen share", { stream: stream.id });
+      // Its track leaves the stream when the other side stops sharing (renegotiated).
+      stream.onremovetrack = () => {
+        if (stream.getTracks().length || this.remoteScreen !== stream) return;
+        this.remoteScreen = null;
+        this.emit("remotescreen", null);
+      };
+      this.emit("remotescreen", stream);
+    };
+    pc.onnegotiationneeded = () => {
+      // The first offer and answer go in the invite and the accept; only what changes
+      // after them is renegotiated.
+      if (!this.negotiated || this.state === "ended") return;
+      const { state, actions } = negotiate(this.neg, { type: "negotiation-needed", pc: this.view() }, this.client.env.now());
+      this.neg = state;
+      for (const a of actions) this.act(a);
+      if (actions.some((a) => a.type === "offer")) void this.sendOffer();
+    };
+    pc.oniceconnectionstatechange = () => this.onIceState(pc.iceConnectionState);
+    pc.onconnectionstatechange = () => {
+      this.mark(`connection ${pc.connectionState}`);
+      if (pc.connectionState === "connected") void this.onConnected();
+      this.step({ type: "conn", pc: this.view() });
+    };
+    pc.onsignalingstatechange = () => {
+      if (pc.signalingState === "stable") this.step({ type: "stable", pc: this.view() });
+    };
+  }
+
+  /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+  private async openMedia(constraints: MediaStreamConstraints): Promise<MediaStream> {
+    const gum = this.client.env.getUserMedia;
+    if (!gum) throw new MediaFailure("getUserMedia is not available here");
+    let stream: MediaStream;
+    try {
+      stream = await gum(constraints);
+    } catch (e) {
+      const err = e as { name?: string; message?: string };
+      throw new MediaFailure(`${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
+    }
+    for (const t of stream.getTracks()) this.ownTracks.add(t);
+    return stream;
+  }
+
+  /**
+   * Send from another microphone and/or camera (device ids from enumerateDevices): the
+   * new track replaces the old on the same sender (replaceTrack), so nothing is
+   * renegotiated and no offer goes out. A muted kind stays muted.
+   */
+  async setDevice(ids: { audio?: string; video?: string }): Promise<void> {
+    if (this.state === "ended" || !this.pc) throw new Error("firstcall: setDevice needs a call with media");
+    for (const kind of ["audio", "video"] as const) {
+      const id = ids[kind];
+      if (!id || (kind === "video" && this.media !== "video")) continue;
+      const stream = await this.openMedia({ [kind]: { deviceId: { exact: id } } });
+      const track = stream.getTracks().find((t) => t.kind === kind);
+      if (!track) throw new Error(`firstcall: no ${kind} track from device ${id}`);
+      if ((this.state as CallState) === "ended") {
+        track.stop();
+        return;
+      }
+      await this.swapTrack(kind, track);
+      this.mark("device switched", { kind, label: track.label });
+    }
+  }
+
+  /** Put `track` in place of the local track of its kind, on the same sender. */
+  private async swapTrack(kind: Media, track: MediaStreamTrack): Promise<DeviceInfo> {
+    const stream = this.localStream!;
+    const old = stream.getTracks().find((t) => t.kind === kind);
+    track.enabled = this.localMedia[kind];
+    if (old) stream.removeTrack(old);
+    stream.addTrack(track);
+    this.watchTrack(track);
+    const sender = this.senders[kind];
+    if (sender && this.localMedia[kind]) await sender.replaceTrack(track);
+    if (old && this.ownTracks.delete(old)) old.stop();
+    const info: DeviceInfo = { kind, deviceId: track.getSettings?.().deviceId ?? "", label: track.label };
+    this.emit("device", info);
+    return info;
+  }
+
+  /** A device unplugged ends its track: fall back to the default device of that kind. */
+  private watchTrack(track: MediaStreamTrack): void {
+    track.addEventListener("ended", () => void this.onTrackEnded(track));
+  }
+
+  private async onTrackEnded(track: MediaStreamTrack): Promise<void> {
+    const kind = track.kind as Media;
+    // Only the track we send now matters (one we replaced or stopped ourselves does not).
+    if (this.state === "ended" || !this.localStream?.getTracks().includes(track)) return;
+    this.mark("device lost", { kind, label: track.label });
+    let fallback: DeviceInfo | null = null;
+    try {
+      const stream = await this.openMedia({ [kind]: true });
+      const next = stream.getTracks().find((t) => t.kind === kind);
+      if (next && (this.state as CallState) !== "ended") fallback = await this.swapTrack(kind, next);
+      else next?.stop();
+    } catch (e) {
+      this.mark("no fallback device", { kind, error: String(e) });
+    }
+    if (fallback) this.mark("fell back to device", { kind, label: fallback.label });
+    this.emit("devicelost", { kind, lost: track.label, fallback });
+  }
+
+  /** A renegotiation offer (perfect negotiation: see negotiation.ts). */
+  private async sendOffer(): Promise<void> {
+    const pc = this.pc!;
+    this.makingOffer = true;
+    try {
+      // Without arguments: the offer is created and applied in one step, so an offer
+      // from the other side cannot slip in between.
+      await pc.setLocalDescription();
+      if ((this.state as CallState) === "ended" || pc.signalingState !== "have-local-offer") return;
+      this.signal({ sdp: { type: "offer", sdp: pc.localDescription!.sdp } });
+      this.mark("renegotiation offer sent");
+    } catch (e) {
+      this.mark("renegotiation offer failed", { error: String(e) });
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  private signal(data: SignalData): void {
+    this.client.send({ type: "call.signal", call: this.id, data });
+  }
+
+  private onIceState(s: RTCIceConnectionState): void {
+    if ((s === "connected" || s === "completed") && this.iceConnectedMs === null) {
+      this.iceConnectedMs = this.client.env.now() - this.t0;
+      this.mark(`ice ${s}`, { ms: this.iceConnectedMs });
+    } else this.mark(`ice ${s}`);
+    this.step({ type: "ice", pc: this.view() });
+  }
+
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private async onSignal(data: any): Promise<void> {
+    if (!data) return;
+    if (data.media && typeof data.media === "object") {
+      const m = data.media;
+      this.remoteMedia = { audio: m.audio !== false, video: m.video !== false && this.media === "video", screen: m.screen === true };
+      this.mark("remote media", { ...this.remoteMedia });
+      this.emit("remotemedia", { ...this.remoteMedia });
+      if (!this.remoteMedia.screen && this.remoteScreen) {
+        this.remoteScreen = null;
+        this.emit("remotescreen", null);
+      }
+      return;
+    }
+    if (data.candidate) {
+      const type = candidateType(data.candidate.candidate ?? "");
+      this.candidates.remote[type] = (this.candidates.remote[type] ?? 0) + 1;
+      if (!this.remoteSet || !this.pc) {
+        // Until the remote description is set, candidates wait here rather than fail.
+        this.remoteCandidates.push(data.candidate);
+        this.mark("remote candidate buffered", { type });
+        return;
+      }
+      this.mark("remote candidate", { type });
+      await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
+    } else if (data.end_of_candidates) {
+      const previous = this.neg.restartAnswerPending;
+      this.mark("remote gathering complete", { ...this.candidates.remote, ...(previous ? { generation: "previous" } : {}) });
+      if (this.pc) this.step({ type: "remote-end-of-candidates", pc: this.view() });
+    } else if (data.sdp && this.pc) {
+      const desc = { type: data.sdp.type, sdp: data.sdp.sdp } as RTCSessionDescriptionInit;
+      // `restart` numbers a restart offer and is echoed in its answer (an SDK without it
+      // sends none, and its answers are taken as before).
+      const tag: unknown = data.sdp.restart;
+      if (desc.type === "answer") return this.onRemoteAnswer(desc, typeof tag === "number" ? tag : undefined);
+      if (desc.type === "offer") return this.onRemoteOffer(desc, typeof tag === "number" ? tag : undefined);
+      this.mark("unexpected sdp", { type: desc.type });
+    }
+  }
+
+  private async onRemoteAnswer(desc: RTCSessionDescriptionInit, tag: number | undefined): Promise<void> {
+    const pc = this.pc!;
+    const { state, actions } = negotiate(this.neg, { type: "remote-answer", restart: tag, pc: this.view() }, this.client.env.now());
+    this.neg = state;
+    for (const a of actions) this.act(a);
+    const apply = actions.find((a): a is Extract<NegotiationAction, { type: "apply-answer" }> => a.type === "apply-answer");
+    if (!apply) return;
+    let ok = true;
+    try {
+      await pc.setRemoteDescription(desc);
+    } catch (e) {
+      ok = false;
+      this.mark("renegotiation failed", { error: String(e) });
+    }
+    this.step({ type: "answer-applied", gen: apply.gen, ok, pc: this.view() });
+  }
+
+  private async onRemoteOffer(desc: RTCSessionDescriptionInit, tag: number | undefined): Promise<void> {
+    const pc = this.pc!;
+    const current = pc.remoteDescription?.sdp;
+    const ufrag = iceUfrag(desc.sdp ?? "");
+    const iceRestart = !current || iceUfrag(current) !== ufrag;
+    const { state, actions } = negotiate(this.neg, { type: "remote-offer", iceRestart, pc: this.view() }, this.client.env.now());
+    this.neg = state;
+    for (const a of actions) this.act(a);
+    if (!actions.some((a) => a.type === "answer-offer")) return;
+    try {
+      // A polite side's own offer, if any, is rolled back by this (implicit rollback).
+      await pc.setRemoteDescription(desc);
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      const echo = tag !== undefined ? { restart: tag } : {};
+      this.signal({ sdp: { type: "answer", sdp: pc.localDescription!.sdp, ...echo } });
+      this.mark("renegotiation answered");
+    } catch (e) {
+      this.mark("renegotiation failed", { error: String(e) });
+    }
+  }
+
+  private async remoteDescriptionSet(): Promise<void> {
+    this.remoteSet = true;
+    const pending = this.remoteCandidates.splice(0);
+    if (pending.length) this.mark("buffered remote candidates applied", { count: pending.length });
+    for (const c of pending) await this.pc?.addIceCandidate(c).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
+  }
+
+  private connecting = false;
+
+  private async onConnected(): Promise<void> {
+    if (this.state === "connected" || this.state === "ended" || !this.pc || this.connecting) return;
+    this.connecting = true;
+    this.connectMs = this.client.env.now() - this.t0;
+    this.client.env.clearTimeout(this.connectTimer);
+    // The pair is known before anyone sees `connected`, so listeners can read it.
+    const pair = await selectedPair(this.pc);
+    // The call may have ended while the stats were read.
+    if ((this.state as CallState) === "ended") return;
+    this.selectedPair = pair;
+    this.setState("connected");
+    this.mark("connected", { ms: this.connectMs, ...pair });
+    this.client.send({ type: "call.connected", call: this.id, local: pair.local, remote: pair.remote, protocol: pair.protocol, ms: this.connectMs });
+    this.emit("connected", { ms: this.connectMs, ...pair });
+    this.connectedAt = this.client.env.now();
+    void this.sampleQuality();
+  }
+
+  /** Read the stats; from the second sample on, report the interval since the last. */
+  private async sampleQuality(): Promise<void> {
+    const every = this.client.options.qualityIntervalMs ?? 2000;
+    const pc = this.pc;
+    if (!pc || every <= 0 || this.state === "ended") return;
+    try {
+      const sample = readSample(await pc.getStats(), this.client.env.now());
+      if ((this.state as CallState) === "ended") return;
+      if (this.lastSample) {
+        const q = quality(this.lastSample, sample);
+        this.lastQuality = q;
+        this.reports.push(q);
+        this.emit("quality", q);
+      }
+      this.lastSample = sample;
+    } catch (e) {
+      this.mark("stats failed", { error: String(e) });
+    }
+    if ((this.state as CallState) !== "ended") this.qualityTimer = this.client.env.setTimeout(() => void this.sampleQuality(), every);
+  }
+
+  private summarize(): CallSummary {
+    const mean = (xs: (number | null)[]) => {
+      const v = xs.filter((x): x is number => x !== null);
+      return v.length ? Math.round((v.reduce((a, b) => a + b, 0) / v.length) * 10000) / 10000 : null;
+    };
+    return {
+      durationMs: this.connectedAt === null ? 0 : this.client.env.now() - this.connectedAt,
+      pair: this.selectedPair,
+      bytesSent: this.lastSample?.bytesSent ?? 0,
+      bytesReceived: this.lastSample?.bytesReceived ?? 0,
+      restarts: this.restartsTotal,
+      rttMs: mean(this.reports.map((r) => r.rttMs)),
+      loss: mean(this.reports.map((r) => r.loss)),
+    };
+  }
+}
+
+/** The camera or microphone could not be opened: the call ends as `media_failed`. */
+class MediaFailure extends Error {}
