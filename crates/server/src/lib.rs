@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod config;
 pub mod http;
+pub mod memory;
 pub mod ports;
 pub mod signal;
 pub mod sockopt;
@@ -250,6 +251,7 @@ fn connection_limits(config: &ServeConfig) -> accept::Limits {
 /// Bind every listener, start the TURN workers and the HTTP server.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let conn_limits = accept::ConnLimits::new(connection_limits(&config));
+    memory::spawn_trimmer();
     let threads = config.threads.max(1);
     let advertised = advertised_ip(&config);
     let relay_ip = if config.relay_ip.is_unspecified() && !config.turn_listen.ip().is_unspecified() {

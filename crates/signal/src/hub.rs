@@ -1677,6 +1677,10 @@ impl<R: RngCore> Hub<R> {
         now: Instant,
     ) {
         let Some(c) = self.calls.remove(&ck) else { return };
+        // Its ring timer goes with it (else one entry per call stays for the ring timeout:
+        // 45 s of every call's, at any call rate).
+        self.timers
+            .remove(&(c.invited_at + self.config.ring_timeout, Timer::Ring(ck)));
         self.call_ids.remove(&c.id);
         for user in [&c.caller.0, &c.callee] {
             if let Some(keys) = self.user_calls.get_mut(user) {

@@ -1533,3 +1533,23 @@ fn ended_calls_and_invite_pairs_are_remembered_within_their_caps() {
     assert_eq!(w.metrics.limit_hits(Limit::InvitePairs), 1);
     assert!(w.clients[a].of_type("error").is_empty(), "nothing refused");
 }
+
+#[test]
+fn an_ended_call_leaves_no_timer_behind() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    let base = w.hub.timer_entries();
+    for n in 0..100 {
+        let call = format!("t{n}");
+        w.send(a, invite(&call, "bob"));
+        w.send(a, json!({"type": "call.cancel", "call": call}));
+    }
+    // Acks owed to each side may hold one entry each; no ring timer per ended call.
+    assert!(
+        w.hub.timer_entries() <= base + 2,
+        "{} timer entries, {base} before",
+        w.hub.timer_entries()
+    );
+}
