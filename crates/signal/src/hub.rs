@@ -1329,7 +1329,13 @@ impl<R: RngCore> Hub<R> {
                 Ok(())
             }
             ClientFrame::Hangup { reason, .. } => {
+                let media_failed = reason == Some(HangupReason::MediaFailed);
                 let end = match (c.state, is_caller, is_accepted, is_callee_device) {
+                    // Not a refusal nor a cancel: the app could not open a camera or
+                    // microphone, and both sides (and the metrics) are told so.
+                    (CallState::Ringing, _, _, true) | (_, true, _, _) | (_, _, true, _) if media_failed => {
+                        EndReason::MediaFailed
+                    }
                     (CallState::Ringing, true, _, _) => EndReason::Cancelled,
                     (CallState::Ringing, false, _, true) => EndReason::Rejected,
                     (_, true, _, _) | (_, _, true, _) => EndReason::Hangup,

@@ -122,6 +122,9 @@ pub enum EndReason {
     Glare,
     /// The other side's session expired.
     Failed,
+    /// A party could not open its camera or microphone (its hang-up said
+    /// `media_failed`), whether the call was ringing or answered.
+    MediaFailed,
 }
 
 impl EndReason {
@@ -137,6 +140,7 @@ impl EndReason {
             EndReason::AnsweredElsewhere => "answered_elsewhere",
             EndReason::Glare => "glare",
             EndReason::Failed => "failed",
+            EndReason::MediaFailed => "media_failed",
         }
     }
 }

@@ -1553,3 +1553,31 @@ fn an_ended_call_leaves_no_timer_behind() {
         w.hub.timer_entries()
     );
 }
+
+#[test]
+fn a_camera_that_cannot_open_ends_the_call_as_media_failed_not_rejected() {
+    for (caller_fails, answered) in [(false, false), (false, true), (true, false)] {
+        let mut w = World::new(HubConfig::default());
+        let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+        w.connect(a);
+        w.connect(b);
+        w.send(a, invite("m", "bob"));
+        if answered {
+            w.send(b, json!({"type": "call.accept", "call": "m", "sdp": "a"}));
+        }
+        let (failing, other) = if caller_fails { (a, b) } else { (b, a) };
+        w.send(
+            failing,
+            json!({"type": "call.hangup", "call": "m", "reason": "media_failed"}),
+        );
+        let ended = w.clients[other].of_type("call.ended");
+        assert_eq!(ended.len(), 1, "{caller_fails} {answered}");
+        assert_eq!(
+            ended[0]["reason"], "media_failed",
+            "{caller_fails} {answered}: {}",
+            ended[0]
+        );
+        assert_eq!(w.metrics.get("calls_ended", "media_failed"), 1);
+        assert_eq!(w.metrics.get("calls_ended", "rejected"), 0);
+    }
+}
