@@ -47,9 +47,11 @@ test("quality under 50 ms round trip and 5 % loss: loss 3-8 %, round trip within
   t.after(A.close);
   const B = await launchIn({ name: hostB.ns }, { extraArgs });
   t.after(B.close);
-  // 10 s intervals: about 1000 audio packets per report (both directions), so a 5 % loss
-  // reads as 3-8 % with margin (binomial standard deviation 0.7 %).
-  const options = { qualityIntervalMs: 10000 };
+  // 20 s intervals: about 2000 audio packets per report (both directions). With 10 s
+  // reports (binomial standard deviation 0.7 %) the readings spread wider than that: 3.8,
+  // 4.7, 5.1, 5.9 % in isolated runs, and one fresh-clone CI run read 2.8 %, outside the
+  // 3-8 % asked for. Twice the packets halve the variance.
+  const options = { qualityIntervalMs: 20000 };
   const b = await openClient(B.browser, ORIGIN, "q-bob", { options, autoAccept: true });
   const a = await openClient(A.browser, ORIGIN, "q-alice", { options });
   for (const p of [a.page, b.page]) await p.evaluate(() => (window.reports = []));
@@ -61,7 +63,7 @@ test("quality under 50 ms round trip and 5 % loss: loss 3-8 %, round trip within
   await b.page.evaluate(() => window.calls[0].on("quality", (q) => window.reports.push(q)));
   await Promise.all([connectedWithMedia(a.page, "window.call"), connectedWithMedia(b.page, "window.calls[0]")]);
   // The second report of each side: the first interval holds the call's start.
-  const second = (p) => p.waitForFunction(() => window.reports.length >= 2 && window.reports[1], null, { timeout: 40000 }).then((h) => h.jsonValue());
+  const second = (p) => p.waitForFunction(() => window.reports.length >= 2 && window.reports[1], null, { timeout: 70000 }).then((h) => h.jsonValue());
   const [qa, qb] = await Promise.all([second(a.page), second(b.page)]);
   for (const [who, q] of [["caller", qa], ["callee", qb]]) {
     assert.ok(q.loss >= 0.03 && q.loss <= 0.08, `${who}: loss ${q.loss} for 5 % emulated: ${JSON.stringify(q)}`);
@@ -72,7 +74,7 @@ test("quality under 50 ms round trip and 5 % loss: loss 3-8 %, round trip within
   // The summary at the end.
   await a.page.evaluate(() => window.call.hangup());
   const summary = await a.page.evaluate(() => window.call.summary);
-  assert.ok(summary.durationMs >= 19000, JSON.stringify(summary)); // two 10 s intervals
+  assert.ok(summary.durationMs >= 39000, JSON.stringify(summary)); // two 20 s intervals
   assert.ok(summary.bytesSent > 0 && summary.bytesReceived > 0);
   assert.equal(summary.restarts, 0);
   assert.equal(summary.pair.local, "host");
