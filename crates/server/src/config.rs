@@ -156,6 +156,10 @@ pub struct ServeConfig {
     pub webhook_callee_burst: u32,
     /// The window of `webhook_callee_burst`.
     pub webhook_callee_window: Duration,
+    /// At most this many webhooks per caller within `webhook_callee_window`.
+    pub webhook_caller_burst: u32,
+    /// Callers, callees and pairs the webhook coalescing remembers at most.
+    pub webhook_max_entries: usize,
     /// Accepted JWT audiences (`aud`); empty: not checked.
     pub jwt_audience: Vec<String>,
     /// The accepted JWT issuer (`iss`); `None`: not checked.
@@ -337,6 +341,14 @@ pub struct ServeArgs {
     /// The window of --webhook-callee-burst [default: 60s].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_WINDOW")]
     pub webhook_callee_window: Option<String>,
+    /// At most this many webhooks per caller within --webhook-callee-window, whoever they
+    /// call [default: 10].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLER_BURST")]
+    pub webhook_caller_burst: Option<u32>,
+    /// Callers, callees and pairs the webhook coalescing remembers at most; past it new
+    /// events are skipped (counted) [default: 65536].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_MAX_ENTRIES")]
+    pub webhook_max_entries: Option<usize>,
     /// Accept JWTs only with one of these audiences in `aud` (repeatable; env comma-separated)
     /// [default: aud not checked].
     #[arg(long = "jwt-audience", env = "FIRSTCALL_JWT_AUDIENCE", value_delimiter = ',')]
@@ -467,6 +479,8 @@ pub struct FileConfig {
     webhook_pair_interval: Option<String>,
     webhook_callee_burst: Option<u32>,
     webhook_callee_window: Option<String>,
+    webhook_caller_burst: Option<u32>,
+    webhook_max_entries: Option<usize>,
     jwt_audience: Option<Vec<String>>,
     jwt_issuer: Option<String>,
     jwt_user_claim: Option<String>,
@@ -761,6 +775,14 @@ impl ServeArgs {
                     .or(f.webhook_callee_window)
                     .unwrap_or_else(|| "60s".into()),
             )?,
+            webhook_caller_burst: match self.webhook_caller_burst.or(f.webhook_caller_burst).unwrap_or(10) {
+                0 => return Err(invalid("--webhook-caller-burst", "must be at least 1")),
+                n => n,
+            },
+            webhook_max_entries: match self.webhook_max_entries.or(f.webhook_max_entries).unwrap_or(65_536) {
+                n if n < 3 => return Err(invalid("--webhook-max-entries", "must be at least 3")),
+                n => n,
+            },
             jwt_audience: list(self.jwt_audience, f.jwt_audience),
             jwt_issuer: self.jwt_issuer.or(f.jwt_issuer).filter(|s| !s.is_empty()),
             jwt_user_claim: self

@@ -209,6 +209,8 @@ fn webhook_policy(config: &ServeConfig) -> webhook::Policy {
         pair_interval: config.webhook_pair_interval,
         callee_burst: config.webhook_callee_burst,
         callee_window: config.webhook_callee_window,
+        caller_burst: config.webhook_caller_burst,
+        max_entries: config.webhook_max_entries,
     }
 }
 

@@ -42,8 +42,12 @@ pub struct Policy {
     pub pair_interval: Duration,
     /// At most this many events per callee within `callee_window`.
     pub callee_burst: u32,
-    /// See `callee_burst`.
+    /// See `callee_burst`; also the window of `caller_burst`.
     pub callee_window: Duration,
+    /// At most this many events per caller within `callee_window`, whoever they call.
+    pub caller_burst: u32,
+    /// Callers, callees and pairs remembered at most; past it new events are skipped.
+    pub max_entries: usize,
 }
 
 /// Why an event was not posted.
@@ -55,6 +59,10 @@ pub enum Skipped {
     Callee,
     /// `queue` events were already waiting.
     QueueFull,
+    /// The caller had `caller_burst` within the window.
+    Caller,
+    /// `max_entries` callers, callees and pairs are remembered already.
+    TableFull,
 }
 
 impl Skipped {
@@ -64,6 +72,8 @@ impl Skipped {
             Skipped::Pair => "coalesced_pair",
             Skipped::Callee => "coalesced_callee",
             Skipped::QueueFull => "queue_full",
+            Skipped::Caller => "coalesced_caller",
+            Skipped::TableFull => "table_full",
         }
     }
 }
@@ -81,6 +91,10 @@ pub struct WebhookMetrics {
     pub coalesced_callee: AtomicU64,
     /// Not posted: [`Skipped::QueueFull`].
     pub queue_full: AtomicU64,
+    /// Not posted: [`Skipped::Caller`].
+    pub coalesced_caller: AtomicU64,
+    /// Not posted: [`Skipped::TableFull`].
+    pub table_full: AtomicU64,
 }
 
 impl WebhookMetrics {
@@ -89,6 +103,8 @@ impl WebhookMetrics {
             Skipped::Pair => &self.coalesced_pair,
             Skipped::Callee => &self.coalesced_callee,
             Skipped::QueueFull => &self.queue_full,
+            Skipped::Caller => &self.coalesced_caller,
+            Skipped::TableFull => &self.table_full,
         }
         .fetch_add(1, Relaxed);
     }
@@ -107,6 +123,8 @@ impl WebhookMetrics {
             (Skipped::Pair.as_str(), &self.coalesced_pair),
             (Skipped::Callee.as_str(), &self.coalesced_callee),
             (Skipped::QueueFull.as_str(), &self.queue_full),
+            (Skipped::Caller.as_str(), &self.coalesced_caller),
+            (Skipped::TableFull.as_str(), &self.table_full),
         ] {
             let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", n.load(Relaxed));
         }
@@ -120,7 +138,10 @@ impl WebhookMetrics {
 pub struct Coalescer {
     policy: Policy,
     pairs: HashMap<(String, String), Instant>,
-    callees: HashMap<String, VecDeque<Instant>>,
+    /// Each callee's recent events, with their callers.
+    callees: HashMap<String, VecDeque<(Instant, String)>>,
+    /// Each caller's recent events.
+    callers: HashMap<String, VecDeque<Instant>>,
     /// Entries past this many trigger a sweep of expired ones.
     sweep_at: usize,
 }
@@ -132,6 +153,7 @@ impl Coalescer {
             policy,
             pairs: HashMap::new(),
             callees: HashMap::new(),
+            callers: HashMap::new(),
             sweep_at: 1024,
         }
     }
@@ -140,32 +162,55 @@ impl Coalescer {
     pub fn admit(&mut self, from: &str, to: &str, now: Instant) -> Result<(), Skipped> {
         self.sweep(now);
         let p = &self.policy;
+        let (pi, w) = (p.pair_interval, p.callee_window);
         let key = (from.to_owned(), to.to_owned());
         if self
             .pairs
             .get(&key)
-            .is_some_and(|at| now.saturating_duration_since(*at) < p.pair_interval)
+            .is_some_and(|at| now.saturating_duration_since(*at) < pi)
         {
             return Err(Skipped::Pair);
         }
-        let window = self.callees.entry(to.to_owned()).or_default();
-        while window
-            .front()
-            .is_some_and(|at| now.saturating_duration_since(*at) >= p.callee_window)
-        {
-            window.pop_front();
+        let expire = |q: &mut VecDeque<Instant>| {
+            while q.front().is_some_and(|at| now.saturating_duration_since(*at) >= w) {
+                q.pop_front();
+            }
+        };
+        if let Some(q) = self.callers.get_mut(from) {
+            expire(q);
+            if q.len() >= p.caller_burst as usize {
+                return Err(Skipped::Caller);
+            }
         }
-        if window.len() >= p.callee_burst as usize {
-            return Err(Skipped::Callee);
+        if let Some(q) = self.callees.get_mut(to) {
+            while q.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= w) {
+                q.pop_front();
+            }
+            // One place per caller in a callee's window: a single account cannot use
+            // up the callee's budget and silence every other caller's push.
+            if q.iter().any(|(_, f)| f == from) {
+                return Err(Skipped::Pair);
+            }
+            if q.len() >= p.callee_burst as usize {
+                return Err(Skipped::Callee);
+            }
         }
-        window.push_back(now);
+        if self.len() + 3 > p.max_entries {
+            self.sweep_at = 0; // sweep at once next time, and refuse this one
+            return Err(Skipped::TableFull);
+        }
+        self.callees
+            .entry(to.to_owned())
+            .or_default()
+            .push_back((now, from.to_owned()));
+        self.callers.entry(from.to_owned()).or_default().push_back(now);
         self.pairs.insert(key, now);
         Ok(())
     }
 
-    /// Entries kept (both maps): bounded by the users with an event in the last window.
+    /// Entries kept (the three maps): bounded by `max_entries`.
     pub fn len(&self) -> usize {
-        self.pairs.len() + self.callees.len()
+        self.pairs.len() + self.callees.len() + self.callers.len()
     }
 
     /// No entries kept.
@@ -180,6 +225,8 @@ impl Coalescer {
         let (pi, cw) = (self.policy.pair_interval, self.policy.callee_window);
         self.pairs.retain(|_, at| now.saturating_duration_since(*at) < pi);
         self.callees
+            .retain(|_, w| w.back().is_some_and(|(at, _)| now.saturating_duration_since(*at) < cw));
+        self.callers
             .retain(|_, w| w.back().is_some_and(|at| now.saturating_duration_since(*at) < cw));
         // Next sweep when the live entries have doubled: amortised O(1) per event.
         self.sweep_at = (self.len() * 2).max(1024);
@@ -276,22 +323,8 @@ impl Webhook {
             body.get("from").and_then(Value::as_str).unwrap_or(""),
             body.get("to").and_then(Value::as_str).unwrap_or(""),
         );
-        let admitted = self
-            .coalescer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(from, to, Instant::now());
-        if let Err(why) = admitted {
-            self.metrics.skipped(why);
-            tracing::info!(
-                from,
-                to,
-                reason = why.as_str(),
-                "webhook not posted: the callee was pushed moments ago"
-            );
-            return;
-        }
-        // Counted before the task exists, so a flood cannot spawn past the bound.
+        // A place in the queue first: an event dropped for a full queue must not use up
+        // the pair's interval and the callee's budget for the retry that follows.
         if self.queued.fetch_add(1, Relaxed) >= self.policy.queue {
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(Skipped::QueueFull);
@@ -300,6 +333,22 @@ impl Webhook {
                 to,
                 queue = self.policy.queue,
                 "webhook dropped: queue full (the receiver is slow or down)"
+            );
+            return;
+        }
+        let admitted = self
+            .coalescer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(from, to, Instant::now());
+        if let Err(why) = admitted {
+            self.queued.fetch_sub(1, Relaxed);
+            self.metrics.skipped(why);
+            tracing::info!(
+                from,
+                to,
+                reason = why.as_str(),
+                "webhook not posted: coalesced with recent ones"
             );
             return;
         }
@@ -405,6 +454,8 @@ mod tests {
             pair_interval: Duration::from_secs(10),
             callee_burst: 3,
             callee_window: Duration::from_secs(60),
+            caller_burst: 100,
+            max_entries: 1_000_000,
         }
     }
 
@@ -420,7 +471,12 @@ mod tests {
         // Another caller is another pair; the other direction too.
         assert_eq!(c.admit("bob", "victim", t + Duration::from_secs(1)), Ok(()));
         assert_eq!(c.admit("victim", "mallory", t), Ok(()));
-        assert_eq!(c.admit("mallory", "victim", t + Duration::from_secs(10)), Ok(()));
+        // Past the interval the caller still holds its place in the callee's window.
+        assert_eq!(
+            c.admit("mallory", "victim", t + Duration::from_secs(10)),
+            Err(Skipped::Pair)
+        );
+        assert_eq!(c.admit("mallory", "victim", t + Duration::from_secs(60)), Ok(()));
     }
 
     #[test]
@@ -441,6 +497,53 @@ mod tests {
     }
 
     #[test]
+    fn one_caller_cannot_use_up_a_callee_or_the_queue() {
+        // Review findings: one account re-inviting every pair interval kept the callee's
+        // window full (6 per minute against a budget of 5), and invite+cancel to fresh
+        // callees filled the shared queue.
+        let mut c = Coalescer::new(Policy {
+            caller_burst: 3,
+            ..policy()
+        });
+        let t = Instant::now();
+        assert_eq!(c.admit("mallory", "victim", t), Ok(()));
+        // Past the pair interval, but mallory already has the callee's window.
+        assert_eq!(
+            c.admit("mallory", "victim", t + Duration::from_secs(11)),
+            Err(Skipped::Pair)
+        );
+        assert_eq!(c.admit("bob", "victim", t + Duration::from_secs(12)), Ok(()));
+        assert_eq!(c.admit("mallory", "x1", t + Duration::from_secs(13)), Ok(()));
+        assert_eq!(c.admit("mallory", "x2", t + Duration::from_secs(14)), Ok(()));
+        assert_eq!(
+            c.admit("mallory", "x3", t + Duration::from_secs(15)),
+            Err(Skipped::Caller)
+        );
+        assert_eq!(
+            c.admit("mallory", "x3", t + Duration::from_secs(60)),
+            Ok(()),
+            "the window moved"
+        );
+    }
+
+    #[test]
+    fn the_tables_are_bounded() {
+        let mut c = Coalescer::new(Policy {
+            max_entries: 30,
+            ..policy()
+        });
+        let t = Instant::now();
+        let admitted = (0..100)
+            .filter(|i| c.admit(&format!("u{i}"), &format!("v{i}"), t).is_ok())
+            .count();
+        assert_eq!(admitted, 10, "three entries per event, 30 at most");
+        assert!(c.len() <= 30);
+        assert_eq!(c.admit("late", "one", t), Err(Skipped::TableFull));
+        // Once they expire, room again.
+        assert_eq!(c.admit("late", "one", t + Duration::from_secs(61)), Ok(()));
+    }
+
+    #[test]
     fn entries_are_swept_once_expired() {
         let mut c = Coalescer::new(policy());
         let t = Instant::now();
@@ -453,7 +556,7 @@ mod tests {
         for i in 0..500u64 {
             c.admit(&format!("x{i}"), &format!("y{i}"), later).unwrap();
         }
-        assert_eq!(c.len(), 2 * 500, "only the live entries are kept");
+        assert_eq!(c.len(), 3 * 500, "only the live entries are kept");
     }
 
     #[test]

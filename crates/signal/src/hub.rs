@@ -1285,6 +1285,9 @@ impl<R: RngCore> Hub<R> {
                 let c = self.calls.get_mut(&ck).expect("live call");
                 c.state = CallState::Accepted;
                 c.accepted_device = Some(me.1.clone());
+                // A device that was never rung (an app answering from the push payload,
+                // or a session with no room for the invite) is told when the call ends.
+                c.devices.insert(me.1.clone(), true);
                 // Held only for devices that ring later: none will now.
                 c.caller_signals = Vec::new();
                 c.held_bytes = 0;
@@ -1538,6 +1541,19 @@ impl<R: RngCore> Hub<R> {
         }
         self.metrics.count("invites", "total");
 
+        // One ringing call per caller and callee: a new invite (the user tried again, or
+        // from another device) replaces the one still ringing, which ends `cancelled`.
+        // Without it two accounts could fill the callee's ringing cap with 8 invites each
+        // and keep every other caller's first call `busy`.
+        let again: Vec<CallKey> = self
+            .calls_of(&to)
+            .filter(|c| c.state == CallState::Ringing && c.caller.0 == me.0 && c.callee == to)
+            .map(|c| c.key)
+            .collect();
+        for ck in again {
+            span.in_scope(|| tracing::info!("replaces the caller's call still ringing"));
+            self.end_call(ck, EndReason::Cancelled, None, None, now);
+        }
         let busy = self.calls_of(&to).any(|c| c.state != CallState::Ringing);
         // As many invites ring for the callee as may: to the caller, the callee is busy.
         let ringing_full = !busy

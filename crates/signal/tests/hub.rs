@@ -1289,29 +1289,38 @@ fn invites_ringing_for_a_user_do_not_stop_them_calling_and_are_capped() {
         max_ringing_per_callee: 3,
         ..HubConfig::default()
     });
-    let (v, m1, m2, c) = (
+    let (v, m1, m2, m3, c) = (
         w.add("victim", "v"),
         w.add("mallory1", "m"),
         w.add("mallory2", "m"),
+        w.add("mallory3", "m"),
         w.add("carol", "c"),
     );
-    for i in [v, m1, m2, c] {
+    for i in [v, m1, m2, m3, c] {
         w.connect(i);
     }
-    // Two identities ring the victim three times (each within its own call limit).
+    // One ringing call per caller and callee: a second invite replaces the first, which
+    // ends `cancelled` for the victim (review: two accounts with 8 invites each had kept
+    // a callee busy for everyone).
     w.send(m1, invite("m1a", "victim"));
     w.send(m1, invite("m1b", "victim"));
+    let ended = w.clients[v].of_type("call.ended");
+    assert_eq!(
+        (ended.len(), &ended[0]["call"], &ended[0]["reason"]),
+        (1, &json!("m1a"), &json!("cancelled"))
+    );
     w.send(m2, invite("m2a", "victim"));
-    // The fourth is past the per-callee cap: busy, and the victim hears nothing of it.
-    w.send(m2, invite("m2b", "victim"));
-    assert_eq!(w.clients[m2].of_type("call.ended")[0]["call"], "m2b");
-    assert_eq!(w.clients[m2].of_type("call.ended")[0]["reason"], "busy");
-    assert_eq!(w.clients[v].of_type("call.incoming").len(), 3);
+    w.send(m3, invite("m3a", "victim"));
+    // A fourth caller is past the per-callee cap: busy, and the victim hears nothing of it.
+    w.send(c, invite("c0", "victim"));
+    assert_eq!(w.clients[c].of_type("call.ended")[0]["call"], "c0");
+    assert_eq!(w.clients[c].of_type("call.ended")[0]["reason"], "busy");
+    assert_eq!(w.clients[v].of_type("call.incoming").len(), 4, "m1a, m1b, m2a, m3a");
     assert_eq!(limits_hit(&w), [("ringing_per_callee", 1)]);
     // A ringing call ending makes room for the next invite.
-    w.send(m1, json!({"type": "call.cancel", "call": "m1a"}));
+    w.send(m1, json!({"type": "call.cancel", "call": "m1b"}));
     w.send(m2, invite("m2c", "victim"));
-    assert_eq!(w.clients[v].of_type("call.incoming").len(), 4);
+    assert_eq!(w.clients[v].of_type("call.incoming").len(), 5);
     // The victim, rung three times, still places calls: up to its own limit of two.
     // (Not to mallory: an invite crossing theirs would be glare.)
     w.send(v, invite("v1", "carol"));
