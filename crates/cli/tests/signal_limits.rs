@@ -193,18 +193,24 @@ async fn ringing_invites_do_not_stop_a_user_calling_and_are_capped_per_callee() 
     let mut victim = client(&server, "victim", "v").await;
     let mut m1 = client(&server, "mallory1", "m").await;
     let mut m2 = client(&server, "mallory2", "m").await;
+    let mut m3 = client(&server, "mallory3", "m").await;
+    let mut m4 = client(&server, "mallory4", "m").await;
+    // One ringing call per caller and callee: m1's second invite replaces its first.
     m1.send(invite("m1a", "victim")).await;
     m1.send(invite("m1b", "victim")).await;
+    let (ended, _) = m1.expect("call.ended", T).await.unwrap();
+    assert_eq!((&ended["call"], &ended["reason"]), (&json!("m1a"), &json!("cancelled")));
     m2.send(invite("m2a", "victim")).await;
-    for _ in 0..3 {
+    m3.send(invite("m3a", "victim")).await;
+    for _ in 0..4 {
         victim.expect("call.incoming", T).await.unwrap();
     }
     // One more ringing invite than the victim may have: busy, and the victim is not rung.
-    m2.send(invite("m2b", "victim")).await;
-    let (ended, _) = m2.expect("call.ended", T).await.unwrap();
+    m4.send(invite("m4a", "victim")).await;
+    let (ended, _) = m4.expect("call.ended", T).await.unwrap();
     assert_eq!(
         (ended["call"].clone(), ended["reason"].clone()),
-        (json!("m2b"), json!("busy"))
+        (json!("m4a"), json!("busy"))
     );
     assert_eq!(limit_hits(&server, "ringing_per_callee"), 1);
     // Rung three times (more than its own limit of two calls), the victim still calls.
