@@ -153,6 +153,13 @@ async fn running_out_of_descriptors_degrades_health_and_spares_live_sessions() {
     .await
     .unwrap();
     assert!(held.len() > 96, "only {} connections made", held.len());
+    // The kernel queues connections the server has not accepted yet: hold them until the
+    // server has met EMFILE itself (on a loaded machine it may accept them only after they
+    // were dropped, and then each closes before the next arrives).
+    let logged = wait_until(Duration::from_secs(10), || {
+        server.log_text().contains("out of file descriptors")
+    });
+    assert!(logged, "no exhaustion logged while {} connections held", held.len());
     // The session carries on while the listener cannot accept.
     // (A sequenced frame with an answer of its own: the client swallows pongs.)
     alice.send(json!({"type": "call.hangup", "call": "none"})).await;
@@ -178,10 +185,6 @@ async fn running_out_of_descriptors_degrades_health_and_spares_live_sessions() {
     assert!(server.metric("firstcall_http_accept_errors_total{reason=\"fd_exhausted\"}") >= 1);
     // Once the descriptors are back, TURN allocates again (a new relay port).
     assert_ne!(allocate(server.turn, "s", "firstcall.test"), relayed);
-    assert!(
-        server.log_text().contains("out of file descriptors"),
-        "no warning logged"
-    );
 }
 
 /// A WebSocket opening handshake from `from`; the socket once `101` came back.
