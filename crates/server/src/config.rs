@@ -126,6 +126,8 @@ pub struct ServeConfig {
     pub slow_socket_queue: usize,
     /// How long a call rings.
     pub ring_timeout: Duration,
+    /// How long SIGTERM waits for live calls to end before the process exits.
+    pub drain_timeout: Duration,
     /// HS256 secret for bearer JWTs.
     pub jwt_secret: Option<String>,
     /// PEM public key (RS256/ES256) for bearer JWTs.
@@ -295,6 +297,10 @@ pub struct ServeArgs {
     /// Ring this long before a call ends with `timeout` [default: 45s].
     #[arg(long, env = "FIRSTCALL_RING_TIMEOUT")]
     pub ring_timeout: Option<String>,
+    /// On SIGTERM, wait this long for live calls to end before exiting (new sessions go
+    /// elsewhere meanwhile; a second SIGTERM exits at once) [default: 10m].
+    #[arg(long, env = "FIRSTCALL_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
     /// HS256 secret that signs bearer JWTs (`sub` is the user). Without JWT settings: dev mode.
     #[arg(long, env = "FIRSTCALL_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -465,6 +471,7 @@ pub struct FileConfig {
     session_ttl: Option<String>,
     slow_socket_queue: Option<usize>,
     ring_timeout: Option<String>,
+    drain_timeout: Option<String>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     webhook_url: Option<String>,
@@ -730,6 +737,10 @@ impl ServeArgs {
             ring_timeout: parse_duration(
                 "--ring-timeout",
                 &self.ring_timeout.or(f.ring_timeout).unwrap_or_else(|| "45s".into()),
+            )?,
+            drain_timeout: parse_duration(
+                "--drain-timeout",
+                &self.drain_timeout.or(f.drain_timeout).unwrap_or_else(|| "10m".into()),
             )?,
             jwt_secret: self.jwt_secret.or(f.jwt_secret).filter(|s| !s.is_empty()),
             jwt_public_key: self.jwt_public_key.or(f.jwt_public_key),

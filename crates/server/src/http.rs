@@ -22,6 +22,8 @@ use crate::tokens::Tokens;
 pub struct AppState {
     /// True once every listener is bound.
     pub ready: AtomicBool,
+    /// True once SIGTERM started the drain: `/readyz` answers 503.
+    pub draining: AtomicBool,
     /// Per-worker TURN counters.
     pub turn_metrics: Vec<Arc<TurnMetrics>>,
     /// Signaling counters.
@@ -57,6 +59,7 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -70,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         r
     };
     r.route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/turn-credentials", get(turn_credentials))
         .route("/v1/dev/token", get(dev_token))
         .route("/v1/online", get(online))
@@ -161,6 +165,24 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
+/// Whether this node should be sent new sessions: 503 while starting and while draining
+/// (a load balancer's readiness check), 200 otherwise. `/healthz` is the liveness check:
+/// a draining node is alive, and says so there.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let status = if !s.ready.load(Ordering::Acquire) {
+        "starting"
+    } else if s.draining.load(Ordering::Acquire) {
+        "draining"
+    } else {
+        return Json(json!({"status": "ready"})).into_response();
+    };
+    let mut body = json!({ "status": status });
+    if status == "draining" {
+        body["live_calls"] = json!(s.signaling.call_count());
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     if !s.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response();
@@ -173,6 +195,9 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         "connections": listener.open,
         "max_connections": listener.max,
     });
+    if s.draining.load(Ordering::Acquire) {
+        body["draining"] = json!(true);
+    }
     if !listener.degraded.is_empty() {
         body["degraded"] = json!(listener.degraded);
     }

@@ -77,44 +77,121 @@ pub struct Running {
     /// TURN TLS address.
     pub turn_tls: Option<SocketAddr>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<http::AppState>,
+    drain_timeout: std::time::Duration,
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// Every live call ended.
+    CallsEnded,
+    /// `--drain-timeout` passed with calls still live.
+    Timeout,
+    /// A second stop signal.
+    Interrupted,
 }
 
 impl Running {
     /// Run until the HTTP server stops (it does not, short of an error).
-    pub async fn wait(self) -> Result<(), ServeError> {
-        match self.http_task.await {
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        match (&mut self.http_task).await {
             Ok(r) => Ok(r?),
             Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
         }
     }
+
+    /// Drain for a restart: `/readyz` answers 503, new sessions are refused with close
+    /// code 1012, sessions no live call needs are sent elsewhere with 1012, and live
+    /// calls carry on until they end, `--drain-timeout` passes or `interrupt` completes
+    /// (a second SIGTERM). Then every socket left is closed with 1012.
+    pub async fn drain(&self, interrupt: impl std::future::Future<Output = ()>) -> DrainEnd {
+        let started = std::time::Instant::now();
+        let signaling = &self.state.signaling;
+        self.state.draining.store(true, Ordering::Release);
+        signaling.start_drain();
+        let calls = signaling.call_count();
+        tracing::info!(live_calls = calls, timeout = ?self.drain_timeout, "draining: /readyz says 503, new sessions are refused (1012), live calls carry on");
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        tokio::pin!(interrupt);
+        let end = loop {
+            if signaling.call_count() == 0 {
+                break DrainEnd::CallsEnded;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break DrainEnd::Timeout,
+                _ = &mut interrupt => break DrainEnd::Interrupted,
+                _ = tokio::time::sleep(DRAIN_POLL) => {}
+            }
+        };
+        let left = signaling.call_count();
+        signaling.close_all();
+        // The sockets' tasks write their close frames: give them a moment, bounded.
+        let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while signaling.socket_count() > 0 && tokio::time::Instant::now() < closing {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        match end {
+            DrainEnd::CallsEnded => tracing::info!(took = ?started.elapsed(), "drained: no live call left"),
+            _ => {
+                tracing::warn!(took = ?started.elapsed(), live_calls = left, why = ?end, "drain cut short: live calls end with the process")
+            }
+        }
+        end
+    }
 }
+
+/// How often a drain checks whether the live calls have ended.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Start and run until the process is stopped.
+///
+/// SIGTERM or Ctrl-C drains (see [`Running::drain`]) and then returns `Ok`, so the
+/// process exits 0; a second one during the drain cuts it short.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
-    let running = start(config).await?;
+    // Before the listeners: a SIGTERM during the start must drain too, not kill.
+    let mut stop = StopSignals::new()?;
+    let mut running = start(config).await?;
     tokio::select! {
-        r = running.wait() => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        r = running.wait() => return r,
+        _ = stop.next() => {}
     }
+    running.drain(stop.next()).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, as a stream.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn parse_cidrs(values: &[String], flag: &'static str) -> Result<Vec<Cidr>, ServeError> {
@@ -406,6 +483,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue);
     let state = Arc::new(http::AppState {
         ready: false.into(),
+        draining: false.into(),
         turn_metrics: metrics,
         signal_metrics: signaling.metrics.clone(),
         signaling: signaling.clone(),
@@ -457,7 +535,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         }
         None => None,
     };
-    let app = http::router(state).merge(
+    let app = http::router(state.clone()).merge(
         axum::Router::new()
             .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
             .with_state(signaling),
@@ -469,5 +547,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         turn: turn_addr,
         turn_tls: tls_addr,
         http_task,
+        state,
+        drain_timeout: config.drain_timeout,
     })
 }

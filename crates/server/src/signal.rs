@@ -141,6 +141,26 @@ impl Signaling {
         self.lock().hub.online_users()
     }
 
+    /// Start draining (see [`Hub::start_drain`]).
+    pub fn start_drain(&self) {
+        self.with_hub(|hub, _| hub.start_drain(Instant::now()));
+    }
+
+    /// Live calls (ringing or answered).
+    pub fn call_count(&self) -> usize {
+        self.lock().hub.call_count()
+    }
+
+    /// Sockets open now.
+    pub fn socket_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Close every socket with 1012, before the process exits.
+    pub fn close_all(&self) {
+        self.with_hub(|hub, _| hub.close_all(Instant::now()));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic inside the hub is a bug that has already ended signaling; nothing
         // sensible can continue on its half-updated state.

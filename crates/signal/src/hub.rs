@@ -157,6 +157,8 @@ enum Timer {
     Expire(u64),
     Ring(u64),
     Ice(u64),
+    /// While draining: close the sessions that no live call needs.
+    Drain,
 }
 
 struct Conn {
@@ -306,6 +308,8 @@ pub struct Hub<R> {
     now: Instant,
     /// When `handle_timeout` next forgets ended calls and old attempts.
     next_sweep: Instant,
+    /// Draining for a restart: new sessions are refused, idle ones sent elsewhere.
+    draining: bool,
     /// The `ping` and `pong` frames, shared by every socket.
     ping: Arc<str>,
     pong: Arc<str>,
@@ -322,6 +326,8 @@ fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
 const ENDED_MEMORY: Duration = Duration::from_secs(600);
 /// Within this window a second invite between the same users means the first attempt failed.
 const RETRY_WINDOW: Duration = Duration::from_secs(120);
+/// While draining, how often sessions no live call needs are looked for.
+pub const DRAIN_TICK: Duration = Duration::from_millis(250);
 /// How often ended calls and old attempts are forgotten (each at most this much late).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -358,6 +364,7 @@ impl<R: RngCore> Hub<R> {
             unix_anchor: (now, unix_now),
             now,
             next_sweep: now,
+            draining: false,
             ping: r#"{"type":"ping"}"#.into(),
             pong: r#"{"type":"pong"}"#.into(),
         }
@@ -399,6 +406,78 @@ impl<R: RngCore> Hub<R> {
     /// Live calls.
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Drain for a restart: from now on a hello that does not resume a session here is
+    /// refused ([`ErrorCode::Draining`], close 1012), and every session with a socket and
+    /// no live call is closed with 1012 once the client has acknowledged every frame
+    /// (checked now and every [`DRAIN_TICK`]), so that it reconnects to another node.
+    /// Sessions in live calls carry on: the driver waits for [`Hub::call_count`] to
+    /// reach zero (or its drain deadline) and then calls [`Hub::close_all`].
+    pub fn start_drain(&mut self, now: Instant) {
+        self.now = now;
+        if !self.draining {
+            self.draining = true;
+            self.timers.insert((now, Timer::Drain));
+        }
+    }
+
+    /// Whether [`Hub::start_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Close every socket with 1012 (the process is about to exit). Sessions stay, for
+    /// a resume that will not come: the process ends with them.
+    pub fn close_all(&mut self, now: Instant) {
+        self.now = now;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        if !conns.is_empty() {
+            self.metrics.add("drain_closed", "exit", conns.len() as u64);
+        }
+        for conn in conns {
+            self.close_for_restart(conn, now);
+        }
+    }
+
+    fn close_for_restart(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        self.out.push_back(Output::Close {
+            conn,
+            code: close::SERVICE_RESTART,
+            reason: "server restarting: reconnect",
+        });
+        if let Some(key) = c.session {
+            self.detach(key, now);
+        }
+    }
+
+    /// While draining: the sockets of sessions that no live call needs and that hold no
+    /// unacknowledged frame (a `call.ended` just sent waits for its ack).
+    fn drain_idle(&mut self, now: Instant) {
+        let idle: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.unacked.is_empty())
+            .filter_map(|s| {
+                let conn = s.conn?;
+                let needed = self.calls_of(&s.user).any(|c| {
+                    c.caller.0 == s.user && c.caller.1 == s.device
+                        || c.callee == s.user
+                            && match c.state {
+                                CallState::Ringing => true,
+                                _ => c.accepted_device.as_ref() == Some(&s.device),
+                            }
+                });
+                (!needed).then_some(conn)
+            })
+            .collect();
+        if !idle.is_empty() {
+            self.metrics.add("drain_closed", "idle", idle.len() as u64);
+        }
+        for conn in idle {
+            self.close_for_restart(conn, now);
+        }
     }
 
     /// A socket opened; it must say hello within the hello timeout.
@@ -674,6 +753,10 @@ impl<R: RngCore> Hub<R> {
                         self.refresh_ice(key, now);
                     }
                 }
+                Timer::Drain => {
+                    self.drain_idle(now);
+                    self.timers.insert((now + DRAIN_TICK, Timer::Drain));
+                }
             }
         }
         // Swept once a second, not on every timer: the ack timers fire about every
@@ -768,10 +851,10 @@ impl<R: RngCore> Hub<R> {
             this.out.push_back(Output::Close {
                 conn,
                 code: close_code,
-                reason: if code == ErrorCode::TooManyDevices {
-                    "too many devices"
-                } else {
-                    "bad hello"
+                reason: match code {
+                    ErrorCode::TooManyDevices => "too many devices",
+                    ErrorCode::Draining => "server draining: reconnect",
+                    _ => "bad hello",
                 },
             });
             this.conns.remove(&conn);
@@ -850,6 +933,15 @@ impl<R: RngCore> Hub<R> {
         }
         if hello.resume.is_some() {
             self.metrics.count("resumes", "failed");
+        }
+        if self.draining {
+            tracing::debug!(%user, device = %hello.device, "draining: new session refused");
+            return reject(
+                self,
+                ErrorCode::Draining,
+                "server draining for a restart: connect again (to another node where there is one)",
+                close::SERVICE_RESTART,
+            );
         }
         // A new session replaces any older one of the same device; a new device needs
         // room under the user's cap.

@@ -172,6 +172,9 @@ pub enum ErrorCode {
     /// A new session (hello) for a user who has as many sessions as one user may
     /// (closes with 4009).
     TooManyDevices,
+    /// A new session on a server that is draining for a restart (closes with 1012):
+    /// connect again, to another node where there is one.
+    Draining,
 }
 
 impl ErrorCode {
@@ -188,6 +191,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::HeldFull => "held_full",
             ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::Draining => "draining",
         }
     }
 }
@@ -206,6 +210,11 @@ pub mod close {
     pub const TIMEOUT: u16 = 4008;
     /// The user has as many sessions (devices) as one user may.
     pub const TOO_MANY_DEVICES: u16 = 4009;
+    /// The server is draining for a restart or an upgrade (RFC 6455's registered
+    /// "Service Restart"): a new session is refused with it, and a session with no live
+    /// call is closed with it. Reconnect at once: a load balancer that reads `/readyz`
+    /// sends the new socket to another node.
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 /// Most characters of client input an `error` frame echoes (a `type`, a key).

@@ -1,0 +1,133 @@
+//! SIGTERM drains: `/readyz` says 503, new sessions are refused with close code 1012,
+//! sessions no call needs are sent elsewhere with 1012, live calls carry on until they
+//! end (or `--drain-timeout`, or a second SIGTERM), and the process then exits 0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use firstcall_client::signal::{ClientError, SignalClient};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+const SERVICE_RESTART: u16 = 1012;
+
+fn ws_url(server: &Server) -> String {
+    format!("ws://{}/v1/ws", server.http)
+}
+
+async fn dev(server: &Server, user: &str, device: &str) -> SignalClient {
+    SignalClient::connect(&ws_url(server), &format!("dev:{user}"), device)
+        .await
+        .expect("connect")
+}
+
+/// Alice calling Bob, answered.
+async fn in_call(server: &Server, call: &str) -> (SignalClient, SignalClient) {
+    let mut alice = dev(server, "alice", "a").await;
+    let mut bob = dev(server, "bob", "b").await;
+    alice
+        .send(json!({"type": "call.invite", "call": call, "to": "bob", "media": "audio", "sdp": "o"}))
+        .await;
+    bob.expect("call.incoming", T).await.unwrap();
+    bob.send(json!({"type": "call.accept", "call": call, "sdp": "a"})).await;
+    alice.expect("call.accepted", T).await.unwrap();
+    (alice, bob)
+}
+
+fn cand(n: u32) -> Value {
+    json!({"candidate": {"candidate": format!("candidate:{n} 1 udp 1 198.51.100.{n} 5000 typ srflx raddr 0.0.0.0 rport 0"), "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u"}})
+}
+
+/// Read frames until the socket closes; its close code.
+async fn closed_with(c: &mut SignalClient) -> Option<u16> {
+    for _ in 0..100 {
+        match c.next(T).await {
+            Ok(_) => continue,
+            Err(ClientError::Closed(code)) => return code,
+            Err(e) => panic!("expected a close, got {e}"),
+        }
+    }
+    panic!("no close after 100 frames");
+}
+
+fn draining(server: &Server) -> bool {
+    matches!(http_get(server.http, "/readyz", &[]), Ok((503, b)) if b.contains("\"draining\""))
+}
+
+#[tokio::test]
+async fn sigterm_sends_new_and_idle_sessions_elsewhere_and_waits_for_live_calls() {
+    let mut server = start_firstcall(&["--drain-timeout", "60s"]);
+    assert!(matches!(http_get(server.http, "/readyz", &[]), Ok((200, _))));
+    let (mut alice, mut bob) = in_call(&server, "c1").await;
+    let mut carol = dev(&server, "carol", "c").await;
+
+    server.proc.signal("TERM");
+    assert!(wait_until(T, || draining(&server)), "/readyz never said draining");
+    let (status, health) = http_get(server.http, "/healthz", &[]).unwrap();
+    assert_eq!(status, 200, "a draining node is alive: {health}");
+    assert!(health.contains("\"draining\":true"), "{health}");
+
+    // Carol is in no call: sent elsewhere.
+    assert_eq!(closed_with(&mut carol).await, Some(SERVICE_RESTART));
+    assert_eq!(server.metric("firstcall_signal_drain_closed_total{why=\"idle\"}"), 1);
+    // A new session is refused, with the code that says "reconnect elsewhere".
+    match SignalClient::connect(&ws_url(&server), "dev:dave", "d").await {
+        Err(ClientError::Closed(code)) => assert_eq!(code, Some(SERVICE_RESTART)),
+        Ok(_) => panic!("a new session was accepted while draining"),
+        Err(e) => panic!("expected a refusal, got {e}"),
+    }
+    // The live call carries on, and a blip of Bob's socket resumes here.
+    alice
+        .send(json!({"type": "call.signal", "call": "c1", "data": cand(1)}))
+        .await;
+    let (sig, _) = bob.expect("call.signal", T).await.unwrap();
+    assert_eq!(sig["data"], cand(1));
+    bob.cut();
+    bob.reconnect().await.expect("a resume is accepted while draining");
+    assert_eq!(bob.welcome["resumed"], true);
+    assert!(server.proc.alive(), "exited with a call live");
+
+    alice.send(json!({"type": "call.hangup", "call": "c1"})).await;
+    let (end, _) = bob.expect("call.ended", T).await.unwrap();
+    assert_eq!(end["reason"], "hangup");
+    let status = server
+        .proc
+        .exit_within(Duration::from_secs(10))
+        .expect("no exit after the last call ended");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(closed_with(&mut alice).await, Some(SERVICE_RESTART));
+    let log = server.log_text();
+    assert!(log.contains("drained: no live call left"), "{log}");
+}
+
+#[tokio::test]
+async fn the_drain_timeout_and_a_second_sigterm_end_the_wait() {
+    // --drain-timeout: the call is cut with 1012 when it passes, and the exit is clean.
+    let mut server = start_firstcall(&["--drain-timeout", "1s"]);
+    let (mut alice, mut bob) = in_call(&server, "c2").await;
+    server.proc.signal("TERM");
+    let status = server
+        .proc
+        .exit_within(Duration::from_secs(10))
+        .expect("no exit after the drain timeout");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(closed_with(&mut alice).await, Some(SERVICE_RESTART));
+    assert_eq!(closed_with(&mut bob).await, Some(SERVICE_RESTART));
+    assert!(server.log_text().contains("why=Timeout"), "{}", server.log_text());
+
+    // A second SIGTERM does not wait for the hour-long drain.
+    let mut server = start_firstcall(&["--drain-timeout", "1h"]);
+    let (_alice, _bob) = in_call(&server, "c3").await;
+    server.proc.signal("TERM");
+    assert!(wait_until(T, || draining(&server)));
+    assert!(server.proc.alive());
+    server.proc.signal("TERM");
+    let status = server
+        .proc
+        .exit_within(Duration::from_secs(10))
+        .expect("a second SIGTERM did not stop it");
+    assert!(status.success(), "exit status {status}");
+    assert!(server.log_text().contains("why=Interrupted"), "{}", server.log_text());
+}
