@@ -616,7 +616,7 @@ fn a_resume_replayed_to_a_socket_that_never_reads_is_cut_within_the_queue_limit(
     assert!(cut, "the non-reading socket is not cut");
     assert!(released, "the server still holds the cut socket");
     // The hub copies the whole replay (8.4 MB) into its output before any socket sees
-    // it (hub.rs's business: the 'replays streamed from the session'). On top
+    // it (the hub's business: the 'replays streamed from the session'). On top
     // of that copy, the socket held at most its 1 MiB queue and one frame; it used to
     // hold the whole replay again, for as long as the socket stayed open.
     let replay_kib = 140 * 60_000 / 1024;
