@@ -139,7 +139,7 @@ impl SignalMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
         let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
-        let families: [(&str, &str, &str); 13] = [
+        let families: [(&str, &str, &str); 14] = [
             ("sessions", "Sessions created.", "event"),
             ("sessions_ended", "Sessions ended, by reason.", "reason"),
             ("resumes", "Resume attempts by result.", "result"),
@@ -162,6 +162,11 @@ impl SignalMetrics {
                 "limits_hit",
                 "Client actions refused (or sessions given up) at a configured limit, by limit.",
                 "limit",
+            ),
+            (
+                "restores",
+                "call.restore frames, by result: waiting (first side), completed (second side), repeated, ended_meanwhile, refused, expired (the other side never came).",
+                "result",
             ),
             (
                 "drain_closed",

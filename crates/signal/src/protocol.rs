@@ -88,6 +88,26 @@ pub enum Media {
     Video,
 }
 
+/// A party's side of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The user who invited.
+    Caller,
+    /// The user who was invited.
+    Callee,
+}
+
+impl Role {
+    /// The other side.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Caller => Role::Callee,
+            Role::Callee => Role::Caller,
+        }
+    }
+}
+
 /// Why a client hangs up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -339,6 +359,21 @@ pub enum ClientFrame {
         #[serde(default)]
         ms: Option<u64>,
     },
+    /// Re-register a call whose media still flows after the server lost it (a restart):
+    /// see docs/protocol.md, "Calls that outlive the server".
+    #[serde(rename = "call.restore")]
+    Restore {
+        /// Call id.
+        call: CallId,
+        /// The sender's side.
+        role: Role,
+        /// The other user.
+        peer: UserId,
+        /// The other user's device in the call.
+        peer_device: DeviceId,
+        /// Audio or video.
+        media: Media,
+    },
 }
 
 /// The envelope of every client frame after `hello`: read first, borrowing from the
@@ -388,7 +423,8 @@ impl ClientFrame {
             | ClientFrame::Cancel { call }
             | ClientFrame::Hangup { call, .. }
             | ClientFrame::Signal { call, .. }
-            | ClientFrame::Connected { call, .. } => call,
+            | ClientFrame::Connected { call, .. }
+            | ClientFrame::Restore { call, .. } => call,
         }
     }
 }
@@ -402,6 +438,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "call.hangup",
     "call.signal",
     "call.connected",
+    "call.restore",
 ];
 
 /// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.

@@ -1590,3 +1590,138 @@ fn a_camera_that_cannot_open_ends_the_call_as_media_failed_not_rejected() {
         assert_eq!(w.metrics.get("calls_ended", "rejected"), 0);
     }
 }
+
+fn restore(call: &str, role: &str, peer: &str, peer_device: &str) -> Value {
+    json!({"type": "call.restore", "call": call, "role": role, "peer": peer, "peer_device": peer_device, "media": "video"})
+}
+
+fn restored(c: &Client) -> Vec<bool> {
+    c.of_type("call.restored")
+        .iter()
+        .map(|v| v["peer_back"].as_bool().unwrap())
+        .collect()
+}
+
+/// A fresh hub is a restarted server: it never saw the call both sides still have.
+#[test]
+fn a_call_restored_by_both_sides_after_a_restart_is_live_again() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.send(a, restore("c1", "caller", "bob", "b"));
+    assert_eq!(restored(&w.clients[a]), [false], "waiting for Bob");
+    // Bob's new session lists the call as restoring: his SDK restores it.
+    w.connect(b);
+    let calls = &w.clients[b].control[0]["calls"];
+    assert_eq!(
+        (
+            calls[0]["call"].clone(),
+            calls[0]["state"].clone(),
+            calls[0]["role"].clone()
+        ),
+        (json!("c1"), json!("restoring"), json!("callee"))
+    );
+    w.send(b, restore("c1", "callee", "alice", "a"));
+    assert_eq!(restored(&w.clients[a]), [false, true]);
+    assert_eq!(restored(&w.clients[b]), [true]);
+    // An ordinary answered call again: signals both ways, a hang-up reaches the other side.
+    w.send(a, signal("c1", cand(1)));
+    w.send(b, signal("c1", cand(2)));
+    assert_eq!(w.clients[b].of_type("call.signal")[0]["data"], cand(1));
+    assert_eq!(w.clients[a].of_type("call.signal")[0]["data"], cand(2));
+    // A repeat (a resend after a blip) is answered again, and changes nothing.
+    w.send(b, restore("c1", "callee", "alice", "a"));
+    assert_eq!(restored(&w.clients[b]), [true, true]);
+    w.send(a, json!({"type": "call.hangup", "call": "c1"}));
+    let ended = w.clients[b].of_type("call.ended");
+    assert_eq!((ended.len(), ended[0]["reason"].clone()), (1, json!("hangup")));
+    assert!(errors(&w.clients[a]).is_empty() && errors(&w.clients[b]).is_empty());
+    assert_eq!(w.metrics.get("restores", "completed"), 1);
+    assert_eq!(w.metrics.get("restores", "repeated"), 1);
+    assert_eq!(w.hub.live_calls(), 0);
+}
+
+#[test]
+fn a_hangup_while_the_other_side_is_away_reaches_it_when_it_restores() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.send(a, restore("c1", "caller", "bob", "b"));
+    // Nobody to relay to yet: refused, not dropped.
+    w.send(a, signal("c1", cand(1)));
+    assert_eq!(errors(&w.clients[a]), ["unknown_call"]);
+    w.send(a, json!({"type": "call.hangup", "call": "c1"}));
+    assert_eq!(w.hub.live_calls(), 0);
+    w.connect(b);
+    assert!(w.clients[b].control[0]["calls"].as_array().unwrap().is_empty());
+    w.send(b, restore("c1", "callee", "alice", "a"));
+    let ended = w.clients[b].of_type("call.ended");
+    assert_eq!((ended.len(), ended[0]["reason"].clone()), (1, json!("hangup")));
+    assert!(restored(&w.clients[b]).is_empty());
+    assert_eq!(w.metrics.get("restores", "ended_meanwhile"), 1);
+    // Someone else's restore of that ended call learns nothing.
+    let m = w.add("mallory", "m");
+    w.connect(m);
+    w.send(m, restore("c1", "callee", "alice", "a"));
+    assert_eq!(errors(&w.clients[m]), ["not_participant"]);
+    assert!(w.clients[m].of_type("call.ended").is_empty());
+}
+
+#[test]
+fn a_restore_the_other_side_never_completes_ends_failed_after_the_session_ttl() {
+    let cfg = HubConfig::default();
+    let ttl = cfg.session_ttl;
+    let mut w = World::new(cfg);
+    let a = w.add("alice", "a");
+    w.connect(a);
+    w.send(a, restore("c1", "caller", "bob", "b"));
+    w.advance(ttl - Duration::from_secs(1));
+    assert!(w.clients[a].of_type("call.ended").is_empty());
+    w.advance(Duration::from_secs(1));
+    let ended = w.clients[a].of_type("call.ended");
+    assert_eq!((ended.len(), ended[0]["reason"].clone()), (1, json!("failed")));
+    assert_eq!(w.metrics.get("restores", "expired"), 1);
+    assert_eq!(w.hub.live_calls(), 0);
+}
+
+#[test]
+fn restore_claims_that_do_not_fit_are_refused_and_a_claim_makes_nobody_busy() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b, m, c) = (
+        w.add("alice", "a"),
+        w.add("bob", "b"),
+        w.add("mallory", "m"),
+        w.add("carol", "c"),
+    );
+    for i in [a, b, m, c] {
+        w.connect(i);
+    }
+    w.send(a, restore("c1", "caller", "bob", "b"));
+    // Not the parties the call has, or the side already held by another device.
+    w.send(m, restore("c1", "callee", "alice", "a"));
+    w.send(m, restore("c1", "caller", "bob", "b"));
+    assert_eq!(errors(&w.clients[m]), ["not_participant", "not_participant"]);
+    let a2 = w.add("alice", "a2");
+    w.connect(a2);
+    w.send(a2, restore("c1", "caller", "bob", "b"));
+    assert_eq!(errors(&w.clients[a2]), ["not_participant"]);
+    w.send(a, restore("c1", "callee", "bob", "b"));
+    assert_eq!(
+        errors(&w.clients[a]),
+        ["not_participant"],
+        "the other role, same users swapped"
+    );
+    // Bob did not restore: Alice's claim names him, but he is not busy and his own
+    // calls are not counted, nor was anything sent to him.
+    assert!(w.clients[b].of_type("call.ended").is_empty() && w.clients[b].of_type("call.restored").is_empty());
+    w.send(c, invite("c2", "bob"));
+    assert_eq!(w.clients[b].of_type("call.incoming").len(), 1, "Bob rings: not busy");
+    for n in 0..HubConfig::default().max_calls_per_user {
+        w.send(b, invite(&format!("out{n}"), "nobody"));
+    }
+    assert!(errors(&w.clients[b]).is_empty(), "{:?}", errors(&w.clients[b]));
+    // A call with oneself is no call.
+    w.send(c, restore("c3", "caller", "carol", "c"));
+    assert_eq!(errors(&w.clients[c]), ["bad_request"]);
+    assert_eq!(w.metrics.get("restores", "refused"), 4);
+}

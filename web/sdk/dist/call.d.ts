@@ -100,6 +100,10 @@ export declare class Call extends Emitter<CallEvents> {
     selectedPair: SelectedPair | null;
     /** @internal */ offer: string | null;
     /** @internal */ fromDevice: string | null;
+    /** The other side's device in this call (the caller's, or the one that answered). */
+    peerDevice: string | null;
+    /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
+    restoreSeq: number | null;
     private remoteCandidates;
     private remoteSet;
     private readonly t0;
@@ -171,6 +175,13 @@ export declare class Call extends Emitter<CallEvents> {
     /** @internal */
     start(): Promise<void>;
     private signalingDown;
+    /**
+     * @internal The server lost this call (it restarted, or our session moved to another
+     * node without it) while media flows between the two sides, which needs no server:
+     * re-register it (`call.restore`), so that a hang-up still reaches the other side. False
+     * when the call cannot be restored (media never flowed): it then ends `failed`.
+     */
+    restore(): boolean;
     /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
     onSessionState(s: "reconnecting" | "connected", why: string): void;
     /** @internal */

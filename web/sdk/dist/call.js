@@ -27,6 +27,10 @@ export class Call extends Emitter {
         this.selectedPair = null;
         /** @internal */ this.offer = null;
         /** @internal */ this.fromDevice = null;
+        /** The other side's device in this call (the caller's, or the one that answered). */
+        this.peerDevice = null;
+        /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
+        this.restoreSeq = null;
         this.remoteCandidates = [];
         this.remoteSet = false;
         this.connectTimer = null;
@@ -226,6 +230,27 @@ export class Call extends Emitter {
             this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
         }
     }
+    /**
+     * @internal The server lost this call (it restarted, or our session moved to another
+     * node without it) while media flows between the two sides, which needs no server:
+     * re-register it (`call.restore`), so that a hang-up still reaches the other side. False
+     * when the call cannot be restored (media never flowed): it then ends `failed`.
+     */
+    restore() {
+        const peerDevice = this.peerDevice ?? this.fromDevice;
+        if (this.state !== "connected" || !peerDevice)
+            return false;
+        this.restoreSeq = this.client.send({
+            type: "call.restore",
+            call: this.id,
+            role: this.direction === "outgoing" ? "caller" : "callee",
+            peer: this.peer,
+            peer_device: peerDevice,
+            media: this.media,
+        });
+        this.mark("restoring", { seq: this.restoreSeq });
+        return true;
+    }
     /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
     onSessionState(s, why) {
         if (this.state === "ended")
@@ -267,6 +292,7 @@ export class Call extends Emitter {
                 this.setState("pending");
                 return;
             case "call.accepted":
+                this.peerDevice = f.device;
                 this.mark("accepted", { device: f.device });
                 this.setState("connecting");
                 void this.pc
@@ -282,6 +308,10 @@ export class Call extends Emitter {
                 return;
             case "call.signal":
                 return void this.onSignal(f.data);
+            case "call.restored":
+                this.restoreSeq = null;
+                this.mark("restored", { peer_back: f.peer_back });
+                return;
             case "call.ended":
                 // The other side could not open its camera or microphone: the server says
                 // `rejected` (before an answer) or `hangup`, with the hang-up reason as detail.

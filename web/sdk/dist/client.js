@@ -159,11 +159,20 @@ export class Client extends Emitter {
         if (this.wantsPool())
             this.prewarm();
         if (!w.resumed) {
-            // Calls the server no longer has are over; those it still has carry on.
-            const live = new Set((w.calls ?? []).map((c) => c.call));
-            for (const c of [...this.calls.values()])
-                if (!live.has(c.id) && c.state !== "new")
+            // Calls the server still has carry on. One it lost (a restart, or a node that
+            // went away) is re-registered if its media flows, which needs no server (the
+            // other side does the same: docs/protocol.md, "Calls that outlive the server");
+            // any other is over.
+            const live = new Map((w.calls ?? []).map((c) => [c.call, c]));
+            for (const c of [...this.calls.values()]) {
+                if (c.state === "new")
+                    continue;
+                const known = live.get(c.id);
+                if (known && known.state !== "restoring")
+                    continue;
+                if (!c.restore())
                     c.end("failed", "session lost");
+            }
         }
         for (const c of this.calls.values())
             c.onSessionState("connected", w.resumed ? "session resumed" : "new session");
@@ -182,6 +191,10 @@ export class Client extends Emitter {
         if (f.type === "error") {
             this.log("client", `server error ${f.code}`, { message: f.message, ref: f.ref });
             this.emit("server-error", f);
+            // A refused `call.restore`: that call cannot be kept.
+            for (const c of this.calls.values())
+                if (c.restoreSeq !== null && c.restoreSeq === f.ref)
+                    c.end("failed", `restore refused: ${f.message}`);
             return;
         }
         const id = f.call;

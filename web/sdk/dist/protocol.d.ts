@@ -40,7 +40,9 @@ export interface CallSnapshot {
     role: "caller" | "callee";
     peer: string;
     media: Media;
-    state: "ringing" | "accepted" | "connected";
+    /** `restoring`: the call was re-registered after a server restart by one side
+     * (`call.restore`) and waits for the other. */
+    state: "ringing" | "accepted" | "connected" | "restoring";
     this_device: boolean;
 }
 export interface Welcome {
@@ -107,6 +109,10 @@ export type ServerFrame = {
     call: string;
     reason: EndReason;
     detail?: HangupReason;
+} | {
+    type: "call.restored";
+    call: string;
+    peer_back: boolean;
 });
 /** Frames a client sends after its hello. */
 export type ClientFrame = {
@@ -140,6 +146,13 @@ export type ClientFrame = {
     remote: string;
     protocol: string;
     ms: number;
+} | {
+    type: "call.restore";
+    call: string;
+    role: "caller" | "callee";
+    peer: string;
+    peer_device: string;
+    media: Media;
 };
 export interface Hello {
     type: "hello";

@@ -88,6 +88,10 @@ export class Call extends Emitter<CallEvents> {
   selectedPair: SelectedPair | null = null;
   /** @internal */ offer: string | null = null;
   /** @internal */ fromDevice: string | null = null;
+  /** The other side's device in this call (the caller's, or the one that answered). */
+  peerDevice: string | null = null;
+  /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
+  restoreSeq: number | null = null;
   private remoteCandidates: RTCIceCandidateInit[] = [];
   private remoteSet = false;
   private readonly t0: number;
@@ -297,6 +301,27 @@ export class Call extends Emitter<CallEvents> {
 
   private signalingDown = false;
 
+  /**
+   * @internal The server lost this call (it restarted, or our session moved to another
+   * node without it) while media flows between the two sides, which needs no server:
+   * re-register it (`call.restore`), so that a hang-up still reaches the other side. False
+   * when the call cannot be restored (media never flowed): it then ends `failed`.
+   */
+  restore(): boolean {
+    const peerDevice = this.peerDevice ?? this.fromDevice;
+    if (this.state !== "connected" || !peerDevice) return false;
+    this.restoreSeq = this.client.send({
+      type: "call.restore",
+      call: this.id,
+      role: this.direction === "outgoing" ? "caller" : "callee",
+      peer: this.peer,
+      peer_device: peerDevice,
+      media: this.media,
+    });
+    this.mark("restoring", { seq: this.restoreSeq });
+    return true;
+  }
+
   /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
   onSessionState(s: "reconnecting" | "connected", why: string): void {
     if (this.state === "ended") return;
@@ -337,6 +362,7 @@ export class Call extends Emitter<CallEvents> {
         this.setState("pending");
         return;
       case "call.accepted":
+        this.peerDevice = f.device;
         this.mark("accepted", { device: f.device });
         this.setState("connecting");
         void this.pc
@@ -352,6 +378,10 @@ export class Call extends Emitter<CallEvents> {
         return;
       case "call.signal":
         return void this.onSignal(f.data);
+      case "call.restored":
+        this.restoreSeq = null;
+        this.mark("restored", { peer_back: f.peer_back });
+        return;
       case "call.ended":
         // The other side could not open its camera or microphone: the server says
         // `rejected` (before an answer) or `hangup`, with the hang-up reason as detail.

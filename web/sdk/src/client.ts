@@ -209,9 +209,17 @@ export class Client extends Emitter<ClientEvents> {
     // (a resume mid-call) needs no pool.
     if (this.wantsPool()) this.prewarm();
     if (!w.resumed) {
-      // Calls the server no longer has are over; those it still has carry on.
-      const live = new Set((w.calls ?? []).map((c) => c.call));
-      for (const c of [...this.calls.values()]) if (!live.has(c.id) && c.state !== "new") c.end("failed", "session lost");
+      // Calls the server still has carry on. One it lost (a restart, or a node that
+      // went away) is re-registered if its media flows, which needs no server (the
+      // other side does the same: docs/protocol.md, "Calls that outlive the server");
+      // any other is over.
+      const live = new Map((w.calls ?? []).map((c) => [c.call, c]));
+      for (const c of [...this.calls.values()]) {
+        if (c.state === "new") continue;
+        const known = live.get(c.id);
+        if (known && known.state !== "restoring") continue;
+        if (!c.restore()) c.end("failed", "session lost");
+      }
     }
     for (const c of this.calls.values()) c.onSessionState("connected", w.resumed ? "session resumed" : "new session");
     this.emit("welcome", w);
@@ -229,6 +237,8 @@ export class Client extends Emitter<ClientEvents> {
     if (f.type === "error") {
       this.log("client", `server error ${f.code}`, { message: f.message, ref: f.ref });
       this.emit("server-error", f);
+      // A refused `call.restore`: that call cannot be kept.
+      for (const c of this.calls.values()) if (c.restoreSeq !== null && c.restoreSeq === f.ref) c.end("failed", `restore refused: ${f.message}`);
       return;
     }
     const id = f.call as string | undefined;

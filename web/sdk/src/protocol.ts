@@ -40,7 +40,9 @@ export interface CallSnapshot {
   role: "caller" | "callee";
   peer: string;
   media: Media;
-  state: "ringing" | "accepted" | "connected";
+  /** `restoring`: the call was re-registered after a server restart by one side
+   * (`call.restore`) and waits for the other. */
+  state: "ringing" | "accepted" | "connected" | "restoring";
   this_device: boolean;
 }
 
@@ -74,6 +76,7 @@ export type ServerFrame = { seq?: number; ack?: number } & (
   | { type: "call.accepted"; call: string; device: string; sdp: string }
   | { type: "call.signal"; call: string; from: string; from_device: string; data: SignalData }
   | { type: "call.ended"; call: string; reason: EndReason; detail?: HangupReason }
+  | { type: "call.restored"; call: string; peer_back: boolean }
 );
 
 /** Frames a client sends after its hello. */
@@ -84,7 +87,8 @@ export type ClientFrame =
   | { type: "call.cancel"; call: string }
   | { type: "call.hangup"; call: string; reason: HangupReason }
   | { type: "call.signal"; call: string; data: SignalData }
-  | { type: "call.connected"; call: string; local: string; remote: string; protocol: string; ms: number };
+  | { type: "call.connected"; call: string; local: string; remote: string; protocol: string; ms: number }
+  | { type: "call.restore"; call: string; role: "caller" | "callee"; peer: string; peer_device: string; media: Media };
 
 export interface Hello {
   type: "hello";

@@ -21,6 +21,32 @@ pub(super) enum CallState {
     Ringing,
     Accepted,
     Connected,
+    /// Re-registered by one side after the server lost it (`call.restore`), waiting for
+    /// the `missing` side to do the same (restore.rs).
+    Restoring {
+        missing: Role,
+    },
+}
+
+impl CallState {
+    /// As the `calls` snapshot names it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            CallState::Ringing => "ringing",
+            CallState::Accepted => "accepted",
+            CallState::Connected => "connected",
+            CallState::Restoring { .. } => "restoring",
+        }
+    }
+}
+
+/// What is remembered of an ended call (10 minutes at most, `--max-ended-calls`): that a
+/// repeated invite stays a no-op, and what to tell a party that restores it late.
+pub(super) struct Ended {
+    pub(super) caller: UserId,
+    pub(super) callee: UserId,
+    pub(super) reason: EndReason,
+    pub(super) detail: Option<HangupReason>,
 }
 
 pub(super) struct Call {
@@ -44,6 +70,19 @@ pub(super) struct Call {
     pub(super) span: Span,
 }
 
+impl Call {
+    /// Whether `user` is in this call now: a party, and not the side a restoring call
+    /// waits for (that side's presence is only the other side's claim, which must not
+    /// make the user busy or count against the user's limits).
+    pub(super) fn holds(&self, user: &UserId) -> bool {
+        match self.state {
+            CallState::Restoring { missing: Role::Caller } => self.callee == *user,
+            CallState::Restoring { missing: Role::Callee } => self.caller.0 == *user,
+            _ => self.caller.0 == *user || self.callee == *user,
+        }
+    }
+}
+
 /// A refused frame: the error code and message sent back with its seq.
 pub(super) type Refusal = (ErrorCode, String);
 
@@ -53,8 +92,8 @@ pub(super) fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
 
 impl<R: RngCore> Hub<R> {
     /// Remember an ended call's id, so that a repeated invite with it stays a no-op.
-    pub(super) fn forget_later(&mut self, id: CallId, now: Instant) {
-        if self.ended.insert(id, (), now) {
+    pub(super) fn forget_later(&mut self, id: CallId, ended: Ended, now: Instant) {
+        if self.ended.insert(id, ended, now) {
             self.metrics.limit_hit(Limit::EndedCalls);
         }
     }
@@ -70,7 +109,7 @@ impl<R: RngCore> Hub<R> {
                     "role": if caller { "caller" } else { "callee" },
                     "peer": if caller { &c.callee } else { &c.caller.0 },
                     "media": c.media,
-                    "state": match c.state { CallState::Ringing => "ringing", CallState::Accepted => "accepted", CallState::Connected => "connected" },
+                    "state": c.state.as_str(),
                     "this_device": if caller { &c.caller.1 == device } else { c.accepted_device.as_ref() == Some(device) },
                 })
             })
@@ -104,6 +143,16 @@ impl<R: RngCore> Hub<R> {
         if let ClientFrame::Invite { call, to, media, sdp } = frame {
             return self.invite(key, me, call, to, media, sdp, now);
         }
+        if let ClientFrame::Restore {
+            call,
+            role,
+            peer,
+            peer_device,
+            media,
+        } = frame
+        {
+            return self.restore(key, me, call, role, peer, peer_device, media, now);
+        }
         let id = frame.call().clone();
         let Some(&ck) = self.call_ids.get(&id) else {
             if self.ended.contains_key(&id) {
@@ -117,7 +166,9 @@ impl<R: RngCore> Hub<R> {
         let is_callee_device = c.callee == me.0;
         let is_accepted = is_callee_device && c.accepted_device.as_ref() == Some(&me.1);
         match frame {
-            ClientFrame::Invite { .. } | ClientFrame::Signal { .. } => unreachable!("handled above"),
+            ClientFrame::Invite { .. } | ClientFrame::Signal { .. } | ClientFrame::Restore { .. } => {
+                unreachable!("handled above")
+            }
             ClientFrame::Accept { sdp, .. } => {
                 if !is_callee_device {
                     return Err(refuse(ErrorCode::NotParticipant, "only the callee can accept"));
@@ -248,6 +299,19 @@ impl<R: RngCore> Hub<R> {
         };
         let s = self.sessions.get(&key).expect("handle_text found the session");
         let c = self.calls.get(&ck).expect("every call id maps to a live call");
+        if let CallState::Restoring { missing } = c.state {
+            // No one to relay to: refused, not dropped.
+            return Err(refuse(
+                ErrorCode::UnknownCall,
+                format!(
+                    "call {call} is being restored: the {} has not restored it yet",
+                    match missing {
+                        Role::Caller => "caller",
+                        Role::Callee => "callee",
+                    }
+                ),
+            ));
+        }
         let is_caller = c.caller.0 == s.user && c.caller.1 == s.device;
         let is_callee_device = c.callee == s.user;
         let is_accepted = is_callee_device && c.accepted_device.as_ref() == Some(&s.device);
@@ -350,9 +414,13 @@ impl<R: RngCore> Hub<R> {
     ) {
         let Some(c) = self.calls.remove(&ck) else { return };
         // Its ring timer goes with it (else one entry per call stays for the ring timeout:
-        // 45 s of every call's, at any call rate).
+        // 45 s of every call's, at any call rate), and a restoring call's deadline.
         self.timers
             .remove(&(c.invited_at + self.config.ring_timeout, Timer::Ring(ck)));
+        if let CallState::Restoring { .. } = c.state {
+            self.timers
+                .remove(&(c.invited_at + self.config.session_ttl, Timer::Restore(ck)));
+        }
         self.call_ids.remove(&c.id);
         for user in [&c.caller.0, &c.callee] {
             if let Some(keys) = self.user_calls.get_mut(user) {
@@ -362,7 +430,13 @@ impl<R: RngCore> Hub<R> {
                 }
             }
         }
-        self.forget_later(c.id.clone(), now);
+        let ended = Ended {
+            caller: c.caller.0.clone(),
+            callee: c.callee.clone(),
+            reason,
+            detail,
+        };
+        self.forget_later(c.id.clone(), ended, now);
         self.metrics.count("calls_ended", reason.as_str());
         if reason != EndReason::Hangup || c.state != CallState::Connected {
             if let Some(retried) = self.attempts.get_mut(&ordered(&c.caller.0, &c.callee)) {
@@ -377,9 +451,16 @@ impl<R: RngCore> Hub<R> {
         if let Some(d) = detail {
             frame["detail"] = json!(d);
         }
-        let mut parties = vec![c.caller.clone()];
-        for d in c.devices.keys() {
-            parties.push((c.callee.clone(), d.clone()));
+        // Not the side a restoring call waits for: its device is only a claim, and it
+        // learns how the call ended when it restores.
+        let mut parties = Vec::new();
+        if c.state != (CallState::Restoring { missing: Role::Caller }) {
+            parties.push(c.caller.clone());
+        }
+        if c.state != (CallState::Restoring { missing: Role::Callee }) {
+            for d in c.devices.keys() {
+                parties.push((c.callee.clone(), d.clone()));
+            }
         }
         for p in parties {
             if Some(&p) != initiator {

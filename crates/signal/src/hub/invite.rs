@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::metrics::Limit;
 use crate::protocol::*;
 
-use super::call::{ordered, refuse, Call, CallState, Refusal};
+use super::call::{ordered, refuse, Call, CallState, Ended, Refusal};
 use super::ids::{CallKey, SessionKey};
 use super::timer::Timer;
 use super::wire::signal_head;
@@ -45,7 +45,7 @@ impl<R: RngCore> Hub<R> {
         // else's doing (capped per callee below), and must not stop them calling out.
         let live = self
             .calls_of(&me.0)
-            .filter(|c| c.caller.0 == me.0 || c.state != CallState::Ringing)
+            .filter(|c| c.holds(&me.0) && (c.caller.0 == me.0 || c.state != CallState::Ringing))
             .count();
         if live >= self.config.max_calls_per_user {
             self.metrics.limit_hit(Limit::CallsPerUser);
@@ -79,7 +79,9 @@ impl<R: RngCore> Hub<R> {
             span.in_scope(|| tracing::info!("replaces the caller's call still ringing"));
             self.end_call(ck, EndReason::Cancelled, None, None, now);
         }
-        let busy = self.calls_of(&to).any(|c| c.state != CallState::Ringing);
+        let busy = self
+            .calls_of(&to)
+            .any(|c| c.state != CallState::Ringing && c.holds(&to));
         // As many invites ring for the callee as may: to the caller, the callee is busy.
         let ringing_full = !busy
             && self
@@ -92,7 +94,13 @@ impl<R: RngCore> Hub<R> {
         }
         if busy || ringing_full {
             span.in_scope(|| tracing::info!(ringing_full, "callee busy"));
-            self.forget_later(id.clone(), now);
+            let ended = Ended {
+                caller: me.0.clone(),
+                callee: to.clone(),
+                reason: EndReason::Busy,
+                detail: None,
+            };
+            self.forget_later(id.clone(), ended, now);
             self.metrics.count("calls_ended", EndReason::Busy.as_str());
             self.push(
                 key,
@@ -110,7 +118,13 @@ impl<R: RngCore> Hub<R> {
                 self.end_call(other, EndReason::Glare, None, None, now);
             } else {
                 span.in_scope(|| tracing::info!(winner = %other_id, "glare: this invite loses"));
-                self.forget_later(id.clone(), now);
+                let ended = Ended {
+                    caller: me.0.clone(),
+                    callee: to.clone(),
+                    reason: EndReason::Glare,
+                    detail: None,
+                };
+                self.forget_later(id.clone(), ended, now);
                 self.metrics.count("calls_ended", EndReason::Glare.as_str());
                 self.push(
                     key,

@@ -25,6 +25,7 @@ mod call;
 mod drain;
 mod ids;
 mod invite;
+mod restore;
 mod session;
 mod timer;
 mod wire;
@@ -197,7 +198,7 @@ pub struct Hub<R> {
     user_calls: HashMap<UserId, Vec<CallKey>>,
     call_ids: HashMap<CallId, CallKey>,
     /// Recently ended calls: a repeated invite with their id stays a no-op.
-    ended: Recent<CallId, ()>,
+    ended: Recent<CallId, call::Ended>,
     /// Last invite time per unordered user pair, for first-attempt accounting.
     attempts: Recent<(UserId, UserId), bool>,
     timers: BTreeSet<(Instant, Timer)>,

@@ -17,6 +17,8 @@ pub(super) enum Timer {
     Expire(SessionKey),
     Ring(CallKey),
     Ice(SessionKey),
+    /// A restoring call's other side has not restored it within the session TTL.
+    Restore(CallKey),
     /// While draining: close the sessions that no live call needs.
     Drain,
 }
@@ -40,6 +42,7 @@ impl<R: RngCore> Hub<R> {
             Timer::Ring(ck) => self.on_ring_timer(ck, now),
             Timer::Ice(key) => self.on_ice_timer(key, now),
             Timer::Drain => self.on_drain_timer(now),
+            Timer::Restore(ck) => self.on_restore_timer(ck, now),
         }
     }
 }
