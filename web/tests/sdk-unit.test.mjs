@@ -29,7 +29,7 @@ class FakeClock {
   }
 }
 
-function world({ random = 0.5 } = {}) {
+function world({ random = 0.5, token = "dev:alice" } = {}) {
   const clock = new FakeClock();
   const sockets = [];
   class FakeWS {
@@ -69,7 +69,7 @@ function world({ random = 0.5 } = {}) {
     random: () => random,
     onNetworkChange: (fn) => ((network = fn), () => {}),
   };
-  const s = new Session("ws://x/v1/ws", "dev:alice", "dev1", env);
+  const s = new Session("ws://x/v1/ws", token, "dev1", env);
   const welcome = (ws, extra = {}) =>
     ws.deliver({ type: "welcome", session: "S1", user: "alice", device: "dev1", resumed: false, last_seq: 0, heartbeat_ms: 1000, ice_servers: [], ...extra });
   return { s, clock, sockets, welcome, network: (on) => network(on) };
@@ -218,6 +218,92 @@ test("close code 4003 (unauthorized) is fatal: no reconnect loop", () => {
   assert.equal(sockets.length, 1);
   assert.equal(fatal.code, 4003);
   assert.equal(s.state, "closed");
+});
+
+/** Let promise callbacks (a token function's) run. */
+const settleTokens = () => new Promise((r) => setImmediate(r));
+
+test("a token function is asked before every connect, and the resume carries the fresh token", async () => {
+  let n = 0;
+  const { s, sockets, welcome, clock } = world({ token: async () => `jwt-${++n}` });
+  s.open();
+  await settleTokens();
+  sockets[0].open();
+  assert.equal(sockets[0].sent[0].token, "jwt-1");
+  welcome(sockets[0]);
+  sockets[0].drop(1006);
+  clock.advance(0);
+  await settleTokens();
+  sockets[1].open();
+  assert.deepEqual([sockets[1].sent[0].token, sockets[1].sent[0].resume.session], ["jwt-2", "S1"]);
+});
+
+test("a refused token is asked for once more; refused again, the session gives up with a typed error", async () => {
+  let n = 0;
+  const { s, sockets, welcome, clock } = world({ token: () => `jwt-${++n}` });
+  let fatal = null;
+  s.on("fatal", (e) => (fatal = e));
+  s.open();
+  await settleTokens();
+  sockets[0].open();
+  welcome(sockets[0]);
+  // Away past the token's expiry: the resume is refused, a fresh token is fetched at once.
+  sockets[0].drop(1006);
+  clock.advance(0);
+  await settleTokens();
+  sockets[1].open();
+  sockets[1].drop(4003);
+  clock.advance(0);
+  await settleTokens();
+  assert.equal(sockets.length, 3, "one more try");
+  sockets[2].open();
+  assert.equal(sockets[2].sent[0].token, "jwt-3");
+  welcome(sockets[2], { resumed: true });
+  assert.equal(fatal, null);
+  // Each welcome allows one fresh-token retry again; two refusals in a row end it.
+  sockets[2].drop(4003);
+  clock.advance(0);
+  await settleTokens();
+  sockets[3].open();
+  sockets[3].drop(4003);
+  clock.advance(60000);
+  await settleTokens();
+  assert.equal(sockets.length, 4, "no reconnect loop");
+  assert.equal(fatal.code, 4003);
+  assert.equal(fatal.error.name, "FirstcallError");
+  assert.equal(fatal.error.code, "unauthorized");
+  assert.equal(s.state, "closed");
+});
+
+test("a token function that fails is retried with backoff, not given up", async () => {
+  let fail = true;
+  const { s, sockets, welcome, clock } = world({ token: async () => {
+    if (fail) throw new Error("auth backend down");
+    return "jwt";
+  } });
+  s.open();
+  await settleTokens();
+  assert.equal(sockets.length, 0);
+  assert.equal(s.state, "reconnecting");
+  fail = false;
+  clock.advance(0);
+  await settleTokens();
+  assert.equal(sockets.length, 1);
+  sockets[0].open();
+  welcome(sockets[0]);
+  assert.equal(s.state, "connected");
+});
+
+test("close code 1012 (server draining) reconnects at once", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  sockets[0].drop(1012);
+  clock.advance(0);
+  assert.equal(sockets.length, 2, "reconnected without waiting");
+  sockets[1].open();
+  assert.equal(sockets[1].sent[0].resume.session, "S1");
 });
 
 test("a send that throws keeps the frame and resumes", () => {

@@ -1,11 +1,16 @@
 import { Emitter } from "./emitter.js";
 import { type Environment, type TimelineEntry } from "./env.js";
-import { Session } from "./session.js";
+import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
 import type { ClientFrame, ClientState, ServerFrame, Welcome } from "./protocol.js";
 export interface ConnectOptions {
-    /** JWT, or `dev:<user>` against a server in dev mode. */
-    token: string;
+    /**
+     * JWT, or `dev:<user>` against a server in dev mode; or a function returning a fresh
+     * one, called before every connect and reconnect (so that a resume after the token
+     * expired is not refused). A token refused (close 4003) is asked for once more before
+     * the client gives up with `fatal` (`FirstcallError` code `unauthorized`).
+     */
+    token: TokenSource;
     /** Stable per installation; generated and kept in localStorage when absent. */
     device?: string;
     /** Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). */
@@ -41,6 +46,7 @@ export interface ClientEvents {
     fatal: (e: {
         code: number;
         reason?: string;
+        error: FirstcallError;
     }) => void;
     timeline: (e: TimelineEntry) => void;
 }

@@ -235,7 +235,7 @@ export function connect(url, options) {
         });
         client.on("fatal", (e) => {
             client.env.clearTimeout(timer);
-            reject(new Error(`firstcall: refused (close ${e?.code})`));
+            reject(e.error);
         });
         client.session.open();
     });

@@ -27,7 +27,7 @@
 // events), env.ts.
 export * from "./protocol.js";
 export { Emitter } from "./emitter.js";
-export { Session } from "./session.js";
+export { Session, FirstcallError } from "./session.js";
 export { Client, connect, createClient } from "./client.js";
 export { Call } from "./call.js";
 export { negotiate, initialNegotiation, restartDecision, } from "./negotiation.js";

@@ -15,7 +15,27 @@ export interface SessionEvents {
     fatal: (e: {
         code: number;
         reason?: string;
+        error: FirstcallError;
     }) => void;
+}
+/**
+ * The bearer token: a string, or a function returning a fresh one (from the app's own
+ * backend), called before every connect and reconnect.
+ */
+export type TokenSource = string | (() => string | Promise<string>);
+/** Why the session gave up for good, with a stable code. */
+export declare class FirstcallError extends Error {
+    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
+     * token function failed) or `refused` (another close code that reconnecting cannot help). */
+    readonly code: "unauthorized" | "token_source" | "refused";
+    /** The WebSocket close code, when the server closed. */
+    readonly closeCode?: number | undefined;
+    constructor(
+    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
+     * token function failed) or `refused` (another close code that reconnecting cannot help). */
+    code: "unauthorized" | "token_source" | "refused", message: string, 
+    /** The WebSocket close code, when the server closed. */
+    closeCode?: number | undefined);
 }
 /** The reliable session (see the top of this file). */
 export declare class Session extends Emitter<SessionEvents> {
@@ -41,10 +61,17 @@ export declare class Session extends Emitter<SessionEvents> {
     private heartbeatMs;
     private closed;
     private unsubscribeNetwork;
-    constructor(url: string, token: string, device: string, env: Environment);
+    /** A refused token was followed by a fresh one, not yet welcomed. */
+    private retriedToken;
+    /** Counts opens, so that a token fetched for an earlier one is not used. */
+    private opening;
+    constructor(url: string, token: TokenSource, device: string, env: Environment);
     /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
     send(frame: ClientFrame): number;
     open(): void;
+    /** The app's token function threw: try again with backoff (its backend may be down). */
+    private tokenFailed;
+    private openWith;
     /** Drop the socket and resume on a fresh one right away. */
     restart(why: string): void;
     close(): void;

@@ -3,6 +3,22 @@
 import { Emitter } from "./emitter.js";
 /** The close codes after which reconnecting cannot help. */
 const FATAL_CLOSE = new Set([4003]);
+/** Close code of a refused token. */
+const UNAUTHORIZED = 4003;
+/** Why the session gave up for good, with a stable code. */
+export class FirstcallError extends Error {
+    constructor(
+    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
+     * token function failed) or `refused` (another close code that reconnecting cannot help). */
+    code, message, 
+    /** The WebSocket close code, when the server closed. */
+    closeCode) {
+        super(message);
+        this.code = code;
+        this.closeCode = closeCode;
+        this.name = "FirstcallError";
+    }
+}
 /** The reliable session (see the top of this file). */
 export class Session extends Emitter {
     constructor(url, token, device, env) {
@@ -26,6 +42,10 @@ export class Session extends Emitter {
         this.heartbeatMs = 15000;
         this.closed = false;
         this.unsubscribeNetwork = null;
+        /** A refused token was followed by a fresh one, not yet welcomed. */
+        this.retriedToken = false;
+        /** Counts opens, so that a token fetched for an earlier one is not used. */
+        this.opening = 0;
         this.unsubscribeNetwork =
             env.onNetworkChange?.((online) => {
                 this.emit("log", "network", { online });
@@ -59,6 +79,34 @@ export class Session extends Emitter {
             return;
         this.env.clearTimeout(this.reconnectTimer);
         this.reconnectTimer = null;
+        if (typeof this.token === "string")
+            return this.openWith(this.token);
+        // A fresh token for every connect: a resume after the first one has expired must
+        // not be refused for it.
+        const opening = ++this.opening;
+        let fresh;
+        try {
+            fresh = this.token();
+        }
+        catch (e) {
+            return this.tokenFailed(e);
+        }
+        Promise.resolve(fresh).then((t) => {
+            if (opening === this.opening && !this.closed)
+                this.openWith(t);
+        }, (e) => {
+            if (opening === this.opening)
+                this.tokenFailed(e);
+        });
+    }
+    /** The app's token function threw: try again with backoff (its backend may be down). */
+    tokenFailed(e) {
+        this.emit("log", "token-source-failed", { error: String(e) });
+        this.scheduleReconnect("token function failed");
+    }
+    openWith(token) {
+        if (this.closed)
+            return;
         let ws;
         try {
             ws = new this.env.WebSocket(this.url);
@@ -69,7 +117,7 @@ export class Session extends Emitter {
         }
         this.ws = ws;
         ws.onopen = () => {
-            const hello = { type: "hello", token: this.token, device: this.device };
+            const hello = { type: "hello", token, device: this.device };
             if (this.sessionId)
                 hello.resume = { session: this.sessionId, last_seq: this.lastIn };
             ws.send(JSON.stringify(hello));
@@ -96,9 +144,20 @@ export class Session extends Emitter {
             this.env.clearTimeout(this.watchdog);
             const code = ev?.code;
             this.emit("log", "socket-closed", { code, reason: ev?.reason });
+            if (code === UNAUTHORIZED && typeof this.token === "function" && !this.retriedToken) {
+                // The token expired (or was revoked) while we were away: ask the app once more.
+                this.retriedToken = true;
+                this.emit("log", "token-refused-retrying", { reason: ev?.reason });
+                this.attempt = 0;
+                this.scheduleReconnect("token refused: fetching a fresh one");
+                return;
+            }
             if (code !== undefined && FATAL_CLOSE.has(code)) {
                 this.close();
-                this.emit("fatal", { code, reason: ev?.reason });
+                const error = code === UNAUTHORIZED
+                    ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, code)
+                    : new FirstcallError("refused", `refused (close ${code})`, code);
+                this.emit("fatal", { code, reason: ev?.reason, error });
                 return;
             }
             this.scheduleReconnect(`closed ${code ?? ""}`);
@@ -239,6 +298,7 @@ export class Session extends Emitter {
         this.sessionId = f.session;
         this.welcome = f;
         this.attempt = 0;
+        this.retriedToken = false;
         this.setState("connected");
         this.emit("welcome", f);
         for (const u of this.unacked)

@@ -1,13 +1,18 @@
 // The client: a session, ICE servers, the pre-warmed peer connection, and its calls.
 import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid, type Environment, type TimelineEntry } from "./env.js";
-import { Session } from "./session.js";
+import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
 import type { ClientFrame, ClientState, ServerFrame, Welcome } from "./protocol.js";
 
 export interface ConnectOptions {
-  /** JWT, or `dev:<user>` against a server in dev mode. */
-  token: string;
+  /**
+   * JWT, or `dev:<user>` against a server in dev mode; or a function returning a fresh
+   * one, called before every connect and reconnect (so that a resume after the token
+   * expired is not refused). A token refused (close 4003) is asked for once more before
+   * the client gives up with `fatal` (`FirstcallError` code `unauthorized`).
+   */
+  token: TokenSource;
   /** Stable per installation; generated and kept in localStorage when absent. */
   device?: string;
   /** Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). */
@@ -39,7 +44,7 @@ export interface ClientEvents {
   /** The server refused one of our frames. */
   "server-error": (f: Extract<ServerFrame, { type: "error" }>) => void;
   /** The server refused us for good (bad token): no reconnecting. */
-  fatal: (e: { code: number; reason?: string }) => void;
+  fatal: (e: { code: number; reason?: string; error: FirstcallError }) => void;
   timeline: (e: TimelineEntry) => void;
 }
 
@@ -279,7 +284,7 @@ export function connect(url: string, options: ConnectOptions): Promise<Client> {
     });
     client.on("fatal", (e) => {
       client.env.clearTimeout(timer);
-      reject(new Error(`firstcall: refused (close ${e?.code})`));
+      reject(e.error);
     });
     client.session.open();
   });

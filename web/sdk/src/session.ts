@@ -14,11 +14,34 @@ export interface SessionEvents {
   welcome: (w: Welcome) => void;
   /** A sequenced frame, processed once and in order (or an unsequenced handshake error). */
   frame: (f: ServerFrame) => void;
-  fatal: (e: { code: number; reason?: string }) => void;
+  fatal: (e: { code: number; reason?: string; error: FirstcallError }) => void;
 }
 
 /** The close codes after which reconnecting cannot help. */
 const FATAL_CLOSE = new Set([4003]);
+/** Close code of a refused token. */
+const UNAUTHORIZED = 4003;
+
+/**
+ * The bearer token: a string, or a function returning a fresh one (from the app's own
+ * backend), called before every connect and reconnect.
+ */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** Why the session gave up for good, with a stable code. */
+export class FirstcallError extends Error {
+  constructor(
+    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
+     * token function failed) or `refused` (another close code that reconnecting cannot help). */
+    readonly code: "unauthorized" | "token_source" | "refused",
+    message: string,
+    /** The WebSocket close code, when the server closed. */
+    readonly closeCode?: number,
+  ) {
+    super(message);
+    this.name = "FirstcallError";
+  }
+}
 
 /** The reliable session (see the top of this file). */
 export class Session extends Emitter<SessionEvents> {
@@ -37,10 +60,14 @@ export class Session extends Emitter<SessionEvents> {
   private heartbeatMs = 15000;
   private closed = false;
   private unsubscribeNetwork: (() => void) | null = null;
+  /** A refused token was followed by a fresh one, not yet welcomed. */
+  private retriedToken = false;
+  /** Counts opens, so that a token fetched for an earlier one is not used. */
+  private opening = 0;
 
   constructor(
     private readonly url: string,
-    private readonly token: string,
+    private readonly token: TokenSource,
     private readonly device: string,
     private readonly env: Environment,
   ) {
@@ -75,6 +102,34 @@ export class Session extends Emitter<SessionEvents> {
     if (this.closed) return;
     this.env.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    if (typeof this.token === "string") return this.openWith(this.token);
+    // A fresh token for every connect: a resume after the first one has expired must
+    // not be refused for it.
+    const opening = ++this.opening;
+    let fresh: string | Promise<string>;
+    try {
+      fresh = this.token();
+    } catch (e) {
+      return this.tokenFailed(e);
+    }
+    Promise.resolve(fresh).then(
+      (t) => {
+        if (opening === this.opening && !this.closed) this.openWith(t);
+      },
+      (e) => {
+        if (opening === this.opening) this.tokenFailed(e);
+      },
+    );
+  }
+
+  /** The app's token function threw: try again with backoff (its backend may be down). */
+  private tokenFailed(e: unknown): void {
+    this.emit("log", "token-source-failed", { error: String(e) });
+    this.scheduleReconnect("token function failed");
+  }
+
+  private openWith(token: string): void {
+    if (this.closed) return;
     let ws: WebSocketLike;
     try {
       ws = new this.env.WebSocket(this.url);
@@ -84,7 +139,7 @@ export class Session extends Emitter<SessionEvents> {
     }
     this.ws = ws;
     ws.onopen = () => {
-      const hello: Hello = { type: "hello", token: this.token, device: this.device };
+      const hello: Hello = { type: "hello", token, device: this.device };
       if (this.sessionId) hello.resume = { session: this.sessionId, last_seq: this.lastIn };
       ws.send(JSON.stringify(hello));
       this.armWatchdog();
@@ -107,9 +162,21 @@ export class Session extends Emitter<SessionEvents> {
       this.env.clearTimeout(this.watchdog);
       const code = ev?.code;
       this.emit("log", "socket-closed", { code, reason: ev?.reason });
+      if (code === UNAUTHORIZED && typeof this.token === "function" && !this.retriedToken) {
+        // The token expired (or was revoked) while we were away: ask the app once more.
+        this.retriedToken = true;
+        this.emit("log", "token-refused-retrying", { reason: ev?.reason });
+        this.attempt = 0;
+        this.scheduleReconnect("token refused: fetching a fresh one");
+        return;
+      }
       if (code !== undefined && FATAL_CLOSE.has(code)) {
         this.close();
-        this.emit("fatal", { code, reason: ev?.reason });
+        const error =
+          code === UNAUTHORIZED
+            ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, code)
+            : new FirstcallError("refused", `refused (close ${code})`, code);
+        this.emit("fatal", { code, reason: ev?.reason, error });
         return;
       }
       this.scheduleReconnect(`closed ${code ?? ""}`);
@@ -247,6 +314,7 @@ export class Session extends Emitter<SessionEvents> {
     this.sessionId = f.session;
     this.welcome = f;
     this.attempt = 0;
+    this.retriedToken = false;
     this.setState("connected");
     this.emit("welcome", f);
     for (const u of this.unacked) ws.send(JSON.stringify(u.frame));
