@@ -132,6 +132,8 @@ pub struct ServeConfig {
     pub jwt_secret: Option<String>,
     /// PEM public key (RS256/ES256) for bearer JWTs.
     pub jwt_public_key: Option<PathBuf>,
+    /// The identity provider's JWKS URL: JWT keys by `kid`.
+    pub jwks_url: Option<String>,
     /// Where pending-call events are POSTed.
     pub webhook_url: Option<String>,
     /// Key signing webhook bodies (generated and kept in the data dir when absent).
@@ -307,6 +309,10 @@ pub struct ServeArgs {
     /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer JWTs.
     #[arg(long, env = "FIRSTCALL_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// The identity provider's JWKS URL (Keycloak: <realm>/protocol/openid-connect/certs):
+    /// JWT keys by `kid`, fetched at start and again for an unknown `kid` (at most every 10 s).
+    #[arg(long, env = "FIRSTCALL_JWKS_URL")]
+    pub jwks_url: Option<String>,
     /// POST a signed event here when a callee has no device online (for VoIP push).
     #[arg(long, env = "FIRSTCALL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -474,6 +480,7 @@ pub struct FileConfig {
     drain_timeout: Option<String>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
+    jwks_url: Option<String>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     credential_ttl: Option<String>,
@@ -559,18 +566,20 @@ impl ServeArgs {
             .or(f.jwt_secret.as_deref())
             .is_some_and(|s| !s.is_empty())
             || self.jwt_public_key.is_some()
-            || f.jwt_public_key.is_some();
+            || f.jwt_public_key.is_some()
+            || self.jwks_url.is_some()
+            || f.jwks_url.is_some();
         if dev && jwt_configured {
             return Err(invalid(
                 "--dev",
-                "dev mode accepts any dev:<user> token: give --dev or a JWT setting (--jwt-secret, --jwt-public-key), not both",
+                "dev mode accepts any dev:<user> token: give --dev or a JWT setting (--jwt-secret, --jwt-public-key, --jwks-url), not both",
             ));
         }
         if !dev && !jwt_configured {
             return Err(invalid(
                 "--jwt-secret",
                 "no way to verify users' tokens. Give --jwt-secret (HS256, shared with the backend that \
-                 signs them) or --jwt-public-key (RS256/ES256 PEM) — as FIRSTCALL_JWT_SECRET or a config \
+                 signs them) or --jwt-public-key (RS256/ES256 PEM) or --jwks-url (your identity provider's keys) — as FIRSTCALL_JWT_SECRET or a config \
                  key in production, not a flag — or, to try firstcall on this machine, --dev (accepts any \
                  `dev:<user>` token, listens on loopback)",
             ));
@@ -598,10 +607,15 @@ impl ServeArgs {
             (None, Some(_)) => return Err(invalid("--tls-key", "given without --tls-cert: give both or neither")),
         };
         let turn_tls_listen = self.turn_tls_listen.or(f.turn_tls_listen);
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+        let key_settings = [
+            self.jwt_secret.is_some() || f.jwt_secret.as_deref().is_some_and(|s| !s.is_empty()),
+            self.jwt_public_key.is_some() || f.jwt_public_key.is_some(),
+            self.jwks_url.is_some() || f.jwks_url.is_some(),
+        ];
+        if key_settings.iter().filter(|k| **k).count() > 1 {
             return Err(invalid(
                 "--jwt-secret",
-                "give --jwt-secret or --jwt-public-key, not both",
+                "give one of --jwt-secret, --jwt-public-key and --jwks-url",
             ));
         }
         if turn_tls_listen.is_some() && tls.is_none() {
@@ -744,6 +758,7 @@ impl ServeArgs {
             )?,
             jwt_secret: self.jwt_secret.or(f.jwt_secret).filter(|s| !s.is_empty()),
             jwt_public_key: self.jwt_public_key.or(f.jwt_public_key),
+            jwks_url: self.jwks_url.or(f.jwks_url).filter(|s| !s.is_empty()),
             webhook_url: self.webhook_url.or(f.webhook_url).filter(|s| !s.is_empty()),
             webhook_secret: self.webhook_secret.or(f.webhook_secret).filter(|s| !s.is_empty()),
             credential_ttl: parse_duration(

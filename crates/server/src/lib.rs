@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod config;
 pub mod http;
+pub mod jwks;
 pub mod memory;
 pub mod ports;
 pub mod signal;
@@ -55,6 +56,9 @@ pub enum ServeError {
     /// The JWT key could not be loaded.
     #[error(transparent)]
     Token(#[from] tokens::TokenError),
+    /// `--jwks-url` is unusable.
+    #[error(transparent)]
+    Jwks(#[from] jwks::JwksError),
     /// The webhook URL is unusable.
     #[error(transparent)]
     Webhook(#[from] webhook::BadUrl),
@@ -430,11 +434,20 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         user_claim: Some(config.jwt_user_claim.clone()),
         algorithms: tokens::parse_algorithms(&config.jwt_algorithms)?,
     };
-    let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key) {
-        (Some(s), _) => tokens::Tokens::with_secret(s, claims)?,
-        (None, Some(p)) => tokens::Tokens::with_public_key(p, claims)?,
+    let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key, &config.jwks_url) {
+        (Some(s), _, _) => tokens::Tokens::with_secret(s, claims)?,
+        (None, Some(p), _) => tokens::Tokens::with_public_key(p, claims)?,
+        (None, None, Some(url)) => {
+            let jwks = Arc::new(jwks::Jwks::new(url)?);
+            // Not fatal: the provider may be down for a moment; a token naming a key
+            // fetches again (at most every 10 s), so the server starts either way.
+            if let Err(e) = jwks.fetch().await {
+                tracing::warn!(error = %e, "JWKS not fetched at start: tokens are refused until a fetch succeeds");
+            }
+            tokens::Tokens::with_jwks(jwks, claims)?
+        }
         // `resolve` allows no JWT setting only with --dev.
-        (None, None) => tokens::Tokens::Dev,
+        (None, None, None) => tokens::Tokens::Dev,
     });
     if !config.dev && config.jwt_audience.is_empty() {
         tracing::info!("no --jwt-audience: a token's aud is not checked; set it to the audience your issuer puts in tokens meant for this server");
@@ -480,7 +493,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ttl: config.credential_ttl,
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
-    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue);
+    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue)
+        .with_jwks(tokens.jwks().cloned());
     let state = Arc::new(http::AppState {
         ready: false.into(),
         draining: false.into(),

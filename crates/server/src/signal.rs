@@ -79,6 +79,9 @@ pub struct Signaling {
     /// (`--slow-socket-queue`): every byte, including what the hub hands over in one go
     /// such as a resume's replay (see `websocket::Outlet`).
     queue_limit: usize,
+    /// With `--jwks-url`: a hello whose token names a key not fetched yet waits for a
+    /// fetch on its socket's task (see [`Endpoint::gate`]) before the hub verifies it.
+    jwks: Option<Arc<crate::jwks::Jwks>>,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
 }
@@ -130,10 +133,17 @@ impl Signaling {
             webhook,
             next: Arc::new(AtomicU64::new(1)),
             queue_limit,
+            jwks: None,
             metrics,
         };
         tokio::spawn(timer_loop(sig.clone()));
         sig
+    }
+
+    /// Hellos naming a key `jwks` has not fetched wait for a fetch first.
+    pub fn with_jwks(mut self, jwks: Option<Arc<crate::jwks::Jwks>>) -> Signaling {
+        self.jwks = jwks;
+        self
     }
 
     /// Users with a socket attached now.
@@ -276,6 +286,25 @@ impl Endpoint for Signaling {
 
     fn text(&self, conn: ConnId, _: &Arc<Outlet>, text: &str, w: &mut Writes) {
         self.with_hub_into(w, |hub, _| hub.handle_text(conn, text, Instant::now()));
+    }
+
+    fn gate(&self, first: &str) -> Option<crate::websocket::Gate> {
+        let jwks = self.jwks.as_ref()?;
+        #[derive(serde::Deserialize)]
+        struct Hello<'a> {
+            #[serde(borrow)]
+            token: std::borrow::Cow<'a, str>,
+        }
+        // Anything unusual goes to the hub as it is, which names the fault.
+        let hello: Hello<'_> = serde_json::from_str(first).ok()?;
+        let kid = jsonwebtoken::decode_header(hello.token.as_bytes())
+            .ok()?
+            .kid
+            .unwrap_or_default();
+        if jwks.key(&kid).is_some() {
+            return None;
+        }
+        Some(Box::pin(jwks.clone().refresh_for(kid)))
     }
 
     fn flush(&self, w: Writes) {

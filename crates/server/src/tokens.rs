@@ -9,6 +9,9 @@
 //! passes in, never the clock.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::jwks::Jwks;
 
 use firstcall_signal::hub::TokenVerifier;
 use firstcall_signal::protocol::UserId;
@@ -25,9 +28,17 @@ pub enum Tokens {
     Jwt(Box<Jwt>),
 }
 
-/// A JWT verifier: one key, its allowed algorithms and the claims it checks.
+/// Where a JWT verifier's keys come from.
+enum KeySource {
+    /// One key: a shared secret or a PEM public key.
+    Fixed(DecodingKey),
+    /// An identity provider's JWKS, by the token's `kid`.
+    Jwks(Arc<Jwks>),
+}
+
+/// A JWT verifier: its key(s), its allowed algorithms and the claims it checks.
 pub struct Jwt {
-    key: DecodingKey,
+    key: KeySource,
     validation: Validation,
     user_claim: String,
 }
@@ -78,6 +89,10 @@ pub enum Refusal {
     /// The user claim is missing, not a string, or not a valid user id.
     #[error("token {0} claim is missing or not a valid user id")]
     UserClaim(String),
+    /// The token's `kid` names no key of the JWKS (even after a fetch, if one was
+    /// allowed).
+    #[error("invalid token: unknown signing key (kid)")]
+    UnknownKey,
 }
 
 impl Refusal {
@@ -94,6 +109,7 @@ impl Refusal {
             Refusal::Audience => "audience",
             Refusal::Issuer => "issuer",
             Refusal::UserClaim(_) => "user_claim",
+            Refusal::UnknownKey => "unknown_key",
         }
     }
 }
@@ -174,6 +190,37 @@ impl Tokens {
         Jwt::tokens(key, Algorithm::ES256, claims)
     }
 
+    /// Keys from an identity provider's JWKS ([`Jwks`]), by the token's `kid`: RS256 and
+    /// ES256 (or the algorithms of `claims.algorithms`, RSA or EC).
+    pub fn with_jwks(jwks: Arc<Jwks>, claims: Claims) -> Result<Tokens, TokenError> {
+        let algorithms = if claims.algorithms.is_empty() {
+            vec![Algorithm::RS256, Algorithm::ES256]
+        } else {
+            claims.algorithms.clone()
+        };
+        if let Some(bad) = algorithms.iter().find(|a| family(**a) != 1 && family(**a) != 2) {
+            return Err(TokenError::Algorithms(format!(
+                "{bad:?} cannot be verified with JWKS keys (RSA or EC only)"
+            )));
+        }
+        Ok(Tokens::Jwt(Box::new(Jwt::new(
+            KeySource::Jwks(jwks),
+            algorithms,
+            claims,
+        ))))
+    }
+
+    /// The JWKS the keys come from, with `--jwks-url`.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match self {
+            Tokens::Jwt(j) => match &j.key {
+                KeySource::Jwks(k) => Some(k),
+                KeySource::Fixed(_) => None,
+            },
+            Tokens::Dev => None,
+        }
+    }
+
     /// Dev mode?
     pub fn is_dev(&self) -> bool {
         matches!(self, Tokens::Dev)
@@ -202,20 +249,19 @@ impl Jwt {
         } else {
             claims.algorithms.clone()
         };
-        let family = |a: Algorithm| {
-            use Algorithm::*;
-            match a {
-                HS256 | HS384 | HS512 => 0,
-                RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => 1,
-                ES256 | ES384 => 2,
-                _ => 3, // EdDSA and any newer family: never one of our keys' defaults
-            }
-        };
         if let Some(bad) = algorithms.iter().find(|a| family(**a) != family(default)) {
             return Err(TokenError::Algorithms(format!(
                 "{bad:?} cannot be verified with this key ({default:?} family)"
             )));
         }
+        Ok(Tokens::Jwt(Box::new(Jwt::new(
+            KeySource::Fixed(key),
+            algorithms,
+            claims,
+        ))))
+    }
+
+    fn new(key: KeySource, algorithms: Vec<Algorithm>, claims: Claims) -> Jwt {
         let mut v = Validation::new(algorithms[0]);
         v.algorithms = algorithms;
         // Time claims are checked against the time passed in, not the clock.
@@ -231,25 +277,45 @@ impl Jwt {
             v.iss = Some(HashSet::from([iss.clone()]));
             v.required_spec_claims.insert("iss".into());
         }
-        Ok(Tokens::Jwt(Box::new(Jwt {
+        Jwt {
             key,
             validation: v,
             user_claim: claims.user_claim.unwrap_or_else(|| "sub".into()),
-        })))
+        }
     }
 
     fn user(&self, token: &str, now_unix: u64) -> Result<UserId, Refusal> {
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => Refusal::Signature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
-                ErrorKind::InvalidAudience => Refusal::Audience,
-                ErrorKind::InvalidIssuer => Refusal::Issuer,
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => Refusal::Audience,
-                ErrorKind::MissingRequiredClaim(c) if c == "iss" => Refusal::Issuer,
-                _ => Refusal::Malformed,
-            },
-        )?;
+        let (found, narrowed);
+        let (key, validation) = match &self.key {
+            KeySource::Fixed(k) => (k, &self.validation),
+            KeySource::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
+                found = jwks
+                    .key(header.kid.as_deref().unwrap_or(""))
+                    .ok_or(Refusal::UnknownKey)?;
+                // The allow-list holds RSA and EC algorithms; a key verifies only its
+                // own family's (jsonwebtoken refuses a list that mixes families).
+                let mut v = self.validation.clone();
+                v.algorithms.retain(|a| a.family() == found.family());
+                if v.algorithms.is_empty() {
+                    return Err(Refusal::Algorithm);
+                }
+                narrowed = v;
+                (&found, &narrowed)
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => Refusal::Signature,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
+                    ErrorKind::InvalidAudience => Refusal::Audience,
+                    ErrorKind::InvalidIssuer => Refusal::Issuer,
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => Refusal::Audience,
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => Refusal::Issuer,
+                    _ => Refusal::Malformed,
+                }
+            })?;
         let c = data.claims;
         let time = |name: &str| c.get(name).and_then(Value::as_u64);
         // A token that never expires is a password that can never be revoked.
@@ -264,6 +330,17 @@ impl Jwt {
             .and_then(Value::as_str)
             .and_then(UserId::parse)
             .ok_or_else(|| Refusal::UserClaim(self.user_claim.clone()))
+    }
+}
+
+/// An algorithm's key family: 0 HMAC, 1 RSA, 2 EC, 3 other.
+fn family(a: Algorithm) -> u8 {
+    use Algorithm::*;
+    match a {
+        HS256 | HS384 | HS512 => 0,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => 1,
+        ES256 | ES384 => 2,
+        _ => 3, // EdDSA and any newer family: never one of our keys' defaults
     }
 }
 

@@ -46,6 +46,14 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
     fn connect(&self, outlet: &Arc<Outlet>) -> ConnId;
     /// A text message.
     fn text(&self, conn: ConnId, outlet: &Arc<Outlet>, text: &str, batch: &mut Self::Batch);
+    /// Slow work the socket's first text message needs before [`Endpoint::text`] takes it
+    /// (fetching the key a token names), done by the socket's own task, outside any
+    /// lock the endpoint holds; the socket reads nothing more meanwhile, so the messages
+    /// stay in order. Bounded by [`GATE_TIMEOUT`]: the message is handed on when it ends.
+    fn gate(&self, first: &str) -> Option<Gate> {
+        let _ = first;
+        None
+    }
     /// A binary message; false refuses it, and the socket is closed with 1003 (RFC 6455
     /// 7.4.1: "a type of data it cannot accept"). Refused unless an endpoint takes them.
     fn binary(&self, conn: ConnId, outlet: &Arc<Outlet>, data: &[u8], batch: &mut Self::Batch) -> bool {
@@ -81,11 +89,16 @@ impl Cut {
     }
 }
 
+/// Work a socket's first message waits for (see [`Endpoint::gate`]).
+pub type Gate = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The longest a first message waits for its gate.
+pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The close reason sent with 1003.
 const BINARY_REFUSED: &str = "binary messages are not accepted: send text";
 
 /// Why a socket's task stops reading.
-#[derive(Debug)]
 enum Stop {
     /// The peer closed TCP, or reading failed.
     Gone,
@@ -95,6 +108,8 @@ enum Stop {
     Closed,
     /// The socket is too slow: its queue passed the limit.
     Slow,
+    /// The first message waits for its gate; reading goes on once it is handed on.
+    Gate(Gate, String),
 }
 
 /// Serve one upgraded socket until it closes; `early` holds the bytes read with the
@@ -106,12 +121,26 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
     let mut dec = Decoder::new(Role::Server, limits.max_message);
     // Bytes read but not yet a whole frame (usually none: then nothing is held).
     let mut pending = early;
-    let mut stop = take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None);
+    let mut first = true;
+    let mut stop = take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None, &mut first);
     let mut writing = false;
     // One waiter for the whole life of the socket, not one per loop turn.
     let woken = outlet.wake.notified();
     tokio::pin!(woken);
-    while stop.is_none() {
+    loop {
+        if let Some(Stop::Gate(gate, text)) = stop {
+            // Slow work for the first message, on this socket's task: nothing else
+            // waits for it, and nothing after the message is read meanwhile.
+            let _ = tokio::time::timeout(GATE_TIMEOUT, gate).await;
+            let mut batch = E::Batch::default();
+            ep.text(conn, &outlet, &text, &mut batch);
+            ep.flush(batch);
+            stop = take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None, &mut first);
+            continue;
+        }
+        if stop.is_some() {
+            break;
+        }
         tokio::select! {
             biased;
             // Listened to even while waiting to write: a socket whose peer stopped
@@ -156,7 +185,7 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
             }
             r = outlet.sock.readable() => {
                 stop = match r {
-                    Ok(()) => on_readable(&ep, conn, &outlet, &mut dec, &mut pending),
+                    Ok(()) => on_readable(&ep, conn, &outlet, &mut dec, &mut pending, &mut first),
                     Err(_) => Some(Stop::Gone),
                 };
             }
@@ -189,11 +218,12 @@ fn on_readable<E: Endpoint>(
     outlet: &Arc<Outlet>,
     dec: &mut Decoder,
     pending: &mut Vec<u8>,
+    first: &mut bool,
 ) -> Option<Stop> {
     let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     match read_some(&outlet.sock, &mut chunk) {
         Ok([]) => Some(Stop::Gone),
-        Ok(got) => take_frames(ep, conn, outlet, dec, pending, Some(got)),
+        Ok(got) => take_frames(ep, conn, outlet, dec, pending, Some(got), first),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(_) => Some(Stop::Gone),
     }
@@ -209,11 +239,13 @@ fn take_frames<E: Endpoint>(
     dec: &mut Decoder,
     pending: &mut Vec<u8>,
     fresh: Option<&mut [u8]>,
+    first: &mut bool,
 ) -> Option<Stop> {
     match fresh {
         Some(f) if pending.is_empty() => {
-            let (at, stop) = decode_all(ep, conn, outlet, dec, f);
-            if stop.is_none() {
+            let (at, stop) = decode_all(ep, conn, outlet, dec, f, first);
+            // What follows a gated message is read after it.
+            if matches!(stop, None | Some(Stop::Gate(..))) {
                 pending.extend_from_slice(&f[at..]);
             }
             stop
@@ -222,7 +254,7 @@ fn take_frames<E: Endpoint>(
             if let Some(f) = fresh {
                 pending.extend_from_slice(f);
             }
-            let (at, stop) = decode_all(ep, conn, outlet, dec, pending);
+            let (at, stop) = decode_all(ep, conn, outlet, dec, pending, first);
             pending.drain(..at);
             // A large frame's buffer goes once it is used up.
             if pending.is_empty() && pending.capacity() > READ_CHUNK {
@@ -240,6 +272,7 @@ fn decode_all<E: Endpoint>(
     outlet: &Arc<Outlet>,
     dec: &mut Decoder,
     buf: &mut [u8],
+    first: &mut bool,
 ) -> (usize, Option<Stop>) {
     let mut batch = E::Batch::default();
     let mut at = 0;
@@ -248,6 +281,12 @@ fn decode_all<E: Endpoint>(
             Ok((_, 0)) => break None,
             Ok((msg, n)) => {
                 at += n;
+                if let (true, Some(Message::Text(t))) = (*first, &msg) {
+                    *first = false;
+                    if let Some(gate) = ep.gate(t) {
+                        break Some(Stop::Gate(gate, (*t).to_owned()));
+                    }
+                }
                 if let Some(stop) = on_message(ep, conn, outlet, msg, &mut batch) {
                     break Some(stop);
                 }
