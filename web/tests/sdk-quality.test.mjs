@@ -78,5 +78,24 @@ test("quality under 50 ms round trip and 5 % loss: loss 3-8 %, round trip within
   assert.ok(summary.bytesSent > 0 && summary.bytesReceived > 0);
   assert.equal(summary.restarts, 0);
   assert.equal(summary.pair.local, "host");
-  t.diagnostic(`caller ${JSON.stringify(qa)}; callee ${JSON.stringify(qb)}; summary ${JSON.stringify(summary)}`);
+  // Both sides report the ended call; the server's histograms hold both: a round trip
+  // within 100 ms, a loss above 1 % and within 10 %.
+  const metrics = () =>
+    a.page.evaluate(async () => {
+      const text = await (await fetch("/metrics")).text();
+      const get = (s) => Number(text.split("\n").find((l) => l.startsWith(s + " "))?.split(" ")[1] ?? 0);
+      return {
+        reports: get("firstcall_call_rtt_seconds_count"),
+        rttUnder100ms: get('firstcall_call_rtt_seconds_bucket{le="0.1"}'),
+        lossUnder1pct: get('firstcall_call_audio_loss_ratio_bucket{le="0.01"}'),
+        lossUnder10pct: get('firstcall_call_audio_loss_ratio_bucket{le="0.1"}'),
+      };
+    });
+  let m = await metrics();
+  for (let i = 0; i < 100 && m.reports < 2; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    m = await metrics();
+  }
+  assert.deepEqual(m, { reports: 2, rttUnder100ms: 2, lossUnder1pct: 0, lossUnder10pct: 2 }, JSON.stringify(m));
+  t.diagnostic(`caller ${JSON.stringify(qa)}; callee ${JSON.stringify(qb)}; summary ${JSON.stringify(summary)}; server histograms ${JSON.stringify(m)}`);
 });

@@ -86,8 +86,61 @@ impl Limit {
     }
 }
 
+/// Upper bounds (seconds) of the calls' round-trip-time histogram buckets.
+pub const RTT_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+/// Upper bounds (fraction of packets) of the calls' loss histogram buckets.
+pub const LOSS_BUCKETS: [f64; 9] = [0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
+
+/// A Prometheus histogram over fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// The sum, in millionths.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Empty, over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+    /// Count one value.
+    pub fn observe(&self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((v * 1e6).round() as u64, Relaxed);
+    }
+    /// Values counted.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in self.bounds.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
+        }
+        let n = self.count.load(Relaxed);
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {sum}\n{name}_count {n}"
+        );
+    }
+}
+
 /// Counters of one hub.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SignalMetrics {
     /// Live sessions.
     pub sessions_active: AtomicI64,
@@ -98,6 +151,25 @@ pub struct SignalMetrics {
     connect_buckets: [AtomicU64; CONNECT_BUCKETS.len()],
     connect_count: AtomicU64,
     connect_sum_ms: AtomicU64,
+    /// Mean round-trip time of each reported call side (`call.report`), seconds.
+    pub call_rtt: Histogram,
+    /// Mean audio loss of each reported call side (`call.report`), a fraction.
+    pub call_loss: Histogram,
+}
+
+impl Default for SignalMetrics {
+    fn default() -> Self {
+        SignalMetrics {
+            sessions_active: AtomicI64::new(0),
+            unacked: AtomicI64::new(0),
+            counters: Mutex::default(),
+            connect_buckets: Default::default(),
+            connect_count: AtomicU64::new(0),
+            connect_sum_ms: AtomicU64::new(0),
+            call_rtt: Histogram::new(&RTT_BUCKETS),
+            call_loss: Histogram::new(&LOSS_BUCKETS),
+        }
+    }
 }
 
 impl SignalMetrics {
@@ -139,7 +211,7 @@ impl SignalMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
         let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
-        let families: [(&str, &str, &str); 14] = [
+        let families: [(&str, &str, &str); 15] = [
             ("sessions", "Sessions created.", "event"),
             ("sessions_ended", "Sessions ended, by reason.", "reason"),
             ("resumes", "Resume attempts by result.", "result"),
@@ -162,6 +234,11 @@ impl SignalMetrics {
                 "limits_hit",
                 "Client actions refused (or sessions given up) at a configured limit, by limit.",
                 "limit",
+            ),
+            (
+                "call_reports",
+                "call.report frames (the SDK's end-of-call summary), by result: recorded, duplicate (that side reported already).",
+                "result",
             ),
             (
                 "restores",
@@ -206,6 +283,16 @@ impl SignalMetrics {
             out,
             "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}",
             self.connect_sum_ms.load(Relaxed) as f64 / 1000.0
+        );
+        self.call_rtt.render(
+            out,
+            "firstcall_call_rtt_seconds",
+            "Mean round-trip time of a call as one side's SDK measured it (call.report).",
+        );
+        self.call_loss.render(
+            out,
+            "firstcall_call_audio_loss_ratio",
+            "Mean audio packet loss of a call as one side's SDK measured it (call.report).",
         );
     }
 }

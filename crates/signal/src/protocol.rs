@@ -374,6 +374,23 @@ pub enum ClientFrame {
         /// Audio or video.
         media: Media,
     },
+    /// One side's summary of a call that ended, for the server's quality histograms.
+    #[serde(rename = "call.report")]
+    Report {
+        /// Call id.
+        call: CallId,
+        /// From connected to the end; 0 if it never connected.
+        duration_ms: u64,
+        /// Mean round-trip time over the call's quality intervals, if any was measured.
+        #[serde(default)]
+        rtt_ms: Option<f64>,
+        /// Mean audio loss (a fraction, 0 to 1) over the call's quality intervals.
+        #[serde(default)]
+        loss: Option<f64>,
+        /// ICE restarts in the call.
+        #[serde(default)]
+        restarts: u32,
+    },
 }
 
 /// The envelope of every client frame after `hello`: read first, borrowing from the
@@ -424,7 +441,8 @@ impl ClientFrame {
             | ClientFrame::Hangup { call, .. }
             | ClientFrame::Signal { call, .. }
             | ClientFrame::Connected { call, .. }
-            | ClientFrame::Restore { call, .. } => call,
+            | ClientFrame::Restore { call, .. }
+            | ClientFrame::Report { call, .. } => call,
         }
     }
 }
@@ -439,6 +457,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "call.signal",
     "call.connected",
     "call.restore",
+    "call.report",
 ];
 
 /// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.

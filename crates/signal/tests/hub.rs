@@ -1725,3 +1725,43 @@ fn restore_claims_that_do_not_fit_are_refused_and_a_claim_makes_nobody_busy() {
     assert_eq!(errors(&w.clients[c]), ["bad_request"]);
     assert_eq!(w.metrics.get("restores", "refused"), 4);
 }
+
+fn report(call: &str, rtt_ms: f64, loss: f64) -> Value {
+    json!({"type": "call.report", "call": call, "duration_ms": 60_000, "rtt_ms": rtt_ms, "loss": loss, "restarts": 0})
+}
+
+#[test]
+fn each_side_reports_an_ended_call_once_into_the_quality_histograms() {
+    let (mut w, a, b) = in_call("c1");
+    // Not before it ended.
+    w.send(a, report("c1", 50.0, 0.01));
+    assert_eq!(errors(&w.clients[a]), ["bad_request"]);
+    w.send(a, json!({"type": "call.hangup", "call": "c1"}));
+    w.send(a, report("c1", 50.0, 0.01));
+    w.send(b, report("c1", 150.0, 0.05));
+    // A resend is counted once; figures out of range and strangers are refused.
+    w.send(b, report("c1", 150.0, 0.05));
+    w.send(b, report("c1", 50.0, 1.5));
+    let m = w.add("mallory", "m");
+    w.connect(m);
+    w.send(m, report("c1", 50.0, 0.0));
+    w.send(m, report("nope", 50.0, 0.0));
+    assert_eq!(errors(&w.clients[a]), ["bad_request"]);
+    assert_eq!(errors(&w.clients[b]), ["bad_request"]);
+    assert_eq!(errors(&w.clients[m]), ["not_participant", "unknown_call"]);
+    assert_eq!(w.metrics.get("call_reports", "recorded"), 2);
+    assert_eq!(w.metrics.get("call_reports", "duplicate"), 1);
+    assert_eq!((w.metrics.call_rtt.count(), w.metrics.call_loss.count()), (2, 2));
+    let mut text = String::new();
+    w.metrics.render(&mut text);
+    for line in [
+        "firstcall_call_rtt_seconds_bucket{le=\"0.05\"} 1",
+        "firstcall_call_rtt_seconds_bucket{le=\"0.15\"} 2",
+        "firstcall_call_rtt_seconds_sum 0.2",
+        "firstcall_call_audio_loss_ratio_bucket{le=\"0.01\"} 1",
+        "firstcall_call_audio_loss_ratio_bucket{le=\"0.05\"} 2",
+        "firstcall_call_audio_loss_ratio_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+}

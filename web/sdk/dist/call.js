@@ -340,6 +340,17 @@ export class Call extends Emitter {
         this.state = "ended";
         this.summary = this.summarize();
         this.mark("summary", { ...this.summary });
+        // The server keeps round-trip and loss histograms of the calls that had media.
+        if (this.connectedAt !== null) {
+            this.client.send({
+                type: "call.report",
+                call: this.id,
+                duration_ms: this.summary.durationMs,
+                rtt_ms: this.summary.rttMs,
+                loss: this.summary.loss,
+                restarts: this.summary.restarts,
+            });
+        }
         this.emit("state", "ended");
         this.emit("summary", this.summary);
         this.emit("ended", reason);

@@ -153,6 +153,13 @@ export type ClientFrame = {
     peer: string;
     peer_device: string;
     media: Media;
+} | {
+    type: "call.report";
+    call: string;
+    duration_ms: number;
+    rtt_ms: number | null;
+    loss: number | null;
+    restarts: number;
 };
 export interface Hello {
     type: "hello";

@@ -88,7 +88,8 @@ export type ClientFrame =
   | { type: "call.hangup"; call: string; reason: HangupReason }
   | { type: "call.signal"; call: string; data: SignalData }
   | { type: "call.connected"; call: string; local: string; remote: string; protocol: string; ms: number }
-  | { type: "call.restore"; call: string; role: "caller" | "callee"; peer: string; peer_device: string; media: Media };
+  | { type: "call.restore"; call: string; role: "caller" | "callee"; peer: string; peer_device: string; media: Media }
+  | { type: "call.report"; call: string; duration_ms: number; rtt_ms: number | null; loss: number | null; restarts: number };
 
 export interface Hello {
   type: "hello";

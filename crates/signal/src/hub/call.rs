@@ -47,6 +47,8 @@ pub(super) struct Ended {
     pub(super) callee: UserId,
     pub(super) reason: EndReason,
     pub(super) detail: Option<HangupReason>,
+    /// Whether the caller's and the callee's SDK reported the call (`call.report`).
+    pub(super) reported: [bool; 2],
 }
 
 pub(super) struct Call {
@@ -153,6 +155,16 @@ impl<R: RngCore> Hub<R> {
         {
             return self.restore(key, me, call, role, peer, peer_device, media, now);
         }
+        if let ClientFrame::Report {
+            call,
+            duration_ms,
+            rtt_ms,
+            loss,
+            ..
+        } = frame
+        {
+            return self.report(&me.0, &call, duration_ms, rtt_ms, loss);
+        }
         let id = frame.call().clone();
         let Some(&ck) = self.call_ids.get(&id) else {
             if self.ended.contains_key(&id) {
@@ -166,7 +178,10 @@ impl<R: RngCore> Hub<R> {
         let is_callee_device = c.callee == me.0;
         let is_accepted = is_callee_device && c.accepted_device.as_ref() == Some(&me.1);
         match frame {
-            ClientFrame::Invite { .. } | ClientFrame::Signal { .. } | ClientFrame::Restore { .. } => {
+            ClientFrame::Invite { .. }
+            | ClientFrame::Signal { .. }
+            | ClientFrame::Restore { .. }
+            | ClientFrame::Report { .. } => {
                 unreachable!("handled above")
             }
             ClientFrame::Accept { sdp, .. } => {
@@ -435,6 +450,7 @@ impl<R: RngCore> Hub<R> {
             callee: c.callee.clone(),
             reason,
             detail,
+            reported: [false; 2],
         };
         self.forget_later(c.id.clone(), ended, now);
         self.metrics.count("calls_ended", reason.as_str());

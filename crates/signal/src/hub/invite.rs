@@ -99,6 +99,7 @@ impl<R: RngCore> Hub<R> {
                 callee: to.clone(),
                 reason: EndReason::Busy,
                 detail: None,
+                reported: [false; 2],
             };
             self.forget_later(id.clone(), ended, now);
             self.metrics.count("calls_ended", EndReason::Busy.as_str());
@@ -123,6 +124,7 @@ impl<R: RngCore> Hub<R> {
                     callee: to.clone(),
                     reason: EndReason::Glare,
                     detail: None,
+                    reported: [false; 2],
                 };
                 self.forget_later(id.clone(), ended, now);
                 self.metrics.count("calls_ended", EndReason::Glare.as_str());

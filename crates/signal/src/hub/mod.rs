@@ -25,6 +25,7 @@ mod call;
 mod drain;
 mod ids;
 mod invite;
+mod report;
 mod restore;
 mod session;
 mod timer;
