@@ -197,6 +197,8 @@ pub struct ServeConfig {
     pub max_ringing_per_callee: usize,
     /// Signaling sessions (devices) per user.
     pub max_devices_per_user: usize,
+    /// Devices registered for pushes over all users.
+    pub max_push_devices: usize,
     /// Ended call ids remembered for repeated invites.
     pub max_ended_calls: usize,
     /// User pairs' last invites remembered for first-attempt accounting.
@@ -413,6 +415,10 @@ pub struct ServeArgs {
     /// Signaling sessions (devices) one user may have; one more hello is refused (close 4009) [default: 16].
     #[arg(long, env = "FIRSTCALL_MAX_DEVICES_PER_USER")]
     pub max_devices_per_user: Option<usize>,
+    /// Devices registered for pushes (`device.update`), over all users; past it a new
+    /// device's registration is refused [default: 100000].
+    #[arg(long, env = "FIRSTCALL_MAX_PUSH_DEVICES")]
+    pub max_push_devices: Option<usize>,
     /// Ended call ids remembered (10 minutes at most) so that a repeated invite stays a
     /// no-op; past it the oldest are forgotten first [default: 16384].
     #[arg(long, env = "FIRSTCALL_MAX_ENDED_CALLS")]
@@ -512,6 +518,7 @@ pub struct FileConfig {
     max_held_bytes_per_user: Option<usize>,
     max_ringing_per_callee: Option<usize>,
     max_devices_per_user: Option<usize>,
+    max_push_devices: Option<usize>,
     max_ended_calls: Option<usize>,
     max_invite_pairs: Option<usize>,
     // TURN limits (issue 17).
@@ -707,6 +714,7 @@ impl ServeArgs {
             f.max_devices_per_user,
             16,
         )?;
+        let max_push_devices = limit("--max-push-devices", self.max_push_devices, f.max_push_devices, 100_000)?;
         let max_ended_calls = limit("--max-ended-calls", self.max_ended_calls, f.max_ended_calls, 16_384)?;
         let max_invite_pairs = limit("--max-invite-pairs", self.max_invite_pairs, f.max_invite_pairs, 16_384)?;
         // A late callee device gets the invite (its SDP up to 64 KiB) and every held
@@ -832,6 +840,7 @@ impl ServeArgs {
             max_held_bytes_per_user,
             max_ringing_per_callee,
             max_devices_per_user,
+            max_push_devices,
             max_ended_calls,
             max_invite_pairs,
             // TURN limits (issue 17).

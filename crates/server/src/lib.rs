@@ -483,6 +483,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         max_held_bytes_per_user: config.max_held_bytes_per_user,
         max_ringing_per_callee: config.max_ringing_per_callee,
         max_devices_per_user: config.max_devices_per_user,
+        max_push_devices: config.max_push_devices,
         max_ended_calls: config.max_ended_calls,
         max_invite_pairs: config.max_invite_pairs,
         ..Default::default()

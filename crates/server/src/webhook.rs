@@ -50,6 +50,11 @@ pub struct Policy {
     pub max_entries: usize,
 }
 
+/// How long a call's decision is kept for its later events. They all come while it rings
+/// (an answer ends the pushes: `call.answered_elsewhere` goes out then), so this is the
+/// longest sensible ring timeout.
+const CALL_MEMORY: Duration = Duration::from_secs(600);
+
 /// Why an event was not posted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skipped {
@@ -142,6 +147,8 @@ pub struct Coalescer {
     callees: HashMap<String, VecDeque<(Instant, String)>>,
     /// Each caller's recent events.
     callers: HashMap<String, VecDeque<Instant>>,
+    /// The decision on each recent call's first event, which its later events follow.
+    calls: HashMap<String, (Instant, Result<(), Skipped>)>,
     /// Entries past this many trigger a sweep of expired ones.
     sweep_at: usize,
 }
@@ -154,8 +161,29 @@ impl Coalescer {
             pairs: HashMap::new(),
             callees: HashMap::new(),
             callers: HashMap::new(),
+            calls: HashMap::new(),
             sweep_at: 1024,
         }
+    }
+
+    /// Whether an event about `call` may be posted at `now`. A call's first event (its
+    /// `call.pending`, or its first device's `call.ring`) is admitted or not as
+    /// [`Coalescer::admit`] says; the call's later events (the other devices' rings, and
+    /// how the call ended for each device that was pushed) follow that decision without
+    /// counting again, so a phone that was rung always hears how the call ended, and one
+    /// that was not is not told of a call it never saw.
+    pub fn admit_event(&mut self, call: Option<&str>, from: &str, to: &str, now: Instant) -> Result<(), Skipped> {
+        let Some(call) = call else {
+            return self.admit(from, to, now);
+        };
+        if let Some((_, decided)) = self.calls.get(call) {
+            return *decided;
+        }
+        let decided = self.admit(from, to, now);
+        if decided != Err(Skipped::TableFull) {
+            self.calls.insert(call.to_owned(), (now, decided));
+        }
+        decided
     }
 
     /// Whether an event from `from` to `to` may be posted at `now` (and if so, it counts).
@@ -208,9 +236,9 @@ impl Coalescer {
         Ok(())
     }
 
-    /// Entries kept (the three maps): bounded by `max_entries`.
+    /// Entries kept (the four maps): bounded by `max_entries`.
     pub fn len(&self) -> usize {
-        self.pairs.len() + self.callees.len() + self.callers.len()
+        self.pairs.len() + self.callees.len() + self.callers.len() + self.calls.len()
     }
 
     /// No entries kept.
@@ -228,6 +256,8 @@ impl Coalescer {
             .retain(|_, w| w.back().is_some_and(|(at, _)| now.saturating_duration_since(*at) < cw));
         self.callers
             .retain(|_, w| w.back().is_some_and(|at| now.saturating_duration_since(*at) < cw));
+        self.calls
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < CALL_MEMORY);
         // Next sweep when the live entries have doubled: amortised O(1) per event.
         self.sweep_at = (self.len() * 2).max(1024);
     }
@@ -336,11 +366,12 @@ impl Webhook {
             );
             return;
         }
-        let admitted = self
-            .coalescer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(from, to, Instant::now());
+        let call = body.get("call").and_then(Value::as_str);
+        let admitted =
+            self.coalescer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit_event(call, from, to, Instant::now());
         if let Err(why) = admitted {
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(why);

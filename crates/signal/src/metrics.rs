@@ -36,6 +36,8 @@ pub enum Limit {
     RingingPerCallee,
     /// Sessions (devices) of one user (`--max-devices-per-user`).
     DevicesPerUser,
+    /// Devices registered for pushes over all users (`--max-push-devices`).
+    PushDevices,
     /// Frames per second of one session.
     FrameRate,
     /// A frame over 64 KiB.
@@ -48,7 +50,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, for tests and documentation.
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::HeldSignalsPerCall,
         Limit::HeldBytesPerCall,
         Limit::HeldSignalsPerUser,
@@ -59,6 +61,7 @@ impl Limit {
         Limit::CallsPerUser,
         Limit::RingingPerCallee,
         Limit::DevicesPerUser,
+        Limit::PushDevices,
         Limit::FrameRate,
         Limit::FrameSize,
         Limit::EndedCalls,
@@ -78,6 +81,7 @@ impl Limit {
             Limit::CallsPerUser => "calls_per_user",
             Limit::RingingPerCallee => "ringing_per_callee",
             Limit::DevicesPerUser => "devices_per_user",
+            Limit::PushDevices => "push_devices",
             Limit::FrameRate => "frame_rate",
             Limit::FrameSize => "frame_size",
             Limit::EndedCalls => "ended_calls",

@@ -88,6 +88,55 @@ pub enum Media {
     Video,
 }
 
+/// Who delivers a device's pushes (`device.update`'s `push.provider`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushProvider {
+    /// Apple's VoIP pushes (PushKit), which wake an iOS app into CallKit.
+    #[serde(rename = "apns-voip")]
+    ApnsVoip,
+    /// Firebase Cloud Messaging, high priority.
+    #[serde(rename = "fcm")]
+    Fcm,
+    /// The Web Push protocol (a browser's push subscription).
+    #[serde(rename = "webpush")]
+    WebPush,
+    /// Anything the app's own push service understands.
+    #[serde(rename = "custom")]
+    Custom,
+}
+
+/// Where a device's pushes go: opaque to the server, handed to the webhook receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushTarget {
+    /// Who delivers it.
+    pub provider: PushProvider,
+    /// The provider's token for this device (at most [`MAX_PUSH_TOKEN`] bytes).
+    pub token: String,
+}
+
+/// Longest push token accepted (a Web Push subscription's JSON fits).
+pub const MAX_PUSH_TOKEN: usize = 4096;
+
+/// Whether the app is in front (`device.update`'s `state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    /// In front: its socket is trusted to ring.
+    Foreground,
+    /// In the background: the OS may suspend it any moment, so its rings are pushed too.
+    Background,
+}
+
+/// `Some(None)` for an explicit `null`, `None` (by `default`) for a missing field.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// A party's side of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -374,6 +423,17 @@ pub enum ClientFrame {
         /// Audio or video.
         media: Media,
     },
+    /// How to reach this device when its app sleeps, and whether it is in front; kept
+    /// with the device across sessions.
+    #[serde(rename = "device.update")]
+    DeviceUpdate {
+        /// The push target; `null` removes it; absent leaves it as it was.
+        #[serde(default, deserialize_with = "present")]
+        push: Option<Option<PushTarget>>,
+        /// Foreground or background; absent leaves it as it was.
+        #[serde(default)]
+        state: Option<AppState>,
+    },
     /// One side's summary of a call that ended, for the server's quality histograms.
     #[serde(rename = "call.report")]
     Report {
@@ -431,9 +491,9 @@ impl ClientFrame {
         serde_json::from_str(text)
     }
 
-    /// The call the frame is about.
-    pub fn call(&self) -> &CallId {
-        match self {
+    /// The call the frame is about (none for `device.update`).
+    pub fn call(&self) -> Option<&CallId> {
+        Some(match self {
             ClientFrame::Invite { call, .. }
             | ClientFrame::Accept { call, .. }
             | ClientFrame::Reject { call }
@@ -443,7 +503,8 @@ impl ClientFrame {
             | ClientFrame::Connected { call, .. }
             | ClientFrame::Restore { call, .. }
             | ClientFrame::Report { call, .. } => call,
-        }
+            ClientFrame::DeviceUpdate { .. } => return None,
+        })
     }
 }
 
@@ -458,6 +519,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "call.connected",
     "call.restore",
     "call.report",
+    "device.update",
 ];
 
 /// `call.signal` data: exactly one of a candidate, end-of-candidates, or an SDP.

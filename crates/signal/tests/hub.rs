@@ -1765,3 +1765,158 @@ fn each_side_reports_an_ended_call_once_into_the_quality_histograms() {
         assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
     }
 }
+
+fn register(push: Option<&str>, state: &str) -> Value {
+    json!({"type": "device.update", "push": push.map(|t| json!({"provider": "apns-voip", "token": t})), "state": state})
+}
+
+/// The webhook events of one kind, as (event, device).
+fn hooks(w: &World, event: &str) -> Vec<(String, Value)> {
+    w.webhooks
+        .iter()
+        .filter(|b| b["event"] == event)
+        .map(|b| (b["event"].as_str().unwrap().to_owned(), b["device"].clone()))
+        .collect()
+}
+
+#[test]
+fn devices_that_would_not_ring_by_their_socket_are_pushed_and_hear_how_the_call_ended_once() {
+    let mut w = World::new(HubConfig::default());
+    let a = w.add("alice", "a");
+    let (b1, b2, b3) = (w.add("bob", "b1"), w.add("bob", "b2"), w.add("bob", "b3"));
+    for i in [a, b1, b2, b3] {
+        w.connect(i);
+    }
+    // b1 in front with a push target: its socket rings it. b2 in the background. b3's app
+    // was killed: its session waits for a resume that will not come soon.
+    w.send(b1, register(Some("t1"), "foreground"));
+    w.send(b2, register(Some("t2"), "background"));
+    w.send(b3, register(Some("t3"), "foreground"));
+    w.drop_conn(b3);
+    w.send(a, invite("c1", "bob"));
+    let rings: Vec<&Value> = w.webhooks.iter().filter(|b| b["event"] == "call.ring").collect();
+    let got: Vec<(Value, Value, Value)> = rings
+        .iter()
+        .map(|b| (b["device"].clone(), b["why"].clone(), b["push"]["token"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("b2"), json!("background"), json!("t2")),
+            (json!("b3"), json!("offline"), json!("t3"))
+        ]
+    );
+    assert_eq!(rings[0]["from"], "alice");
+    assert_eq!(rings[0]["media"], "video");
+    assert_eq!(rings[0]["id"], "c1/b2/call.ring");
+    // The backgrounded device still rings by its socket too.
+    assert_eq!(w.clients[b2].of_type("call.incoming").len(), 1);
+    w.send(a, json!({"type": "call.cancel", "call": "c1"}));
+    assert_eq!(
+        hooks(&w, "call.cancelled"),
+        [
+            ("call.cancelled".into(), json!("b2")),
+            ("call.cancelled".into(), json!("b3"))
+        ]
+    );
+
+    // Answered on b1: the pushed devices hear it once, and nothing more at the hang-up.
+    w.send(a, invite("c2", "bob"));
+    w.send(b1, json!({"type": "call.accept", "call": "c2", "sdp": "v=0 answer"}));
+    w.send(a, json!({"type": "call.hangup", "call": "c2"}));
+    assert_eq!(
+        hooks(&w, "call.answered_elsewhere"),
+        [
+            ("call.answered_elsewhere".into(), json!("b2")),
+            ("call.answered_elsewhere".into(), json!("b3"))
+        ]
+    );
+    assert!(hooks(&w, "call.ended").is_empty());
+    // A pushed device that answers is not told it was answered elsewhere.
+    w.send(a, invite("c3", "bob"));
+    w.send(b2, json!({"type": "call.accept", "call": "c3", "sdp": "v=0 answer"}));
+    let elsewhere: Vec<Value> = w
+        .webhooks
+        .iter()
+        .filter(|b| b["event"] == "call.answered_elsewhere" && b["call"] == "c3")
+        .map(|b| b["device"].clone())
+        .collect();
+    assert_eq!(elsewhere, [json!("b3")]);
+}
+
+#[test]
+fn a_silent_socket_is_pushed_and_a_missed_call_is_told_per_device_or_once() {
+    let cfg = HubConfig::default();
+    let (heartbeat, ring) = (cfg.heartbeat, cfg.ring_timeout);
+    let mut w = World::new(cfg);
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    w.send(b, register(Some("tb"), "foreground"));
+    // Bob's phone went to sleep without closing its socket: nothing comes from it, the
+    // server's pings go unanswered (a half-open socket, from the server's side).
+    w.clients[b].conn = None;
+    w.advance(heartbeat + Duration::from_secs(1));
+    w.send(a, invite("c1", "bob"));
+    let rings = w.webhooks.iter().filter(|b| b["event"] == "call.ring").count();
+    assert_eq!(rings, 1);
+    assert_eq!(
+        w.webhooks.iter().find(|b| b["event"] == "call.ring").unwrap()["why"],
+        "silent"
+    );
+    w.advance(ring);
+    assert_eq!(hooks(&w, "call.missed"), [("call.missed".into(), json!("b"))]);
+    // No device pushed (Carol registered none): the missed call is told once, for the
+    // app's missed-call list.
+    let c = w.add("carol", "c");
+    w.connect(c);
+    w.send(a, invite("c2", "carol"));
+    w.advance(ring);
+    let missed: Vec<(Value, Value)> = w
+        .webhooks
+        .iter()
+        .filter(|b| b["event"] == "call.missed" && b["call"] == "c2")
+        .map(|b| (b["to"].clone(), b["device"].clone()))
+        .collect();
+    assert_eq!(missed, [(json!("carol"), Value::Null)]);
+}
+
+#[test]
+fn push_registrations_are_bounded_checked_and_can_be_removed() {
+    let cfg = HubConfig {
+        max_push_devices: 3,
+        ..HubConfig::default()
+    };
+    let mut w = World::new(cfg);
+    let a = w.add("alice", "a");
+    w.connect(a);
+    let devices: Vec<usize> = (0..4).map(|i| w.add("bob", &format!("b{i}"))).collect();
+    for &d in &devices {
+        w.connect(d);
+        w.send(d, register(Some("tok"), "background"));
+    }
+    assert!(devices[..3].iter().all(|d| errors(&w.clients[*d]).is_empty()));
+    assert_eq!(errors(&w.clients[devices[3]]), ["rate_limited"]);
+    assert_eq!(w.metrics.limit_hits(firstcall_signal::metrics::Limit::PushDevices), 1);
+    // Updating an existing registration is always allowed; `null` removes the target.
+    w.send(devices[0], json!({"type": "device.update", "push": null}));
+    w.send(devices[1], register(Some(&"x".repeat(5000)), "background"));
+    assert_eq!(errors(&w.clients[devices[1]]), ["bad_request"]);
+    w.send(
+        devices[2],
+        json!({"type": "device.update", "push": {"provider": "pigeon", "token": "t"}}),
+    );
+    assert_eq!(errors(&w.clients[devices[2]]), ["bad_request"]);
+    w.send(a, invite("c1", "bob"));
+    let pushed: Vec<Value> = w
+        .webhooks
+        .iter()
+        .filter(|b| b["event"] == "call.ring")
+        .map(|b| b["device"].clone())
+        .collect();
+    assert_eq!(
+        pushed,
+        [json!("b1"), json!("b2")],
+        "b0 removed its target, b3 was never registered"
+    );
+}

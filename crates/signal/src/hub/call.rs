@@ -69,6 +69,8 @@ pub(super) struct Call {
     /// Bytes of `caller_signals`.
     pub(super) held_bytes: usize,
     pub(super) ever_online: bool,
+    /// Callee devices sent a `call.ring` push: each learns how the call ends (push.rs).
+    pub(super) pushed: Vec<DeviceId>,
     pub(super) span: Span,
 }
 
@@ -165,7 +167,10 @@ impl<R: RngCore> Hub<R> {
         {
             return self.report(&me.0, &call, duration_ms, rtt_ms, loss);
         }
-        let id = frame.call().clone();
+        if let ClientFrame::DeviceUpdate { push, state } = frame {
+            return self.device_update(&me, push, state);
+        }
+        let id = frame.call().expect("every other frame names a call").clone();
         let Some(&ck) = self.call_ids.get(&id) else {
             if self.ended.contains_key(&id) {
                 // Late frames for a call that just ended are harmless: nothing to do.
@@ -181,7 +186,8 @@ impl<R: RngCore> Hub<R> {
             ClientFrame::Invite { .. }
             | ClientFrame::Signal { .. }
             | ClientFrame::Restore { .. }
-            | ClientFrame::Report { .. } => {
+            | ClientFrame::Report { .. }
+            | ClientFrame::DeviceUpdate { .. } => {
                 unreachable!("handled above")
             }
             ClientFrame::Accept { sdp, .. } => {
@@ -205,6 +211,7 @@ impl<R: RngCore> Hub<R> {
                 c.caller_signals = Vec::new();
                 c.held_bytes = 0;
                 let others: Vec<DeviceId> = c.devices.keys().filter(|d| **d != me.1).cloned().collect();
+                let pushed = std::mem::take(&mut c.pushed);
                 let (span, caller, callee) = (c.span.clone(), c.caller.clone(), c.callee.clone());
                 span.in_scope(|| tracing::info!(device = %me.1, "accepted"));
                 self.push_to(
@@ -217,6 +224,14 @@ impl<R: RngCore> Hub<R> {
                         json!({"type": "call.ended", "call": id, "reason": EndReason::AnsweredElsewhere}),
                     );
                 }
+                self.push_ended(
+                    &id,
+                    &caller.0,
+                    &callee,
+                    &pushed,
+                    Some(&me.1),
+                    EndReason::AnsweredElsewhere,
+                );
                 Ok(())
             }
             ClientFrame::Reject { .. } => {
@@ -463,6 +478,7 @@ impl<R: RngCore> Hub<R> {
         }
         c.span
             .in_scope(|| tracing::info!(reason = reason.as_str(), detail = ?detail, "ended"));
+        self.push_ended(&c.id, &c.caller.0, &c.callee, &c.pushed, None, reason);
         let mut frame = json!({"type": "call.ended", "call": c.id, "reason": reason});
         if let Some(d) = detail {
             frame["detail"] = json!(d);

@@ -160,6 +160,7 @@ impl<R: RngCore> Hub<R> {
                 caller_signals: Vec::new(),
                 held_bytes: 0,
                 ever_online: online,
+                pushed: Vec::new(),
                 span: span.clone(),
             },
         );
@@ -171,6 +172,7 @@ impl<R: RngCore> Hub<R> {
         for t in targets {
             self.deliver_incoming(ck, t, now);
         }
+        self.ring_pushes(ck, now);
         if !online {
             span.in_scope(|| tracing::info!("callee has no device online: pending"));
             self.push(key, json!({"type": "call.pending", "call": id}));

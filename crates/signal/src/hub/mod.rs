@@ -25,6 +25,7 @@ mod call;
 mod drain;
 mod ids;
 mod invite;
+mod push;
 mod report;
 mod restore;
 mod session;
@@ -92,6 +93,9 @@ pub struct HubConfig {
     /// Sessions (devices, attached or awaiting a resume) one user may have; one more
     /// hello is refused with `too_many_devices` and close code 4009.
     pub max_devices_per_user: usize,
+    /// Devices with a push target or an app state registered (`device.update`), over all
+    /// users; kept across sessions. Past it a new device's registration is refused.
+    pub max_push_devices: usize,
     /// Ended call ids remembered (10 minutes at most) so that a repeated invite stays a
     /// no-op; past it the oldest are forgotten first.
     pub max_ended_calls: usize,
@@ -122,6 +126,7 @@ impl Default for HubConfig {
             max_held_bytes_per_user: 256 << 10,
             max_ringing_per_callee: 16,
             max_devices_per_user: 16,
+            max_push_devices: 100_000,
             max_ended_calls: 16_384,
             max_invite_pairs: 16_384,
         }
@@ -212,6 +217,10 @@ pub struct Hub<R> {
     next_sweep: Instant,
     /// Draining for a restart: new sessions are refused, idle ones sent elsewhere.
     draining: bool,
+    /// Devices' push targets and app states, by user (push.rs).
+    push_devices: HashMap<UserId, Vec<(DeviceId, push::DeviceRecord)>>,
+    /// Entries in `push_devices`, over all users.
+    push_count: usize,
     /// The `ping` and `pong` frames, shared by every socket.
     ping: Arc<str>,
     pong: Arc<str>,
@@ -258,6 +267,8 @@ impl<R: RngCore> Hub<R> {
             now,
             next_sweep: now,
             draining: false,
+            push_devices: HashMap::default(),
+            push_count: 0,
             ping: r#"{"type":"ping"}"#.into(),
             pong: r#"{"type":"pong"}"#.into(),
         }

@@ -100,6 +100,7 @@ impl<R: RngCore> Hub<R> {
                 caller_signals: Vec::new(),
                 held_bytes: 0,
                 ever_online: true,
+                pushed: Vec::new(),
                 span,
             },
         );
