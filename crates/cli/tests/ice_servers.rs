@@ -338,19 +338,19 @@ fn sockets_of(pid: u32) -> (Vec<u16>, Vec<u16>) {
     (udp, tcp)
 }
 
-#[test]
-fn no_turn_binds_no_turn_port_and_hands_out_only_the_configured_servers() {
+/// `firstcall serve --dev --no-turn` on 127.0.0.1 with `extra`, healthy: (process, HTTP
+/// address, log file, data dir).
+fn serve_no_turn(extra: &[&str]) -> (Proc, SocketAddr, PathBuf, PathBuf) {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let dir = std::env::temp_dir().join(format!("firstcall-no-turn-{}", std::process::id()));
-    let log = std::env::temp_dir().join(format!("firstcall-no-turn-{}.log", std::process::id()));
-    // Handed out, never contacted (documentation addresses and names).
-    let (turn, stun) = ("turn:192.0.2.10:3478?transport=udp", "stun:stun.firstcall.test:3478");
+    let tag = format!("{}-{}", std::process::id(), http.port());
+    let dir = std::env::temp_dir().join(format!("firstcall-no-turn-{tag}"));
+    let log = std::env::temp_dir().join(format!("firstcall-no-turn-{tag}.log"));
     let mut proc = Proc::spawn(
         "firstcall",
         Command::new(firstcall_bin())
             .args(["serve", "--dev", "--no-turn", "--http-listen", &http.to_string()])
-            .args(["--data-dir", dir.to_str().unwrap(), "--turn-secret", SECRET])
-            .args(["--ice-server", turn, "--ice-server", stun, "--credential-ttl", "2s"])
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(extra)
             .env_remove("FIRSTCALL_CONFIG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap()),
@@ -368,6 +368,23 @@ fn no_turn_binds_no_turn_port_and_hands_out_only_the_configured_servers() {
         "not healthy: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    (proc, http, log, dir)
+}
+
+#[test]
+fn no_turn_binds_no_turn_port_and_hands_out_only_the_configured_servers() {
+    // Handed out, never contacted (documentation addresses and names).
+    let (turn, stun) = ("turn:192.0.2.10:3478?transport=udp", "stun:stun.firstcall.test:3478");
+    let (proc, http, log, dir) = serve_no_turn(&[
+        "--turn-secret",
+        SECRET,
+        "--ice-server",
+        turn,
+        "--ice-server",
+        stun,
+        "--credential-ttl",
+        "2s",
+    ]);
 
     // No STUN/TURN socket at all: no UDP socket, and the only TCP listener is HTTP.
     let (udp, tcp) = sockets_of(proc.pid());
@@ -406,6 +423,36 @@ fn no_turn_binds_no_turn_port_and_hands_out_only_the_configured_servers() {
     assert_eq!(v["uris"], json!([turn, stun]));
     let (_, metrics) = http_get(http, "/metrics", &[]).unwrap();
     assert!(metrics.contains("firstcall_signal_sessions_active"), "{metrics}");
+    drop(proc);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn no_turn_without_ice_servers_warns_and_doctor_says_what_is_missing() {
+    let (proc, http, log, dir) = serve_no_turn(&[]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("--no-turn without --ice-server"), "{text}");
+    assert_eq!(welcome(http, "alice")["ice_servers"], json!([]));
+    let (_, body) = http_get(http, "/v1/turn-credentials", &[("Authorization", "Bearer dev:alice")]).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["uris"], json!([]));
+    let out = run_bounded(
+        Command::new(firstcall_bin())
+            .args(["doctor", "--server", &format!("http://{http}")])
+            .args(["--token", "dev:carol", "--json", "--timeout", "3"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "ice servers in welcome")
+        .cloned()
+        .expect("the ice servers check");
+    assert_eq!(check["status"], "fail");
+    assert!(check["fix"].as_str().unwrap().contains("--ice-server"), "{check}");
     drop(proc);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(log);

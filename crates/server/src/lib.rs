@@ -476,6 +476,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     } else if !extra_uris.is_empty() {
         tracing::info!(ice_servers = ?extra_uris, "clients get these ICE servers besides the embedded one");
     }
+    if config.secret_generated && config.ice_servers.iter().any(|u| u.is_turn()) {
+        tracing::warn!(file = %config.data_dir.join(config::SECRET_FILE).display(), "credentials for the --ice-server turn: URIs are minted with the TURN secret generated in the data dir: give the other TURN server that secret (coturn: static-auth-secret), or give both the same --turn-secret");
+    }
     let ice_uris: Vec<String> = own_uris.iter().chain(&extra_uris).cloned().collect();
     let claims = tokens::Claims {
         audience: config.jwt_audience.clone(),
