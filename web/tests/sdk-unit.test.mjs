@@ -683,3 +683,78 @@ test("mute sends a media notice; a notice received is the call's remoteMedia and
   assert.deepEqual(got, [{ audio: true, video: false, screen: true }]);
   assert.deepEqual(call.remoteMedia, { audio: true, video: false, screen: true });
 });
+
+// Issue 19: the server's ICE servers join the app's own, never replace them.
+test("rtcConfig.iceServers are kept and merged with the server's; iceUrlFilter applies to both", () => {
+  const own = [{ urls: "stun:stun.app.example:3478" }, { urls: ["turn:turn.app.example:3478"], username: "u", credential: "p" }];
+  const { c, pcs, sockets } = clientWorld({ rtcConfig: { iceServers: own, iceTransportPolicy: "relay" } });
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  const config = c.rtcConfiguration();
+  assert.deepEqual(config.iceServers, [...own, ...turn("p1")]);
+  assert.equal(config.iceTransportPolicy, "relay", "the app's other settings stay");
+  assert.deepEqual(pcs[0].config.iceServers, [...own, ...turn("p1")], "the pool gathers from both");
+  // A refresh replaces the server's part only.
+  sockets[0].deliver({ type: "ice_servers", seq: 1, ice_servers: turn("p2"), ice_ttl: 3600 });
+  assert.deepEqual(c.rtcConfiguration().iceServers, [...own, ...turn("p2")]);
+  const f = clientWorld({ rtcConfig: { iceServers: own }, iceUrlFilter: (u) => u.startsWith("turn:") });
+  f.sockets[0].open();
+  f.sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  assert.deepEqual(f.c.rtcConfiguration().iceServers, [{ ...own[1], urls: ["turn:turn.app.example:3478"] }, ...turn("p1")]);
+});
+
+test("a server that hands out no ICE servers: the app's own are used, and calls do not wait for any", async () => {
+  const own = [{ urls: "stun:stun.app.example:3478" }];
+  const { c, pcs, sockets } = clientWorld({ rtcConfig: { iceServers: own } });
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: [] }));
+  assert.equal(await c.whenIceReady(60000), true, "known at the welcome, not after the timeout");
+  assert.deepEqual(pcs[0].config.iceServers, own, "the pool is built from the app's servers");
+});
+
+test("call meta: sent in the invite, a call.incoming's meta is the incoming call's; bad meta is refused at once", async () => {
+  const w = world();
+  const pcs = [];
+  const sockets = [];
+  class WS extends w.s.env.WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  class PC extends RtcPC {
+    constructor(config) {
+      super(config);
+      pcs.push(this);
+    }
+  }
+  const env = { ...w.s.env, WebSocket: WS, RTCPeerConnection: PC, getUserMedia: async () => ({ getTracks: () => [] }) };
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env, prewarm: false });
+  const ws = sockets[0];
+  ws.open();
+  ws.deliver(welcomeFrame({ ice_servers: turn("p1"), heartbeat_ms: 600000 }));
+  const meta = { subject: "Standup", ticket: 42, tags: ["a", "b"], who: { name: "Zoë" } };
+  const call = c.call("bob", { meta });
+  meta.subject = "changed after the call was placed";
+  await settle();
+  const invite = ws.sent.find((f) => f.type === "call.invite");
+  assert.deepEqual(invite.meta, { subject: "Standup", ticket: 42, tags: ["a", "b"], who: { name: "Zoë" } });
+  assert.deepEqual(call.meta, invite.meta, "the caller's call has it too");
+  // Without meta, no key at all.
+  c.call("carol");
+  await settle();
+  assert.equal("meta" in ws.sent.filter((f) => f.type === "call.invite")[1], false);
+  // The callee side.
+  const incoming = [];
+  c.on("incoming", (x) => incoming.push(x));
+  ws.deliver({ type: "call.incoming", seq: 1, call: "in1", from: "dave", from_device: "d1", media: "video", sdp: "v=0 offer", meta: { room: "7" } });
+  ws.deliver({ type: "call.incoming", seq: 2, call: "in2", from: "erin", from_device: "e1", media: "audio", sdp: "v=0 offer" });
+  assert.deepEqual(incoming.map((x) => x.meta), [{ room: "7" }, null]);
+  // Not an object, or over 4 KiB as JSON (UTF-8 bytes): a clear error, and no call.
+  const calls = c.calls.size;
+  assert.throws(() => c.call("bob", { meta: "text" }), /meta must be a plain object/);
+  assert.throws(() => c.call("bob", { meta: [1, 2] }), /meta must be a plain object/);
+  assert.throws(() => c.call("bob", { meta: { k: "é".repeat(2045) } }), /4098 bytes as JSON, at most 4096/);
+  c.call("bob", { meta: { k: "x".repeat(4088) } }); // exactly 4096
+  assert.equal(c.calls.size, calls + 1);
+});

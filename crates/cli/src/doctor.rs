@@ -204,7 +204,7 @@ pub async fn run(a: DoctorArgs) -> anyhow::Result<i32> {
         };
         targets.push((t, creds));
     }
-    if targets.is_empty() {
+    if targets.is_empty() && a.server.is_none() {
         bail!("nothing to check: give --server URL --token T, or --turn URI with --secret S (or --user/--password)");
     }
     let mut roots = rustls::RootCertStore {
@@ -335,7 +335,7 @@ async fn check_server(
                     "ice servers in welcome",
                     Status::Fail,
                     "the welcome carries no ICE servers",
-                    Some("clients need TURN before their first call: configure TURN URIs".into()),
+                    Some("clients need TURN before their first call: run the embedded TURN server (no --no-turn) or give --ice-server URIs".into()),
                 );
             } else if ttl < 600 {
                 r.add(

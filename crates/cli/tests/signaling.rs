@@ -225,7 +225,10 @@ async fn offline_callee_triggers_a_signed_webhook_and_gets_the_invite_later() {
     ]);
     let mut alice = dev(&server, "alice", "a").await;
     alice
-        .send(json!({"type": "call.invite", "call": "late", "to": "bob", "media": "audio", "sdp": "o"}))
+        .send(
+            json!({"type": "call.invite", "call": "late", "to": "bob", "media": "audio", "sdp": "o",
+                     "meta": {"subject": "the app's own data", "n": 1}}),
+        )
         .await;
     alice.send(signal("late", cand(1))).await;
     alice.expect("call.pending", T).await.unwrap();
@@ -263,12 +266,20 @@ async fn offline_callee_triggers_a_signed_webhook_and_gets_the_invite_later() {
         (event["event"].clone(), event["to"].clone(), event["from"].clone()),
         (json!("call.pending"), json!("bob"), json!("alice"))
     );
+    // The invite's meta rides in the push (and in the invite, below).
+    let meta = json!({"subject": "the app's own data", "n": 1});
+    assert_eq!(event["meta"], meta);
 
     // Bob opens the app: the invite and the held candidate arrive, in order.
     let mut bob = dev(&server, "bob", "b").await;
     let (inc, skipped) = bob.expect("call.incoming", T).await.unwrap();
     assert!(skipped.is_empty());
     assert_eq!(inc["call"], "late");
+    assert_eq!(inc["meta"], meta);
+    assert_eq!(
+        bob.welcome["calls"][0]["meta"], meta,
+        "and in the welcome's calls snapshot"
+    );
     let sig = bob.next(T).await.unwrap();
     assert_eq!(
         (sig["type"].clone(), sig["data"].clone()),

@@ -218,6 +218,153 @@ pub struct ServeConfig {
     pub turn_stream_queue: usize,
     /// A TURN TCP/TLS client that completes no frame for this long is disconnected.
     pub turn_stream_timeout: Duration,
+    // ICE servers (issue 19).
+    /// ICE servers handed to clients besides (or, with `no_turn`, instead of) the
+    /// embedded one, validated; `turn:`/`turns:` ones get credentials minted with the
+    /// first TURN secret.
+    pub ice_servers: Vec<IceUri>,
+    /// The name the embedded server's own URIs carry instead of its IP address.
+    pub public_host: Option<String>,
+    /// Signaling only: no embedded STUN/TURN listener at all.
+    pub no_turn: bool,
+}
+
+/// A validated `stun:`, `stuns:`, `turn:` or `turns:` URI (RFC 7064, RFC 7065).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceUri {
+    /// `stun`, `stuns`, `turn` or `turns`.
+    pub scheme: &'static str,
+    /// A DNS name, an IPv4 address, or an IPv6 address (without brackets).
+    pub host: String,
+    /// The port, when the URI names one (else 3478, or 5349 for `stuns:`/`turns:`).
+    pub port: Option<u16>,
+    /// `udp` or `tcp`, when the URI names one (`turn:`/`turns:` only).
+    pub transport: Option<&'static str>,
+}
+
+impl IceUri {
+    /// Parse and check one URI; the error says what is wrong with it.
+    pub fn parse(uri: &str) -> Result<IceUri, String> {
+        let bad = |why: &str| Err(format!("{uri:?}: {why}"));
+        if uri.is_empty() {
+            return bad("empty");
+        }
+        if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad("spaces or non-ASCII characters");
+        }
+        let Some((scheme, rest)) = uri.split_once(':') else {
+            return bad("no scheme: expected stun:, stuns:, turn: or turns: followed by a host");
+        };
+        let scheme = match scheme {
+            "stun" => "stun",
+            "stuns" => "stuns",
+            "turn" => "turn",
+            "turns" => "turns",
+            other => return bad(&format!("scheme {other:?} is not stun, stuns, turn or turns")),
+        };
+        if rest.starts_with("//") {
+            return bad("no // after the scheme (turn:host:port, not turn://host:port)");
+        }
+        let (hostport, query) = match rest.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (rest, None),
+        };
+        if hostport.contains(['@', '/', '#']) {
+            return bad("only host[:port] may follow the scheme (no user, path or fragment)");
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let Some((addr, after)) = v6.split_once(']') else {
+                return bad("an IPv6 address needs its closing ]");
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad(&format!("{addr:?} is not an IPv6 address"));
+            }
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return bad("expected :port after the IPv6 address"),
+                },
+            };
+            (addr.to_owned(), port)
+        } else {
+            let (host, port) = match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            };
+            if !valid_host(host) {
+                return bad(&format!(
+                    "{host:?} is not a host name or IPv4 address (an IPv6 address goes in brackets)"
+                ));
+            }
+            (host.to_owned(), port)
+        };
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+                _ => return bad(&format!("port {p:?} is not 1 to 65535")),
+            },
+        };
+        let transport = match query {
+            None => None,
+            Some(_) if scheme.starts_with("stun") => {
+                return bad("a stun: or stuns: URI takes no ?transport= (RFC 7064)")
+            }
+            Some("transport=udp") => Some("udp"),
+            Some("transport=tcp") => Some("tcp"),
+            Some(q) => return bad(&format!("query {q:?}: only ?transport=udp or ?transport=tcp")),
+        };
+        Ok(IceUri {
+            scheme,
+            host,
+            port,
+            transport,
+        })
+    }
+
+    /// Whether clients need credentials for it (`turn:`, `turns:`).
+    pub fn is_turn(&self) -> bool {
+        self.scheme.starts_with("turn")
+    }
+}
+
+impl std::fmt::Display for IceUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.scheme)?;
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        if let Some(t) = self.transport {
+            write!(f, "?transport={t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A DNS name (labels of letters, digits and `-`, 1-63 characters each, 253 in all, not
+/// starting or ending with `-`) or an IPv4 address.
+pub fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        // All digits and dots would be a malformed IPv4 address, not a name.
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
@@ -456,6 +603,21 @@ pub struct ServeArgs {
     /// previous frame, however it trickles bytes, or it is disconnected [default: 120s].
     #[arg(long, env = "FIRSTCALL_TURN_STREAM_TIMEOUT")]
     pub turn_stream_timeout: Option<String>,
+    // ICE servers (issue 19).
+    /// Another STUN/TURN server for clients (repeatable; env comma-separated), e.g. an
+    /// existing coturn: turn:turn.example.org:3478?transport=udp, stun:host:port. Credentials
+    /// for turn:/turns: URIs are minted with --turn-secret (coturn: use-auth-secret with the
+    /// same static-auth-secret).
+    #[arg(long = "ice-server", env = "FIRSTCALL_ICE_SERVER", value_delimiter = ',')]
+    pub ice_server: Vec<String>,
+    /// The host name the embedded server's own URIs carry instead of its IP address (a
+    /// turns: URI must name the host its certificate is for).
+    #[arg(long, env = "FIRSTCALL_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Signaling only: start no embedded STUN/TURN listener; clients get only the
+    /// --ice-server URIs.
+    #[arg(long, env = "FIRSTCALL_NO_TURN")]
+    pub no_turn: bool,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -529,6 +691,10 @@ pub struct FileConfig {
     user_max_bps: Option<u64>,
     turn_stream_queue: Option<usize>,
     turn_stream_timeout: Option<String>,
+    // ICE servers (issue 19).
+    ice_server: Option<Vec<String>>,
+    public_host: Option<String>,
+    no_turn: Option<bool>,
 }
 
 /// Relay ports unless configured: above Linux's default ephemeral range (32768-60999),
@@ -590,6 +756,88 @@ impl ServeArgs {
                  key in production, not a flag — or, to try firstcall on this machine, --dev (accepts any \
                  `dev:<user>` token, listens on loopback)",
             ));
+        }
+        // A signaling-only node: settings of the embedded STUN/TURN server would be
+        // silently ignored, so they are refused, named.
+        let no_turn = self.no_turn || f.no_turn.unwrap_or(false);
+        if no_turn {
+            let given: Vec<&str> = [
+                ("--turn-listen", self.turn_listen.is_some() || f.turn_listen.is_some()),
+                (
+                    "--turn-tls-listen",
+                    self.turn_tls_listen.is_some() || f.turn_tls_listen.is_some(),
+                ),
+                ("--tls-cert", self.tls_cert.is_some() || f.tls_cert.is_some()),
+                ("--tls-key", self.tls_key.is_some() || f.tls_key.is_some()),
+                ("--realm", self.realm.is_some() || f.realm.is_some()),
+                ("--external-ip", self.external_ip.is_some() || f.external_ip.is_some()),
+                ("--relay-ip", self.relay_ip.is_some() || f.relay_ip.is_some()),
+                ("--relay-ports", self.relay_ports.is_some() || f.relay_ports.is_some()),
+                ("--allow-peer", !self.allow_peer.is_empty() || f.allow_peer.is_some()),
+                ("--deny-peer", !self.deny_peer.is_empty() || f.deny_peer.is_some()),
+                ("--threads", self.threads.is_some() || f.threads.is_some()),
+                ("--static-user", !self.static_user.is_empty() || f.static_user.is_some()),
+                (
+                    "--max-allocations",
+                    self.max_allocations.is_some() || f.max_allocations.is_some(),
+                ),
+                (
+                    "--max-allocations-per-user",
+                    self.max_allocations_per_user.is_some() || f.max_allocations_per_user.is_some(),
+                ),
+                ("--public-host", self.public_host.is_some() || f.public_host.is_some()),
+                (
+                    "--turn-error-rate",
+                    self.turn_error_rate.is_some() || f.turn_error_rate.is_some(),
+                ),
+                (
+                    "--turn-error-burst",
+                    self.turn_error_burst.is_some() || f.turn_error_burst.is_some(),
+                ),
+                (
+                    "--turn-error-table",
+                    self.turn_error_table.is_some() || f.turn_error_table.is_some(),
+                ),
+                ("--max-bps", self.max_bps.is_some() || f.max_bps.is_some()),
+                (
+                    "--user-max-bps",
+                    self.user_max_bps.is_some() || f.user_max_bps.is_some(),
+                ),
+                (
+                    "--turn-stream-queue",
+                    self.turn_stream_queue.is_some() || f.turn_stream_queue.is_some(),
+                ),
+                (
+                    "--turn-stream-timeout",
+                    self.turn_stream_timeout.is_some() || f.turn_stream_timeout.is_some(),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(flag, set)| set.then_some(flag))
+            .collect();
+            if !given.is_empty() {
+                return Err(invalid(
+                    "--no-turn",
+                    format!(
+                        "starts no embedded STUN/TURN server, so {} would do nothing: remove them, or drop --no-turn",
+                        given.join(", ")
+                    ),
+                ));
+            }
+        }
+        let ice_servers = list(self.ice_server.clone(), f.ice_server.clone())
+            .iter()
+            .map(|u| IceUri::parse(u.trim()).map_err(|m| invalid("--ice-server", m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let public_host = self.public_host.clone().or(f.public_host.clone());
+        if let Some(h) = &public_host {
+            let literal6 = h.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok();
+            if !valid_host(h) && !literal6 {
+                return Err(invalid(
+                    "--public-host",
+                    format!("{h:?} is not a host name (e.g. turn.example.org) or IP address"),
+                ));
+            }
         }
         // Dev mode trusts anyone who can reach it: loopback unless told otherwise.
         let any_or_loopback = |port| {
@@ -871,6 +1119,9 @@ impl ServeArgs {
                     .or(f.turn_stream_timeout)
                     .unwrap_or_else(|| "120s".into()),
             )?,
+            ice_servers,
+            public_host,
+            no_turn,
         })
     }
 }
@@ -1257,5 +1508,110 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("--max-held-bytes + 131072"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn ice_server_uris_are_validated() {
+        for good in [
+            "turn:turn.example.org:3478?transport=udp",
+            "turn:turn.example.org:3478?transport=tcp",
+            "turns:turn.example.org:5349?transport=tcp",
+            "turns:turn.example.org",
+            "stun:stun.example.org:19302",
+            "stuns:stun.example.org",
+            "turn:192.0.2.7:3478",
+            "turn:[2001:db8::7]:3478?transport=udp",
+            "stun:[2001:db8::7]",
+            "turn:localhost",
+        ] {
+            let u = IceUri::parse(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(u.to_string(), good, "round trip");
+        }
+        for (bad, says) in [
+            ("http://turn.example.org", "scheme"),
+            ("turn://turn.example.org:3478", "no //"),
+            ("turn:", "not a host name"),
+            ("turn:turn.example.org:0", "port"),
+            ("turn:turn.example.org:70000", "port"),
+            ("turn:turn.example.org:34x", "port"),
+            ("turn:turn.example.org:3478?transport=sctp", "only ?transport=udp"),
+            ("turn:turn.example.org:3478?foo=bar", "only ?transport=udp"),
+            ("stun:stun.example.org:3478?transport=udp", "no ?transport"),
+            ("turn:user@turn.example.org", "no user"),
+            ("turn:turn.example.org/path", "no user, path"),
+            ("turn:bad_host:3478", "not a host name"),
+            ("turn:-bad.example:3478", "not a host name"),
+            ("turn:2001:db8::7:3478", "goes in brackets"),
+            ("turn:[2001:db8::zz]:3478", "IPv6"),
+            ("turn:[2001:db8::7:3478", "closing ]"),
+            ("turn:300.1.1.1:3478", "not a host name"),
+            ("turn:turn.example.org 3478", "spaces"),
+            ("turn.example.org:3478", "scheme"),
+            ("", "empty"),
+        ] {
+            let e = IceUri::parse(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ice_servers_public_host_and_no_turn_from_flags_and_file() {
+        let c = args(&[
+            "--turn-secret",
+            "s",
+            "--ice-server",
+            "turn:turn.example.org:3478?transport=udp",
+            "--ice-server",
+            "stun:stun.example.org",
+            "--public-host",
+            "turn.example.org",
+        ])
+        .resolve_with(None)
+        .unwrap();
+        assert_eq!(c.ice_servers.len(), 2);
+        assert!(c.ice_servers[0].is_turn() && !c.ice_servers[1].is_turn());
+        assert_eq!(c.public_host.as_deref(), Some("turn.example.org"));
+        assert!(!c.no_turn);
+        let file = "ice_server = [\"turns:turn.example.org:5349\"]\nno_turn = true\n";
+        let c = args(&["--turn-secret", "s"])
+            .resolve_with(Some((Path::new("x.toml"), file)))
+            .unwrap();
+        assert!(c.no_turn);
+        assert_eq!(c.ice_servers[0].to_string(), "turns:turn.example.org:5349");
+        // A bad URI is a start-up error naming the flag and the URI.
+        let e = args(&[
+            "--turn-secret",
+            "s",
+            "--ice-server",
+            "turn:turn.example.org:3478?transport=sctp",
+        ])
+        .resolve_with(None)
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--ice-server:") && e.contains("transport=sctp"), "{e}");
+        let e = args(&["--turn-secret", "s", "--public-host", "not a host"])
+            .resolve_with(None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--public-host"), "{e}");
+        // --no-turn with settings of the TURN server it does not start: refused, named.
+        let e = args(&[
+            "--turn-secret",
+            "s",
+            "--no-turn",
+            "--relay-ports",
+            "50000-50010",
+            "--max-bps",
+            "9",
+        ])
+        .resolve_with(None)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--no-turn") && e.contains("--relay-ports, --max-bps"), "{e}");
+        let e = args(&["--turn-secret", "s", "--no-turn"])
+            .resolve_with(Some((Path::new("x.toml"), "turn_listen = \"127.0.0.1:3478\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--turn-listen"), "{e}");
     }
 }

@@ -74,8 +74,8 @@ pub enum ServeError {
 pub struct Running {
     /// HTTP listener address.
     pub http: SocketAddr,
-    /// TURN UDP/TCP address.
-    pub turn: SocketAddr,
+    /// TURN UDP/TCP address (`None` with `--no-turn`).
+    pub turn: Option<SocketAddr>,
     /// The separate metrics listener, with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
     /// TURN TLS address.
@@ -273,9 +273,10 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustl
 /// Loud, whenever dev mode runs, and louder when it listens beyond loopback.
 fn warn_dev_mode(config: &ServeConfig) {
     tracing::warn!("DEV MODE (--dev): any `dev:<user>` token is accepted and /v1/dev/token mints them, TURN credentials included. For trying firstcall on one machine only.");
-    let exposed: Vec<SocketAddr> = [config.http_listen, config.turn_listen]
-        .into_iter()
-        .chain(config.turn_tls_listen)
+    let turn = (!config.no_turn).then_some(config.turn_listen);
+    let exposed: Vec<SocketAddr> = std::iter::once(config.http_listen)
+        .chain(turn)
+        .chain(config.turn_tls_listen.filter(|_| !config.no_turn))
         .filter(|a| !a.ip().is_loopback())
         .collect();
     if !exposed.is_empty() {
@@ -331,12 +332,24 @@ fn connection_limits(config: &ServeConfig) -> accept::Limits {
     }
 }
 
-/// Bind every listener, start the TURN workers and the HTTP server.
-pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
-    let conn_limits = accept::ConnLimits::new(connection_limits(&config));
-    memory::spawn_trimmer();
+/// The embedded STUN/TURN server, once its listeners are bound and its workers run.
+struct TurnStarted {
+    /// UDP and TCP listener.
+    addr: SocketAddr,
+    /// TLS listener.
+    tls: Option<SocketAddr>,
+    /// Per-worker counters.
+    metrics: Vec<Arc<TurnMetrics>>,
+    /// Where relay sockets bind.
+    relay_ip: IpAddr,
+    /// The address in relayed addresses and (without --public-host) in the URIs.
+    advertised: IpAddr,
+}
+
+/// Bind every TURN listener and start the TURN workers.
+fn start_turn(config: &ServeConfig) -> Result<TurnStarted, ServeError> {
     let threads = config.threads.max(1);
-    let advertised = advertised_ip(&config);
+    let advertised = advertised_ip(config);
     let relay_ip = if config.relay_ip.is_unspecified() && !config.turn_listen.ip().is_unspecified() {
         config.turn_listen.ip()
     } else {
@@ -418,16 +431,59 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             stream_timeout: config.turn_stream_timeout,
         })?;
     }
+    Ok(TurnStarted {
+        addr: turn_addr,
+        tls: tls_addr,
+        metrics,
+        relay_ip,
+        advertised,
+    })
+}
 
-    let h = host(advertised);
-    let mut ice_uris = vec![
-        format!("stun:{h}:{}", turn_addr.port()),
-        format!("turn:{h}:{}?transport=udp", turn_addr.port()),
-        format!("turn:{h}:{}?transport=tcp", turn_addr.port()),
+/// The embedded server's own URIs: on `--public-host` when given (a `turns:` URI must
+/// name the host its certificate is for), else on the advertised address.
+fn own_ice_uris(config: &ServeConfig, turn: &TurnStarted) -> Vec<String> {
+    let h = match &config.public_host {
+        Some(name) if name.contains(':') && !name.starts_with('[') => format!("[{name}]"),
+        Some(name) => name.clone(),
+        None => host(turn.advertised),
+    };
+    let port = turn.addr.port();
+    let mut uris = vec![
+        format!("stun:{h}:{port}"),
+        format!("turn:{h}:{port}?transport=udp"),
+        format!("turn:{h}:{port}?transport=tcp"),
     ];
-    if let Some(a) = tls_addr {
-        ice_uris.push(format!("turns:{h}:{}?transport=tcp", a.port()));
+    if let Some(a) = turn.tls {
+        uris.push(format!("turns:{h}:{}?transport=tcp", a.port()));
     }
+    uris
+}
+
+/// Bind every listener, start the TURN workers and the HTTP server.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let conn_limits = accept::ConnLimits::new(connection_limits(&config));
+    memory::spawn_trimmer();
+    let turn = if config.no_turn {
+        None
+    } else {
+        Some(start_turn(&config)?)
+    };
+    let own_uris = turn.as_ref().map(|t| own_ice_uris(&config, t)).unwrap_or_default();
+    let extra_uris: Vec<String> = config.ice_servers.iter().map(|u| u.to_string()).collect();
+    if config.no_turn {
+        if extra_uris.is_empty() {
+            tracing::warn!("--no-turn without --ice-server: clients get no ICE servers from this server (only what the app gives them in rtcConfig.iceServers); calls across NATs need TURN");
+        } else {
+            tracing::info!(ice_servers = ?extra_uris, "--no-turn: no embedded STUN/TURN server; clients get the --ice-server URIs");
+        }
+    } else if !extra_uris.is_empty() {
+        tracing::info!(ice_servers = ?extra_uris, "clients get these ICE servers besides the embedded one");
+    }
+    if config.secret_generated && config.ice_servers.iter().any(|u| u.is_turn()) {
+        tracing::warn!(file = %config.data_dir.join(config::SECRET_FILE).display(), "credentials for the --ice-server turn: URIs are minted with the TURN secret generated in the data dir: give the other TURN server that secret (coturn: static-auth-secret), or give both the same --turn-secret");
+    }
+    let ice_uris: Vec<String> = own_uris.iter().chain(&extra_uris).cloned().collect();
     let claims = tokens::Claims {
         audience: config.jwt_audience.clone(),
         issuer: config.jwt_issuer.clone(),
@@ -490,7 +546,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     };
     let ice = Arc::new(signal::TurnIce {
         secret: turn_secret.clone(),
-        uris: ice_uris.clone(),
+        uris: own_uris,
+        extra: config.ice_servers.clone(),
         ttl: config.credential_ttl,
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
@@ -499,12 +556,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let state = Arc::new(http::AppState {
         ready: false.into(),
         draining: false.into(),
-        turn_metrics: metrics,
+        turn_metrics: turn.as_ref().map(|t| t.metrics.clone()).unwrap_or_default(),
         signal_metrics: signaling.metrics.clone(),
         signaling: signaling.clone(),
         turn_secret,
         credential_ttl: config.credential_ttl,
-        ice_uris,
+        ice_uris: ice_uris.clone(),
         tokens,
         conn_limits: conn_limits.clone(),
         webhook_metrics,
@@ -519,15 +576,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             source,
         })?;
     let http_addr = listener.local_addr()?;
-    let (ephemeral, reserved) = ports::kernel_ports();
-    let mut listeners = vec![("TURN", turn_addr), ("HTTP", http_addr)];
-    listeners.extend(tls_addr.map(|a| ("TURN TLS", a)));
-    for warning in ports::relay_range_warnings(&config.relay_ports, ephemeral.as_ref(), &reserved, &listeners) {
-        tracing::warn!("{warning}");
+    match &turn {
+        Some(t) => {
+            let (ephemeral, reserved) = ports::kernel_ports();
+            let mut listeners = vec![("TURN", t.addr), ("HTTP", http_addr)];
+            listeners.extend(t.tls.map(|a| ("TURN TLS", a)));
+            for warning in ports::relay_range_warnings(&config.relay_ports, ephemeral.as_ref(), &reserved, &listeners) {
+                tracing::warn!("{warning}");
+            }
+            state.ready.store(true, Ordering::Release);
+            tracing::info!(http = %http_addr, turn = %t.addr, turn_tls = ?t.tls, relay_ip = %t.relay_ip, advertised = %t.advertised,
+                relay_ports = ?config.relay_ports, workers = config.threads.max(1), ice_uris = ?ice_uris, "firstcall listening");
+        }
+        None => {
+            state.ready.store(true, Ordering::Release);
+            tracing::info!(http = %http_addr, ice_uris = ?ice_uris, "firstcall listening (signaling only: --no-turn)");
+        }
     }
-    state.ready.store(true, Ordering::Release);
-    tracing::info!(http = %http_addr, turn = %turn_addr, turn_tls = ?tls_addr, relay_ip = %relay_ip, advertised = %advertised,
-        relay_ports = ?config.relay_ports, workers = threads, "firstcall listening");
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -559,8 +624,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     Ok(Running {
         metrics: metrics_addr,
         http: http_addr,
-        turn: turn_addr,
-        turn_tls: tls_addr,
+        turn: turn.as_ref().map(|t| t.addr),
+        turn_tls: turn.as_ref().and_then(|t| t.tls),
         http_task,
         state,
         drain_timeout: config.drain_timeout,

@@ -23,14 +23,18 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::Notify;
 
+use crate::config::IceUri;
 use crate::websocket::{self, Endpoint, Limits, Outlet, Queued};
 
 /// TURN credentials for welcomes and refreshes, coturn REST style.
 pub struct TurnIce {
     /// Secret that mints credentials.
     pub secret: Secret,
-    /// URIs handed out.
+    /// The embedded server's URIs (none with `--no-turn`).
     pub uris: Vec<String>,
+    /// `--ice-server` URIs: the `turn:`/`turns:` ones get the same credentials (the other
+    /// servers share the TURN REST secret), the `stun:`/`stuns:` ones none.
+    pub extra: Vec<IceUri>,
     /// Credential lifetime.
     pub ttl: Duration,
 }
@@ -39,12 +43,30 @@ impl IceProvider for TurnIce {
     fn ice_servers(&self, user: &UserId, now_unix: u64) -> (Vec<IceServer>, u64) {
         let ttl = self.ttl.as_secs();
         let (username, credential) = rest_credential(&self.secret, user.as_str(), now_unix + ttl);
-        let server = IceServer {
-            urls: self.uris.clone(),
-            username: Some(username),
-            credential: Some(credential),
-        };
-        (vec![server], ttl)
+        let mut servers = Vec::with_capacity(3);
+        if !self.uris.is_empty() {
+            servers.push(IceServer {
+                urls: self.uris.clone(),
+                username: Some(username.clone()),
+                credential: Some(credential.clone()),
+            });
+        }
+        let (turn, stun): (Vec<&IceUri>, Vec<&IceUri>) = self.extra.iter().partition(|u| u.is_turn());
+        if !turn.is_empty() {
+            servers.push(IceServer {
+                urls: turn.iter().map(|u| u.to_string()).collect(),
+                username: Some(username),
+                credential: Some(credential),
+            });
+        }
+        if !stun.is_empty() {
+            servers.push(IceServer {
+                urls: stun.iter().map(|u| u.to_string()).collect(),
+                username: None,
+                credential: None,
+            });
+        }
+        (servers, ttl)
     }
 }
 

@@ -15,6 +15,9 @@ use serde_json::Value;
 /// Largest text frame accepted (64 KiB); larger ones are refused with `too_large`.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// Largest `meta` of a `call.invite`, serialized (4 KiB); larger is `bad_request`.
+pub const MAX_META: usize = 4 * 1024;
+
 macro_rules! id_type {
     ($(#[$m:meta])* $name:ident, $max:expr) => {
         $(#[$m])*
@@ -351,6 +354,10 @@ pub enum ClientFrame {
         media: Media,
         /// SDP offer.
         sdp: String,
+        /// The app's own data about the call (a JSON object, opaque to the server, at
+        /// most [`MAX_META`] bytes serialized), delivered with `call.incoming`.
+        #[serde(default)]
+        meta: Option<serde_json::Map<String, Value>>,
     },
     /// Answer.
     #[serde(rename = "call.accept")]

@@ -1920,3 +1920,88 @@ fn push_registrations_are_bounded_checked_and_can_be_removed() {
         "b0 removed its target, b3 was never registered"
     );
 }
+
+/// An invite with the app's `meta`.
+fn invite_meta(call: &str, to: &str, meta: Value) -> Value {
+    let mut f = invite(call, to);
+    f["meta"] = meta;
+    f
+}
+
+#[test]
+fn invite_meta_reaches_incoming_snapshots_and_the_webhook() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    let meta = json!({"room": "standup", "ticket": 42, "nested": {"tags": ["x", "y"]}, "unicode": "café"});
+    // Bob is offline: the webhook carries the meta, the held invite too.
+    w.send(a, invite_meta("m1", "bob", meta.clone()));
+    assert_eq!(w.webhooks.len(), 1);
+    assert_eq!(w.webhooks[0]["meta"], meta);
+    w.connect(b);
+    let incoming = w.clients[b].of_type("call.incoming");
+    assert_eq!(incoming.len(), 1);
+    assert_eq!(incoming[0]["meta"], meta);
+    // A second device of Bob's, and Alice's own resumed-elsewhere session: the
+    // snapshot in their welcome holds it.
+    let b2 = w.add("bob", "b2");
+    w.connect(b2);
+    assert_eq!(w.clients[b2].control[0]["calls"][0]["meta"], meta);
+    assert_eq!(w.clients[b2].of_type("call.incoming")[0]["meta"], meta);
+    w.send(b, json!({"type": "call.accept", "call": "m1", "sdp": "v=0 answer"}));
+    let a2 = w.add("alice", "a2");
+    w.connect(a2);
+    let snap = &w.clients[a2].control[0]["calls"][0];
+    assert_eq!((snap["state"].clone(), snap["meta"].clone()), (json!("accepted"), meta));
+    // Without meta nothing changes on the wire: no `meta` key at all.
+    w.send(a, json!({"type": "call.hangup", "call": "m1"}));
+    w.send(a, invite("plain", "bob"));
+    let plain = w.clients[b].of_type("call.incoming")[1].clone();
+    assert_eq!(plain["call"], "plain");
+    assert!(plain.get("meta").is_none(), "{plain}");
+    assert!(errors(&w.clients[a]).is_empty(), "{:?}", errors(&w.clients[a]));
+}
+
+#[test]
+fn invite_meta_is_an_object_of_at_most_4_kib_else_bad_request_and_nothing_changes() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b) = (w.add("alice", "a"), w.add("bob", "b"));
+    w.connect(a);
+    w.connect(b);
+    // `{"k":"…"}` is 8 bytes around the string: 4088 characters make 4096 exactly.
+    let at_limit = json!({"k": "x".repeat(4088)});
+    assert_eq!(at_limit.to_string().len(), 4096);
+    let over = json!({"k": "x".repeat(4089)});
+    let refused = [
+        over,
+        json!("a string"),
+        json!(["an", "array"]),
+        json!(7),
+        json!({"k": "é".repeat(2045)}), // 4098 bytes, 2053 characters: bytes count
+    ];
+    for (n, meta) in refused.iter().enumerate() {
+        let seq = w.send(a, invite_meta(&format!("bad{n}"), "bob", meta.clone()));
+        let e = w.clients[a].of_type("error").last().cloned().expect("an error");
+        assert_eq!(
+            (e["code"].clone(), e["ref"].clone()),
+            (json!("bad_request"), json!(seq)),
+            "{meta}"
+        );
+    }
+    let e = w.clients[a].of_type("error")[0]["message"].as_str().unwrap().to_owned();
+    assert!(e.contains("4097") && e.contains("4096"), "{e}");
+    // Nothing else happened: no call, no frame to Bob, no webhook, no call counted.
+    assert!(w.clients[b].got.is_empty(), "{:?}", w.clients[b].got);
+    assert!(w.webhooks.is_empty());
+    assert_eq!(w.hub.call_count(), 0);
+    // The refused id is free: the same invite with a good meta goes through.
+    w.send(a, invite_meta("bad0", "bob", at_limit.clone()));
+    w.send(a, invite_meta("ok", "bob", json!({})));
+    let incoming = w.clients[b].of_type("call.incoming");
+    assert_eq!(incoming.len(), 2);
+    assert_eq!(incoming[0]["meta"], at_limit);
+    assert_eq!(incoming[1]["meta"], json!({}));
+    // `null` is the same as no meta.
+    w.send(a, invite_meta("n", "carol", Value::Null));
+    assert_eq!(w.clients[a].of_type("error").len(), refused.len());
+}

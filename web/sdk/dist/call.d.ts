@@ -1,7 +1,7 @@
 import { Emitter } from "./emitter.js";
 import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
-import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
+import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
 import { type SelectedPair } from "./stats.js";
 import { type CallSummary, type QualityReport } from "./quality.js";
 /** Where a call's camera and microphone come from. */
@@ -20,6 +20,13 @@ export interface MediaOptions {
 export interface CallOptions extends MediaOptions {
     /** The call id (default: a new UUID). */
     id?: string;
+    /**
+     * The app's own data about the call (a subject, a room, a ticket id…): a JSON object
+     * of at most 4 KiB serialized, handed to the callee's devices with the call
+     * (`call.meta` there), kept in the server's call snapshots and sent in the
+     * `call.pending` webhook. The server does not read it.
+     */
+    meta?: CallMeta;
 }
 /** What a call says when a device changes under it. */
 export interface DeviceInfo {
@@ -100,6 +107,9 @@ export declare class Call extends Emitter<CallEvents> {
     selectedPair: SelectedPair | null;
     /** @internal */ offer: string | null;
     /** @internal */ fromDevice: string | null;
+    /** The app's data about the call: what the caller passed as `meta` to `client.call()`
+     * (on both sides; null when it passed none). */
+    meta: CallMeta | null;
     /** The other side's device in this call (the caller's, or the one that answered). */
     peerDevice: string | null;
     /** @internal The seq of our `call.restore`, while the server has not confirmed it. */

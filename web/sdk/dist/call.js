@@ -27,6 +27,9 @@ export class Call extends Emitter {
         this.selectedPair = null;
         /** @internal */ this.offer = null;
         /** @internal */ this.fromDevice = null;
+        /** The app's data about the call: what the caller passed as `meta` to `client.call()`
+         * (on both sides; null when it passed none). */
+        this.meta = null;
         /** The other side's device in this call (the caller's, or the one that answered). */
         this.peerDevice = null;
         /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
@@ -220,7 +223,10 @@ export class Call extends Emitter {
             const offer = await this.pc.createOffer();
             await this.pc.setLocalDescription(offer);
             // The offer rides in the invite; candidates follow as they are found.
-            this.client.send({ type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc.localDescription.sdp });
+            this.client.send({
+                type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc.localDescription.sdp,
+                ...(this.meta ? { meta: this.meta } : {}),
+            });
             this.setState("ringing");
             this.mark("invite sent");
         }

@@ -2,7 +2,7 @@ import { Emitter } from "./emitter.js";
 import { type Environment, type TimelineEntry } from "./env.js";
 import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
-import type { ClientFrame, ClientState, ServerFrame, Welcome } from "./protocol.js";
+import { type ClientFrame, type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
 export interface ConnectOptions {
     /**
      * JWT, or `dev:<user>` against a server in dev mode; or a function returning a fresh
@@ -13,9 +13,12 @@ export interface ConnectOptions {
     token: TokenSource;
     /** Stable per installation; generated and kept in localStorage when absent. */
     device?: string;
-    /** Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). */
+    /**
+     * Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). Its
+     * `iceServers` are kept and used together with the server's (welcome `ice_servers`).
+     */
     rtcConfig?: RTCConfiguration;
-    /** Keep only the ICE server URLs this accepts (e.g. only `?transport=tcp` behind a UDP-blocking firewall). */
+    /** Keep only the ICE server URLs this accepts (e.g. only `?transport=tcp` behind a UDP-blocking firewall); applies to the server's and `rtcConfig.iceServers` alike. */
     iceUrlFilter?: (url: string) => boolean;
     /** Give up on a call that has not connected after this long (default 45 s). */
     connectTimeoutMs?: number;
@@ -80,11 +83,17 @@ export declare class Client extends Emitter<ClientEvents> {
     online(): Promise<string[]>;
     close(): void;
     private warm;
+    /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+    private iceKnown;
     /** @internal True while any call has not ended. */
     inCall(): boolean;
     /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
     private wantsPool;
-    /** @internal The RTCConfiguration every call's peer connection gets. */
+    /**
+     * @internal The RTCConfiguration every call's peer connection gets: the app's
+     * `rtcConfig` with its own `iceServers` followed by the server's (never replaced by
+     * them), each filtered by `iceUrlFilter`.
+     */
     rtcConfiguration(): RTCConfiguration;
     /**
      * @internal Gather candidates before the next call: a TURN allocation costs two round

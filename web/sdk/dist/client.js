@@ -3,6 +3,7 @@ import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid } from "./env.js";
 import { Session } from "./session.js";
 import { Call } from "./call.js";
+import { MAX_META_BYTES } from "./protocol.js";
 /** A signaling client with calls. */
 export class Client extends Emitter {
     constructor(url, options) {
@@ -11,6 +12,8 @@ export class Client extends Emitter {
         this.calls = new Map();
         this.timeline = [];
         this.warm = null;
+        /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+        this.iceKnown = false;
         this.options = options;
         this.env = { ...defaultEnv(), ...(options.env ?? {}) };
         this.started = this.env.now();
@@ -40,8 +43,10 @@ export class Client extends Emitter {
      * as `media_failed`.
      */
     call(user, opts = {}) {
+        const meta = checkMeta(opts.meta);
         const audioOnly = opts.video === false || (opts.stream !== undefined && !opts.stream.getVideoTracks().length);
         const c = new Call(this, opts.id ?? uuid(), user, "outgoing", audioOnly ? "audio" : "video", opts);
+        c.meta = meta;
         this.calls.set(c.id, c);
         void c.start();
         return c;
@@ -52,7 +57,9 @@ export class Client extends Emitter {
      * how cold-start calls used to fail.
      */
     whenIceReady(maxMs = 5000) {
-        if (this.iceServers.length)
+        // Known once a welcome came, even when the server hands out none (a signaling-only
+        // server whose app brings its own in `rtcConfig.iceServers`).
+        if (this.iceKnown)
             return Promise.resolve(true);
         return new Promise((resolve) => {
             const done = (ok) => {
@@ -60,7 +67,7 @@ export class Client extends Emitter {
                 this.off("ice-servers", onIce);
                 resolve(ok);
             };
-            const onIce = (s) => s.length && done(true);
+            const onIce = () => done(true);
             const timer = this.env.setTimeout(() => done(false), maxMs);
             this.on("ice-servers", onIce);
         });
@@ -90,14 +97,20 @@ export class Client extends Emitter {
     wantsPool() {
         return !this.inCall() || [...this.calls.values()].some((c) => c.awaitingPeer);
     }
-    /** @internal The RTCConfiguration every call's peer connection gets. */
+    /**
+     * @internal The RTCConfiguration every call's peer connection gets: the app's
+     * `rtcConfig` with its own `iceServers` followed by the server's (never replaced by
+     * them), each filtered by `iceUrlFilter`.
+     */
     rtcConfiguration() {
         const keep = this.options.iceUrlFilter;
+        const own = this.options.rtcConfig?.iceServers ?? [];
+        const all = [...own, ...this.iceServers];
         const iceServers = keep
-            ? this.iceServers
+            ? all
                 .map((s) => ({ ...s, urls: [].concat(s.urls).filter(keep) }))
                 .filter((s) => s.urls.length)
-            : this.iceServers;
+            : all;
         return { ...(this.options.rtcConfig ?? {}), iceServers };
     }
     /**
@@ -106,9 +119,11 @@ export class Client extends Emitter {
      * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
      */
     prewarm() {
-        if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection || !this.iceServers.length)
+        if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection)
             return;
         const config = this.rtcConfiguration();
+        if (!config.iceServers?.length)
+            return;
         const key = JSON.stringify(config);
         if (this.warm?.key === key)
             return;
@@ -144,6 +159,7 @@ export class Client extends Emitter {
     onWelcome(w) {
         this.user = w.user;
         this.iceServers = w.ice_servers ?? [];
+        this.iceKnown = true;
         this.log("client", w.resumed ? "session resumed" : "session started", {
             session: w.session,
             ice_servers: this.iceServers.length,
@@ -205,6 +221,7 @@ export class Client extends Emitter {
                 return;
             const c = new Call(this, id, f.from, "incoming", f.media);
             c.offer = f.sdp;
+            c.meta = f.meta ?? null;
             c.fromDevice = f.from_device;
             this.calls.set(id, c);
             c.setState("ringing");
@@ -214,6 +231,19 @@ export class Client extends Emitter {
         }
         this.calls.get(id)?.onFrame(f);
     }
+}
+/** `meta` as the server takes it: a plain JSON object of at most 4 KiB, else a clear error. */
+function checkMeta(meta) {
+    if (meta === undefined || meta === null)
+        return null;
+    if (typeof meta !== "object" || Array.isArray(meta))
+        throw new TypeError("firstcall: call meta must be a plain object");
+    const text = JSON.stringify(meta);
+    const bytes = new TextEncoder().encode(text).length;
+    if (bytes > MAX_META_BYTES)
+        throw new RangeError(`firstcall: call meta is ${bytes} bytes as JSON, at most ${MAX_META_BYTES}`);
+    // A copy, as it goes on the wire: later changes to the app's object do not leak in.
+    return JSON.parse(text);
 }
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client

@@ -35,11 +35,18 @@ export type SignalData = {
 } | {
     media: MediaState;
 };
+/** The app's own data about a call (`call.invite` `meta`): a JSON object, opaque to the
+ * server, at most 4 KiB serialized. */
+export type CallMeta = Record<string, unknown>;
+/** Most bytes of a call's `meta`, serialized as JSON. */
+export declare const MAX_META_BYTES = 4096;
 export interface CallSnapshot {
     call: string;
     role: "caller" | "callee";
     peer: string;
     media: Media;
+    /** The invite's `meta`, when it had one. */
+    meta?: CallMeta;
     /** `restoring`: the call was re-registered after a server restart by one side
      * (`call.restore`) and waits for the other. */
     state: "ringing" | "accepted" | "connected" | "restoring";
@@ -86,6 +93,7 @@ export type ServerFrame = {
     from_device: string;
     media: Media;
     sdp: string;
+    meta?: CallMeta;
 } | {
     type: "call.ringing";
     call: string;
@@ -121,6 +129,7 @@ export type ClientFrame = {
     to: string;
     media: Media;
     sdp: string;
+    meta?: CallMeta;
 } | {
     type: "call.accept";
     call: string;

@@ -1,2 +1,3 @@
 // Protocol v1 frames (docs/protocol.md) as discriminated unions on `type`.
-export {};
+/** Most bytes of a call's `meta`, serialized as JSON. */
+export const MAX_META_BYTES = 4096;

@@ -3,7 +3,7 @@
 import { Emitter } from "./emitter.js";
 import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
-import type { CallState, EndReason, HangupReason, Media, MediaState, ServerFrame, SignalData } from "./protocol.js";
+import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState, ServerFrame, SignalData } from "./protocol.js";
 import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
 import { quality, readSample, type CallSummary, type QualityReport, type QualitySample } from "./quality.js";
@@ -25,6 +25,13 @@ export interface MediaOptions {
 export interface CallOptions extends MediaOptions {
   /** The call id (default: a new UUID). */
   id?: string;
+  /**
+   * The app's own data about the call (a subject, a room, a ticket id…): a JSON object
+   * of at most 4 KiB serialized, handed to the callee's devices with the call
+   * (`call.meta` there), kept in the server's call snapshots and sent in the
+   * `call.pending` webhook. The server does not read it.
+   */
+  meta?: CallMeta;
 }
 
 /** What a call says when a device changes under it. */
@@ -88,6 +95,9 @@ export class Call extends Emitter<CallEvents> {
   selectedPair: SelectedPair | null = null;
   /** @internal */ offer: string | null = null;
   /** @internal */ fromDevice: string | null = null;
+  /** The app's data about the call: what the caller passed as `meta` to `client.call()`
+   * (on both sides; null when it passed none). */
+  meta: CallMeta | null = null;
   /** The other side's device in this call (the caller's, or the one that answered). */
   peerDevice: string | null = null;
   /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
@@ -289,7 +299,10 @@ export class Call extends Emitter<CallEvents> {
       const offer = await this.pc!.createOffer();
       await this.pc!.setLocalDescription(offer);
       // The offer rides in the invite; candidates follow as they are found.
-      this.client.send({ type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc!.localDescription!.sdp });
+      this.client.send({
+        type: "call.invite", call: this.id, to: this.peer, media: this.media, sdp: this.pc!.localDescription!.sdp,
+        ...(this.meta ? { meta: this.meta } : {}),
+      });
       this.setState("ringing");
       this.mark("invite sent");
     } catch (e) {

@@ -3,7 +3,7 @@ import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid, type Environment, type TimelineEntry } from "./env.js";
 import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
-import type { ClientFrame, ClientState, ServerFrame, Welcome } from "./protocol.js";
+import { MAX_META_BYTES, type CallMeta, type ClientFrame, type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
 
 export interface ConnectOptions {
   /**
@@ -15,9 +15,12 @@ export interface ConnectOptions {
   token: TokenSource;
   /** Stable per installation; generated and kept in localStorage when absent. */
   device?: string;
-  /** Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). */
+  /**
+   * Extra RTCPeerConnection settings (e.g. `{iceTransportPolicy: "relay"}`). Its
+   * `iceServers` are kept and used together with the server's (welcome `ice_servers`).
+   */
   rtcConfig?: RTCConfiguration;
-  /** Keep only the ICE server URLs this accepts (e.g. only `?transport=tcp` behind a UDP-blocking firewall). */
+  /** Keep only the ICE server URLs this accepts (e.g. only `?transport=tcp` behind a UDP-blocking firewall); applies to the server's and `rtcConfig.iceServers` alike. */
   iceUrlFilter?: (url: string) => boolean;
   /** Give up on a call that has not connected after this long (default 45 s). */
   connectTimeoutMs?: number;
@@ -91,8 +94,10 @@ export class Client extends Emitter<ClientEvents> {
    * as `media_failed`.
    */
   call(user: string, opts: CallOptions = {}): Call {
+    const meta = checkMeta(opts.meta);
     const audioOnly = opts.video === false || (opts.stream !== undefined && !opts.stream.getVideoTracks().length);
     const c = new Call(this, opts.id ?? uuid(), user, "outgoing", audioOnly ? "audio" : "video", opts);
+    c.meta = meta;
     this.calls.set(c.id, c);
     void c.start();
     return c;
@@ -104,14 +109,16 @@ export class Client extends Emitter<ClientEvents> {
    * how cold-start calls used to fail.
    */
   whenIceReady(maxMs = 5000): Promise<boolean> {
-    if (this.iceServers.length) return Promise.resolve(true);
+    // Known once a welcome came, even when the server hands out none (a signaling-only
+    // server whose app brings its own in `rtcConfig.iceServers`).
+    if (this.iceKnown) return Promise.resolve(true);
     return new Promise((resolve) => {
       const done = (ok: boolean) => {
         this.env.clearTimeout(timer);
         this.off("ice-servers", onIce);
         resolve(ok);
       };
-      const onIce = (s: RTCIceServer[]) => s.length && done(true);
+      const onIce = () => done(true);
       const timer = this.env.setTimeout(() => done(false), maxMs);
       this.on("ice-servers", onIce);
     });
@@ -134,6 +141,8 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private warm: { pc: RTCPeerConnection; key: string } | null = null;
+  /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+  private iceKnown = false;
 
   /** @internal True while any call has not ended. */
   inCall(): boolean {
@@ -145,14 +154,20 @@ export class Client extends Emitter<ClientEvents> {
     return !this.inCall() || [...this.calls.values()].some((c) => c.awaitingPeer);
   }
 
-  /** @internal The RTCConfiguration every call's peer connection gets. */
+  /**
+   * @internal The RTCConfiguration every call's peer connection gets: the app's
+   * `rtcConfig` with its own `iceServers` followed by the server's (never replaced by
+   * them), each filtered by `iceUrlFilter`.
+   */
   rtcConfiguration(): RTCConfiguration {
     const keep = this.options.iceUrlFilter;
+    const own = this.options.rtcConfig?.iceServers ?? [];
+    const all = [...own, ...this.iceServers];
     const iceServers = keep
-      ? this.iceServers
+      ? all
           .map((s) => ({ ...s, urls: ([] as string[]).concat(s.urls).filter(keep) }))
           .filter((s) => s.urls.length)
-      : this.iceServers;
+      : all;
     return { ...(this.options.rtcConfig ?? {}), iceServers };
   }
 
@@ -162,8 +177,9 @@ export class Client extends Emitter<ClientEvents> {
    * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
    */
   prewarm(): void {
-    if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection || !this.iceServers.length) return;
+    if (this.options.prewarm === false || this.state === "closed" || !this.env.RTCPeerConnection) return;
     const config = this.rtcConfiguration();
+    if (!config.iceServers?.length) return;
     const key = JSON.stringify(config);
     if (this.warm?.key === key) return;
     this.warm?.pc.close();
@@ -200,6 +216,7 @@ export class Client extends Emitter<ClientEvents> {
   private onWelcome(w: Welcome): void {
     (this as { user: string }).user = w.user;
     this.iceServers = w.ice_servers ?? [];
+    this.iceKnown = true;
     this.log("client", w.resumed ? "session resumed" : "session started", {
       session: w.session,
       ice_servers: this.iceServers.length,
@@ -252,6 +269,7 @@ export class Client extends Emitter<ClientEvents> {
       if (this.calls.has(id)) return;
       const c = new Call(this, id, f.from, "incoming", f.media);
       c.offer = f.sdp;
+      c.meta = f.meta ?? null;
       c.fromDevice = f.from_device;
       this.calls.set(id, c);
       c.setState("ringing");
@@ -263,6 +281,16 @@ export class Client extends Emitter<ClientEvents> {
   }
 }
 
+/** `meta` as the server takes it: a plain JSON object of at most 4 KiB, else a clear error. */
+function checkMeta(meta: CallMeta | undefined): CallMeta | null {
+  if (meta === undefined || meta === null) return null;
+  if (typeof meta !== "object" || Array.isArray(meta)) throw new TypeError("firstcall: call meta must be a plain object");
+  const text = JSON.stringify(meta);
+  const bytes = new TextEncoder().encode(text).length;
+  if (bytes > MAX_META_BYTES) throw new RangeError(`firstcall: call meta is ${bytes} bytes as JSON, at most ${MAX_META_BYTES}`);
+  // A copy, as it goes on the wire: later changes to the app's object do not leak in.
+  return JSON.parse(text) as CallMeta;
+}
 
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client

@@ -35,11 +35,20 @@ export type SignalData =
   | { sdp: { type: "offer" | "answer" | "pranswer" | "rollback"; sdp: string; restart?: number } }
   | { media: MediaState };
 
+/** The app's own data about a call (`call.invite` `meta`): a JSON object, opaque to the
+ * server, at most 4 KiB serialized. */
+export type CallMeta = Record<string, unknown>;
+
+/** Most bytes of a call's `meta`, serialized as JSON. */
+export const MAX_META_BYTES = 4096;
+
 export interface CallSnapshot {
   call: string;
   role: "caller" | "callee";
   peer: string;
   media: Media;
+  /** The invite's `meta`, when it had one. */
+  meta?: CallMeta;
   /** `restoring`: the call was re-registered after a server restart by one side
    * (`call.restore`) and waits for the other. */
   state: "ringing" | "accepted" | "connected" | "restoring";
@@ -70,7 +79,7 @@ export type ControlFrame =
 export type ServerFrame = { seq?: number; ack?: number } & (
   | { type: "ice_servers"; ice_servers: IceServer[]; ice_ttl: number }
   | { type: "error"; code: string; message: string; ref?: number }
-  | { type: "call.incoming"; call: string; from: string; from_device: string; media: Media; sdp: string }
+  | { type: "call.incoming"; call: string; from: string; from_device: string; media: Media; sdp: string; meta?: CallMeta }
   | { type: "call.ringing"; call: string; device: string }
   | { type: "call.pending"; call: string }
   | { type: "call.accepted"; call: string; device: string; sdp: string }
@@ -81,7 +90,7 @@ export type ServerFrame = { seq?: number; ack?: number } & (
 
 /** Frames a client sends after its hello. */
 export type ClientFrame =
-  | { type: "call.invite"; call: string; to: string; media: Media; sdp: string }
+  | { type: "call.invite"; call: string; to: string; media: Media; sdp: string; meta?: CallMeta }
   | { type: "call.accept"; call: string; sdp: string }
   | { type: "call.reject"; call: string }
   | { type: "call.cancel"; call: string }

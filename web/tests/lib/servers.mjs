@@ -39,17 +39,20 @@ function readLog(f) {
 
 /**
  * `firstcall serve` inside `ns`, HTTP on 0.0.0.0:8080 (reachable as 127.0.0.1 and the ns address),
- * TURN on the ns address.
+ * TURN on the ns address (none when `extra` holds `--no-turn`).
  */
 export async function startFirstcall(ns, extra = []) {
   const dir = mkdtempSync(join(tmpdir(), "firstcall-web-"));
   const logFile = join(dir, "server.log");
-  const argv = ns.exec([
-    firstcallBin(), "serve",
-    "--http-listen", "0.0.0.0:8080",
+  const turn = extra.includes("--no-turn") ? [] : [
     "--turn-listen", `${ns.addr}:3478`,
     "--relay-ports", "50000-50199",
     "--realm", "firstcall.test",
+  ];
+  const argv = ns.exec([
+    firstcallBin(), "serve",
+    "--http-listen", "0.0.0.0:8080",
+    ...turn,
     "--data-dir", join(dir, "data"),
     "--log", "debug",
     // dev:<user> tokens, unless the test chooses a JWT setting.
@@ -67,6 +70,45 @@ export async function startFirstcall(ns, extra = []) {
     proc,
     logFile,
     origin: "http://127.0.0.1:8080",
+    log: () => readLog(logFile),
+    stop() {
+      proc.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * coturn (Debian's turnserver) inside `ns` on `${ns.addr}:${port}`, TURN REST credentials
+ * (`use-auth-secret`) on `secret`, relays on ports `relay` ("MIN-MAX") of the ns address.
+ */
+export async function startCoturn(ns, { port, secret, relay, realm = "coturn.test" }) {
+  const dir = mkdtempSync(join(tmpdir(), "firstcall-coturn-"));
+  const logFile = join(dir, "coturn.log");
+  const [min, max] = relay.split("-");
+  const argv = ns.exec([
+    "turnserver", "-n",
+    "--listening-ip", ns.addr, "--relay-ip", ns.addr,
+    "--listening-port", String(port), "--alt-listening-port", String(port + 10),
+    "--min-port", min, "--max-port", max,
+    "--use-auth-secret", "--static-auth-secret", secret, "--realm", realm,
+    "--no-cli", "--no-tls", "--no-dtls",
+    "--db", join(dir, "turndb"), "--pidfile", join(dir, "pid"),
+    "--log-file", "stdout",
+  ]);
+  const out = openSync(logFile, "a");
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", out, out] });
+  // Ready once it answers a STUN Binding request on its UDP port (from inside the namespace).
+  const probe = ns.exec([process.execPath, "-e", `
+    const s = require("node:dgram").createSocket("udp4");
+    const req = Buffer.alloc(20);
+    req.writeUInt16BE(0x0001, 0); req.writeUInt32BE(0x2112a442, 4); require("node:crypto").randomFillSync(req, 8, 12);
+    s.on("message", (m) => process.exit(m.readUInt16BE(0) === 0x0101 ? 0 : 1));
+    s.send(req, ${port}, "${ns.addr}");
+    setTimeout(() => process.exit(1), 500);`]);
+  await waitFor("coturn", () => runOk(probe), 10000, proc, logFile);
+  return {
+    proc,
     log: () => readLog(logFile),
     stop() {
       proc.kill("SIGKILL");

@@ -58,6 +58,9 @@ pub(super) struct Call {
     pub(super) callee: UserId,
     pub(super) media: Media,
     pub(super) offer: String,
+    /// The app's data from the invite (`meta`), as it came: an object of at most
+    /// `MAX_META` bytes serialized.
+    pub(super) meta: Option<Value>,
     pub(super) state: CallState,
     pub(super) accepted_device: Option<DeviceId>,
     pub(super) invited_at: Instant,
@@ -108,14 +111,18 @@ impl<R: RngCore> Hub<R> {
         v.into_iter()
             .map(|c| {
                 let caller = &c.caller.0 == user;
-                json!({
+                let mut entry = json!({
                     "call": c.id,
                     "role": if caller { "caller" } else { "callee" },
                     "peer": if caller { &c.callee } else { &c.caller.0 },
                     "media": c.media,
                     "state": c.state.as_str(),
                     "this_device": if caller { &c.caller.1 == device } else { c.accepted_device.as_ref() == Some(device) },
-                })
+                });
+                if let Some(meta) = &c.meta {
+                    entry["meta"] = meta.clone();
+                }
+                entry
             })
             .collect()
     }
@@ -144,8 +151,15 @@ impl<R: RngCore> Hub<R> {
         }
         let s = &self.sessions[&key];
         let me = (s.user.clone(), s.device.clone());
-        if let ClientFrame::Invite { call, to, media, sdp } = frame {
-            return self.invite(key, me, call, to, media, sdp, now);
+        if let ClientFrame::Invite {
+            call,
+            to,
+            media,
+            sdp,
+            meta,
+        } = frame
+        {
+            return self.invite(key, me, call, to, media, sdp, meta, now);
         }
         if let ClientFrame::Restore {
             call,

@@ -26,8 +26,21 @@ impl<R: RngCore> Hub<R> {
         to: UserId,
         media: Media,
         sdp: String,
+        meta: Option<serde_json::Map<String, serde_json::Value>>,
         now: Instant,
     ) -> Result<(), Refusal> {
+        // The app's data rides along untouched, but bounded: checked before anything
+        // else, so that a refused invite changes nothing.
+        let meta = meta.map(serde_json::Value::Object);
+        if let Some(m) = &meta {
+            let len = serde_json::to_string(m).map_or(usize::MAX, |t| t.len());
+            if len > MAX_META {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("meta is {len} bytes serialized: at most {MAX_META}"),
+                ));
+            }
+        }
         if let Some(ck) = self.call_ids.get(&id) {
             return if self.calls[ck].caller == me {
                 Ok(())
@@ -153,6 +166,7 @@ impl<R: RngCore> Hub<R> {
                 callee: to.clone(),
                 media,
                 offer: sdp,
+                meta,
                 state: CallState::Ringing,
                 accepted_device: None,
                 invited_at: now,
@@ -176,9 +190,11 @@ impl<R: RngCore> Hub<R> {
         if !online {
             span.in_scope(|| tracing::info!("callee has no device online: pending"));
             self.push(key, json!({"type": "call.pending", "call": id}));
-            self.out.push_back(Output::Webhook {
-                body: json!({"event": "call.pending", "call": id, "from": me.0, "to": to, "media": media}),
-            });
+            let mut body = json!({"event": "call.pending", "call": id, "from": me.0, "to": to, "media": media});
+            if let Some(meta) = self.calls.get(&ck).and_then(|c| c.meta.clone()) {
+                body["meta"] = meta;
+            }
+            self.out.push_back(Output::Webhook { body });
         }
         Ok(())
     }
@@ -199,7 +215,8 @@ impl<R: RngCore> Hub<R> {
         // The frames' sizes: the offer as JSON escapes it, the ids, and the envelopes.
         let ids = c.id.as_str().len() + c.caller.0.as_str().len() + c.caller.1.as_str().len();
         let offer = serde_json::to_string(&c.offer).map_or(c.offer.len() * 6, |t| t.len());
-        let need = offer + ids + 160 + c.held_bytes + c.caller_signals.len() * (ids + 120);
+        let meta = c.meta.as_ref().map_or(0, |m| m.to_string().len() + 8);
+        let need = offer + meta + ids + 160 + c.held_bytes + c.caller_signals.len() * (ids + 120);
         if need > room {
             self.metrics.limit_hit(Limit::UnackedBytesIncoming);
             c.span.in_scope(
@@ -208,10 +225,13 @@ impl<R: RngCore> Hub<R> {
             return;
         }
         c.devices.entry(device.clone()).or_insert(false);
-        let incoming = json!({
+        let mut incoming = json!({
             "type": "call.incoming", "call": c.id, "from": c.caller.0, "from_device": c.caller.1,
             "media": c.media, "sdp": c.offer,
         });
+        if let Some(meta) = &c.meta {
+            incoming["meta"] = meta.clone();
+        }
         // Taken for the loop, not copied: each frame is written once, for this session
         // (its seq is this session's), and the held signals go back to the call.
         let held = std::mem::take(&mut c.caller_signals);

@@ -93,6 +93,7 @@ impl<R: RngCore> Hub<R> {
                 callee: callee.clone(),
                 media,
                 offer: String::new(),
+                meta: None,
                 state: CallState::Restoring { missing: role.other() },
                 accepted_device: Some(callee_device.clone()),
                 invited_at: now,
