@@ -1793,8 +1793,15 @@ fn devices_that_would_not_ring_by_their_socket_are_pushed_and_hear_how_the_call_
     w.send(b2, register(Some("t2"), "background"));
     w.send(b3, register(Some("t3"), "foreground"));
     w.drop_conn(b3);
-    w.send(a, invite("c1", "bob"));
+    let mut inv = invite("c1", "bob");
+    inv["meta"] = json!({"room": "standup"});
+    w.send(a, inv);
     let rings: Vec<&Value> = w.webhooks.iter().filter(|b| b["event"] == "call.ring").collect();
+    assert_eq!(
+        rings[0]["meta"],
+        json!({"room": "standup"}),
+        "the phone shows the app's data"
+    );
     let got: Vec<(Value, Value, Value)> = rings
         .iter()
         .map(|b| (b["device"].clone(), b["why"].clone(), b["push"]["token"].clone()))

@@ -108,6 +108,10 @@ impl<R: RngCore> Hub<R> {
                 Some(_) => continue,
             };
             c.span.in_scope(|| tracing::info!(%device, why, "push: call.ring"));
+            let mut extra = json!({"from_device": c.caller.1, "media": c.media, "why": why});
+            if let Some(meta) = &c.meta {
+                extra["meta"] = meta.clone();
+            }
             self.out.push_back(Output::Webhook {
                 body: event(
                     "call.ring",
@@ -116,7 +120,7 @@ impl<R: RngCore> Hub<R> {
                     &c.callee,
                     Some(device),
                     Some(target),
-                    json!({"from_device": c.caller.1, "media": c.media, "why": why}),
+                    extra,
                 ),
             });
             pushed.push(device.clone());
