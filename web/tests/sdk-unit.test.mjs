@@ -758,3 +758,90 @@ test("call meta: sent in the invite, a call.incoming's meta is the incoming call
   c.call("bob", { meta: { k: "x".repeat(4088) } }); // exactly 4096
   assert.equal(c.calls.size, calls + 1);
 });
+
+// Every error the SDK throws or rejects with is a FirstcallError with a stable code.
+import { connect, FirstcallError } from "../sdk/dist/firstcall.js";
+
+test("connect() without a welcome in time rejects with FirstcallError no_welcome", async () => {
+  const w = world();
+  const p = connect("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env: w.s.env, firstConnectTimeoutMs: 5000 });
+  let error = null;
+  p.catch((e) => (error = e));
+  w.clock.advance(4999);
+  await settle();
+  assert.equal(error, null);
+  w.clock.advance(1);
+  await settle();
+  assert.ok(error instanceof FirstcallError);
+  assert.equal(error.code, "no_welcome");
+  assert.equal(error.message, "firstcall: no welcome in time");
+});
+
+test("a call that cannot open its media ends media_failed; without WebRTC, local", async () => {
+  const denied = Object.assign(new Error("Permission denied"), { name: "NotAllowedError" });
+  const cases = [
+    [{ getUserMedia: async () => Promise.reject(denied) }, "media_failed", "FirstcallError: NotAllowedError: Permission denied"],
+    [{ getUserMedia: undefined }, "media_failed", "FirstcallError: getUserMedia is not available here"],
+    [{ RTCPeerConnection: undefined }, "local", "FirstcallError: WebRTC is not available here"],
+  ];
+  for (const [envPatch, reason, why] of cases) {
+    const w = world();
+    const env = { ...w.s.env, RTCPeerConnection: RtcPC, getUserMedia: async () => ({ getTracks: () => [] }), ...envPatch };
+    const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env, prewarm: false });
+    w.sockets[0].open();
+    w.welcome(w.sockets[0], { ice_servers: turn("p1") });
+    const call = c.call("bob");
+    await settle();
+    assert.equal(call.endReason, reason);
+    assert.equal(call.timeline.find((e) => e.event === "setup failed").detail.error, why);
+  }
+});
+
+test("shareScreen and setDevice reject with FirstcallError codes invalid_state and media", async () => {
+  // An answered call may share its screen (it is negotiated); one still ringing may not.
+  const early = await callingWorld();
+  const w = world();
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env: { ...w.s.env, RTCPeerConnection: RtcPC, getUserMedia: async () => ({ getTracks: () => [] }) }, prewarm: false });
+  w.sockets[0].open();
+  w.welcome(w.sockets[0], { ice_servers: turn("p1") });
+  const ringing = c.call("bob");
+  await settle();
+  await assert.rejects(ringing.shareScreen(), (e) => e instanceof FirstcallError && e.code === "invalid_state");
+
+  const denied = Object.assign(new Error("Permission denied"), { name: "NotAllowedError" });
+  early.c.env.getDisplayMedia = async () => Promise.reject(denied);
+  await assert.rejects(early.call.shareScreen(), (e) => {
+    assert.ok(e instanceof FirstcallError);
+    assert.equal(e.code, "media");
+    assert.equal(e.message, "NotAllowedError: Permission denied");
+    assert.equal(e.cause, denied);
+    return true;
+  });
+  early.c.env.getDisplayMedia = undefined;
+  await assert.rejects(early.call.shareScreen(), { name: "FirstcallError", code: "media", message: "firstcall: screen capture is not available here" });
+  await assert.rejects(early.call.shareScreen({ stream: { getVideoTracks: () => [] } }), { code: "media", message: "firstcall: the screen stream has no video track" });
+  early.c.env.getUserMedia = async () => ({ getTracks: () => [] });
+  await assert.rejects(early.call.setDevice({ audio: "mic2" }), { code: "media", message: "firstcall: no audio track from device mic2" });
+  early.call.hangup();
+  await assert.rejects(early.call.setDevice({ audio: "mic2" }), { code: "invalid_state", message: "firstcall: setDevice needs a call with media" });
+  await assert.rejects(early.call.shareScreen(), { code: "invalid_state" });
+});
+
+test("online() failures reject with FirstcallError http", async () => {
+  const w = world();
+  const responses = [async () => ({ ok: false, status: 503 }), async () => Promise.reject(new TypeError("fetch failed"))];
+  const env = { ...w.s.env, fetch: (...args) => responses.shift()(...args) };
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env, prewarm: false });
+  await assert.rejects(c.online(), { name: "FirstcallError", code: "http", status: 503, message: "online: HTTP 503" });
+  await assert.rejects(c.online(), (e) => e instanceof FirstcallError && e.code === "http" && e.cause instanceof TypeError && e.message === "online: TypeError: fetch failed");
+});
+
+test("online() with a token function sends a fresh token, not the function", async () => {
+  const w = world();
+  const seen = [];
+  const env = { ...w.s.env, fetch: async (_url, init) => (seen.push(init.headers.Authorization), { ok: true, status: 200, json: async () => ({ users: ["bob"] }) }) };
+  let n = 0;
+  const c = createClient("ws://x/v1/ws", { token: async () => `jwt-${++n}`, device: "dev1", env, prewarm: false });
+  assert.deepEqual(await c.online(), ["bob"]);
+  assert.match(seen[0], /^Bearer jwt-\d+$/);
+});

@@ -1,7 +1,7 @@
 import { Emitter } from "./emitter.js";
 import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
-import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState, ServerFrame } from "./protocol.js";
+import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState } from "./protocol.js";
 import { type SelectedPair } from "./stats.js";
 import { type CallSummary, type QualityReport } from "./quality.js";
 /** Where a call's camera and microphone come from. */
@@ -80,9 +80,6 @@ export interface CallEvents {
     timeline: (e: TimelineEntry) => void;
     ended: (reason: EndReason) => void;
 }
-type CallFrame = Extract<ServerFrame, {
-    call: string;
-}>;
 /** One call. Events: see `CallEvents`. */
 export declare class Call extends Emitter<CallEvents> {
     readonly client: Client;
@@ -105,15 +102,11 @@ export declare class Call extends Emitter<CallEvents> {
     /** Time from the call's start to ICE connected (before DTLS), the protocol's `call.connected` moment. */
     iceConnectedMs: number | null;
     selectedPair: SelectedPair | null;
-    /** @internal */ offer: string | null;
-    /** @internal */ fromDevice: string | null;
     /** The app's data about the call: what the caller passed as `meta` to `client.call()`
      * (on both sides; null when it passed none). */
     meta: CallMeta | null;
     /** The other side's device in this call (the caller's, or the one that answered). */
     peerDevice: string | null;
-    /** @internal The seq of our `call.restore`, while the server has not confirmed it. */
-    restoreSeq: number | null;
     private remoteCandidates;
     private remoteSet;
     private readonly t0;
@@ -165,6 +158,8 @@ export declare class Call extends Emitter<CallEvents> {
      * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
      * a renegotiation, which either side may start at any time after the call connected.
      * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+     * Rejects with a `FirstcallError`: `invalid_state` before the call connected or after it
+     * ended, `media` when no screen could be captured (e.g. the user closed the picker).
      */
     shareScreen(opts?: {
         stream?: MediaStream;
@@ -180,28 +175,7 @@ export declare class Call extends Emitter<CallEvents> {
     reject(): void;
     /** End the call (cancel, reject or hang up, as fits its state). */
     hangup(reason?: HangupReason): void;
-    /** @internal Live, and its peer connection not built yet. */
-    get awaitingPeer(): boolean;
-    /** @internal */
-    start(): Promise<void>;
     private signalingDown;
-    /**
-     * @internal The server lost this call (it restarted, or our session moved to another
-     * node without it) while media flows between the two sides, which needs no server:
-     * re-register it (`call.restore`), so that a hang-up still reaches the other side. False
-     * when the call cannot be restored (media never flowed): it then ends `failed`.
-     */
-    restore(): boolean;
-    /** @internal The client's socket went down (`reconnecting`) or its session is back (`connected`). */
-    onSessionState(s: "reconnecting" | "connected", why: string): void;
-    /** @internal */
-    setState(s: CallState): void;
-    /** @internal */
-    mark(event: string, detail?: Record<string, unknown>): void;
-    /** @internal */
-    onFrame(f: CallFrame): void;
-    /** @internal */
-    end(reason: EndReason, why: string): void;
     private armConnectTimeout;
     /** What the rules need to know of the peer connection now. */
     private view;
@@ -210,12 +184,14 @@ export declare class Call extends Emitter<CallEvents> {
     private act;
     private sendRestartOffer;
     private setupPeer;
-    /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+    /** getUserMedia, whose failure is a `media` FirstcallError; the tracks it gives are ours to stop. */
     private openMedia;
     /**
      * Send from another microphone and/or camera (device ids from enumerateDevices): the
      * new track replaces the old on the same sender (replaceTrack), so nothing is
-     * renegotiated and no offer goes out. A muted kind stays muted.
+     * renegotiated and no offer goes out. A muted kind stays muted. Rejects with a
+     * `FirstcallError`: `invalid_state` without media or after the call ended, `media` when
+     * the device cannot be opened.
      */
     setDevice(ids: {
         audio?: string;
@@ -240,4 +216,3 @@ export declare class Call extends Emitter<CallEvents> {
     private sampleQuality;
     private summarize;
 }
-export {};

@@ -1,6 +1,7 @@
 // One call: its peer connection, media, signals, and the driver of the restart and
 // renegotiation rules (negotiation.ts).
 import { Emitter } from "./emitter.js";
+import { FirstcallError } from "./session.js";
 import { initialNegotiation, negotiate } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair } from "./stats.js";
 import { quality, readSample } from "./quality.js";
@@ -105,23 +106,31 @@ export class Call extends Emitter {
      * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
      * a renegotiation, which either side may start at any time after the call connected.
      * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+     * Rejects with a `FirstcallError`: `invalid_state` before the call connected or after it
+     * ended, `media` when no screen could be captured (e.g. the user closed the picker).
      */
     async shareScreen(opts = {}) {
         const pc = this.pc;
         if (this.state === "ended" || !pc || !this.negotiated)
-            throw new Error("firstcall: shareScreen needs a connected call");
+            throw new FirstcallError("invalid_state", "firstcall: shareScreen needs a connected call");
         if (this.screenStream)
             return;
         const env = this.client.env;
         let stream = opts.stream;
         if (!stream) {
             if (!env.getDisplayMedia)
-                throw new Error("firstcall: screen capture is not available here");
-            stream = await env.getDisplayMedia({ video: true, audio: false });
+                throw new FirstcallError("media", "firstcall: screen capture is not available here");
+            try {
+                stream = await env.getDisplayMedia({ video: true, audio: false });
+            }
+            catch (e) {
+                // E.g. NotAllowedError: the user closed the browser's picker.
+                throw mediaError(e);
+            }
         }
         const track = stream.getVideoTracks()[0];
         if (!track)
-            throw new Error("firstcall: the screen stream has no video track");
+            throw new FirstcallError("media", "firstcall: the screen stream has no video track");
         if (this.state === "ended") {
             if (!opts.stream)
                 stream.getTracks().forEach((t) => t.stop());
@@ -233,7 +242,7 @@ export class Call extends Emitter {
         catch (e) {
             this.mark("setup failed", { error: String(e) });
             // Nothing was sent yet: the other side never hears of this call.
-            this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
+            this.end(e instanceof FirstcallError && e.code === "media" ? "media_failed" : "local", String(e));
         }
     }
     /**
@@ -457,7 +466,7 @@ export class Call extends Emitter {
     async setupPeer() {
         const env = this.client.env;
         if (!env.RTCPeerConnection)
-            throw new Error("WebRTC is not available here");
+            throw new FirstcallError("webrtc_unavailable", "WebRTC is not available here");
         const opts = this.mediaOptions;
         if (opts.stream) {
             this.localStream = opts.stream;
@@ -552,18 +561,17 @@ export class Call extends Emitter {
                 this.step({ type: "stable", pc: this.view() });
         };
     }
-    /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+    /** getUserMedia, whose failure is a `media` FirstcallError; the tracks it gives are ours to stop. */
     async openMedia(constraints) {
         const gum = this.client.env.getUserMedia;
         if (!gum)
-            throw new MediaFailure("getUserMedia is not available here");
+            throw new FirstcallError("media", "getUserMedia is not available here");
         let stream;
         try {
             stream = await gum(constraints);
         }
         catch (e) {
-            const err = e;
-            throw new MediaFailure(`${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
+            throw mediaError(e);
         }
         for (const t of stream.getTracks())
             this.ownTracks.add(t);
@@ -572,11 +580,13 @@ export class Call extends Emitter {
     /**
      * Send from another microphone and/or camera (device ids from enumerateDevices): the
      * new track replaces the old on the same sender (replaceTrack), so nothing is
-     * renegotiated and no offer goes out. A muted kind stays muted.
+     * renegotiated and no offer goes out. A muted kind stays muted. Rejects with a
+     * `FirstcallError`: `invalid_state` without media or after the call ended, `media` when
+     * the device cannot be opened.
      */
     async setDevice(ids) {
         if (this.state === "ended" || !this.pc)
-            throw new Error("firstcall: setDevice needs a call with media");
+            throw new FirstcallError("invalid_state", "firstcall: setDevice needs a call with media");
         for (const kind of ["audio", "video"]) {
             const id = ids[kind];
             if (!id || (kind === "video" && this.media !== "video"))
@@ -584,7 +594,7 @@ export class Call extends Emitter {
             const stream = await this.openMedia({ [kind]: { deviceId: { exact: id } } });
             const track = stream.getTracks().find((t) => t.kind === kind);
             if (!track)
-                throw new Error(`firstcall: no ${kind} track from device ${id}`);
+                throw new FirstcallError("media", `firstcall: no ${kind} track from device ${id}`);
             if (this.state === "ended") {
                 track.stop();
                 return;
@@ -824,6 +834,11 @@ export class Call extends Emitter {
         };
     }
 }
-/** The camera or microphone could not be opened: the call ends as `media_failed`. */
-class MediaFailure extends Error {
+/**
+ * The camera, microphone or screen could not be opened (a call that cannot open its
+ * media ends as `media_failed`): the browser's error as a `media` FirstcallError.
+ */
+function mediaError(e) {
+    const err = e;
+    return new FirstcallError("media", `${err?.name ?? "Error"}: ${err?.message ?? String(e)}`, { cause: e });
 }

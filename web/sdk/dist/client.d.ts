@@ -2,7 +2,7 @@ import { Emitter } from "./emitter.js";
 import { type Environment, type TimelineEntry } from "./env.js";
 import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
-import { type ClientFrame, type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
+import { type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
 export interface ConnectOptions {
     /**
      * JWT, or `dev:<user>` against a server in dev mode; or a function returning a fresh
@@ -79,40 +79,22 @@ export declare class Client extends Emitter<ClientEvents> {
      * how cold-start calls used to fail.
      */
     whenIceReady(maxMs?: number): Promise<boolean>;
-    /** Users with a socket connected now (`GET /v1/online`). */
+    /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
     online(): Promise<string[]>;
     close(): void;
     private warm;
     /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
     private iceKnown;
-    /** @internal True while any call has not ended. */
-    inCall(): boolean;
     /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
     private wantsPool;
-    /**
-     * @internal The RTCConfiguration every call's peer connection gets: the app's
-     * `rtcConfig` with its own `iceServers` followed by the server's (never replaced by
-     * them), each filtered by `iceUrlFilter`.
-     */
-    rtcConfiguration(): RTCConfiguration;
-    /**
-     * @internal Gather candidates before the next call: a TURN allocation costs two round
-     * trips (401 challenge, then Allocate), which at 100 ms RTT was most of the gap between
-     * a call's first checks and its relay candidates. Rebuilt when the ICE servers change.
-     */
-    prewarm(): void;
-    /** @internal The pre-warmed peer connection, when it was built for `config`. */
-    takeWarmPeer(config: RTCConfiguration): RTCPeerConnection | null;
-    /** @internal */
-    send(frame: ClientFrame): number;
-    /** @internal */
-    log(source: string, event: string, detail?: Record<string, unknown>): void;
     private onWelcome;
     private onFrame;
 }
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client
- * then holds ICE servers); keeps reconnecting on its own afterwards.
+ * then holds ICE servers); keeps reconnecting on its own afterwards. Rejects with a
+ * `FirstcallError`: `no_welcome` after `firstConnectTimeoutMs`, or `unauthorized` /
+ * `refused` when the server refuses us for good.
  *
  * ```ts
  * const client = await connect("wss://example.org/v1/ws", { token });

@@ -1,7 +1,7 @@
 // The client: a session, ICE servers, the pre-warmed peer connection, and its calls.
 import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid } from "./env.js";
-import { Session } from "./session.js";
+import { FirstcallError, Session } from "./session.js";
 import { Call } from "./call.js";
 import { MAX_META_BYTES } from "./protocol.js";
 /** A signaling client with calls. */
@@ -72,15 +72,29 @@ export class Client extends Emitter {
             this.on("ice-servers", onIce);
         });
     }
-    /** Users with a socket connected now (`GET /v1/online`). */
+    /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
     async online() {
         const f = this.env.fetch;
         if (!f)
             return [];
-        const r = await f(`${this.httpBase}/v1/online`, { headers: { Authorization: `Bearer ${this.options.token}` } });
+        let r;
+        try {
+            // A token function is asked for a fresh token, as before every connect.
+            const t = this.options.token;
+            const token = typeof t === "function" ? await t() : t;
+            r = await f(`${this.httpBase}/v1/online`, { headers: { Authorization: `Bearer ${token}` } });
+        }
+        catch (e) {
+            throw new FirstcallError("http", `online: ${String(e)}`, { cause: e });
+        }
         if (!r.ok)
-            throw new Error(`online: HTTP ${r.status}`);
-        return (await r.json()).users;
+            throw new FirstcallError("http", `online: HTTP ${r.status}`, { status: r.status });
+        try {
+            return (await r.json()).users;
+        }
+        catch (e) {
+            throw new FirstcallError("http", `online: ${String(e)}`, { status: r.status, cause: e });
+        }
     }
     close() {
         for (const c of this.calls.values())
@@ -247,7 +261,9 @@ function checkMeta(meta) {
 }
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client
- * then holds ICE servers); keeps reconnecting on its own afterwards.
+ * then holds ICE servers); keeps reconnecting on its own afterwards. Rejects with a
+ * `FirstcallError`: `no_welcome` after `firstConnectTimeoutMs`, or `unauthorized` /
+ * `refused` when the server refuses us for good.
  *
  * ```ts
  * const client = await connect("wss://example.org/v1/ws", { token });
@@ -258,7 +274,7 @@ function checkMeta(meta) {
 export function connect(url, options) {
     const client = new Client(url, options);
     return new Promise((resolve, reject) => {
-        const timer = client.env.setTimeout(() => reject(new Error("firstcall: no welcome in time")), options.firstConnectTimeoutMs ?? 15000);
+        const timer = client.env.setTimeout(() => reject(new FirstcallError("no_welcome", "firstcall: no welcome in time")), options.firstConnectTimeoutMs ?? 15000);
         client.on("welcome", () => {
             client.env.clearTimeout(timer);
             resolve(client);

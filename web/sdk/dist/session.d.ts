@@ -23,19 +23,41 @@ export interface SessionEvents {
  * backend), called before every connect and reconnect.
  */
 export type TokenSource = string | (() => string | Promise<string>);
-/** Why the session gave up for good, with a stable code. */
+/**
+ * The stable codes of a `FirstcallError`: match on these, not on messages (which may
+ * change).
+ * - `unauthorized`: the token was refused, a fresh one from the token function too
+ *   (`fatal`, and a rejected `connect()`).
+ * - `refused`: the server closed with another code that reconnecting cannot help.
+ * - `token_source`: the token function failed (reserved: today such a failure is retried
+ *   with the reconnect backoff, not reported).
+ * - `no_welcome`: `connect()` saw no welcome within `firstConnectTimeoutMs`.
+ * - `webrtc_unavailable`: no RTCPeerConnection here (the call ends as `local`).
+ * - `media`: a camera, microphone or screen could not be opened or has no track
+ *   (`shareScreen()`, `setDevice()`; a call that cannot open its media ends as
+ *   `media_failed`). `cause` holds the browser's own error, when there was one.
+ * - `invalid_state`: the call cannot do that now (`shareScreen()` before it connected,
+ *   `setDevice()` without media, either after it ended).
+ * - `http`: an HTTP request of the SDK failed (`online()`); `status` holds the status.
+ */
+export type FirstcallErrorCode = "unauthorized" | "refused" | "token_source" | "no_welcome" | "webrtc_unavailable" | "media" | "invalid_state" | "http";
+/** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export declare class FirstcallError extends Error {
-    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
-     * token function failed) or `refused` (another close code that reconnecting cannot help). */
-    readonly code: "unauthorized" | "token_source" | "refused";
-    /** The WebSocket close code, when the server closed. */
-    readonly closeCode?: number | undefined;
+    /** What went wrong, stable across versions (see `FirstcallErrorCode`). */
+    readonly code: FirstcallErrorCode;
+    /** The WebSocket close code, when the server closed (`unauthorized`, `refused`). */
+    readonly closeCode?: number;
+    /** The HTTP status (`http`), when a response came. */
+    readonly status?: number;
+    /** The underlying error (e.g. the browser's DOMException), when there was one. */
+    readonly cause?: unknown;
     constructor(
-    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
-     * token function failed) or `refused` (another close code that reconnecting cannot help). */
-    code: "unauthorized" | "token_source" | "refused", message: string, 
-    /** The WebSocket close code, when the server closed. */
-    closeCode?: number | undefined);
+    /** What went wrong, stable across versions (see `FirstcallErrorCode`). */
+    code: FirstcallErrorCode, message: string, details?: {
+        closeCode?: number;
+        status?: number;
+        cause?: unknown;
+    });
 }
 /** The reliable session (see the top of this file). */
 export declare class Session extends Emitter<SessionEvents> {

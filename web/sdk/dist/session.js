@@ -5,18 +5,20 @@ import { Emitter } from "./emitter.js";
 const FATAL_CLOSE = new Set([4003]);
 /** Close code of a refused token. */
 const UNAUTHORIZED = 4003;
-/** Why the session gave up for good, with a stable code. */
+/** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export class FirstcallError extends Error {
     constructor(
-    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
-     * token function failed) or `refused` (another close code that reconnecting cannot help). */
-    code, message, 
-    /** The WebSocket close code, when the server closed. */
-    closeCode) {
+    /** What went wrong, stable across versions (see `FirstcallErrorCode`). */
+    code, message, details = {}) {
         super(message);
         this.code = code;
-        this.closeCode = closeCode;
         this.name = "FirstcallError";
+        if (details.closeCode !== undefined)
+            this.closeCode = details.closeCode;
+        if (details.status !== undefined)
+            this.status = details.status;
+        if (details.cause !== undefined)
+            this.cause = details.cause;
     }
 }
 /** The reliable session (see the top of this file). */
@@ -155,8 +157,8 @@ export class Session extends Emitter {
             if (code !== undefined && FATAL_CLOSE.has(code)) {
                 this.close();
                 const error = code === UNAUTHORIZED
-                    ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, code)
-                    : new FirstcallError("refused", `refused (close ${code})`, code);
+                    ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, { closeCode: code })
+                    : new FirstcallError("refused", `refused (close ${code})`, { closeCode: code });
                 this.emit("fatal", { code, reason: ev?.reason, error });
                 return;
             }

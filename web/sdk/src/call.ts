@@ -3,6 +3,7 @@
 import { Emitter } from "./emitter.js";
 import type { TimelineEntry } from "./env.js";
 import type { Client } from "./client.js";
+import { FirstcallError } from "./session.js";
 import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState, ServerFrame, SignalData } from "./protocol.js";
 import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
@@ -190,19 +191,26 @@ export class Call extends Emitter<CallEvents> {
    * Share a screen (or the `stream` given, e.g. a canvas capture) on a new video track:
    * a renegotiation, which either side may start at any time after the call connected.
    * The other side gets `remotescreen` with the stream, and `remotemedia` with `screen: true`.
+   * Rejects with a `FirstcallError`: `invalid_state` before the call connected or after it
+   * ended, `media` when no screen could be captured (e.g. the user closed the picker).
    */
   async shareScreen(opts: { stream?: MediaStream } = {}): Promise<void> {
     const pc = this.pc;
-    if (this.state === "ended" || !pc || !this.negotiated) throw new Error("firstcall: shareScreen needs a connected call");
+    if (this.state === "ended" || !pc || !this.negotiated) throw new FirstcallError("invalid_state", "firstcall: shareScreen needs a connected call");
     if (this.screenStream) return;
     const env = this.client.env;
     let stream = opts.stream;
     if (!stream) {
-      if (!env.getDisplayMedia) throw new Error("firstcall: screen capture is not available here");
-      stream = await env.getDisplayMedia({ video: true, audio: false });
+      if (!env.getDisplayMedia) throw new FirstcallError("media", "firstcall: screen capture is not available here");
+      try {
+        stream = await env.getDisplayMedia({ video: true, audio: false });
+      } catch (e) {
+        // E.g. NotAllowedError: the user closed the browser's picker.
+        throw mediaError(e);
+      }
     }
     const track = stream.getVideoTracks()[0];
-    if (!track) throw new Error("firstcall: the screen stream has no video track");
+    if (!track) throw new FirstcallError("media", "firstcall: the screen stream has no video track");
     if ((this.state as CallState) === "ended") {
       if (!opts.stream) stream.getTracks().forEach((t) => t.stop());
       return;
@@ -308,7 +316,7 @@ export class Call extends Emitter<CallEvents> {
     } catch (e) {
       this.mark("setup failed", { error: String(e) });
       // Nothing was sent yet: the other side never hears of this call.
-      this.end(e instanceof MediaFailure ? "media_failed" : "local", String(e));
+      this.end(e instanceof FirstcallError && e.code === "media" ? "media_failed" : "local", String(e));
     }
   }
 
@@ -531,7 +539,7 @@ export class Call extends Emitter<CallEvents> {
 
   private async setupPeer(): Promise<void> {
     const env = this.client.env;
-    if (!env.RTCPeerConnection) throw new Error("WebRTC is not available here");
+    if (!env.RTCPeerConnection) throw new FirstcallError("webrtc_unavailable", "WebRTC is not available here");
     const opts = this.mediaOptions;
     if (opts.stream) {
       this.localStream = opts.stream;
@@ -615,16 +623,15 @@ export class Call extends Emitter<CallEvents> {
     };
   }
 
-  /** getUserMedia, whose failure is a MediaFailure; the tracks it gives are ours to stop. */
+  /** getUserMedia, whose failure is a `media` FirstcallError; the tracks it gives are ours to stop. */
   private async openMedia(constraints: MediaStreamConstraints): Promise<MediaStream> {
     const gum = this.client.env.getUserMedia;
-    if (!gum) throw new MediaFailure("getUserMedia is not available here");
+    if (!gum) throw new FirstcallError("media", "getUserMedia is not available here");
     let stream: MediaStream;
     try {
       stream = await gum(constraints);
     } catch (e) {
-      const err = e as { name?: string; message?: string };
-      throw new MediaFailure(`${err?.name ?? "Error"}: ${err?.message ?? String(e)}`);
+      throw mediaError(e);
     }
     for (const t of stream.getTracks()) this.ownTracks.add(t);
     return stream;
@@ -633,16 +640,18 @@ export class Call extends Emitter<CallEvents> {
   /**
    * Send from another microphone and/or camera (device ids from enumerateDevices): the
    * new track replaces the old on the same sender (replaceTrack), so nothing is
-   * renegotiated and no offer goes out. A muted kind stays muted.
+   * renegotiated and no offer goes out. A muted kind stays muted. Rejects with a
+   * `FirstcallError`: `invalid_state` without media or after the call ended, `media` when
+   * the device cannot be opened.
    */
   async setDevice(ids: { audio?: string; video?: string }): Promise<void> {
-    if (this.state === "ended" || !this.pc) throw new Error("firstcall: setDevice needs a call with media");
+    if (this.state === "ended" || !this.pc) throw new FirstcallError("invalid_state", "firstcall: setDevice needs a call with media");
     for (const kind of ["audio", "video"] as const) {
       const id = ids[kind];
       if (!id || (kind === "video" && this.media !== "video")) continue;
       const stream = await this.openMedia({ [kind]: { deviceId: { exact: id } } });
       const track = stream.getTracks().find((t) => t.kind === kind);
-      if (!track) throw new Error(`firstcall: no ${kind} track from device ${id}`);
+      if (!track) throw new FirstcallError("media", `firstcall: no ${kind} track from device ${id}`);
       if ((this.state as CallState) === "ended") {
         track.stop();
         return;
@@ -865,5 +874,11 @@ export class Call extends Emitter<CallEvents> {
   }
 }
 
-/** The camera or microphone could not be opened: the call ends as `media_failed`. */
-class MediaFailure extends Error {}
+/**
+ * The camera, microphone or screen could not be opened (a call that cannot open its
+ * media ends as `media_failed`): the browser's error as a `media` FirstcallError.
+ */
+function mediaError(e: unknown): FirstcallError {
+  const err = e as { name?: string; message?: string };
+  return new FirstcallError("media", `${err?.name ?? "Error"}: ${err?.message ?? String(e)}`, { cause: e });
+}

@@ -124,13 +124,25 @@ export class Client extends Emitter<ClientEvents> {
     });
   }
 
-  /** Users with a socket connected now (`GET /v1/online`). */
+  /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
   async online(): Promise<string[]> {
     const f = this.env.fetch;
     if (!f) return [];
-    const r = await f(`${this.httpBase}/v1/online`, { headers: { Authorization: `Bearer ${this.options.token}` } });
-    if (!r.ok) throw new Error(`online: HTTP ${r.status}`);
-    return (await r.json()).users as string[];
+    let r: Response;
+    try {
+      // A token function is asked for a fresh token, as before every connect.
+      const t = this.options.token;
+      const token = typeof t === "function" ? await t() : t;
+      r = await f(`${this.httpBase}/v1/online`, { headers: { Authorization: `Bearer ${token}` } });
+    } catch (e) {
+      throw new FirstcallError("http", `online: ${String(e)}`, { cause: e });
+    }
+    if (!r.ok) throw new FirstcallError("http", `online: HTTP ${r.status}`, { status: r.status });
+    try {
+      return (await r.json()).users as string[];
+    } catch (e) {
+      throw new FirstcallError("http", `online: ${String(e)}`, { status: r.status, cause: e });
+    }
   }
 
   close(): void {
@@ -294,7 +306,9 @@ function checkMeta(meta: CallMeta | undefined): CallMeta | null {
 
 /**
  * Connect to a firstcall server. Resolves once the first welcome arrives (the client
- * then holds ICE servers); keeps reconnecting on its own afterwards.
+ * then holds ICE servers); keeps reconnecting on its own afterwards. Rejects with a
+ * `FirstcallError`: `no_welcome` after `firstConnectTimeoutMs`, or `unauthorized` /
+ * `refused` when the server refuses us for good.
  *
  * ```ts
  * const client = await connect("wss://example.org/v1/ws", { token });
@@ -305,7 +319,7 @@ function checkMeta(meta: CallMeta | undefined): CallMeta | null {
 export function connect(url: string, options: ConnectOptions): Promise<Client> {
   const client = new Client(url, options);
   return new Promise((resolve, reject) => {
-    const timer = client.env.setTimeout(() => reject(new Error("firstcall: no welcome in time")), options.firstConnectTimeoutMs ?? 15000);
+    const timer = client.env.setTimeout(() => reject(new FirstcallError("no_welcome", "firstcall: no welcome in time")), options.firstConnectTimeoutMs ?? 15000);
     client.on("welcome", () => {
       client.env.clearTimeout(timer);
       resolve(client);

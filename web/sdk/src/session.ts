@@ -28,18 +28,53 @@ const UNAUTHORIZED = 4003;
  */
 export type TokenSource = string | (() => string | Promise<string>);
 
-/** Why the session gave up for good, with a stable code. */
+/**
+ * The stable codes of a `FirstcallError`: match on these, not on messages (which may
+ * change).
+ * - `unauthorized`: the token was refused, a fresh one from the token function too
+ *   (`fatal`, and a rejected `connect()`).
+ * - `refused`: the server closed with another code that reconnecting cannot help.
+ * - `token_source`: the token function failed (reserved: today such a failure is retried
+ *   with the reconnect backoff, not reported).
+ * - `no_welcome`: `connect()` saw no welcome within `firstConnectTimeoutMs`.
+ * - `webrtc_unavailable`: no RTCPeerConnection here (the call ends as `local`).
+ * - `media`: a camera, microphone or screen could not be opened or has no track
+ *   (`shareScreen()`, `setDevice()`; a call that cannot open its media ends as
+ *   `media_failed`). `cause` holds the browser's own error, when there was one.
+ * - `invalid_state`: the call cannot do that now (`shareScreen()` before it connected,
+ *   `setDevice()` without media, either after it ended).
+ * - `http`: an HTTP request of the SDK failed (`online()`); `status` holds the status.
+ */
+export type FirstcallErrorCode =
+  | "unauthorized"
+  | "refused"
+  | "token_source"
+  | "no_welcome"
+  | "webrtc_unavailable"
+  | "media"
+  | "invalid_state"
+  | "http";
+
+/** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export class FirstcallError extends Error {
+  /** The WebSocket close code, when the server closed (`unauthorized`, `refused`). */
+  readonly closeCode?: number;
+  /** The HTTP status (`http`), when a response came. */
+  readonly status?: number;
+  /** The underlying error (e.g. the browser's DOMException), when there was one. */
+  readonly cause?: unknown;
+
   constructor(
-    /** `unauthorized` (the token was refused, a fresh one too), `token_source` (the
-     * token function failed) or `refused` (another close code that reconnecting cannot help). */
-    readonly code: "unauthorized" | "token_source" | "refused",
+    /** What went wrong, stable across versions (see `FirstcallErrorCode`). */
+    readonly code: FirstcallErrorCode,
     message: string,
-    /** The WebSocket close code, when the server closed. */
-    readonly closeCode?: number,
+    details: { closeCode?: number; status?: number; cause?: unknown } = {},
   ) {
     super(message);
     this.name = "FirstcallError";
+    if (details.closeCode !== undefined) this.closeCode = details.closeCode;
+    if (details.status !== undefined) this.status = details.status;
+    if (details.cause !== undefined) this.cause = details.cause;
   }
 }
 
@@ -174,8 +209,8 @@ export class Session extends Emitter<SessionEvents> {
         this.close();
         const error =
           code === UNAUTHORIZED
-            ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, code)
-            : new FirstcallError("refused", `refused (close ${code})`, code);
+            ? new FirstcallError("unauthorized", `token refused (close ${code}${ev?.reason ? `: ${ev.reason}` : ""})`, { closeCode: code })
+            : new FirstcallError("refused", `refused (close ${code})`, { closeCode: code });
         this.emit("fatal", { code, reason: ev?.reason, error });
         return;
       }
