@@ -60,7 +60,8 @@ describe("a call outlives a server restart", { skip: !isRoot && !process.env.CI 
     await a.page.evaluate(() => (window.call = window.client.call("rs-bob", { video: true })));
     await Promise.all([connectedWithMedia(a.page, "window.call"), connectedWithMedia(b.page, "window.calls[0]")]);
 
-    server.stop();
+    // Killed, and gone: the new server binds the same ports.
+    await server.stopAndWait();
     const framesAtKill = await decoded(b.page, "window.calls[0]");
     server = await startFirstcall(ns);
     const t0 = Date.now();

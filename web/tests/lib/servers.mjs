@@ -75,6 +75,12 @@ export async function startFirstcall(ns, extra = []) {
       proc.kill("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
     },
+    /** Kill it and wait until it has exited (its ports are free again). */
+    async stopAndWait() {
+      const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once("exit", r));
+      this.stop();
+      await exited;
+    },
   };
 }
 
