@@ -72,6 +72,15 @@ async fn sigterm_sends_new_and_idle_sessions_elsewhere_and_waits_for_live_calls(
     // Carol is in no call: sent elsewhere.
     assert_eq!(closed_with(&mut carol).await, Some(SERVICE_RESTART));
     assert_eq!(server.metric("firstcall_signal_drain_closed_total{why=\"idle\"}"), 1);
+    // Her session was ended with it: her resume is refused too, so she does not come back
+    // here to be sent away again every tick.
+    match carol.reconnect().await {
+        Err(ClientError::Closed(code)) => assert_eq!(code, Some(SERVICE_RESTART)),
+        other => panic!(
+            "an idle session resumed on a draining node: {:?}",
+            other.map(|_| carol.welcome.clone())
+        ),
+    }
     // A new session is refused, with the code that says "reconnect elsewhere".
     match SignalClient::connect(&ws_url(&server), "dev:dave", "d").await {
         Err(ClientError::Closed(code)) => assert_eq!(code, Some(SERVICE_RESTART)),
@@ -88,6 +97,12 @@ async fn sigterm_sends_new_and_idle_sessions_elsewhere_and_waits_for_live_calls(
     bob.reconnect().await.expect("a resume is accepted while draining");
     assert_eq!(bob.welcome["resumed"], true);
     assert!(server.proc.alive(), "exited with a call live");
+    // No new call starts here meanwhile.
+    alice
+        .send(json!({"type": "call.invite", "call": "c9", "to": "bob", "media": "audio", "sdp": "o"}))
+        .await;
+    let (refused, _) = alice.expect("error", T).await.unwrap();
+    assert_eq!(refused["code"], "draining");
 
     alice.send(json!({"type": "call.hangup", "call": "c1"})).await;
     let (end, _) = bob.expect("call.ended", T).await.unwrap();

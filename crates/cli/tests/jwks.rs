@@ -150,15 +150,30 @@ async fn keycloak_shaped_tokens_verify_with_jwks_keys_and_a_rotated_key_works_on
     assert_eq!(bob.welcome["user"], "bob");
     assert_eq!(jwks.requests(), 2);
 
-    // A key the provider never published: refused, and within 10 s of the last fetch no
-    // made-up kid fetches again.
-    for _ in 0..3 {
-        match hello(&server, &k3.token(&jwks, "mallory", "firstcall")).await {
+    // Made-up kids, three at once: refused, with one fetch between them (they wait for
+    // the refetch bound together).
+    let made_up = |n: usize| {
+        let token = k3.token(&jwks, &format!("mallory{n}"), "firstcall");
+        let server = &server;
+        async move { hello(server, &token).await }
+    };
+    let (r1, r2, r3) = tokio::join!(made_up(1), made_up(2), made_up(3));
+    for r in [r1, r2, r3] {
+        match r {
             Err(ClientError::Closed(code)) => assert_eq!(code, Some(4003)),
             other => panic!("unknown key accepted: {:?}", other.map(|c| c.welcome.clone())),
         }
     }
-    assert_eq!(jwks.requests(), 2, "unknown kids did not refetch within the bound");
+    assert_eq!(jwks.requests(), 3, "one fetch for the three made-up kids");
+    // Right after them the provider rotates again: the new key's first token waits for
+    // the bound and is accepted; the made-up kids did not keep it out.
+    let k4 = Key::new("k4");
+    jwks.serve(&[&k1, &k2, &k4]);
+    let dave = hello(&server, &k4.token(&jwks, "dave", "firstcall"))
+        .await
+        .expect("k4 token");
+    assert_eq!(dave.welcome["user"], "dave");
+    assert_eq!(jwks.requests(), 4);
     // A token for another audience (another client of the same realm) is refused too.
     match hello(&server, &k1.token(&jwks, "carol", "other-app")).await {
         Err(ClientError::Closed(code)) => assert_eq!(code, Some(4003)),

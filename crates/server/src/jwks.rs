@@ -2,8 +2,9 @@
 //! `…/protocol/openid-connect/certs`, Auth0's `/.well-known/jwks.json`), by `kid`.
 //!
 //! Fetched at start and again when a token names a `kid` the cache does not hold (a key
-//! rotation), such refetches at most once per [`MIN_REFETCH`] whatever tokens arrive, so that a stream
-//! of made-up `kid`s cannot make the server hammer the provider. The fetch runs on the
+//! rotation), such refetches at most once per [`MIN_REFETCH`] whatever tokens arrive: a
+//! hello waits for the next allowed fetch, so a stream of made-up `kid`s can neither make
+//! the server hammer the provider nor keep a rotated key out. The fetch runs on the
 //! socket's own task before its hello reaches the hub ([`crate::websocket::Endpoint::gate`]),
 //! never under the hub's lock, and the first token signed with a new key is accepted.
 
@@ -19,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::DecodingKey;
 
-/// The least time between two fetches.
-pub const MIN_REFETCH: Duration = Duration::from_secs(10);
+/// The least time between two fetches for unknown `kid`s.
+pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 /// The longest a fetch may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest JWKS document read.
@@ -103,24 +104,27 @@ impl Jwks {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
     }
 
-    /// Whether a fetch now would be within the refetch bound.
-    fn may_fetch(&self, now: Instant) -> bool {
-        self.last_fetch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none_or(|at| now.duration_since(at) >= MIN_REFETCH)
+    /// When the refetch bound allows the next fetch (now, if it does already).
+    fn next_fetch(&self) -> Option<Instant> {
+        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        last.map(|at| at + MIN_REFETCH).filter(|at| *at > Instant::now())
     }
 
-    /// Fetch again if `kid` is unknown and the last fetch is old enough (else nothing:
-    /// the token is then refused for its unknown key).
+    /// Fetch again if `kid` is unknown, once the refetch bound allows it: a hello
+    /// naming a new key waits for the next allowed fetch (at most [`MIN_REFETCH`]), so
+    /// made-up `kid`s that use the budget up cannot keep a rotated key out; they only
+    /// make the provider see one fetch per [`MIN_REFETCH`].
     pub async fn refresh_for(self: Arc<Self>, kid: String) {
         if self.key(&kid).is_some() {
             return;
         }
+        // One fetch at a time: the sockets waiting meanwhile find their key after it.
         let _one = self.fetching.lock().await;
-        // Another socket's fetch may have brought it meanwhile.
-        if self.key(&kid).is_some() || !self.may_fetch(Instant::now()) {
+        if self.key(&kid).is_some() {
             return;
+        }
+        if let Some(at) = self.next_fetch() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
         }
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         if let Err(e) = self.fetch().await {

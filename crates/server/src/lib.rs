@@ -132,7 +132,9 @@ impl Running {
         signaling.close_all();
         // The sockets' tasks write their close frames: give them a moment, bounded.
         let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        while signaling.socket_count() > 0 && tokio::time::Instant::now() < closing {
+        // (Counted to the end of each socket's task, its close frame and linger included:
+        // the hub forgets a socket as soon as it is told to close it.)
+        while websocket::live_sockets() > 0 && tokio::time::Instant::now() < closing {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         match end {

@@ -183,11 +183,6 @@ impl Signaling {
         self.lock().hub.call_count()
     }
 
-    /// Sockets open now.
-    pub fn socket_count(&self) -> usize {
-        self.lock().conns.len()
-    }
-
     /// Close every socket with 1012, before the process exits.
     pub fn close_all(&self) {
         self.with_hub(|hub, _| hub.close_all(Instant::now()));

@@ -68,6 +68,9 @@ pub enum Skipped {
     Caller,
     /// `max_entries` callers, callees and pairs are remembered already.
     TableFull,
+    /// How a call ended, for a device that was never pushed for it (its first event was
+    /// not posted): the phone never saw the call.
+    NotRung,
 }
 
 impl Skipped {
@@ -79,6 +82,7 @@ impl Skipped {
             Skipped::QueueFull => "queue_full",
             Skipped::Caller => "coalesced_caller",
             Skipped::TableFull => "table_full",
+            Skipped::NotRung => "not_rung",
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct WebhookMetrics {
     pub coalesced_caller: AtomicU64,
     /// Not posted: [`Skipped::TableFull`].
     pub table_full: AtomicU64,
+    /// Not posted: [`Skipped::NotRung`].
+    pub not_rung: AtomicU64,
 }
 
 impl WebhookMetrics {
@@ -110,6 +116,7 @@ impl WebhookMetrics {
             Skipped::QueueFull => &self.queue_full,
             Skipped::Caller => &self.coalesced_caller,
             Skipped::TableFull => &self.table_full,
+            Skipped::NotRung => &self.not_rung,
         }
         .fetch_add(1, Relaxed);
     }
@@ -130,6 +137,7 @@ impl WebhookMetrics {
             (Skipped::QueueFull.as_str(), &self.queue_full),
             (Skipped::Caller.as_str(), &self.coalesced_caller),
             (Skipped::TableFull.as_str(), &self.table_full),
+            (Skipped::NotRung.as_str(), &self.not_rung),
         ] {
             let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", n.load(Relaxed));
         }
@@ -147,8 +155,9 @@ pub struct Coalescer {
     callees: HashMap<String, VecDeque<(Instant, String)>>,
     /// Each caller's recent events.
     callers: HashMap<String, VecDeque<Instant>>,
-    /// The decision on each recent call's first event, which its later events follow.
-    calls: HashMap<String, (Instant, Result<(), Skipped>)>,
+    /// Recent calls whose first event was posted: their later events follow it. Only
+    /// admitted calls are kept, so the map is bounded by what the budgets admit.
+    calls: HashMap<String, Instant>,
     /// Entries past this many trigger a sweep of expired ones.
     sweep_at: usize,
 }
@@ -172,18 +181,31 @@ impl Coalescer {
     /// how the call ended for each device that was pushed) follow that decision without
     /// counting again, so a phone that was rung always hears how the call ended, and one
     /// that was not is not told of a call it never saw.
-    pub fn admit_event(&mut self, call: Option<&str>, from: &str, to: &str, now: Instant) -> Result<(), Skipped> {
+    ///
+    /// `opens`: the event can be a call's first (`call.pending`, `call.ring`, a
+    /// `call.missed` for the user); otherwise it tells a device how a call ended, and is
+    /// posted only if the call's first event was.
+    pub fn admit_event(
+        &mut self,
+        call: Option<&str>,
+        opens: bool,
+        from: &str,
+        to: &str,
+        now: Instant,
+    ) -> Result<(), Skipped> {
         let Some(call) = call else {
             return self.admit(from, to, now);
         };
-        if let Some((_, decided)) = self.calls.get(call) {
-            return *decided;
+        if self.calls.contains_key(call) {
+            return Ok(());
         }
-        let decided = self.admit(from, to, now);
-        if decided != Err(Skipped::TableFull) {
-            self.calls.insert(call.to_owned(), (now, decided));
+        if !opens {
+            return Err(Skipped::NotRung);
         }
-        decided
+        // Not admitted: not kept (a refused call's other rings meet the same budgets).
+        self.admit(from, to, now)?;
+        self.calls.insert(call.to_owned(), now);
+        Ok(())
     }
 
     /// Whether an event from `from` to `to` may be posted at `now` (and if so, it counts).
@@ -257,7 +279,7 @@ impl Coalescer {
         self.callers
             .retain(|_, w| w.back().is_some_and(|at| now.saturating_duration_since(*at) < cw));
         self.calls
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < CALL_MEMORY);
+            .retain(|_, at| now.saturating_duration_since(*at) < CALL_MEMORY);
         // Next sweep when the live entries have doubled: amortised O(1) per event.
         self.sweep_at = (self.len() * 2).max(1024);
     }
@@ -353,9 +375,25 @@ impl Webhook {
             body.get("from").and_then(Value::as_str).unwrap_or(""),
             body.get("to").and_then(Value::as_str).unwrap_or(""),
         );
+        let call = body.get("call").and_then(Value::as_str);
+        let opens = match body.get("event").and_then(Value::as_str) {
+            Some("call.pending" | "call.ring") => true,
+            Some("call.missed") => body.get("device").is_none_or(Value::is_null),
+            _ => false,
+        };
+        // How a call ended, for a phone that was rung: never dropped for a full queue
+        // (bounded anyway: a few per admitted call), or that phone would ring on.
+        let follows = !opens
+            && call.is_some_and(|c| {
+                self.coalescer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .calls
+                    .contains_key(c)
+            });
         // A place in the queue first: an event dropped for a full queue must not use up
         // the pair's interval and the callee's budget for the retry that follows.
-        if self.queued.fetch_add(1, Relaxed) >= self.policy.queue {
+        if self.queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(Skipped::QueueFull);
             tracing::warn!(
@@ -366,12 +404,11 @@ impl Webhook {
             );
             return;
         }
-        let call = body.get("call").and_then(Value::as_str);
         let admitted =
             self.coalescer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .admit_event(call, from, to, Instant::now());
+                .admit_event(call, opens, from, to, Instant::now());
         if let Err(why) = admitted {
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(why);
@@ -462,6 +499,35 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_calls_later_events_follow_its_first_and_refused_calls_are_not_kept() {
+        let policy = Policy {
+            concurrency: 1,
+            queue: 10,
+            pair_interval: Duration::from_secs(10),
+            callee_burst: 5,
+            callee_window: Duration::from_secs(60),
+            caller_burst: 10,
+            max_entries: 100,
+        };
+        let mut c = Coalescer::new(policy);
+        let t = Instant::now();
+        // The first call's ring is posted; its other device's ring and its endings follow
+        // without counting again.
+        assert_eq!(c.admit_event(Some("c1"), true, "a", "b", t), Ok(()));
+        assert_eq!(c.admit_event(Some("c1"), true, "a", "b", t), Ok(()));
+        assert_eq!(c.admit_event(Some("c1"), false, "a", "b", t), Ok(()));
+        // A flood of invite-and-cancel from the same caller: refused, and nothing kept
+        // for them; their endings are not posted to phones that never rang.
+        let before = c.len();
+        for i in 0..1000 {
+            let id = format!("flood{i}");
+            assert_eq!(c.admit_event(Some(&id), true, "a", "b", t), Err(Skipped::Pair));
+            assert_eq!(c.admit_event(Some(&id), false, "a", "b", t), Err(Skipped::NotRung));
+        }
+        assert_eq!(c.len(), before, "refused calls leave nothing behind");
+    }
 
     #[test]
     fn urls() {

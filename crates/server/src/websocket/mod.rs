@@ -14,4 +14,4 @@ mod socket;
 pub use echo::Echo;
 pub use handshake::upgrade;
 pub use outlet::{Outlet, Queued};
-pub use socket::{serve, Endpoint, Gate, Limits, GATE_TIMEOUT};
+pub use socket::{live_sockets, serve, Endpoint, Gate, Limits, GATE_TIMEOUT};

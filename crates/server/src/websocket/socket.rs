@@ -92,8 +92,9 @@ impl Cut {
 /// Work a socket's first message waits for (see [`Endpoint::gate`]).
 pub type Gate = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The longest a first message waits for its gate.
-pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a first message waits for its gate (a JWKS fetch may wait for the
+/// refetch bound, 5 s, and then take up to 5 s).
+pub const GATE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The close reason sent with 1003.
 const BINARY_REFUSED: &str = "binary messages are not accepted: send text";
@@ -112,9 +113,35 @@ enum Stop {
     Gate(Gate, String),
 }
 
+/// Socket tasks running now, their closing handshake included.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Socket tasks running now (in this process), until each has sent its close frame and
+/// lingered for the peer's: what a process about to exit waits for.
+pub fn live_sockets() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Counts one socket task for its whole life.
+struct Live;
+
+impl Live {
+    fn new() -> Live {
+        LIVE.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Serve one upgraded socket until it closes; `early` holds the bytes read with the
 /// handshake.
 pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
+    let _live = Live::new();
     let limits = ep.limits();
     let outlet = Arc::new(Outlet::new(sock, limits.queue_limit));
     let conn = ep.connect(&outlet);

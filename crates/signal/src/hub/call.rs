@@ -106,7 +106,8 @@ impl<R: RngCore> Hub<R> {
     }
 
     pub(super) fn snapshot(&self, user: &UserId, device: &DeviceId) -> Vec<Value> {
-        let mut v: Vec<&Call> = self.calls_of(user).collect();
+        // Not a restoring call that only names this user (restore.rs): that is a claim.
+        let mut v: Vec<&Call> = self.calls_of(user).filter(|c| c.holds(user)).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.into_iter()
             .map(|c| {
@@ -159,6 +160,10 @@ impl<R: RngCore> Hub<R> {
             meta,
         } = frame
         {
+            // A repeat of an invite already live here is not a new call.
+            if !self.call_ids.contains_key(&call) {
+                self.refuse_if_draining()?;
+            }
             return self.invite(key, me, call, to, media, sdp, meta, now);
         }
         if let ClientFrame::Restore {
@@ -169,6 +174,7 @@ impl<R: RngCore> Hub<R> {
             media,
         } = frame
         {
+            self.refuse_if_draining()?;
             return self.restore(key, me, call, role, peer, peer_device, media, now);
         }
         if let ClientFrame::Report {

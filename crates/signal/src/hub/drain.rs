@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
-use super::call::CallState;
+use super::call::{refuse, CallState, Refusal};
+use super::session::SessionEnd;
 use super::timer::Timer;
 use super::{ConnId, Hub, Output};
-use crate::protocol::close;
+use crate::protocol::{close, ErrorCode};
 
 /// While draining, how often sessions no live call needs are looked for.
 pub const DRAIN_TICK: Duration = Duration::from_millis(250);
@@ -47,6 +48,19 @@ impl<R: RngCore> Hub<R> {
         }
     }
 
+    /// While draining, what would start a new call here (an invite, a restore) is
+    /// refused: it would hold the drain up, and its other side may not even reach this
+    /// node (its new sessions are refused).
+    pub(super) fn refuse_if_draining(&self) -> Result<(), Refusal> {
+        if self.draining {
+            return Err(refuse(
+                ErrorCode::Draining,
+                "server draining for a restart: no new calls here; try again once reconnected",
+            ));
+        }
+        Ok(())
+    }
+
     /// `Timer::Drain`: send idle sessions elsewhere, and look again a tick later.
     pub(super) fn on_drain_timer(&mut self, now: Instant) {
         self.drain_idle(now);
@@ -65,31 +79,35 @@ impl<R: RngCore> Hub<R> {
         }
     }
 
-    /// The sockets of sessions that no live call needs and that hold no unacknowledged
-    /// frame (a `call.ended` just sent waits for its ack), closed with 1012.
+    /// The sessions that no live call needs and that hold no unacknowledged frame (a
+    /// `call.ended` just sent waits for its ack): closed with 1012 and ended, so that
+    /// their clients' resumes are refused here too and they settle on another node,
+    /// instead of resuming here and being sent away again every tick.
     fn drain_idle(&mut self, now: Instant) {
-        let idle: Vec<ConnId> = self
+        let idle: Vec<(ConnId, super::ids::SessionKey)> = self
             .sessions
-            .values()
-            .filter(|s| s.unacked.is_empty())
-            .filter_map(|s| {
+            .iter()
+            .filter(|(_, s)| s.unacked.is_empty())
+            .filter_map(|(key, s)| {
                 let conn = s.conn?;
                 let needed = self.calls_of(&s.user).any(|c| {
-                    c.caller.0 == s.user && c.caller.1 == s.device
-                        || c.callee == s.user
-                            && match c.state {
-                                CallState::Ringing => true,
-                                _ => c.accepted_device.as_ref() == Some(&s.device),
-                            }
+                    c.holds(&s.user)
+                        && (c.caller.0 == s.user && c.caller.1 == s.device
+                            || c.callee == s.user
+                                && match c.state {
+                                    CallState::Ringing => true,
+                                    _ => c.accepted_device.as_ref() == Some(&s.device),
+                                })
                 });
-                (!needed).then_some(conn)
+                (!needed).then_some((conn, *key))
             })
             .collect();
         if !idle.is_empty() {
             self.metrics.add("drain_closed", "idle", idle.len() as u64);
         }
-        for conn in idle {
+        for (conn, key) in idle {
             self.close_for_restart(conn, now);
+            self.expire_session(key, SessionEnd::Drained);
         }
     }
 }

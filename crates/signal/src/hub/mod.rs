@@ -215,6 +215,8 @@ pub struct Hub<R> {
     now: Instant,
     /// When `handle_timeout` next forgets ended calls and old attempts.
     next_sweep: Instant,
+    /// When `handle_timeout` next forgets old push registrations.
+    next_push_sweep: Instant,
     /// Draining for a restart: new sessions are refused, idle ones sent elsewhere.
     draining: bool,
     /// Devices' push targets and app states, by user (push.rs).
@@ -266,6 +268,7 @@ impl<R: RngCore> Hub<R> {
             unix_anchor: (now, unix_now),
             now,
             next_sweep: now,
+            next_push_sweep: now,
             draining: false,
             push_devices: HashMap::default(),
             push_count: 0,
@@ -521,6 +524,10 @@ impl<R: RngCore> Hub<R> {
         }
         // Swept once a second, not on every timer: the ack timers fire about every
         // millisecond under load, and each sweep walks both maps whole.
+        if now >= self.next_push_sweep {
+            self.next_push_sweep = now + push::PUSH_SWEEP_EVERY;
+            self.sweep_push_devices(now);
+        }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.ended.sweep(now);

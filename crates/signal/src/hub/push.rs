@@ -10,7 +10,7 @@
 //! heartbeat (its socket looks open, but nothing came from it: a suspended app's socket
 //! lingers for minutes before the OS or the server notices).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -27,7 +27,15 @@ use super::{Hub, Output};
 pub(super) struct DeviceRecord {
     pub(super) push: Option<PushTarget>,
     pub(super) state: AppState,
+    /// Its last update or session: a registration not seen for [`PUSH_MEMORY`] goes.
+    pub(super) seen: Instant,
 }
+
+/// How long a device's registration outlives its last update or session (a phone
+/// unused this long has likely been replaced; its app registers again when it runs).
+pub(super) const PUSH_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often old registrations are looked for.
+pub(super) const PUSH_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl<R: RngCore> Hub<R> {
     /// `device.update` from device `me`.
@@ -37,6 +45,12 @@ impl<R: RngCore> Hub<R> {
         push: Option<Option<PushTarget>>,
         state: Option<AppState>,
     ) -> Result<(), Refusal> {
+        let now = self.now;
+        if matches!(push, Some(None)) && state.is_none() {
+            // `"push": null` alone: the device wants no pushes; nothing is kept of it.
+            self.forget_push_device(&me.0, &me.1);
+            return Ok(());
+        }
         if let Some(Some(t)) = &push {
             if t.token.is_empty() || t.token.len() > MAX_PUSH_TOKEN {
                 return Err(refuse(
@@ -56,6 +70,7 @@ impl<R: RngCore> Hub<R> {
                 if let Some(s) = state {
                     r.state = s;
                 }
+                r.seen = now;
             }
             None => {
                 if full {
@@ -79,6 +94,7 @@ impl<R: RngCore> Hub<R> {
                     DeviceRecord {
                         push: push.flatten(),
                         state: state.unwrap_or(AppState::Foreground),
+                        seen: now,
                     },
                 ));
                 self.push_count += 1;
@@ -86,6 +102,41 @@ impl<R: RngCore> Hub<R> {
         }
         tracing::debug!(user = %me.0, device = %me.1, "device updated");
         Ok(())
+    }
+
+    fn forget_push_device(&mut self, user: &UserId, device: &DeviceId) {
+        let Some(list) = self.push_devices.get_mut(user) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|(d, _)| d != device);
+        self.push_count -= before - list.len();
+        if list.is_empty() {
+            self.push_devices.remove(user);
+        }
+    }
+
+    /// A session of `device` started or resumed: its registration is current.
+    pub(super) fn touch_push_device(&mut self, user: &UserId, device: &DeviceId, now: Instant) {
+        if let Some((_, r)) = self
+            .push_devices
+            .get_mut(user)
+            .and_then(|l| l.iter_mut().find(|(d, _)| d == device))
+        {
+            r.seen = now;
+        }
+    }
+
+    /// Forget registrations not seen for [`PUSH_MEMORY`].
+    pub(super) fn sweep_push_devices(&mut self, now: Instant) {
+        let mut gone = 0;
+        self.push_devices.retain(|_, list| {
+            let before = list.len();
+            list.retain(|(_, r)| now.saturating_duration_since(r.seen) < PUSH_MEMORY);
+            gone += before - list.len();
+            !list.is_empty()
+        });
+        self.push_count -= gone;
     }
 
     /// After an invite: a `call.ring` event for every callee device that needs a push.
@@ -104,7 +155,9 @@ impl<R: RngCore> Hub<R> {
             let why = match conn {
                 None => "offline",
                 Some(_) if r.state == AppState::Background => "background",
-                Some(conn) if now.saturating_duration_since(conn.last_rx) > self.config.heartbeat => "silent",
+                // A live client answers each ping within a round trip: past one and a
+                // half heartbeats nothing came, and the app is likely suspended.
+                Some(conn) if now.saturating_duration_since(conn.last_rx) > self.config.heartbeat * 3 / 2 => "silent",
                 Some(_) => continue,
             };
             c.span.in_scope(|| tracing::info!(%device, why, "push: call.ring"));

@@ -141,6 +141,27 @@ impl<R: RngCore> Hub<R> {
             Role::Callee => c.accepted_device.as_ref() == Some(&me.1),
         };
         let id = c.id.clone();
+        if matches!(c.state, CallState::Restoring { missing } if missing == role) {
+            // Completing puts this user in the call: as an invite or a first restore, it
+            // must fit the user's limit (claims naming the user did not count).
+            let user = me.0.clone();
+            let live = self
+                .calls_of(&user)
+                .filter(|o| o.holds(&user) && (o.caller.0 == user || o.state != CallState::Ringing))
+                .count();
+            if live >= self.config.max_calls_per_user {
+                self.metrics.limit_hit(Limit::CallsPerUser);
+                self.metrics.count("restores", "refused");
+                return Err(refuse(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} live calls (placed or answered) per user",
+                        self.config.max_calls_per_user
+                    ),
+                ));
+            }
+        }
+        let c = self.calls.get_mut(&ck).expect("every call id maps to a live call");
         match c.state {
             CallState::Restoring { missing } if missing == role => {
                 match role {

@@ -67,9 +67,11 @@ impl Session {
 
 /// Why a session ended, as counted in `sessions_ended{reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SessionEnd {
+pub(super) enum SessionEnd {
     /// No resume within the session TTL.
     Ttl,
+    /// Sent elsewhere by a drain (it had no live call).
+    Drained,
     /// The same device said hello without resuming.
     Replaced,
     /// Too many (or too many bytes of) unacknowledged frames.
@@ -80,6 +82,7 @@ impl SessionEnd {
     fn as_str(self) -> &'static str {
         match self {
             SessionEnd::Ttl => "ttl",
+            SessionEnd::Drained => "drained",
             SessionEnd::Replaced => "replaced",
             SessionEnd::UnackedOverflow => "unacked_overflow",
         }
@@ -154,6 +157,8 @@ impl<R: RngCore> Hub<R> {
         if let Some((key, last_seq)) = resumable {
             self.metrics.count("resumes", "ok");
             self.attach(key, conn, now);
+            let (user, device) = (user.clone(), hello.device.clone());
+            self.touch_push_device(&user, &device, now);
             let s = self.sessions.get_mut(&key).expect("resumable session exists");
             let acked = s.drop_acked(last_seq);
             self.metrics
@@ -239,6 +244,7 @@ impl<R: RngCore> Hub<R> {
             .sessions_active
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.attach(key, conn, now);
+        self.touch_push_device(&user, &hello.device, now);
         let welcome = self.welcome(key, false, now);
         self.out.push_back(Output::Send {
             conn,
@@ -501,7 +507,7 @@ impl<R: RngCore> Hub<R> {
         });
     }
 
-    fn expire_session(&mut self, key: SessionKey, why: SessionEnd) {
+    pub(super) fn expire_session(&mut self, key: SessionKey, why: SessionEnd) {
         let Some(s) = self.sessions.remove(&key) else { return };
         // Its timer entries go with it.
         for (at, timer) in [
