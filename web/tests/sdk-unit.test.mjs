@@ -845,3 +845,26 @@ test("online() with a token function sends a fresh token, not the function", asy
   assert.deepEqual(await c.online(), ["bob"]);
   assert.match(seen[0], /^Bearer jwt-\d+$/);
 });
+
+test("updateDevice sends device.update with only what it was given", () => {
+  const w = world();
+  const sockets = [];
+  class WS extends w.s.env.WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env: { ...w.s.env, WebSocket: WS }, prewarm: false });
+  c.updateDevice({ push: { provider: "webpush", token: "sub" }, state: "background" });
+  c.updateDevice({ state: "foreground" });
+  c.updateDevice({ push: null });
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({}));
+  const sent = sockets[0].sent.filter((f) => f.type === "device.update").map(({ seq, ...f }) => f);
+  assert.deepEqual(sent, [
+    { type: "device.update", push: { provider: "webpush", token: "sub" }, state: "background" },
+    { type: "device.update", state: "foreground" },
+    { type: "device.update", push: null },
+  ]);
+});

@@ -2,7 +2,7 @@ import { Emitter } from "./emitter.js";
 import { type Environment, type TimelineEntry } from "./env.js";
 import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
-import { type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
+import { type AppState, type ClientState, type PushTarget, type ServerFrame, type Welcome } from "./protocol.js";
 export interface ConnectOptions {
     /**
      * JWT, or `dev:<user>` against a server in dev mode; or a function returning a fresh
@@ -79,6 +79,17 @@ export declare class Client extends Emitter<ClientEvents> {
      * how cold-start calls used to fail.
      */
     whenIceReady(maxMs?: number): Promise<boolean>;
+    /**
+     * Tell the server how to reach this device when the app sleeps (`push`; `null`
+     * removes it) and whether the app is in front (`state`): a device that is offline,
+     * backgrounded or silent gets a `call.ring` webhook event for each call, and hears how
+     * it ended (docs/protocol.md, "Devices that sleep"). Kept by the server across
+     * sessions; queued like any frame if the socket is down.
+     */
+    updateDevice(update: {
+        push?: PushTarget | null;
+        state?: AppState;
+    }): void;
     /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
     online(): Promise<string[]>;
     close(): void;

@@ -72,6 +72,21 @@ export class Client extends Emitter {
             this.on("ice-servers", onIce);
         });
     }
+    /**
+     * Tell the server how to reach this device when the app sleeps (`push`; `null`
+     * removes it) and whether the app is in front (`state`): a device that is offline,
+     * backgrounded or silent gets a `call.ring` webhook event for each call, and hears how
+     * it ended (docs/protocol.md, "Devices that sleep"). Kept by the server across
+     * sessions; queued like any frame if the socket is down.
+     */
+    updateDevice(update) {
+        const frame = { type: "device.update" };
+        if (update.push !== undefined)
+            frame.push = update.push;
+        if (update.state !== undefined)
+            frame.state = update.state;
+        this.send(frame);
+    }
     /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
     async online() {
         const f = this.env.fetch;

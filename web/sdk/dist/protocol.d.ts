@@ -169,7 +169,18 @@ export type ClientFrame = {
     rtt_ms: number | null;
     loss: number | null;
     restarts: number;
+} | {
+    type: "device.update";
+    push?: PushTarget | null;
+    state?: AppState;
 };
+/** Who delivers a device's pushes, and its token there (opaque to the server). */
+export interface PushTarget {
+    provider: "apns-voip" | "fcm" | "webpush" | "custom";
+    token: string;
+}
+/** Whether the app is in front: a backgrounded device's rings are pushed too. */
+export type AppState = "foreground" | "background";
 export interface Hello {
     type: "hello";
     token: string;

@@ -3,7 +3,7 @@ import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid, type Environment, type TimelineEntry } from "./env.js";
 import { FirstcallError, Session, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
-import { MAX_META_BYTES, type CallMeta, type ClientFrame, type ClientState, type ServerFrame, type Welcome } from "./protocol.js";
+import { MAX_META_BYTES, type AppState, type CallMeta, type ClientFrame, type ClientState, type PushTarget, type ServerFrame, type Welcome } from "./protocol.js";
 
 export interface ConnectOptions {
   /**
@@ -122,6 +122,20 @@ export class Client extends Emitter<ClientEvents> {
       const timer = this.env.setTimeout(() => done(false), maxMs);
       this.on("ice-servers", onIce);
     });
+  }
+
+  /**
+   * Tell the server how to reach this device when the app sleeps (`push`; `null`
+   * removes it) and whether the app is in front (`state`): a device that is offline,
+   * backgrounded or silent gets a `call.ring` webhook event for each call, and hears how
+   * it ended (docs/protocol.md, "Devices that sleep"). Kept by the server across
+   * sessions; queued like any frame if the socket is down.
+   */
+  updateDevice(update: { push?: PushTarget | null; state?: AppState }): void {
+    const frame: Extract<ClientFrame, { type: "device.update" }> = { type: "device.update" };
+    if (update.push !== undefined) frame.push = update.push;
+    if (update.state !== undefined) frame.state = update.state;
+    this.send(frame);
   }
 
   /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */

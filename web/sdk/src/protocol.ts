@@ -98,7 +98,17 @@ export type ClientFrame =
   | { type: "call.signal"; call: string; data: SignalData }
   | { type: "call.connected"; call: string; local: string; remote: string; protocol: string; ms: number }
   | { type: "call.restore"; call: string; role: "caller" | "callee"; peer: string; peer_device: string; media: Media }
-  | { type: "call.report"; call: string; duration_ms: number; rtt_ms: number | null; loss: number | null; restarts: number };
+  | { type: "call.report"; call: string; duration_ms: number; rtt_ms: number | null; loss: number | null; restarts: number }
+  | { type: "device.update"; push?: PushTarget | null; state?: AppState };
+
+/** Who delivers a device's pushes, and its token there (opaque to the server). */
+export interface PushTarget {
+  provider: "apns-voip" | "fcm" | "webpush" | "custom";
+  token: string;
+}
+
+/** Whether the app is in front: a backgrounded device's rings are pushed too. */
+export type AppState = "foreground" | "background";
 
 export interface Hello {
   type: "hello";
