@@ -1,6 +1,7 @@
 //! The `firstcall` binary.
 
 mod doctor;
+mod import_coturn;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ enum Cmd {
     Token(TokenArgs),
     /// Check a deployment (a firstcall server, or any TURN server) end to end and say what to fix.
     Doctor(doctor::DoctorArgs),
+    /// Translate coturn's turnserver.conf into a firstcall config file (stdout or --output),
+    /// and report on stderr what became of every coturn setting.
+    ImportCoturn(import_coturn::ImportArgs),
 }
 
 #[derive(clap::Args)]
@@ -40,6 +44,7 @@ struct TokenArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::ImportCoturn(a) => std::process::exit(import_coturn::run(&a)),
         Cmd::Doctor(a) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = rt.block_on(doctor::run(a))?;

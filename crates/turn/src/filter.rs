@@ -225,6 +225,17 @@ const DEFAULT_DENY: &[(Cidr, Refusal)] = &[
     (Cidr::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), Refusal::Multicast),
 ];
 
+/// The default-deny range that holds all of `c`, with its reason; `None` when part of
+/// `c` (or all of it) is reachable by default. For tools that translate other servers'
+/// deny lists (`firstcall import-coturn`): a range inside one of these needs no
+/// `--deny-peer`. Addresses are taken as written, not normalised.
+pub fn default_denied(c: &Cidr) -> Option<Refusal> {
+    DEFAULT_DENY
+        .iter()
+        .find(|(d, _)| d.prefix_len <= c.prefix_len && d.contains(c.addr))
+        .map(|(_, r)| *r)
+}
+
 /// The IPv4 address embedded in an IPv6 address by a translation or tunnelling
 /// scheme, or the address unchanged.
 pub fn normalise(ip: IpAddr) -> IpAddr {
@@ -351,6 +362,17 @@ mod tests {
 
     fn check(f: &PeerFilter, s: &str) -> Result<(), Refusal> {
         f.check(SocketAddr::new(s.parse().unwrap(), 3478))
+    }
+
+    #[test]
+    fn default_denied_holds_whole_ranges_only() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert_eq!(default_denied(&c("172.16.0.0/12")), Some(Refusal::Private));
+        assert_eq!(default_denied(&c("10.0.0.4/31")), Some(Refusal::Private));
+        assert_eq!(default_denied(&c("fe80::/64")), Some(Refusal::LinkLocal));
+        // Wider than a default range, or public: not held.
+        assert_eq!(default_denied(&c("172.0.0.0/8")), None);
+        assert_eq!(default_denied(&c("83.166.64.0/19")), None);
     }
 
     #[test]
