@@ -255,8 +255,12 @@ describe("SDK calls in Chromium", { skip: !isRoot && !process.env.CI && "not roo
     });
     const sa = await connectedWithMedia(a.page, "window.call");
     await connectedWithMedia(b.page, "window.calls[0]");
-    const resumed = await b.page.evaluate(() => window.client.timeline.some((e) => e.event === "client: session resumed"));
-    assert.ok(resumed, "the callee resumed its session");
+    // Media may connect before the callee's socket is back (its candidates can be found
+    // as peer-reflexive without the lost frame): wait for the resume itself, bounded.
+    const resumed = await b.page
+      .waitForFunction(() => window.client.timeline.some((e) => e.event === "client: session resumed"), null, { timeout: 15000 })
+      .then(() => true, () => false);
+    assert.ok(resumed, `the callee resumed its session: ${await b.page.evaluate(() => window.client.timeline.map((e) => e.event).filter((e) => /session|socket|restart|reconnect/.test(e)).join(" | "))}`);
     assert.deepEqual(await b.page.evaluate(() => window.recovery), [["reconnecting", "signaling"], ["reconnected", "signaling"]], "the callee's call said so");
     const killedSeq = await b.page.evaluate(() => window.killed);
     assert.ok(killedSeq > 0, "the socket was killed under a candidate frame");
