@@ -208,6 +208,18 @@ test("every TypeScript example of web/sdk/README.md type-checks against the inst
   assert.equal(r.status, 0, `tsc:\n${r.out}`);
 });
 
+test("every TypeScript example of docs/integrate.md type-checks against the installed package", () => {
+  const doc = readFileSync(join(web, "../docs/integrate.md"), "utf8");
+  const blocks = [...doc.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(blocks.length >= 3, `integrate.md has its examples (${blocks.length})`);
+  const files = blocks.map((code, i) => {
+    writeFileSync(join(app, `src/integrate-${i}.ts`), code);
+    return `integrate-${i}.ts`;
+  });
+  const r = typecheck(files);
+  assert.equal(r.status, 0, `tsc:\n${r.out}`);
+});
+
 test("misuse does not compile: misspelt events, wrong listener types, unknown codes, internals", () => {
   // Each line marked `// TSnnnn` must fail with that error, and nothing else may fail.
   const misuse = `import { connect, FirstcallError, type Client } from "${pkg.name}";

@@ -28,6 +28,10 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+    /// Its stdout, when spawned with `Stdio::piped()` (once).
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
     /// Still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

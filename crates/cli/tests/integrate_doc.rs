@@ -1,0 +1,186 @@
+//! docs/integrate.md's examples, run as written: the Node token minter's tokens open a
+//! session, the config file for an existing coturn is what the welcome hands out, and the
+//! Node webhook receiver verifies and prints the server's pushes. (Its TypeScript examples
+//! are type-checked by web/tests/sdk-package.test.mjs.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use firstcall_client::signal::SignalClient;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+
+/// The code block of docs/integrate.md marked `file=<name>`, written to a temp dir.
+fn example(name: &str, dir: &std::path::Path) -> PathBuf {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/integrate.md")).unwrap();
+    let marker = format!(" file={name}\n");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no block file={name} in integrate.md"))
+        + marker.len();
+    let end = start + doc[start..].find("\n```").expect("closed block");
+    let path = dir.join(name);
+    std::fs::write(&path, &doc[start..=end]).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("firstcall-integrate-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn the_node_token_minter_opens_a_session_and_the_coturn_config_is_handed_out() {
+    if !have_tool("node") {
+        return;
+    }
+    let dir = temp_dir("mint");
+    let minter = example("mint-token.mjs", &dir);
+    let config = example("firstcall.toml", &dir);
+    let out = run_bounded(
+        Command::new("node")
+            .arg(&minter)
+            .arg("alice")
+            .env("FIRSTCALL_JWT_SECRET", "s3cret"),
+        T,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let server = start_firstcall(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--jwt-secret",
+        "s3cret",
+        "--turn-secret",
+        "t",
+    ]);
+    // The config asks for an audience: the minter's token has none, so it is refused...
+    let url = format!("ws://{}/v1/ws", server.http);
+    assert!(
+        SignalClient::connect(&url, &token, "d").await.is_err(),
+        "jwt_audience is checked"
+    );
+    drop(server);
+    // ...and accepted by a server without that setting, with the coturn URIs handed out.
+    let plain = dir.join("plain.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &plain,
+        text.lines()
+            .filter(|l| !l.starts_with("jwt_audience"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let server = start_firstcall(&[
+        "--config",
+        plain.to_str().unwrap(),
+        "--jwt-secret",
+        "s3cret",
+        "--turn-secret",
+        "t",
+    ]);
+    let alice = SignalClient::connect(&format!("ws://{}/v1/ws", server.http), &token, "d")
+        .await
+        .expect("the minted token opens a session");
+    assert_eq!(alice.welcome["user"], "alice");
+    let urls: Vec<String> = alice.welcome["ice_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["urls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u.as_str().unwrap().to_owned())
+        })
+        .collect();
+    for want in [
+        "turn:turn.example.org:3478?transport=udp",
+        "turn:turn.example.org:3478?transport=tcp",
+        "turns:turn.example.org:5349?transport=tcp",
+    ] {
+        assert!(urls.iter().any(|u| u == want), "{want} not in {urls:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_node_webhook_receiver_verifies_and_prints_a_phones_ring() {
+    if !have_tool("node") {
+        return;
+    }
+    let dir = temp_dir("hook");
+    let receiver = example("webhook-receiver.mjs", &dir);
+    let port = free_port();
+    let mut child = Proc::spawn(
+        "webhook-receiver",
+        Command::new("node")
+            .arg(&receiver)
+            .env("PORT", port.to_string())
+            .env("WEBHOOK_SECRET", "hook-key")
+            .stdout(Stdio::piped()),
+    );
+    let stdout = child.stdout().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok).take(10) {
+            let _ = tx.send(line);
+        }
+    });
+    // The receiver listens once node has started it: a TCP connect says so.
+    assert!(wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let url = format!("http://127.0.0.1:{port}/firstcall");
+    let server = start_firstcall(&["--webhook-url", &url, "--webhook-secret", "hook-key"]);
+    let ws = format!("ws://{}/v1/ws", server.http);
+    let mut phone = SignalClient::connect(&ws, "dev:bob", "phone").await.unwrap();
+    phone
+        .send(json!({"type": "device.update", "push": {"provider": "apns-voip", "token": "voip-1"}, "state": "background"}))
+        .await;
+    phone.send(json!({"type": "call.hangup", "call": "none"})).await;
+    phone.expect("error", T).await.unwrap();
+    let mut alice = SignalClient::connect(&ws, "dev:alice", "a").await.unwrap();
+    alice
+        .send(json!({"type": "call.invite", "call": "c1", "to": "bob", "media": "audio", "sdp": "o"}))
+        .await;
+    let line = rx.recv_timeout(T).expect("the receiver printed the verified push");
+    let printed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        printed,
+        json!({"event": "call.ring", "call": "c1", "device": "phone", "token": "voip-1"})
+    );
+    // A request with a bad signature is refused (401), and prints nothing.
+    let (status, _) = http_post(port, "/firstcall", r#"{"event":"call.ring","id":"forged"}"#);
+    assert_eq!(status, 401);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a forged event was acted on"
+    );
+    drop(phone);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A plain HTTP/1.1 POST of `body` with a bogus signature; the status.
+fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Firstcall-Timestamp: 1\r\nX-Firstcall-Signature: sha256=00\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, resp)
+}
