@@ -128,6 +128,27 @@ impl<R: RngCore> Hub<R> {
             .collect()
     }
 
+    /// Whether `user` may be in one more call (`--max-calls-per-user`): the calls it
+    /// placed or answered count; invites ringing for it are someone else's doing (capped
+    /// per callee), and a restoring call only naming it is a claim ([`Call::holds`]).
+    pub(super) fn room_for_a_call(&self, user: &UserId) -> Result<(), Refusal> {
+        let live = self
+            .calls_of(user)
+            .filter(|c| c.holds(user) && (c.caller.0 == *user || c.state != CallState::Ringing))
+            .count();
+        if live >= self.config.max_calls_per_user {
+            self.metrics.limit_hit(Limit::CallsPerUser);
+            return Err(refuse(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} live calls (placed or answered) per user",
+                    self.config.max_calls_per_user
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The live calls `user` is in, oldest first.
     pub(super) fn calls_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Call> + 'a {
         let keys = self.user_calls.get(user).map_or(&[][..], |k| &k[..]);
@@ -499,10 +520,7 @@ impl<R: RngCore> Hub<R> {
         c.span
             .in_scope(|| tracing::info!(reason = reason.as_str(), detail = ?detail, "ended"));
         self.push_ended(&c.id, &c.caller.0, &c.callee, &c.pushed, None, reason);
-        let mut frame = json!({"type": "call.ended", "call": c.id, "reason": reason});
-        if let Some(d) = detail {
-            frame["detail"] = json!(d);
-        }
+        let frame = ended_frame(&c.id, reason, detail);
         // Not the side a restoring call waits for: its device is only a claim, and it
         // learns how the call ended when it restores.
         let mut parties = Vec::new();
@@ -535,6 +553,15 @@ impl<R: RngCore> Hub<R> {
             }
         }
     }
+}
+
+/// A `call.ended` frame (before its seq).
+pub(super) fn ended_frame(id: &CallId, reason: EndReason, detail: Option<HangupReason>) -> Value {
+    let mut frame = json!({"type": "call.ended", "call": id, "reason": reason});
+    if let Some(d) = detail {
+        frame["detail"] = json!(d);
+    }
+    frame
 }
 
 pub(super) fn ordered(a: &UserId, b: &UserId) -> (UserId, UserId) {

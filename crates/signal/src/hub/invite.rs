@@ -54,22 +54,7 @@ impl<R: RngCore> Hub<R> {
         if to == me.0 {
             return Err(refuse(ErrorCode::BadRequest, "cannot call yourself"));
         }
-        // The calls this user placed or answered: invites ringing for them are someone
-        // else's doing (capped per callee below), and must not stop them calling out.
-        let live = self
-            .calls_of(&me.0)
-            .filter(|c| c.holds(&me.0) && (c.caller.0 == me.0 || c.state != CallState::Ringing))
-            .count();
-        if live >= self.config.max_calls_per_user {
-            self.metrics.limit_hit(Limit::CallsPerUser);
-            return Err(refuse(
-                ErrorCode::RateLimited,
-                format!(
-                    "at most {} live calls (placed or answered) per user",
-                    self.config.max_calls_per_user
-                ),
-            ));
-        }
+        self.room_for_a_call(&me.0)?;
         let span = tracing::info_span!("call", call = %id, from = %me.0, to = %to, media = ?media);
         span.in_scope(|| tracing::info!(device = %me.1, "invite"));
         let pair = ordered(&me.0, &to);

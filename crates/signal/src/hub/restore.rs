@@ -14,10 +14,9 @@ use std::time::Instant;
 use rand::RngCore;
 use serde_json::json;
 
-use crate::metrics::Limit;
 use crate::protocol::*;
 
-use super::call::{refuse, Call, CallState, Refusal};
+use super::call::{ended_frame, refuse, Call, CallState, Refusal};
 use super::ids::{CallKey, SessionKey};
 use super::timer::Timer;
 use super::Hub;
@@ -52,30 +51,14 @@ impl<R: RngCore> Hub<R> {
                 return Err(refuse(ErrorCode::NotParticipant, "not a party of this call"));
             }
             // It ended while this side was away: how, as the other side was told.
-            let mut frame = json!({"type": "call.ended", "call": id, "reason": e.reason});
-            if let Some(d) = e.detail {
-                frame["detail"] = json!(d);
-            }
+            let frame = ended_frame(&id, e.reason, e.detail);
             self.metrics.count("restores", "ended_meanwhile");
             self.push(key, frame);
             return Ok(());
         }
         // As an invite: the calls this user placed or answered.
-        let live = self
-            .calls_of(&me.0)
-            .filter(|c| c.holds(&me.0) && (c.caller.0 == me.0 || c.state != CallState::Ringing))
-            .count();
-        if live >= self.config.max_calls_per_user {
-            self.metrics.limit_hit(Limit::CallsPerUser);
-            self.metrics.count("restores", "refused");
-            return Err(refuse(
-                ErrorCode::RateLimited,
-                format!(
-                    "at most {} live calls (placed or answered) per user",
-                    self.config.max_calls_per_user
-                ),
-            ));
-        }
+        self.room_for_a_call(&me.0)
+            .inspect_err(|_| self.metrics.count("restores", "refused"))?;
         let (caller, callee) = (caller.clone(), callee.clone());
         let span = tracing::info_span!("call", call = %id, from = %caller, to = %callee, media = ?media);
         span.in_scope(|| tracing::info!(device = %me.1, role = ?role, "restoring: waiting for the other side"));
@@ -144,22 +127,8 @@ impl<R: RngCore> Hub<R> {
         if matches!(c.state, CallState::Restoring { missing } if missing == role) {
             // Completing puts this user in the call: as an invite or a first restore, it
             // must fit the user's limit (claims naming the user did not count).
-            let user = me.0.clone();
-            let live = self
-                .calls_of(&user)
-                .filter(|o| o.holds(&user) && (o.caller.0 == user || o.state != CallState::Ringing))
-                .count();
-            if live >= self.config.max_calls_per_user {
-                self.metrics.limit_hit(Limit::CallsPerUser);
-                self.metrics.count("restores", "refused");
-                return Err(refuse(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "at most {} live calls (placed or answered) per user",
-                        self.config.max_calls_per_user
-                    ),
-                ));
-            }
+            self.room_for_a_call(&me.0)
+                .inspect_err(|_| self.metrics.count("restores", "refused"))?;
         }
         let c = self.calls.get_mut(&ck).expect("every call id maps to a live call");
         match c.state {
