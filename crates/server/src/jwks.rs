@@ -77,17 +77,7 @@ impl Jwks {
         if uri.host().is_none_or(str::is_empty) {
             return Err(JwksError::Url(url.into()));
         }
-        let tls = https.then(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        });
+        let tls = https.then(crate::web_pki_client);
         Ok(Jwks {
             url: uri,
             https,

@@ -244,6 +244,20 @@ fn host(ip: IpAddr) -> String {
     }
 }
 
+/// A TLS client trusting the web PKI (webpki-roots), for the server's own outgoing
+/// requests: webhooks and JWKS fetches.
+pub(crate) fn web_pki_client() -> tokio_rustls::TlsConnector {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
 fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let err = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {

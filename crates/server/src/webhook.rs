@@ -344,17 +344,7 @@ impl Webhook {
     /// A webhook posting to `url`, signed with `secret`, as `policy` allows.
     pub fn new(url: &str, secret: String, policy: Policy) -> Result<Webhook, BadUrl> {
         let url = parse(url)?;
-        let tls = url.https.then(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        });
+        let tls = url.https.then(crate::web_pki_client);
         Ok(Webhook {
             url: Arc::new(url),
             secret: Arc::new(secret),
@@ -381,19 +371,15 @@ impl Webhook {
             Some("call.missed") => body.get("device").is_none_or(Value::is_null),
             _ => false,
         };
-        // How a call ended, for a phone that was rung: never dropped for a full queue
-        // (bounded anyway: a few per admitted call), or that phone would ring on.
-        let follows = !opens
-            && call.is_some_and(|c| {
-                self.coalescer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .calls
-                    .contains_key(c)
-            });
+        // One look at the coalescer: whether this tells a rung phone how its call ended
+        // (never dropped for a full queue, bounded anyway: a few per admitted call, or
+        // that phone would ring on), then the admission itself.
+        let mut coalescer = self.coalescer.lock().unwrap_or_else(|e| e.into_inner());
+        let follows = !opens && call.is_some_and(|c| coalescer.calls.contains_key(c));
         // A place in the queue first: an event dropped for a full queue must not use up
         // the pair's interval and the callee's budget for the retry that follows.
         if self.queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
+            drop(coalescer);
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(Skipped::QueueFull);
             tracing::warn!(
@@ -404,11 +390,8 @@ impl Webhook {
             );
             return;
         }
-        let admitted =
-            self.coalescer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .admit_event(call, opens, from, to, Instant::now());
+        let admitted = coalescer.admit_event(call, opens, from, to, Instant::now());
+        drop(coalescer);
         if let Err(why) = admitted {
             self.queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(why);
