@@ -13,16 +13,6 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(5);
 const SERVICE_RESTART: u16 = 1012;
 
-fn ws_url(server: &Server) -> String {
-    format!("ws://{}/v1/ws", server.http)
-}
-
-async fn dev(server: &Server, user: &str, device: &str) -> SignalClient {
-    SignalClient::connect(&ws_url(server), &format!("dev:{user}"), device)
-        .await
-        .expect("connect")
-}
-
 /// Alice calling Bob, answered.
 async fn in_call(server: &Server, call: &str) -> (SignalClient, SignalClient) {
     let mut alice = dev(server, "alice", "a").await;

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use firstcall_client::signal::SignalClient;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
@@ -64,12 +63,6 @@ fn receiver() -> (String, Received) {
         }
     });
     (url, got)
-}
-
-async fn dev(server: &Server, user: &str, device: &str) -> SignalClient {
-    SignalClient::connect(&format!("ws://{}/v1/ws", server.http), &format!("dev:{user}"), device)
-        .await
-        .expect("connect")
 }
 
 /// (event, call, device) of everything received, in order.

@@ -31,10 +31,6 @@ fn token(user: &str) -> String {
     firstcall_server::tokens::mint_hs256(JWT, user, now, 3600).unwrap()
 }
 
-fn ws_url(server: &Server) -> String {
-    format!("ws://{}/v1/ws", server.http)
-}
-
 async fn client(server: &Server, user: &str, device: &str) -> SignalClient {
     SignalClient::connect(&ws_url(server), &token(user), device)
         .await

@@ -12,16 +12,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
 
-fn ws_url(server: &Server) -> String {
-    format!("ws://{}/v1/ws", server.http)
-}
-
-async fn dev(server: &Server, user: &str, device: &str) -> SignalClient {
-    SignalClient::connect(&ws_url(server), &format!("dev:{user}"), device)
-        .await
-        .expect("connect")
-}
-
 /// Alice and Bob connected, and Bob's device ringing for Alice's `call`.
 async fn ringing(server: &Server, call: &str, media: &str) -> (SignalClient, SignalClient) {
     let mut alice = dev(server, "alice", "a").await;

@@ -390,3 +390,15 @@ pub fn p99_max(times: &mut [Duration]) -> (Duration, Duration) {
     let n = times.len();
     (times[(n * 99 / 100).min(n - 1)], times[n - 1])
 }
+
+/// The server's signaling WebSocket URL.
+pub fn ws_url(server: &Server) -> String {
+    format!("ws://{}/v1/ws", server.http)
+}
+
+/// A signaling session for `user` on `device` with a dev token (the server in dev mode).
+pub async fn dev(server: &Server, user: &str, device: &str) -> firstcall_client::signal::SignalClient {
+    firstcall_client::signal::SignalClient::connect(&ws_url(server), &format!("dev:{user}"), device)
+        .await
+        .expect("connect")
+}
