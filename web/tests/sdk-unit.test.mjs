@@ -847,15 +847,7 @@ test("online() with a token function sends a fresh token, not the function", asy
 });
 
 test("updateDevice sends device.update with only what it was given", () => {
-  const w = world();
-  const sockets = [];
-  class WS extends w.s.env.WebSocket {
-    constructor(url) {
-      super(url);
-      sockets.push(this);
-    }
-  }
-  const c = createClient("ws://x/v1/ws", { token: "dev:alice", device: "dev1", env: { ...w.s.env, WebSocket: WS }, prewarm: false });
+  const { c, sockets } = clientWorld({ prewarm: false });
   c.updateDevice({ push: { provider: "webpush", token: "sub" }, state: "background" });
   c.updateDevice({ state: "foreground" });
   c.updateDevice({ push: null });
