@@ -30,11 +30,6 @@ impl<R: RngCore> Hub<R> {
         }
     }
 
-    /// Whether [`Hub::start_drain`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.draining
-    }
-
     /// Close every socket with 1012 (the process is about to exit). Sessions stay, for
     /// a resume that will not come: the process ends with them.
     pub fn close_all(&mut self, now: Instant) {
