@@ -72,6 +72,11 @@ impl SignalClient {
         self.token = token.to_owned();
     }
 
+    /// Where the next (re)connect goes: another node of the same cluster, say.
+    pub fn set_url(&mut self, url: &str) {
+        self.url = url.to_owned();
+    }
+
     /// The session id.
     pub fn session(&self) -> Option<&str> {
         self.session.as_deref()

@@ -134,6 +134,10 @@ pub struct ServeConfig {
     pub jwt_public_key: Option<PathBuf>,
     /// The identity provider's JWKS URL: JWT keys by `kid`.
     pub jwks_url: Option<String>,
+    /// Several nodes acting as one: the Redis that holds their log.
+    pub redis_url: Option<String>,
+    /// The cluster's Redis keys start with this (several clusters on one Redis).
+    pub redis_prefix: String,
     /// Where pending-call events are POSTed.
     pub webhook_url: Option<String>,
     /// Key signing webhook bodies (generated and kept in the data dir when absent).
@@ -462,6 +466,14 @@ pub struct ServeArgs {
     /// JWT keys by `kid`, fetched at start and again for an unknown `kid` (at most every 10 s).
     #[arg(long, env = "FIRSTCALL_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// Run as one node of several sharing this Redis (redis://[:password@]host:port/db):
+    /// sessions resume on any node, calls span nodes, a node can be stopped or lost
+    /// without hanging up a call. Without it, one process holds everything in memory.
+    #[arg(long, env = "FIRSTCALL_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the cluster's Redis keys [default: firstcall].
+    #[arg(long, env = "FIRSTCALL_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// POST a signed event here when a callee has no device online (for VoIP push).
     #[arg(long, env = "FIRSTCALL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -649,6 +661,8 @@ pub struct FileConfig {
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     jwks_url: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     credential_ttl: Option<String>,
@@ -1015,6 +1029,12 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.or(f.jwt_secret).filter(|s| !s.is_empty()),
             jwt_public_key: self.jwt_public_key.or(f.jwt_public_key),
             jwks_url: self.jwks_url.or(f.jwks_url).filter(|s| !s.is_empty()),
+            redis_url: self.redis_url.or(f.redis_url).filter(|s| !s.is_empty()),
+            redis_prefix: self
+                .redis_prefix
+                .or(f.redis_prefix)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "firstcall".into()),
             webhook_url: self.webhook_url.or(f.webhook_url).filter(|s| !s.is_empty()),
             webhook_secret: self.webhook_secret.or(f.webhook_secret).filter(|s| !s.is_empty()),
             credential_ttl: parse_duration(

@@ -173,6 +173,9 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
         "starting"
     } else if s.draining.load(Ordering::Acquire) {
         "draining"
+    } else if s.signaling.cluster().is_some_and(|l| !l.store_ok()) {
+        // Redis does not answer: a new session here would be closed with 1013.
+        "store_unreachable"
     } else {
         return Json(json!({"status": "ready"})).into_response();
     };

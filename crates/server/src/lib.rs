@@ -1,6 +1,7 @@
 //! The `firstcall serve` process: TURN workers and the HTTP listener.
 
 pub mod accept;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod jwks;
@@ -59,6 +60,9 @@ pub enum ServeError {
     /// `--jwks-url` is unusable.
     #[error(transparent)]
     Jwks(#[from] jwks::JwksError),
+    /// `--redis-url` is unusable, or Redis did not answer.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The webhook URL is unusable.
     #[error(transparent)]
     Webhook(#[from] webhook::BadUrl),
@@ -114,12 +118,12 @@ impl Running {
         let signaling = &self.state.signaling;
         self.state.draining.store(true, Ordering::Release);
         signaling.start_drain();
-        let calls = signaling.call_count();
+        let calls = signaling.calls_held_here();
         tracing::info!(live_calls = calls, timeout = ?self.drain_timeout, "draining: /readyz says 503, new sessions are refused (1012), live calls carry on");
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tokio::pin!(interrupt);
         let end = loop {
-            if signaling.call_count() == 0 {
+            if signaling.calls_held_here() == 0 {
                 break DrainEnd::CallsEnded;
             }
             tokio::select! {
@@ -128,7 +132,7 @@ impl Running {
                 _ = tokio::time::sleep(DRAIN_POLL) => {}
             }
         };
-        let left = signaling.call_count();
+        let left = signaling.calls_held_here();
         signaling.close_all();
         // The sockets' tasks write their close frames: give them a moment, bounded.
         let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -136,6 +140,11 @@ impl Running {
         // the hub forgets a socket as soon as it is told to close it.)
         while websocket::live_sockets() > 0 && tokio::time::Instant::now() < closing {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if let Some(link) = signaling.cluster() {
+            // The others learn this node's sockets closed (their clients resume there)
+            // and need not wait for its heartbeat to expire.
+            link.leave().await;
         }
         match end {
             DrainEnd::CallsEnded => tracing::info!(took = ?started.elapsed(), "drained: no live call left"),
@@ -567,8 +576,21 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ttl: config.credential_ttl,
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
-    let signaling = signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue)
-        .with_jwks(tokens.jwks().cloned());
+    let signaling = match &config.redis_url {
+        None => signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue),
+        Some(url) => {
+            let joined = cluster::join(url, &config.redis_prefix).await?;
+            signal::Signaling::start_cluster(
+                hub_config,
+                tokens.clone(),
+                ice,
+                webhook,
+                config.slow_socket_queue,
+                joined,
+            )
+        }
+    }
+    .with_jwks(tokens.jwks().cloned());
     let state = Arc::new(http::AppState {
         ready: false.into(),
         draining: false.into(),
@@ -592,6 +614,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             source,
         })?;
     let http_addr = listener.local_addr()?;
+    if let Some(link) = signaling.cluster() {
+        // Ready once the replica has applied the whole log: before, a resume here
+        // would find no session.
+        link.caught_up().await;
+        tracing::info!(node = %link.node, "cluster log applied: ready");
+    }
     match &turn {
         Some(t) => {
             let (ephemeral, reserved) = ports::kernel_ports();

@@ -14,15 +14,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
-use firstcall_signal::metrics::SignalMetrics;
-use firstcall_signal::protocol::{IceServer, UserId, MAX_FRAME};
+use firstcall_signal::hub::{hello_token, ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
+use firstcall_signal::metrics::{Limit, SignalMetrics};
+use firstcall_signal::protocol::{close, IceServer, UserId, MAX_FRAME};
 use firstcall_signal::ws::OpCode;
 use firstcall_turn::auth::{rest_credential, Secret};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::Notify;
 
+use crate::cluster::{self, Entry, Input, Link, NodeId, StreamId};
 use crate::config::IceUri;
 use crate::websocket::{self, Endpoint, Limits, Outlet, Queued};
 
@@ -77,9 +78,12 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// The hub and the sockets it writes to, behind one lock.
 struct Shared {
     hub: Hub<StdRng>,
+    /// This node's sockets (with several nodes, the hub knows every node's).
     conns: HashMap<ConnId, Arc<Outlet>>,
     /// When the timer task will next wake, so that an earlier deadline can wake it.
     armed: Option<Instant>,
+    /// With several nodes: the hub's time, taken from the log's entries.
+    clock: Option<cluster::Clock>,
 }
 
 /// Handle to the hub.
@@ -104,6 +108,11 @@ pub struct Signaling {
     /// With `--jwks-url`: a hello whose token names a key not fetched yet waits for a
     /// fetch on its socket's task (see [`Endpoint::gate`]) before the hub verifies it.
     jwks: Option<Arc<crate::jwks::Jwks>>,
+    /// Verifies hello tokens, on the socket's task before the hub sees the hello.
+    tokens: Arc<dyn TokenVerifier>,
+    /// With `--redis-url`: this node's place in the cluster. Every input goes to the
+    /// log instead of the hub, and the hub is fed the log (see [`crate::cluster`]).
+    cluster: Option<Arc<Link>>,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
 }
@@ -138,7 +147,7 @@ impl Signaling {
         let metrics = Arc::new(SignalMetrics::default());
         let hub = Hub::new(
             config,
-            tokens,
+            tokens.clone(),
             ice,
             metrics.clone(),
             StdRng::from_entropy(),
@@ -150,16 +159,71 @@ impl Signaling {
                 hub,
                 conns: HashMap::default(),
                 armed: None,
+                clock: None,
             })),
             timer: Arc::new(Notify::new()),
             webhook,
             next: Arc::new(AtomicU64::new(1)),
             queue_limit,
             jwks: None,
+            tokens,
+            cluster: None,
             metrics,
         };
         tokio::spawn(timer_loop(sig.clone()));
         sig
+    }
+
+    /// Start this node's replica of the cluster's hub ([`crate::cluster`]): seeded,
+    /// timed and fed by the log `joined` found, with every input of this node's
+    /// sockets appended to it. Ready once it has applied the log up to its end
+    /// ([`Signaling::caught_up`]).
+    pub fn start_cluster(
+        config: HubConfig,
+        tokens: Arc<dyn TokenVerifier>,
+        ice: Arc<dyn IceProvider>,
+        webhook: Option<crate::webhook::Webhook>,
+        queue_limit: usize,
+        joined: cluster::Joined,
+    ) -> Signaling {
+        let metrics = Arc::new(SignalMetrics::default());
+        let base = Instant::now();
+        // Every replica verifies nothing itself: the node that took a hello says in the
+        // log what its token check gave.
+        let hub = Hub::new(
+            config,
+            Arc::new(cluster::VerifiedInLog),
+            ice,
+            metrics.clone(),
+            StdRng::from_seed(joined.seed),
+            base,
+            joined.base_ms / 1000,
+        );
+        let (link, tasks) = cluster::Link::new(&joined);
+        let sig = Signaling {
+            shared: Arc::new(Mutex::new(Shared {
+                hub,
+                conns: HashMap::default(),
+                armed: None,
+                clock: Some(cluster::Clock::new(base, joined.base_ms)),
+            })),
+            timer: Arc::new(Notify::new()),
+            webhook,
+            next: Arc::new(AtomicU64::new(1)),
+            queue_limit,
+            jwks: None,
+            tokens,
+            cluster: Some(link),
+            metrics,
+        };
+        tasks.spawn(sig.clone(), joined);
+        tokio::spawn(timer_loop(sig.clone()));
+        sig
+    }
+
+    /// With several nodes: this node's link to the others.
+    pub fn cluster(&self) -> Option<&Arc<Link>> {
+        self.cluster.as_ref()
     }
 
     /// Hellos naming a key `jwks` has not fetched wait for a fetch first.
@@ -173,19 +237,77 @@ impl Signaling {
         self.lock().hub.online_users()
     }
 
-    /// Start draining (see [`Hub::start_drain`]).
+    /// Start draining (see [`Hub::start_drain`]). With several nodes this node's
+    /// sockets are closed with 1012 at once: their sessions and calls live on in every
+    /// node's replica, and their clients resume on another node.
     pub fn start_drain(&self) {
-        self.with_hub(|hub, _| hub.start_drain(Instant::now()));
+        match &self.cluster {
+            None => self.with_hub(|hub, _| hub.start_drain(Instant::now())),
+            Some(link) => {
+                link.start_drain();
+                self.close_local(close::SERVICE_RESTART, "server restarting: resume on another node");
+            }
+        }
     }
 
-    /// Live calls (ringing or answered).
+    /// Live calls (ringing or answered), on every node.
     pub fn call_count(&self) -> usize {
         self.lock().hub.call_count()
     }
 
+    /// Live calls a drain of this node waits for: with several nodes none (they carry
+    /// on through the other nodes).
+    pub fn calls_held_here(&self) -> usize {
+        match &self.cluster {
+            None => self.call_count(),
+            Some(_) => 0,
+        }
+    }
+
     /// Close every socket with 1012, before the process exits.
     pub fn close_all(&self) {
-        self.with_hub(|hub, _| hub.close_all(Instant::now()));
+        match &self.cluster {
+            None => self.with_hub(|hub, _| hub.close_all(Instant::now())),
+            Some(_) => self.close_local(close::SERVICE_RESTART, "server restarting: resume on another node"),
+        }
+    }
+
+    /// Close this node's sockets (with several nodes), telling the others they are gone.
+    fn close_local(&self, code: u16, reason: &'static str) {
+        let outlets: Vec<(ConnId, Arc<Outlet>)> = self.lock().conns.drain().collect();
+        for (conn, outlet) in outlets {
+            outlet.close(Some((code, reason)));
+            if let Some(link) = &self.cluster {
+                let _ = link.append(Input::Disconnect { c: conn.into() });
+            }
+        }
+    }
+
+    /// Close one of this node's sockets because its input could not be appended to the
+    /// log (Redis unreachable): the client resumes, here or elsewhere, and sends again
+    /// what was not acknowledged. True if it was open.
+    /// Counted in `cluster_sockets_closed{reason}` (before the client can see it).
+    pub(crate) fn fail_conn(&self, conn: ConnId, reason: &'static str) -> bool {
+        let outlet = self.lock().conns.remove(&conn);
+        match outlet {
+            Some(o) => {
+                self.metrics.count("cluster_sockets_closed", reason);
+                o.close(Some((close::TRY_AGAIN_LATER, "signaling store unreachable: reconnect")));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// With several nodes: append an input of `conn`'s, or close it with 1013 when
+    /// [`cluster::MAX_QUEUED`] inputs wait already (Redis slow or unreachable).
+    fn append_or_fail(&self, link: &Link, conn: ConnId, input: Input) {
+        if !link.append(input) {
+            self.metrics.limit_hit(Limit::ClusterQueue);
+            if self.fail_conn(conn, "queue_full") {
+                tracing::warn!(conn = conn.0, "cluster log queue full: socket closed with 1013");
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -218,6 +340,12 @@ impl Signaling {
         let mut guard = self.lock();
         let s = &mut *guard;
         f(&mut s.hub, &mut s.conns);
+        self.route(s, w, true);
+    }
+
+    /// Queue what the hub produced on this node's outlets; webhooks into `w` when
+    /// `post_hooks` (with several nodes, the node that appended their cause posts them).
+    fn route(&self, s: &mut Shared, w: &mut Writes, post_hooks: bool) {
         loop {
             let mut slow = Vec::new();
             while let Some(o) = s.hub.poll_output() {
@@ -238,7 +366,11 @@ impl Signaling {
                             }
                         }
                     }
-                    Output::Webhook { body } => w.hooks.push(body),
+                    Output::Webhook { body } => {
+                        if post_hooks {
+                            w.hooks.push(body)
+                        }
+                    }
                 }
             }
             if slow.is_empty() {
@@ -247,14 +379,78 @@ impl Signaling {
             for conn in slow {
                 // The outlet was cut and told its task, which ends the socket (and
                 // counts and logs the cut). Detached now, so that the hub sends it
-                // nothing more; the session keeps the frames for the resume.
+                // nothing more; the session keeps the frames for the resume. With
+                // several nodes every replica detaches it when the log says so.
                 if s.conns.remove(&conn).is_some() {
-                    s.hub.handle_disconnect(conn, Instant::now());
+                    match &self.cluster {
+                        None => s.hub.handle_disconnect(conn, Instant::now()),
+                        Some(link) => {
+                            let _ = link.append(Input::Disconnect { c: conn.into() });
+                        }
+                    }
                 }
             }
         }
         let next = s.hub.poll_timeout();
         w.wake_timer |= next.is_some_and(|d| s.armed.is_none_or(|a| d < a));
+    }
+
+    /// Apply entries of the cluster's log to this node's replica, in order, and write
+    /// what they produced for this node's sockets.
+    pub(crate) fn apply(&self, entries: Vec<(StreamId, Entry)>, me: NodeId) {
+        let mut w = Writes::default();
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            for (id, entry) in entries {
+                let at = match &entry.input {
+                    Input::Tick { at } => *at,
+                    _ => 0,
+                };
+                let clock = s.clock.as_mut().expect("a cluster replica has a clock");
+                let now = clock.advance(id.ms.max(at));
+                match entry.input {
+                    Input::Connect { c } => s.hub.handle_connect(c.into(), now),
+                    Input::Text { c, t, v } => {
+                        s.hub
+                            .handle_text_verified(c.into(), &t, now, v.map(cluster::Verified::into_result))
+                    }
+                    Input::Disconnect { c } => s.hub.handle_disconnect(c.into(), now),
+                    Input::Tick { .. } => s.hub.handle_timeout(now),
+                    Input::NodeGone { gone } => {
+                        let conns: Vec<ConnId> = s
+                            .hub
+                            .conn_ids()
+                            .into_iter()
+                            .filter(|c| NodeId::of(*c) == gone)
+                            .collect();
+                        tracing::info!(node = %gone, sockets = conns.len(), "node gone: its sockets are closed, its sessions wait for resumes");
+                        for c in conns {
+                            s.hub.handle_disconnect(c, now);
+                        }
+                    }
+                    Input::Joined => {}
+                }
+                self.route(s, &mut w, entry.n == me);
+            }
+            let next = s.hub.poll_timeout();
+            w.wake_timer |= next.is_some_and(|d| s.armed.is_none_or(|a| d < a));
+        }
+        self.flush(w);
+    }
+
+    /// The nodes (other than `me`) the replica has sockets of.
+    pub(crate) fn nodes_with_sockets(&self, me: NodeId) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .lock()
+            .hub
+            .conn_ids()
+            .into_iter()
+            .map(NodeId::of)
+            .filter(|n| *n != me)
+            .collect();
+        v.dedup();
+        v
     }
 
     /// Write the sockets `w` touched, wake the timer task if it must, post the webhooks.
@@ -293,16 +489,70 @@ impl Endpoint for Signaling {
     }
 
     fn connect(&self, outlet: &Arc<Outlet>) -> ConnId {
-        let conn = ConnId(self.next.fetch_add(1, Ordering::Relaxed));
-        self.with_hub(|hub, conns| {
-            conns.insert(conn, outlet.clone());
-            hub.handle_connect(conn, Instant::now());
-        });
-        conn
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.cluster {
+            None => {
+                let conn = ConnId(n);
+                self.with_hub(|hub, conns| {
+                    conns.insert(conn, outlet.clone());
+                    hub.handle_connect(conn, Instant::now());
+                });
+                conn
+            }
+            Some(link) => {
+                let conn = link.node.conn(n);
+                self.lock().conns.insert(conn, outlet.clone());
+                self.append_or_fail(link, conn, Input::Connect { c: conn.into() });
+                conn
+            }
+        }
     }
 
     fn text(&self, conn: ConnId, _: &Arc<Outlet>, text: &str, w: &mut Writes) {
-        self.with_hub_into(w, |hub, _| hub.handle_text(conn, text, Instant::now()));
+        match &self.cluster {
+            None => self.with_hub_into(w, |hub, _| hub.handle_text(conn, text, Instant::now())),
+            Some(link) => self.append_or_fail(
+                link,
+                conn,
+                Input::Text {
+                    c: conn.into(),
+                    t: text.to_owned(),
+                    v: None,
+                },
+            ),
+        }
+    }
+
+    fn first_text(&self, conn: ConnId, outlet: &Arc<Outlet>, text: &str, w: &mut Writes) {
+        // The token is checked here, on the socket's task: the hub's lock (and, with
+        // several nodes, every replica) takes the result.
+        let verified = hello_token(text).map(|t| self.tokens.verify(&t, unix_now()));
+        match &self.cluster {
+            None => self.with_hub_into(w, |hub, _| {
+                hub.handle_text_verified(conn, text, Instant::now(), verified)
+            }),
+            Some(link) if link.draining() => {
+                // Sessions go elsewhere, resumes included: this node is about to exit.
+                let refusal = firstcall_signal::hub::error_value(
+                    firstcall_signal::protocol::ErrorCode::Draining,
+                    "server draining for a restart: connect to another node",
+                    None,
+                );
+                if outlet.queue(OpCode::Text, refusal.to_string().as_bytes()) == Queued::First {
+                    w.touched.push(outlet.clone());
+                }
+                outlet.close(Some((close::SERVICE_RESTART, "server draining: reconnect")));
+            }
+            Some(link) => self.append_or_fail(
+                link,
+                conn,
+                Input::Text {
+                    c: conn.into(),
+                    t: text.to_owned(),
+                    v: verified.map(Into::into),
+                },
+            ),
+        }
     }
 
     fn gate(&self, first: &str) -> Option<crate::websocket::Gate> {
@@ -329,10 +579,19 @@ impl Endpoint for Signaling {
     }
 
     fn disconnect(&self, conn: ConnId) {
-        self.with_hub(|hub, conns| {
-            conns.remove(&conn);
-            hub.handle_disconnect(conn, Instant::now());
-        });
+        match &self.cluster {
+            None => self.with_hub(|hub, conns| {
+                conns.remove(&conn);
+                hub.handle_disconnect(conn, Instant::now());
+            }),
+            Some(link) => {
+                // Told to the others unless it was closed on their word (a `Close` from
+                // the hub, or a drain, which told them already).
+                if self.lock().conns.remove(&conn).is_some() {
+                    let _ = link.append(Input::Disconnect { c: conn.into() });
+                }
+            }
+        }
     }
 
     fn metrics(&self) -> &SignalMetrics {
@@ -341,8 +600,12 @@ impl Endpoint for Signaling {
 }
 
 /// Fire the hub's timers: sleep until its next deadline (at most a second, to keep its
-/// wall clock anchored), or until a call on the hub set an earlier one.
+/// wall clock anchored), or until a call on the hub set an earlier one. With several
+/// nodes, see [`cluster_ticks`].
 async fn timer_loop(sig: Signaling) {
+    if let Some(link) = sig.cluster.clone() {
+        return cluster_ticks(sig, link).await;
+    }
     let mut last_anchor = Instant::now();
     loop {
         let deadline = {
@@ -370,3 +633,46 @@ async fn timer_loop(sig: Signaling) {
         }
     }
 }
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// With several nodes, timers fire where the log says: the leader appends a `Tick` when
+/// the replica's next deadline is due by its clock, and every replica (its own
+/// included) fires the timers due at that entry. A tick appended and not yet applied
+/// is appended again after [`TICK_RETRY`], in case it was lost.
+async fn cluster_ticks(sig: Signaling, link: Arc<Link>) {
+    let mut sent: Option<(u64, Instant)> = None;
+    loop {
+        let due = {
+            let mut s = sig.lock();
+            let due = s.hub.poll_timeout();
+            s.armed = due;
+            due.and_then(|d| s.clock.as_ref().map(|c| c.ms_of(d)))
+        };
+        let now = unix_ms();
+        let wait = match due {
+            Some(d) if d > now => Duration::from_millis(d - now),
+            Some(d) => {
+                let fresh = sent.is_none_or(|(at, when)| at != d || when.elapsed() >= TICK_RETRY);
+                if link.is_leader() && fresh && link.append(cluster::Input::Tick { at: d }) {
+                    sent = Some((d, Instant::now()));
+                }
+                TICK_RETRY
+            }
+            None => TICK_RETRY,
+        };
+        // Woken early when an applied entry sets an earlier deadline, or the tick sent
+        // is applied (the deadline moves on).
+        let _ = tokio::time::timeout(wait.min(TICK_RETRY), sig.timer.notified()).await;
+    }
+}
+
+/// How long the leader waits for a tick it appended before it appends it again, and
+/// the longest the tick loop sleeps (a node that becomes leader starts ticking within it).
+const TICK_RETRY: Duration = Duration::from_millis(250);

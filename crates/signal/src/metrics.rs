@@ -46,11 +46,14 @@ pub enum Limit {
     EndedCalls,
     /// User pairs' last invites remembered (`--max-invite-pairs`): the oldest forgotten early.
     InvitePairs,
+    /// With several nodes: inputs waiting to be appended to the cluster's log (Redis slow
+    /// or unreachable); one more closes its socket with 1013.
+    ClusterQueue,
 }
 
 impl Limit {
     /// Every limit, for tests and documentation.
-    pub const ALL: [Limit; 15] = [
+    pub const ALL: [Limit; 16] = [
         Limit::HeldSignalsPerCall,
         Limit::HeldBytesPerCall,
         Limit::HeldSignalsPerUser,
@@ -66,6 +69,7 @@ impl Limit {
         Limit::FrameSize,
         Limit::EndedCalls,
         Limit::InvitePairs,
+        Limit::ClusterQueue,
     ];
 
     /// Metrics label.
@@ -86,6 +90,7 @@ impl Limit {
             Limit::FrameSize => "frame_size",
             Limit::EndedCalls => "ended_calls",
             Limit::InvitePairs => "invite_pairs",
+            Limit::ClusterQueue => "cluster_queue",
         }
     }
 }
@@ -215,7 +220,7 @@ impl SignalMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP firstcall_signal_sessions_active Signaling sessions alive (attached or awaiting resume).\n# TYPE firstcall_signal_sessions_active gauge\nfirstcall_signal_sessions_active {}", self.sessions_active.load(Relaxed));
         let _ = writeln!(out, "# HELP firstcall_signal_unacked_frames Server frames not yet acknowledged by clients.\n# TYPE firstcall_signal_unacked_frames gauge\nfirstcall_signal_unacked_frames {}", self.unacked.load(Relaxed));
-        let families: [(&str, &str, &str); 15] = [
+        let families: [(&str, &str, &str); 16] = [
             ("sessions", "Sessions created.", "event"),
             ("sessions_ended", "Sessions ended, by reason.", "reason"),
             ("resumes", "Resume attempts by result.", "result"),
@@ -253,6 +258,11 @@ impl SignalMetrics {
                 "drain_closed",
                 "Sockets closed with 1012 while draining: idle (no live call) or exit (at the end of the drain).",
                 "why",
+            ),
+            (
+                "cluster_sockets_closed",
+                "With several nodes: this node's sockets closed with 1013 because their input could not be appended to the cluster's log (store_unreachable, queue_full).",
+                "reason",
             ),
             (
                 "first_attempt",

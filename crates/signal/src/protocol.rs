@@ -287,6 +287,10 @@ pub mod close {
     /// call is closed with it. Reconnect at once: a load balancer that reads `/readyz`
     /// sends the new socket to another node.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// With several nodes: the node could not pass the frame on (its store, Redis, is
+    /// unreachable). RFC 6455's registered "Try Again Later": resume after a moment,
+    /// here or on another node, and send again what the server has not acknowledged.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Most characters of client input an `error` frame echoes (a `type`, a key).

@@ -72,8 +72,71 @@ impl Client {
     }
 }
 
+/// The hub under test and a replica fed the same inputs. Every node of a cluster runs a
+/// replica of the hub fed one log (docs/architecture.md), so every step must give the
+/// same outputs on both, whatever order their maps (each seeded on its own) iterate in.
+struct Twin {
+    a: Hub<StdRng>,
+    b: Hub<StdRng>,
+}
+
+impl Twin {
+    fn handle_connect(&mut self, conn: ConnId, now: Instant) {
+        self.a.handle_connect(conn, now);
+        self.b.handle_connect(conn, now);
+    }
+    fn handle_text(&mut self, conn: ConnId, text: &str, now: Instant) {
+        self.a.handle_text(conn, text, now);
+        self.b.handle_text(conn, text, now);
+    }
+    fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.a.handle_disconnect(conn, now);
+        self.b.handle_disconnect(conn, now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.a.handle_timeout(now);
+        self.b.handle_timeout(now);
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        let (x, y) = (self.a.poll_output(), self.b.poll_output());
+        assert_eq!(x, y, "the replica's output differs");
+        x
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.a.poll_timeout();
+        assert_eq!(t, self.b.poll_timeout(), "the replica's next deadline differs");
+        t
+    }
+    fn check_indexes(&self) -> Result<(), String> {
+        self.a.check_indexes()?;
+        self.b.check_indexes()
+    }
+    fn live_calls(&self) -> usize {
+        assert_eq!(self.a.live_calls(), self.b.live_calls());
+        self.a.live_calls()
+    }
+    fn call_count(&self) -> usize {
+        self.a.call_count()
+    }
+    fn session_count(&self) -> usize {
+        assert_eq!(self.a.session_count(), self.b.session_count());
+        self.a.session_count()
+    }
+    fn timer_entries(&self) -> usize {
+        self.a.timer_entries()
+    }
+    fn start_drain(&mut self, now: Instant) {
+        self.a.start_drain(now);
+        self.b.start_drain(now);
+    }
+    fn close_all(&mut self, now: Instant) {
+        self.a.close_all(now);
+        self.b.close_all(now);
+    }
+}
+
 struct World {
-    hub: Hub<StdRng>,
+    hub: Twin,
     now: Instant,
     clients: Vec<Client>,
     next_conn: u64,
@@ -87,15 +150,21 @@ impl World {
     fn new(cfg: HubConfig) -> Self {
         let now = Instant::now();
         let metrics = Arc::new(SignalMetrics::default());
-        let hub = Hub::new(
-            cfg,
-            Arc::new(DevTokens),
-            Arc::new(Ice),
-            metrics.clone(),
-            StdRng::seed_from_u64(1),
-            now,
-            1_800_000_000,
-        );
+        let hub = |cfg, metrics| {
+            Hub::new(
+                cfg,
+                Arc::new(DevTokens),
+                Arc::new(Ice),
+                metrics,
+                StdRng::seed_from_u64(1),
+                now,
+                1_800_000_000,
+            )
+        };
+        let hub = Twin {
+            a: hub(cfg.clone(), metrics.clone()),
+            b: hub(cfg, Arc::new(SignalMetrics::default())),
+        };
         World {
             hub,
             now,
@@ -2023,4 +2092,33 @@ fn invite_meta_is_an_object_of_at_most_4_kib_else_bad_request_and_nothing_change
     // `null` is the same as no meta.
     w.send(a, invite_meta("n", "carol", Value::Null));
     assert_eq!(w.clients[a].of_type("error").len(), refused.len());
+}
+
+/// A drain walks every session and socket (the hub's maps, which a replica iterates in
+/// another order): both end the idle sessions and close every socket in the same order.
+#[test]
+fn a_drain_ends_idle_sessions_and_closes_sockets_alike_on_a_replica() {
+    let (mut w, a, b) = in_call("d");
+    let idle: Vec<usize> = (0..12).map(|n| w.add(&format!("idle{n}"), "x")).collect();
+    for &i in &idle {
+        w.connect(i);
+    }
+    w.hub.start_drain(w.now);
+    w.pump();
+    w.advance(Duration::from_secs(1));
+    for &i in &idle {
+        assert_eq!(
+            w.clients[i].closed_with,
+            Some(1012),
+            "an idle session is sent elsewhere"
+        );
+    }
+    assert!(
+        w.clients[a].conn.is_some() && w.clients[b].conn.is_some(),
+        "the call carries on"
+    );
+    w.hub.close_all(w.now);
+    w.pump();
+    assert_eq!(w.clients[a].closed_with, Some(1012));
+    assert_eq!(w.clients[b].closed_with, Some(1012));
 }

@@ -210,7 +210,7 @@ impl Outlet {
     }
 
     /// Send our close frame.
-    pub(super) fn close(&self, status: Option<(u16, &str)>) {
+    pub(crate) fn close(&self, status: Option<(u16, &str)>) {
         // Over the limit, the close cuts the socket like any frame.
         let _ = self.close_frame(&mut self.lock(), status);
         self.push();

@@ -46,6 +46,12 @@ pub trait Endpoint: Clone + Send + Sync + 'static {
     fn connect(&self, outlet: &Arc<Outlet>) -> ConnId;
     /// A text message.
     fn text(&self, conn: ConnId, outlet: &Arc<Outlet>, text: &str, batch: &mut Self::Batch);
+    /// The socket's first text message (after its [`Endpoint::gate`], if any): the
+    /// signaling hub's hello, whose token is verified here, on the socket's task and
+    /// outside any lock.
+    fn first_text(&self, conn: ConnId, outlet: &Arc<Outlet>, text: &str, batch: &mut Self::Batch) {
+        self.text(conn, outlet, text, batch)
+    }
     /// Slow work the socket's first text message needs before [`Endpoint::text`] takes it
     /// (fetching the key a token names), done by the socket's own task, outside any
     /// lock the endpoint holds; the socket reads nothing more meanwhile, so the messages
@@ -160,7 +166,7 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
             // waits for it, and nothing after the message is read meanwhile.
             let _ = tokio::time::timeout(GATE_TIMEOUT, gate).await;
             let mut batch = E::Batch::default();
-            ep.text(conn, &outlet, &text, &mut batch);
+            ep.first_text(conn, &outlet, &text, &mut batch);
             ep.flush(batch);
             stop = take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None, &mut first);
             continue;
@@ -313,6 +319,8 @@ fn decode_all<E: Endpoint>(
                     if let Some(gate) = ep.gate(t) {
                         break Some(Stop::Gate(gate, (*t).to_owned()));
                     }
+                    ep.first_text(conn, outlet, t, &mut batch);
+                    continue;
                 }
                 if let Some(stop) = on_message(ep, conn, outlet, msg, &mut batch) {
                     break Some(stop);

@@ -34,7 +34,7 @@ impl<R: RngCore> Hub<R> {
     /// a resume that will not come: the process ends with them.
     pub fn close_all(&mut self, now: Instant) {
         self.now = now;
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conns = self.conn_ids();
         if !conns.is_empty() {
             self.metrics.add("drain_closed", "exit", conns.len() as u64);
         }
@@ -79,7 +79,7 @@ impl<R: RngCore> Hub<R> {
     /// their clients' resumes are refused here too and they settle on another node,
     /// instead of resuming here and being sent away again every tick.
     fn drain_idle(&mut self, now: Instant) {
-        let idle: Vec<(ConnId, super::ids::SessionKey)> = self
+        let mut idle: Vec<(ConnId, super::ids::SessionKey)> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.unacked.is_empty())
@@ -97,6 +97,8 @@ impl<R: RngCore> Hub<R> {
                 (!needed).then_some((conn, *key))
             })
             .collect();
+        // In key order, not the map's: replicas of the hub end them alike.
+        idle.sort_unstable_by_key(|(_, k)| *k);
         if !idle.is_empty() {
             self.metrics.add("drain_closed", "idle", idle.len() as u64);
         }

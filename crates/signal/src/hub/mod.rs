@@ -51,6 +51,7 @@ use timer::Timer;
 use wire::{error_json, json_string};
 
 pub use drain::DRAIN_TICK;
+pub use session::hello_token;
 pub use wire::error_value;
 
 /// Settings.
@@ -338,6 +339,13 @@ impl<R: RngCore> Hub<R> {
         }
     }
 
+    /// The sockets the hub knows (said hello or not yet), in order.
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = self.conns.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Next output for the driver.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -350,11 +358,25 @@ impl<R: RngCore> Hub<R> {
 
     /// One text frame from `conn`.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: Instant) {
+        self.handle_text_verified(conn, text, now, None)
+    }
+
+    /// One text frame from `conn`; if it is the socket's hello, `verified` is what the
+    /// driver's check of its token ([`hello_token`]) said, so that the hub (and its lock)
+    /// does not wait for the check, and every replica of a cluster takes the same
+    /// decision whatever its own key cache holds. `None`: the hub verifies it itself.
+    pub fn handle_text_verified(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        now: Instant,
+        verified: Option<Result<UserId, String>>,
+    ) {
         self.now = now;
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.last_rx = now;
         let Some(key) = c.session else {
-            self.handle_hello(conn, text, now);
+            self.handle_hello(conn, text, now, verified);
             return;
         };
         if text.len() > MAX_FRAME {

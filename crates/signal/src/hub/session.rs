@@ -90,7 +90,16 @@ impl SessionEnd {
 }
 
 impl<R: RngCore> Hub<R> {
-    pub(super) fn handle_hello(&mut self, conn: ConnId, text: &str, now: Instant) {
+    /// The first frame of `conn`: a hello, whose token `verified` already says (the
+    /// driver verified it outside the hub, see [`Hub::handle_text_verified`]) or, when
+    /// `None`, the hub's own verifier checks.
+    pub(super) fn handle_hello(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        now: Instant,
+        verified: Option<Result<UserId, String>>,
+    ) {
         let reject = |this: &mut Self, code: ErrorCode, msg: &str, close_code: u16| {
             this.metrics.count("errors", code.as_str());
             this.out.push_back(Output::Send {
@@ -108,40 +117,19 @@ impl<R: RngCore> Hub<R> {
             });
             this.conns.remove(&conn);
         };
-        if text.len() > MAX_FRAME {
-            self.metrics.limit_hit(Limit::FrameSize);
-            return reject(self, ErrorCode::TooLarge, "hello too large", close::PROTOCOL);
-        }
-        // A `Value` keeps the last of duplicate keys (of `token`, say), where another
-        // reader would take the first: refused.
-        if let Err(crate::keys::KeyError::Duplicate(k)) = crate::keys::check(text) {
-            let msg = format!("hello: duplicate key {k:?}");
-            return reject(self, ErrorCode::BadRequest, &msg, close::PROTOCOL);
-        }
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => {
-                return reject(
-                    self,
-                    ErrorCode::BadRequest,
-                    "first frame must be a JSON hello",
-                    close::PROTOCOL,
-                )
-            }
-        };
-        if v.get("type").and_then(Value::as_str) != Some("hello") {
-            return reject(
-                self,
-                ErrorCode::BadRequest,
-                "first frame must be hello",
-                close::PROTOCOL,
-            );
-        }
-        let hello: Hello = match serde_json::from_value(v) {
+        let hello = match parse_hello(text) {
             Ok(h) => h,
-            Err(e) => return reject(self, ErrorCode::BadRequest, &format!("hello: {e}"), close::PROTOCOL),
+            Err(HelloError::TooLarge) => {
+                self.metrics.limit_hit(Limit::FrameSize);
+                return reject(self, ErrorCode::TooLarge, "hello too large", close::PROTOCOL);
+            }
+            Err(HelloError::Bad(msg)) => return reject(self, ErrorCode::BadRequest, &msg, close::PROTOCOL),
         };
-        let user = match self.tokens.verify(&hello.token, self.unix_now(now)) {
+        let verified = match verified {
+            Some(v) => v,
+            None => self.tokens.verify(&hello.token, self.unix_now(now)),
+        };
+        let user = match verified {
             Ok(u) => u,
             Err(why) => return reject(self, ErrorCode::Unauthorized, &why, close::UNAUTHORIZED),
         };
@@ -625,4 +613,38 @@ impl<R: RngCore> Hub<R> {
             self.refresh_ice(key, now);
         }
     }
+}
+
+/// Why a first frame is not a hello.
+pub(super) enum HelloError {
+    /// Longer than [`MAX_FRAME`].
+    TooLarge,
+    /// Not a hello; the text says why.
+    Bad(String),
+}
+
+/// The one decode of a first frame into a [`Hello`], used by the hub and by
+/// [`hello_token`].
+pub(super) fn parse_hello(text: &str) -> Result<Hello, HelloError> {
+    if text.len() > MAX_FRAME {
+        return Err(HelloError::TooLarge);
+    }
+    // A `Value` keeps the last of duplicate keys (of `token`, say), where another
+    // reader would take the first: refused.
+    if let Err(crate::keys::KeyError::Duplicate(k)) = crate::keys::check(text) {
+        return Err(HelloError::Bad(format!("hello: duplicate key {k:?}")));
+    }
+    let v: Value =
+        serde_json::from_str(text).map_err(|_| HelloError::Bad("first frame must be a JSON hello".into()))?;
+    if v.get("type").and_then(Value::as_str) != Some("hello") {
+        return Err(HelloError::Bad("first frame must be hello".into()));
+    }
+    serde_json::from_value(v).map_err(|e| HelloError::Bad(format!("hello: {e}")))
+}
+
+/// The token of a first frame the hub would take as a hello, so that a driver can
+/// verify it outside the hub's lock (and, with several nodes, before the hello is
+/// shared with the others) and hand the result to [`Hub::handle_text_verified`].
+pub fn hello_token(text: &str) -> Option<String> {
+    parse_hello(text).ok().map(|h| h.token)
 }

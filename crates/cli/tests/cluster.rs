@@ -1,0 +1,354 @@
+//! Several nodes on one Redis act as one: Debian's `redis-server` and three `firstcall
+//! serve` processes on loopback ports, started here, with clients spread over them.
+//! Calls span nodes, a resume lands on any node and replays exactly what was not
+//! acknowledged, a node killed with SIGKILL or drained with SIGTERM hangs up nobody,
+//! timers fire once, and Redis out of reach closes sockets with 1013 instead of losing
+//! anything.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use firstcall_client::signal::{ClientError, SignalClient};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(10);
+const SECRET: &str = "cluster-test-turn-secret";
+
+/// A `redis-server` on a loopback port, killed (by PID) when dropped.
+struct Redis {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// With an append-only file fsynced on every write when `aof`, else no persistence.
+    fn start(port: u16, dir: PathBuf, aof: bool) -> Redis {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--dir", dir.to_str().unwrap()])
+            .args(["--appendonly", if aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut proc = Proc::spawn("redis-server", &mut cmd);
+        let up = wait_until(Duration::from_secs(10), || {
+            assert!(proc.alive(), "redis-server exited at start");
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server not listening within 10 s");
+        Redis { proc, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("firstcall-redis-{}-{tag}", std::process::id()))
+}
+
+/// A node of the cluster on `redis`.
+fn node(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str(), "--turn-secret", SECRET];
+    args.extend_from_slice(extra);
+    start_firstcall(&args)
+}
+
+async fn on(server: &Server, user: &str, device: &str) -> SignalClient {
+    dev(server, user, device).await
+}
+
+fn cand(n: u32) -> Value {
+    json!({"candidate": {"candidate": format!("candidate:{n} 1 udp 1 198.51.100.{} 5000 typ srflx raddr 0.0.0.0 rport 0", n % 250 + 1), "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u"}})
+}
+
+/// Alice (on `a`'s node) calls Bob (on `b`'s), and Bob answers.
+async fn call(alice: &mut SignalClient, bob: &mut SignalClient, id: &str) {
+    alice
+        .send(json!({"type": "call.invite", "call": id, "to": "bob", "media": "audio", "sdp": "offer"}))
+        .await;
+    let (inc, _) = bob
+        .expect("call.incoming", T)
+        .await
+        .expect("incoming on the other node");
+    assert_eq!(inc["call"], id);
+    bob.send(json!({"type": "call.accept", "call": id, "sdp": "answer"}))
+        .await;
+    let (acc, _) = alice
+        .expect("call.accepted", T)
+        .await
+        .expect("accepted on the caller's node");
+    assert_eq!(acc["sdp"], "answer");
+}
+
+/// Every `call.signal` `c` receives until `n` have come, their data in order.
+async fn signals(c: &mut SignalClient, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (s, _) = c.expect("call.signal", T).await.expect("signal");
+        got.push(s["data"].clone());
+    }
+    got
+}
+
+fn have_redis() -> bool {
+    have_tool("redis-server")
+}
+
+#[tokio::test]
+async fn calls_span_nodes_and_a_resume_on_any_node_replays_exactly_the_rest() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port(), redis_dir("span"), false);
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    let mut alice = on(&nodes[0], "alice", "a").await;
+    let mut bob = on(&nodes[1], "bob", "b").await;
+    call(&mut alice, &mut bob, "c1").await;
+    for n in 1..=5 {
+        alice
+            .send(json!({"type": "call.signal", "call": "c1", "data": cand(n)}))
+            .await;
+    }
+    assert_eq!(signals(&mut bob, 5).await, (1..=5).map(cand).collect::<Vec<_>>());
+
+    // Bob's network drops; Alice goes on signalling; Bob comes back on the third node.
+    bob.cut();
+    for n in 6..=12 {
+        alice
+            .send(json!({"type": "call.signal", "call": "c1", "data": cand(n)}))
+            .await;
+    }
+    bob.set_url(&ws_url(&nodes[2]));
+    bob.reconnect().await.expect("resume on another node");
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    assert_eq!(
+        signals(&mut bob, 7).await,
+        (6..=12).map(cand).collect::<Vec<_>>(),
+        "each signal once, in order"
+    );
+    // And back the other way, then the hang-up reaches the caller's node.
+    bob.send(json!({"type": "call.signal", "call": "c1", "data": cand(100)}))
+        .await;
+    assert_eq!(signals(&mut alice, 1).await, vec![cand(100)]);
+    bob.send(json!({"type": "call.hangup", "call": "c1"})).await;
+    let (end, _) = alice.expect("call.ended", T).await.unwrap();
+    assert_eq!(end["reason"], "hangup");
+
+    // Every node answers for credentials and metrics, and the credentials (one shared
+    // secret) verify on any node's TURN server.
+    for n in &nodes {
+        let (status, body) =
+            http_get(n.http, "/v1/turn-credentials", &[("Authorization", "Bearer dev:alice")]).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let (user, pass) = (v["username"].as_str().unwrap(), v["password"].as_str().unwrap());
+        for other in &nodes {
+            allocate_with(other.turn, user, pass, "firstcall.test");
+        }
+        // The hub's counters are the cluster's: every replica counted the one call.
+        assert_eq!(n.metric("firstcall_signal_calls_ended_total{reason=\"hangup\"}"), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_hangs_up_nobody_and_timers_fire_once() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port(), redis_dir("kill"), false);
+    let mut nodes = vec![
+        node(&redis, &["--ring-timeout", "3s"]),
+        node(&redis, &["--ring-timeout", "3s"]),
+        node(&redis, &["--ring-timeout", "3s"]),
+    ];
+    let mut alice = on(&nodes[1], "alice", "a").await;
+    let mut bob = on(&nodes[0], "bob", "b").await;
+    call(&mut alice, &mut bob, "k1").await;
+    // Carol rings, on the node about to die; Dave calls nobody online.
+    let mut carol = on(&nodes[0], "carol", "c").await;
+    alice
+        .send(json!({"type": "call.invite", "call": "k2", "to": "carol", "media": "video", "sdp": "o2"}))
+        .await;
+    carol.expect("call.incoming", T).await.unwrap();
+    let mut dave = on(&nodes[2], "dave", "d").await;
+    // Erin, idle on the node about to die, never comes back.
+    let _erin = on(&nodes[0], "erin", "e").await;
+    dave.send(json!({"type": "call.invite", "call": "k3", "to": "nobody", "media": "audio", "sdp": "o3"}))
+        .await;
+
+    // The first node (the leader: it started first) dies without a word.
+    nodes[0].proc.signal("KILL");
+    assert!(nodes[0].proc.exit_within(T).is_some());
+    for n in 1..=4 {
+        alice
+            .send(json!({"type": "call.signal", "call": "k1", "data": cand(n)}))
+            .await;
+    }
+    // Bob and Carol resume on the others.
+    bob.cut();
+    bob.set_url(&ws_url(&nodes[2]));
+    bob.reconnect().await.expect("resume after the node's death");
+    assert_eq!(bob.welcome["resumed"], true);
+    assert_eq!(signals(&mut bob, 4).await, (1..=4).map(cand).collect::<Vec<_>>());
+    carol.cut();
+    carol.set_url(&ws_url(&nodes[1]));
+    carol.reconnect().await.expect("resume after the node's death");
+    carol
+        .send(json!({"type": "call.accept", "call": "k2", "sdp": "a2"}))
+        .await;
+    let (acc, _) = alice.expect("call.accepted", T).await.unwrap();
+    assert_eq!(acc["call"], "k2", "a call being set up still connects");
+
+    // Dave's call times out once, though its timer's leader died (another takes the
+    // lease within the heartbeat key's 5 s).
+    let (end, _) = dave.expect("call.ended", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(end["call"], "k3");
+    match dave.expect("call.ended", Duration::from_secs(2)).await {
+        Err(ClientError::Timeout) => {}
+        other => panic!("a second end: {other:?}"),
+    }
+    // The dead node's sockets (Erin's, which did not resume) are gone on every replica.
+    let survivors = &nodes[1..];
+    assert!(wait_until(T, || survivors
+        .iter()
+        .all(|n| n.log_text().contains("node gone"))));
+    let online = |n: &Server| {
+        http_get(n.http, "/v1/online", &[("Authorization", "Bearer dev:alice")])
+            .unwrap()
+            .1
+    };
+    for n in survivors {
+        assert!(!online(n).contains("erin"), "{}", online(n));
+        assert!(online(n).contains("carol"), "{}", online(n));
+    }
+
+    // A node restarted into the cluster catches up and serves the same calls.
+    nodes.push(node(&redis, &["--ring-timeout", "3s"]));
+    alice.cut();
+    alice.set_url(&ws_url(&nodes[3]));
+    alice.reconnect().await.expect("resume on a node that joined late");
+    assert_eq!(alice.welcome["resumed"], true);
+    alice.send(json!({"type": "call.hangup", "call": "k1"})).await;
+    let (end, _) = bob.expect("call.ended", T).await.unwrap();
+    assert_eq!(
+        (end["call"].as_str(), end["reason"].as_str()),
+        (Some("k1"), Some("hangup"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_on_a_node_sends_its_clients_to_the_others_and_drops_no_call() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port(), redis_dir("drain"), false);
+    let mut nodes = [node(&redis, &[]), node(&redis, &[])];
+    let mut alice = on(&nodes[0], "alice", "a").await;
+    let mut bob = on(&nodes[1], "bob", "b").await;
+    call(&mut alice, &mut bob, "d1").await;
+    nodes[1].proc.signal("TERM");
+    // Bob is told to go elsewhere at once; the node exits without waiting for the call.
+    match bob.next(T).await {
+        Err(ClientError::Closed(code)) => assert_eq!(code, Some(1012)),
+        other => panic!("expected 1012, got {other:?}"),
+    }
+    let status = nodes[1].proc.exit_within(T).expect("a drained node exits");
+    assert!(status.success(), "{status}");
+    bob.set_url(&ws_url(&nodes[0]));
+    bob.reconnect().await.expect("resume on the node left");
+    assert_eq!(bob.welcome["resumed"], true);
+    alice
+        .send(json!({"type": "call.signal", "call": "d1", "data": cand(1)}))
+        .await;
+    assert_eq!(signals(&mut bob, 1).await, vec![cand(1)]);
+    bob.send(json!({"type": "call.hangup", "call": "d1"})).await;
+    let (end, _) = alice.expect("call.ended", T).await.unwrap();
+    assert_eq!(end["reason"], "hangup");
+}
+
+#[tokio::test]
+async fn redis_out_of_reach_closes_sockets_with_1013_and_loses_nothing() {
+    if !have_redis() {
+        return;
+    }
+    let port = free_port();
+    let dir = redis_dir("outage");
+    let mut redis = Redis::start(port, dir.clone(), true);
+    let nodes = [node(&redis, &[]), node(&redis, &[])];
+    let mut alice = on(&nodes[0], "alice", "a").await;
+    let mut bob = on(&nodes[1], "bob", "b").await;
+    call(&mut alice, &mut bob, "r1").await;
+
+    redis.proc.signal("KILL");
+    assert!(redis.proc.exit_within(T).is_some());
+    let ready = |n: &Server| http_get(n.http, "/readyz", &[]).unwrap();
+    assert!(
+        wait_until(T, || ready(&nodes[0]).1.contains("store_unreachable")),
+        "/readyz: {:?}",
+        ready(&nodes[0])
+    );
+    assert_eq!(ready(&nodes[0]).0, 503);
+    // A frame that cannot be passed on closes its socket with 1013, and stays unacknowledged.
+    alice
+        .send(json!({"type": "call.signal", "call": "r1", "data": cand(1)}))
+        .await;
+    match alice.next(T).await {
+        Err(ClientError::Closed(code)) => assert_eq!(code, Some(1013)),
+        other => panic!("expected 1013, got {other:?}"),
+    }
+    assert!(alice.unacked() >= 1);
+    assert!(nodes[0].metric("firstcall_signal_cluster_sockets_closed_total{reason=\"store_unreachable\"}") >= 1);
+
+    // Redis comes back with its data (append-only file): the nodes reconnect, the
+    // clients resume, and the signal arrives once.
+    let redis2 = Redis::start(port, dir, true);
+    assert!(wait_until(Duration::from_secs(15), || ready(&nodes[0]).0 == 200));
+    alice.reconnect().await.expect("resume once Redis is back");
+    assert_eq!(alice.welcome["resumed"], true);
+    bob.cut();
+    bob.reconnect().await.expect("resume once Redis is back");
+    assert_eq!(signals(&mut bob, 1).await, vec![cand(1)]);
+    alice.send(json!({"type": "call.hangup", "call": "r1"})).await;
+    bob.expect("call.ended", T).await.unwrap();
+    drop(redis2);
+    let _ = SocketAddr::from(([127, 0, 0, 1], port));
+}
+
+#[tokio::test]
+async fn redis_that_lost_the_log_makes_nodes_exit_to_rejoin() {
+    if !have_redis() {
+        return;
+    }
+    let port = free_port();
+    let mut redis = Redis::start(port, redis_dir("lost"), false);
+    let mut n = node(&redis, &[]);
+    redis.proc.signal("KILL");
+    assert!(redis.proc.exit_within(T).is_some());
+    let _fresh = Redis::start(port, redis_dir("lost2"), false);
+    let status = n
+        .proc
+        .exit_within(Duration::from_secs(15))
+        .expect("the node notices the lost log");
+    assert_eq!(status.code(), Some(75), "{}", n.log_text());
+    assert!(
+        n.log_text().contains("Redis lost the cluster's log"),
+        "{}",
+        n.log_text()
+    );
+}
