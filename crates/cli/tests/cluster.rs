@@ -352,3 +352,322 @@ async fn redis_that_lost_the_log_makes_nodes_exit_to_rejoin() {
         n.log_text()
     );
 }
+
+/// Nodes come and go; clients reconnect to whichever are up.
+struct Fleet {
+    redis: Redis,
+    nodes: Vec<Server>,
+    /// The WebSocket URLs of the nodes up now.
+    urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Fleet {
+    fn new(tag: &str, n: usize) -> Fleet {
+        let redis = Redis::start(free_port(), redis_dir(tag), false);
+        let nodes: Vec<Server> = (0..n).map(|_| node(&redis, &[])).collect();
+        let urls = nodes.iter().map(ws_url).collect();
+        Fleet {
+            redis,
+            nodes,
+            urls: std::sync::Arc::new(std::sync::Mutex::new(urls)),
+        }
+    }
+
+    fn publish(&self) {
+        *self.urls.lock().unwrap() = self.nodes.iter().map(ws_url).collect();
+    }
+
+    /// Replace node `i` with a new process (after it was killed or drained).
+    fn replace(&mut self, i: usize) {
+        self.nodes[i] = node(&self.redis, &[]);
+        self.publish();
+    }
+}
+
+/// A client that, like the SDK, reconnects and resumes whenever its socket fails, on any
+/// node up (`urls`), a bounded number of times.
+struct Peer {
+    c: SignalClient,
+    urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pick: usize,
+    reconnects: usize,
+    /// Frames read while settling, for `expect`.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Peer {
+    async fn new(urls: &std::sync::Arc<std::sync::Mutex<Vec<String>>>, user: &str, pick: usize) -> Peer {
+        let mut last = None;
+        for attempt in 0..50 {
+            let url = {
+                let u = urls.lock().unwrap();
+                u[(pick + attempt) % u.len()].clone()
+            };
+            match SignalClient::connect(&url, &format!("dev:{user}"), "d").await {
+                Ok(c) => {
+                    return Peer {
+                        c,
+                        urls: urls.clone(),
+                        pick,
+                        reconnects: 0,
+                        pending: Default::default(),
+                    }
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{user} never connected: {last:?}");
+    }
+
+    async fn recover(&mut self) {
+        for attempt in 0..100 {
+            self.pick += 1;
+            let url = {
+                let u = self.urls.lock().unwrap();
+                u[self.pick % u.len()].clone()
+            };
+            self.c.set_url(&url);
+            match self.c.reconnect().await {
+                Ok(()) => {
+                    assert_eq!(
+                        self.c.welcome["resumed"], true,
+                        "a session was lost: {}",
+                        self.c.welcome
+                    );
+                    self.reconnects += 1;
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 % 4 + 1))).await,
+            }
+        }
+        panic!("no node took the resume after 100 tries");
+    }
+
+    /// Send, and wait until the server has acknowledged every frame sent (as the SDK
+    /// does in the background: a frame whose socket died is sent again on the resume).
+    async fn send(&mut self, frame: Value) {
+        self.c.send(frame).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut quiet = 0;
+        while self.c.unacked() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "frames unacknowledged for 60 s");
+            match self.c.next(Duration::from_secs(1)).await {
+                Ok(v) => {
+                    quiet = 0;
+                    self.pending.push_back(v)
+                }
+                Err(ClientError::Timeout) if quiet < 3 => quiet += 1,
+                Err(_) => {
+                    quiet = 0;
+                    self.recover().await
+                }
+            }
+        }
+    }
+
+    /// The next frame of type `t`, riding out lost sockets.
+    async fn expect(&mut self, t: &str) -> Value {
+        while let Some(v) = self.pending.pop_front() {
+            if v["type"] == t {
+                return v;
+            }
+            assert_ne!(v["type"], "error", "error while waiting for {t}: {v}");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "no {t} within 60 s");
+            match self.c.next(Duration::from_secs(3)).await {
+                Ok(v) if v["type"] == t => return v,
+                Ok(v) if v["type"] == "error" => panic!("error while waiting for {t}: {v}"),
+                Ok(_) => {}
+                // Quiet for 3 s: the socket may be dead without a word (a killed node's
+                // TCP is reset, but a half-open one is not): resume to find out.
+                Err(ClientError::Timeout) => self.recover().await,
+                Err(_) => self.recover().await,
+            }
+        }
+    }
+}
+
+/// One call between two fresh users: invite, answer, `n` candidates each way (each
+/// arriving once and in order), hang-up. The number of reconnects it rode out.
+async fn one_call(urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>, k: usize, n: u32) -> usize {
+    let (a, b) = (format!("ca{k}"), format!("cb{k}"));
+    let mut caller = Peer::new(&urls, &a, k).await;
+    let mut callee = Peer::new(&urls, &b, k + 1).await;
+    let id = format!("chaos{k}");
+    caller
+        .send(json!({"type": "call.invite", "call": id, "to": b, "media": "audio", "sdp": "offer"}))
+        .await;
+    for i in 1..=n {
+        caller
+            .send(json!({"type": "call.signal", "call": id, "data": cand(i)}))
+            .await;
+    }
+    let inc = callee.expect("call.incoming").await;
+    assert_eq!(inc["call"], id.as_str());
+    callee
+        .send(json!({"type": "call.accept", "call": id, "sdp": "answer"}))
+        .await;
+    for i in 1..=n {
+        callee
+            .send(json!({"type": "call.signal", "call": id, "data": cand(1000 + i)}))
+            .await;
+    }
+    let acc = caller.expect("call.accepted").await;
+    assert_eq!(acc["call"], id.as_str(), "the first attempt connects");
+    let mut at_callee = Vec::new();
+    // Signals sent before the answer ride in call.incoming's held list or come after it.
+    if let Some(held) = inc["signals"].as_array() {
+        at_callee.extend(held.iter().cloned());
+    }
+    while at_callee.len() < n as usize {
+        at_callee.push(callee.expect("call.signal").await["data"].clone());
+    }
+    let mut at_caller = Vec::new();
+    while at_caller.len() < n as usize {
+        at_caller.push(caller.expect("call.signal").await["data"].clone());
+    }
+    assert_eq!(
+        at_callee,
+        (1..=n).map(cand).collect::<Vec<_>>(),
+        "call {k}: caller's candidates once, in order"
+    );
+    assert_eq!(
+        at_caller,
+        (1..=n).map(|i| cand(1000 + i)).collect::<Vec<_>>(),
+        "call {k}: callee's candidates once, in order"
+    );
+    caller.send(json!({"type": "call.hangup", "call": id})).await;
+    let end = callee.expect("call.ended").await;
+    assert_eq!(end["reason"], "hangup");
+    caller.reconnects + callee.reconnects
+}
+
+/// How many calls the chaos test sets up: the 200 (about 5 minutes here), 60 in
+/// the quick suite (`FIRSTCALL_QUICK`); `FIRSTCALL_CHAOS_CALLS` overrides.
+fn chaos_calls() -> usize {
+    let default = if std::env::var_os("FIRSTCALL_QUICK").is_some() {
+        60
+    } else {
+        200
+    };
+    std::env::var("FIRSTCALL_CHAOS_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_calls_connect_first_time_while_nodes_are_killed_and_restarted() {
+    if !have_redis() {
+        return;
+    }
+    let mut fleet = Fleet::new("chaos", 3);
+    let urls = fleet.urls.clone();
+    let total = chaos_calls();
+    let calls = tokio::spawn(async move {
+        let mut reconnects = 0;
+        let mut done = 0;
+        // 10 calls at a time.
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = 0;
+        while done < total {
+            while set.len() < 10 && next < total {
+                set.spawn(one_call(urls.clone(), next, 5));
+                next += 1;
+            }
+            reconnects += set.join_next().await.expect("a call").expect("a call panicked");
+            done += 1;
+        }
+        reconnects
+    });
+    // Kill a node (SIGKILL) and start another every 2 s while the calls go on.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    eprintln!("chaos seed {seed}");
+    let mut kills = 0;
+    while !calls.is_finished() && kills < 60 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = (seed % fleet.nodes.len() as u64) as usize;
+        fleet.nodes[victim].proc.signal("KILL");
+        assert!(fleet.nodes[victim].proc.exit_within(T).is_some());
+        fleet.replace(victim);
+        kills += 1;
+    }
+    let reconnects = calls.await.expect("the calls");
+    eprintln!("chaos: {total} calls, {kills} nodes killed, {reconnects} reconnects ridden out");
+    assert!(kills >= 1, "the calls ended before any node was killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_drops_no_call() {
+    if !have_redis() {
+        return;
+    }
+    let mut fleet = Fleet::new("rolling", 3);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let (up_tx, mut up_rx) = tokio::sync::mpsc::channel(50);
+    let mut calls = tokio::task::JoinSet::new();
+    for k in 0..50 {
+        let (urls, mut done, up) = (fleet.urls.clone(), done_rx.clone(), up_tx.clone());
+        // Each pair keeps its sockets alive as the SDK does (resuming at once when one
+        // is closed), until the restarts are over; then the call must still be live.
+        calls.spawn(async move {
+            let mut a = Peer::new(&urls, &format!("ra{k}"), k).await;
+            let mut b = Peer::new(&urls, &format!("rb{k}"), k + 1).await;
+            let id = format!("roll{k}");
+            a.send(json!({"type": "call.invite", "call": id, "to": format!("rb{k}"), "media": "audio", "sdp": "o"}))
+                .await;
+            b.expect("call.incoming").await;
+            b.send(json!({"type": "call.accept", "call": id, "sdp": "a"})).await;
+            a.expect("call.accepted").await;
+            up.send(()).await.unwrap();
+            while !*done.borrow() {
+                for p in [&mut a, &mut b] {
+                    match p.c.next(Duration::from_millis(100)).await {
+                        Ok(v) => panic!("call {id}: unexpected {v}"),
+                        Err(ClientError::Timeout) => {}
+                        Err(_) => p.recover().await,
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), done.changed()).await;
+            }
+            a.send(json!({"type": "call.signal", "call": id, "data": cand(7)}))
+                .await;
+            assert_eq!(b.expect("call.signal").await["data"], cand(7));
+            b.send(json!({"type": "call.hangup", "call": id})).await;
+            let end = a.expect("call.ended").await;
+            assert_eq!(end["reason"], "hangup", "call {id} was live to the end");
+            a.reconnects + b.reconnects
+        });
+    }
+    for _ in 0..50 {
+        up_rx.recv().await.expect("every call set up");
+    }
+    // Each node in turn: SIGTERM, its clients resume on the others, it exits 0, a new
+    // process takes its place.
+    for i in 0..fleet.nodes.len() {
+        fleet.nodes[i].proc.signal("TERM");
+        let status = fleet.nodes[i]
+            .proc
+            .exit_within(Duration::from_secs(20))
+            .expect("drained node exits");
+        assert!(status.success(), "{status}");
+        fleet.replace(i);
+    }
+    done_tx.send(true).unwrap();
+    let mut reconnects = 0;
+    while let Some(r) = calls.join_next().await {
+        reconnects += r.expect("a call failed");
+    }
+    eprintln!("rolling restart: 50 calls, 3 nodes replaced, {reconnects} resumes");
+    assert!(reconnects >= 50, "each node's clients moved: {reconnects} resumes");
+}
