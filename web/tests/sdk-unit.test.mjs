@@ -29,7 +29,7 @@ class FakeClock {
   }
 }
 
-function world({ random = 0.5, token = "dev:alice" } = {}) {
+function world({ random = 0.5, token = "dev:alice", url = "ws://x/v1/ws" } = {}) {
   const clock = new FakeClock();
   const sockets = [];
   class FakeWS {
@@ -69,7 +69,7 @@ function world({ random = 0.5, token = "dev:alice" } = {}) {
     random: () => random,
     onNetworkChange: (fn) => ((network = fn), () => {}),
   };
-  const s = new Session("ws://x/v1/ws", token, "dev1", env);
+  const s = new Session(url, token, "dev1", env);
   const welcome = (ws, extra = {}) =>
     ws.deliver({ type: "welcome", session: "S1", user: "alice", device: "dev1", resumed: false, last_seq: 0, heartbeat_ms: 1000, ice_servers: [], ...extra });
   return { s, clock, sockets, welcome, network: (on) => network(on) };
@@ -304,6 +304,34 @@ test("close code 1012 (server draining) reconnects at once", () => {
   assert.equal(sockets.length, 2, "reconnected without waiting");
   sockets[1].open();
   assert.equal(sockets[1].sent[0].resume.session, "S1");
+});
+
+test("with several nodes, a drain (1012), an unreachable store (1013) or a node that never answers moves the resume to the next; a blip stays", () => {
+  const { s, sockets, welcome, clock } = world({ url: ["ws://n1/v1/ws", "ws://n2/v1/ws", "ws://n3/v1/ws"] });
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  assert.equal(sockets[0].url, "ws://n1/v1/ws");
+  // A blip after the welcome: the same node (its session is there, as everywhere).
+  sockets[0].drop(1006);
+  clock.advance(0);
+  assert.equal(sockets[1].url, "ws://n1/v1/ws");
+  // The node is gone: no welcome on the new socket, so the next node.
+  sockets[1].drop(1006);
+  clock.advance(10000);
+  assert.equal(sockets[2].url, "ws://n2/v1/ws");
+  sockets[2].open();
+  assert.equal(sockets[2].sent[0].resume.session, "S1", "a resume, on another node");
+  welcome(sockets[2], { resumed: true });
+  // That node drains, then the next cannot reach its store: n3, then round to n1.
+  sockets[2].drop(1012);
+  clock.advance(0);
+  assert.equal(sockets[3].url, "ws://n3/v1/ws");
+  sockets[3].open();
+  welcome(sockets[3], { resumed: true });
+  sockets[3].drop(1013);
+  clock.advance(10000);
+  assert.equal(sockets[4].url, "ws://n1/v1/ws");
 });
 
 test("a send that throws keeps the frame and resumes", () => {

@@ -1,6 +1,6 @@
 import { Emitter } from "./emitter.js";
 import { type Environment, type TimelineEntry } from "./env.js";
-import { FirstcallError, Session, type TokenSource } from "./session.js";
+import { FirstcallError, Session, type ServerUrl, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
 import { type AppState, type ClientState, type PushTarget, type ServerFrame, type Welcome } from "./protocol.js";
 export interface ConnectOptions {
@@ -64,7 +64,7 @@ export declare class Client extends Emitter<ClientEvents> {
     readonly options: ConnectOptions;
     private readonly started;
     private readonly httpBase;
-    constructor(url: string, options: ConnectOptions);
+    constructor(url: ServerUrl, options: ConnectOptions);
     get state(): ClientState;
     /**
      * Start a call. Returns at once; watch the call's events. `opts.stream` hands the SDK
@@ -113,9 +113,9 @@ export declare class Client extends Emitter<ClientEvents> {
  * const call = client.call("bob", { video: true });
  * ```
  */
-export declare function connect(url: string, options: ConnectOptions): Promise<Client>;
+export declare function connect(url: ServerUrl, options: ConnectOptions): Promise<Client>;
 /**
  * A client whose calls can be placed before the socket is up (cold start): frames are
  * queued and go out on connect. `connect()` waits for the welcome; this does not.
  */
-export declare function createClient(url: string, options: ConnectOptions): Client;
+export declare function createClient(url: ServerUrl, options: ConnectOptions): Client;

@@ -18,7 +18,7 @@ export class Client extends Emitter {
         this.env = { ...defaultEnv(), ...(options.env ?? {}) };
         this.started = this.env.now();
         this.user = "";
-        this.httpBase = url.replace(/^ws/, "http").replace(/\/v1\/ws.*$/, "");
+        this.httpBase = (typeof url === "string" ? url : url[0] ?? "").replace(/^ws/, "http").replace(/\/v1\/ws.*$/, "");
         this.session = new Session(url, options.token, options.device ?? deviceId(), this.env);
         this.session.on("state", (s) => {
             this.log("client", `socket ${s}`);

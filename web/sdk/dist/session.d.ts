@@ -39,8 +39,15 @@ export type TokenSource = string | (() => string | Promise<string>);
  * - `invalid_state`: the call cannot do that now (`shareScreen()` before it connected,
  *   `setDevice()` without media, either after it ended).
  * - `http`: an HTTP request of the SDK failed (`online()`); `status` holds the status.
+ * - `bad_options`: the options cannot work (an empty list of server URLs).
  */
-export type FirstcallErrorCode = "unauthorized" | "refused" | "token_source" | "no_welcome" | "webrtc_unavailable" | "media" | "invalid_state" | "http";
+export type FirstcallErrorCode = "unauthorized" | "refused" | "token_source" | "no_welcome" | "webrtc_unavailable" | "media" | "invalid_state" | "http" | "bad_options";
+/**
+ * Where the SDK connects: one URL (a load balancer that reads `/readyz`), or the nodes of a
+ * cluster, tried in turn: the next one when a node drains (1012), cannot reach its store
+ * (1013), or does not answer.
+ */
+export type ServerUrl = string | readonly string[];
 /** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export declare class FirstcallError extends Error {
     /** What went wrong, stable across versions (see `FirstcallErrorCode`). */
@@ -61,7 +68,6 @@ export declare class FirstcallError extends Error {
 }
 /** The reliable session (see the top of this file). */
 export declare class Session extends Emitter<SessionEvents> {
-    private readonly url;
     private readonly token;
     private readonly device;
     private readonly env;
@@ -87,7 +93,12 @@ export declare class Session extends Emitter<SessionEvents> {
     private retriedToken;
     /** Counts opens, so that a token fetched for an earlier one is not used. */
     private opening;
-    constructor(url: string, token: TokenSource, device: string, env: Environment);
+    /** The nodes to connect to, in turn; `node` is the one in use. */
+    private readonly urls;
+    private node;
+    /** The socket in use got its welcome (a close before it counts against the node). */
+    private welcomed;
+    constructor(url: ServerUrl, token: TokenSource, device: string, env: Environment);
     /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
     send(frame: ClientFrame): number;
     open(): void;

@@ -5,6 +5,10 @@ import { Emitter } from "./emitter.js";
 const FATAL_CLOSE = new Set([4003]);
 /** Close code of a refused token. */
 const UNAUTHORIZED = 4003;
+/** The node drains for a restart (RFC 6455 "Service Restart"): reconnect at once, elsewhere. */
+const SERVICE_RESTART = 1012;
+/** The node cannot pass frames on (its cluster store is unreachable): try again later. */
+const TRY_AGAIN_LATER = 1013;
 /** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export class FirstcallError extends Error {
     constructor(
@@ -25,7 +29,6 @@ export class FirstcallError extends Error {
 export class Session extends Emitter {
     constructor(url, token, device, env) {
         super();
-        this.url = url;
         this.token = token;
         this.device = device;
         this.env = env;
@@ -48,6 +51,12 @@ export class Session extends Emitter {
         this.retriedToken = false;
         /** Counts opens, so that a token fetched for an earlier one is not used. */
         this.opening = 0;
+        this.node = 0;
+        /** The socket in use got its welcome (a close before it counts against the node). */
+        this.welcomed = false;
+        this.urls = typeof url === "string" ? [url] : [...url];
+        if (this.urls.length === 0)
+            throw new FirstcallError("bad_options", "firstcall: no server URL");
         this.unsubscribeNetwork =
             env.onNetworkChange?.((online) => {
                 this.emit("log", "network", { online });
@@ -111,13 +120,14 @@ export class Session extends Emitter {
             return;
         let ws;
         try {
-            ws = new this.env.WebSocket(this.url);
+            ws = new this.env.WebSocket(this.urls[this.node]);
         }
         catch (e) {
             this.scheduleReconnect(String(e));
             return;
         }
         this.ws = ws;
+        this.welcomed = false;
         ws.onopen = () => {
             const hello = { type: "hello", token, device: this.device };
             if (this.sessionId)
@@ -146,6 +156,13 @@ export class Session extends Emitter {
             this.env.clearTimeout(this.watchdog);
             const code = ev?.code;
             this.emit("log", "socket-closed", { code, reason: ev?.reason });
+            // Another node next, when there are several: this one is going away (1012: it
+            // drains; 1013: it cannot reach its store) or never welcomed us (down, or
+            // refusing). A session lives on every node of a cluster, so the resume works there.
+            if (this.urls.length > 1 && (code === SERVICE_RESTART || code === TRY_AGAIN_LATER || !this.welcomed)) {
+                this.node = (this.node + 1) % this.urls.length;
+                this.emit("log", "next-node", { url: this.urls[this.node], code });
+            }
             if (code === UNAUTHORIZED && typeof this.token === "function" && !this.retriedToken) {
                 // The token expired (or was revoked) while we were away: ask the app once more.
                 this.retriedToken = true;
@@ -281,6 +298,8 @@ export class Session extends Emitter {
         }, 50);
     }
     onWelcome(ws, f) {
+        this.welcomed = true;
+        this.emit("log", "welcome", { resumed: !!f.resumed, session: f.session, node: this.urls.length > 1 ? this.urls[this.node] : undefined });
         this.heartbeatMs = Number(f.heartbeat_ms) || this.heartbeatMs;
         if (f.resumed) {
             const done = Number(f.last_seq);

@@ -1,7 +1,7 @@
 // The client: a session, ICE servers, the pre-warmed peer connection, and its calls.
 import { Emitter } from "./emitter.js";
 import { defaultEnv, deviceId, uuid, type Environment, type TimelineEntry } from "./env.js";
-import { FirstcallError, Session, type TokenSource } from "./session.js";
+import { FirstcallError, Session, type ServerUrl, type TokenSource } from "./session.js";
 import { Call, type CallOptions } from "./call.js";
 import { MAX_META_BYTES, type AppState, type CallMeta, type ClientFrame, type ClientState, type PushTarget, type ServerFrame, type Welcome } from "./protocol.js";
 
@@ -63,13 +63,13 @@ export class Client extends Emitter<ClientEvents> {
   private readonly started: number;
   private readonly httpBase: string;
 
-  constructor(url: string, options: ConnectOptions) {
+  constructor(url: ServerUrl, options: ConnectOptions) {
     super();
     this.options = options;
     this.env = { ...defaultEnv(), ...(options.env ?? {}) } as Environment;
     this.started = this.env.now();
     this.user = "";
-    this.httpBase = url.replace(/^ws/, "http").replace(/\/v1\/ws.*$/, "");
+    this.httpBase = (typeof url === "string" ? url : url[0] ?? "").replace(/^ws/, "http").replace(/\/v1\/ws.*$/, "");
     this.session = new Session(url, options.token, options.device ?? deviceId(), this.env);
     this.session.on("state", (s: ClientState) => {
       this.log("client", `socket ${s}`);
@@ -330,7 +330,7 @@ function checkMeta(meta: CallMeta | undefined): CallMeta | null {
  * const call = client.call("bob", { video: true });
  * ```
  */
-export function connect(url: string, options: ConnectOptions): Promise<Client> {
+export function connect(url: ServerUrl, options: ConnectOptions): Promise<Client> {
   const client = new Client(url, options);
   return new Promise((resolve, reject) => {
     const timer = client.env.setTimeout(() => reject(new FirstcallError("no_welcome", "firstcall: no welcome in time")), options.firstConnectTimeoutMs ?? 15000);
@@ -350,7 +350,7 @@ export function connect(url: string, options: ConnectOptions): Promise<Client> {
  * A client whose calls can be placed before the socket is up (cold start): frames are
  * queued and go out on connect. `connect()` waits for the welcome; this does not.
  */
-export function createClient(url: string, options: ConnectOptions): Client {
+export function createClient(url: ServerUrl, options: ConnectOptions): Client {
   const client = new Client(url, options);
   client.session.open();
   return client;

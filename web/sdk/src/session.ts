@@ -21,6 +21,10 @@ export interface SessionEvents {
 const FATAL_CLOSE = new Set([4003]);
 /** Close code of a refused token. */
 const UNAUTHORIZED = 4003;
+/** The node drains for a restart (RFC 6455 "Service Restart"): reconnect at once, elsewhere. */
+const SERVICE_RESTART = 1012;
+/** The node cannot pass frames on (its cluster store is unreachable): try again later. */
+const TRY_AGAIN_LATER = 1013;
 
 /**
  * The bearer token: a string, or a function returning a fresh one (from the app's own
@@ -44,6 +48,7 @@ export type TokenSource = string | (() => string | Promise<string>);
  * - `invalid_state`: the call cannot do that now (`shareScreen()` before it connected,
  *   `setDevice()` without media, either after it ended).
  * - `http`: an HTTP request of the SDK failed (`online()`); `status` holds the status.
+ * - `bad_options`: the options cannot work (an empty list of server URLs).
  */
 export type FirstcallErrorCode =
   | "unauthorized"
@@ -53,7 +58,15 @@ export type FirstcallErrorCode =
   | "webrtc_unavailable"
   | "media"
   | "invalid_state"
-  | "http";
+  | "http"
+  | "bad_options";
+
+/**
+ * Where the SDK connects: one URL (a load balancer that reads `/readyz`), or the nodes of a
+ * cluster, tried in turn: the next one when a node drains (1012), cannot reach its store
+ * (1013), or does not answer.
+ */
+export type ServerUrl = string | readonly string[];
 
 /** Every error the SDK throws, rejects with or reports, with a stable `code`. */
 export class FirstcallError extends Error {
@@ -100,13 +113,21 @@ export class Session extends Emitter<SessionEvents> {
   /** Counts opens, so that a token fetched for an earlier one is not used. */
   private opening = 0;
 
+  /** The nodes to connect to, in turn; `node` is the one in use. */
+  private readonly urls: readonly string[];
+  private node = 0;
+  /** The socket in use got its welcome (a close before it counts against the node). */
+  private welcomed = false;
+
   constructor(
-    private readonly url: string,
+    url: ServerUrl,
     private readonly token: TokenSource,
     private readonly device: string,
     private readonly env: Environment,
   ) {
     super();
+    this.urls = typeof url === "string" ? [url] : [...url];
+    if (this.urls.length === 0) throw new FirstcallError("bad_options", "firstcall: no server URL");
     this.unsubscribeNetwork =
       env.onNetworkChange?.((online) => {
         this.emit("log", "network", { online });
@@ -167,12 +188,13 @@ export class Session extends Emitter<SessionEvents> {
     if (this.closed) return;
     let ws: WebSocketLike;
     try {
-      ws = new this.env.WebSocket(this.url);
+      ws = new this.env.WebSocket(this.urls[this.node]);
     } catch (e) {
       this.scheduleReconnect(String(e));
       return;
     }
     this.ws = ws;
+    this.welcomed = false;
     ws.onopen = () => {
       const hello: Hello = { type: "hello", token, device: this.device };
       if (this.sessionId) hello.resume = { session: this.sessionId, last_seq: this.lastIn };
@@ -197,6 +219,13 @@ export class Session extends Emitter<SessionEvents> {
       this.env.clearTimeout(this.watchdog);
       const code = ev?.code;
       this.emit("log", "socket-closed", { code, reason: ev?.reason });
+      // Another node next, when there are several: this one is going away (1012: it
+      // drains; 1013: it cannot reach its store) or never welcomed us (down, or
+      // refusing). A session lives on every node of a cluster, so the resume works there.
+      if (this.urls.length > 1 && (code === SERVICE_RESTART || code === TRY_AGAIN_LATER || !this.welcomed)) {
+        this.node = (this.node + 1) % this.urls.length;
+        this.emit("log", "next-node", { url: this.urls[this.node], code });
+      }
       if (code === UNAUTHORIZED && typeof this.token === "function" && !this.retriedToken) {
         // The token expired (or was revoked) while we were away: ask the app once more.
         this.retriedToken = true;
@@ -332,6 +361,8 @@ export class Session extends Emitter<SessionEvents> {
   }
 
   private onWelcome(ws: WebSocketLike, f: Welcome): void {
+    this.welcomed = true;
+    this.emit("log", "welcome", { resumed: !!f.resumed, session: f.session, node: this.urls.length > 1 ? this.urls[this.node] : undefined });
     this.heartbeatMs = Number(f.heartbeat_ms) || this.heartbeatMs;
     if (f.resumed) {
       const done = Number(f.last_seq);

@@ -2,14 +2,14 @@
 import { gotoRetrying } from "./browser.mjs";
 
 /** Open a page as `user` with a client; incoming calls are collected in window.calls. */
-export async function openClient(browser, origin, user, { mode = "connect", options = {}, autoAccept = false } = {}) {
+export async function openClient(browser, origin, user, { mode = "connect", options = {}, autoAccept = false, urls = null } = {}) {
   const ctx = await browser.newContext();
   const page = await ctx.newPage();
   await gotoRetrying(page, `${origin}/healthz`);
   await page.evaluate(
-    async ({ user, mode, options, autoAccept }) => {
+    async ({ user, mode, options, autoAccept, urls }) => {
       const sdk = await import("/sdk/firstcall.js");
-      const url = `ws://${location.host}/v1/ws`;
+      const url = urls ?? `ws://${location.host}/v1/ws`;
       const opts = { token: `dev:${user}`, device: `${user}-${Math.random().toString(36).slice(2, 8)}`, ...options };
       if (options.iceUrlFilter) opts.iceUrlFilter = new Function("u", `return (${options.iceUrlFilter})(u)`);
       window.sdk = sdk;
@@ -20,7 +20,7 @@ export async function openClient(browser, origin, user, { mode = "connect", opti
         if (autoAccept) c.accept();
       });
     },
-    { user, mode, options: { ...options, iceUrlFilter: options.iceUrlFilter?.toString() }, autoAccept },
+    { user, mode, options: { ...options, iceUrlFilter: options.iceUrlFilter?.toString() }, autoAccept, urls },
   );
   return { ctx, page, close: () => ctx.close() };
 }

@@ -39,19 +39,23 @@ function readLog(f) {
 
 /**
  * `firstcall serve` inside `ns`, HTTP on 0.0.0.0:8080 (reachable as 127.0.0.1 and the ns address),
- * TURN on the ns address (none when `extra` holds `--no-turn`).
+ * TURN on the ns address (none when `extra` holds `--no-turn`). `node` (0, 1, ...) moves
+ * both to other ports, for several nodes in one namespace (HTTP 8080 + node, TURN
+ * 3478 + 10 × node, relays 50000 + 200 × node).
  */
-export async function startFirstcall(ns, extra = []) {
+export async function startFirstcall(ns, extra = [], { node = 0 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "firstcall-web-"));
   const logFile = join(dir, "server.log");
+  const http = 8080 + node;
+  const relay = 50000 + 200 * node;
   const turn = extra.includes("--no-turn") ? [] : [
-    "--turn-listen", `${ns.addr}:3478`,
-    "--relay-ports", "50000-50199",
+    "--turn-listen", `${ns.addr}:${3478 + 10 * node}`,
+    "--relay-ports", `${relay}-${relay + 199}`,
     "--realm", "firstcall.test",
   ];
   const argv = ns.exec([
     firstcallBin(), "serve",
-    "--http-listen", "0.0.0.0:8080",
+    "--http-listen", `0.0.0.0:${http}`,
     ...turn,
     "--data-dir", join(dir, "data"),
     "--log", "debug",
@@ -64,12 +68,13 @@ export async function startFirstcall(ns, extra = []) {
   // /healthz is fetched from inside the namespace by the browser later; here we
   // check readiness through `ip netns exec` with a tiny node client.
   const probe = ns.exec([process.execPath, "-e",
-    "fetch('http://127.0.0.1:8080/healthz').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))"]);
+    `fetch('http://127.0.0.1:${http}/healthz').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))`]);
   await waitFor("firstcall", () => runOk(probe), 15000, proc, logFile);
   return {
     proc,
     logFile,
-    origin: "http://127.0.0.1:8080",
+    origin: `http://127.0.0.1:${http}`,
+    ws: `ws://127.0.0.1:${http}/v1/ws`,
     log: () => readLog(logFile),
     stop() {
       proc.kill("SIGKILL");
@@ -80,6 +85,25 @@ export async function startFirstcall(ns, extra = []) {
       const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once("exit", r));
       this.stop();
       await exited;
+    },
+  };
+}
+
+/** Debian's `redis-server` inside `ns` on 127.0.0.1:`port`, no persistence. */
+export async function startRedis(ns, port = 6379) {
+  const dir = mkdtempSync(join(tmpdir(), "firstcall-redis-"));
+  const logFile = join(dir, "redis.log");
+  const argv = ns.exec(["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir]);
+  const out = openSync(logFile, "a");
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", out, out] });
+  const probe = ns.exec([process.execPath, "-e",
+    `require("node:net").connect(${port}, "127.0.0.1").on("connect", () => process.exit(0)).on("error", () => process.exit(1))`]);
+  await waitFor("redis-server", () => runOk(probe), 10000, proc, logFile);
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    stop() {
+      proc.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
