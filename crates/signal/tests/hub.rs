@@ -75,9 +75,15 @@ impl Client {
 /// The hub under test and a replica fed the same inputs. Every node of a cluster runs a
 /// replica of the hub fed one log (docs/architecture.md), so every step must give the
 /// same outputs on both, whatever order their maps (each seeded on its own) iterate in.
+///
+/// At every `advance` the replica is also rebuilt from the hub's snapshot (both reseeded
+/// alike, as a cluster does at a checkpoint): a field a snapshot leaves out shows up as
+/// a difference in a later output.
 struct Twin {
     a: Hub<StdRng>,
     b: Hub<StdRng>,
+    config: HubConfig,
+    checkpoints: u64,
 }
 
 impl Twin {
@@ -125,6 +131,30 @@ impl Twin {
     fn timer_entries(&self) -> usize {
         self.a.timer_entries()
     }
+    /// A cluster checkpoint: both reseeded, the replica rebuilt from the hub's snapshot,
+    /// which must write back the same bytes.
+    fn checkpoint(&mut self) {
+        self.checkpoints += 1;
+        let seed = 1000 + self.checkpoints;
+        self.a.reseed(StdRng::seed_from_u64(seed));
+        let bytes = self.a.to_snapshot().expect("snapshot");
+        let restored = Hub::from_snapshot(
+            &bytes,
+            self.config.clone(),
+            Arc::new(DevTokens),
+            Arc::new(Ice),
+            Arc::new(SignalMetrics::default()),
+            StdRng::seed_from_u64(seed),
+            self.a.now(),
+        )
+        .expect("restore");
+        assert_eq!(
+            String::from_utf8_lossy(&restored.to_snapshot().expect("snapshot of the restored hub")),
+            String::from_utf8_lossy(&bytes),
+            "a restored hub writes the snapshot it was restored from"
+        );
+        self.b = restored;
+    }
     fn start_drain(&mut self, now: Instant) {
         self.a.start_drain(now);
         self.b.start_drain(now);
@@ -163,7 +193,9 @@ impl World {
         };
         let hub = Twin {
             a: hub(cfg.clone(), metrics.clone()),
-            b: hub(cfg, Arc::new(SignalMetrics::default())),
+            b: hub(cfg.clone(), Arc::new(SignalMetrics::default())),
+            config: cfg,
+            checkpoints: 0,
         };
         World {
             hub,
@@ -236,6 +268,7 @@ impl World {
             self.pump();
         }
         self.now = end;
+        self.hub.checkpoint();
     }
 
     fn pump(&mut self) {

@@ -16,7 +16,7 @@ use super::timer::Timer;
 use super::wire::{signal_head, signal_text};
 use super::Hub;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum CallState {
     Ringing,
     Accepted,
@@ -42,6 +42,7 @@ impl CallState {
 
 /// What is remembered of an ended call (10 minutes at most, `--max-ended-calls`): that a
 /// repeated invite stays a no-op, and what to tell a party that restores it late.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Ended {
     pub(super) caller: UserId,
     pub(super) callee: UserId,
@@ -51,6 +52,7 @@ pub(super) struct Ended {
     pub(super) reported: [bool; 2],
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Call {
     pub(super) key: CallKey,
     pub(super) id: CallId,
@@ -63,6 +65,7 @@ pub(super) struct Call {
     pub(super) meta: Option<Value>,
     pub(super) state: CallState,
     pub(super) accepted_device: Option<DeviceId>,
+    #[serde(with = "super::snapshot::at")]
     pub(super) invited_at: Instant,
     /// Callee devices that were sent `call.incoming`, and whether they rang.
     pub(super) devices: BTreeMap<DeviceId, bool>,
@@ -74,6 +77,8 @@ pub(super) struct Call {
     pub(super) ever_online: bool,
     /// Callee devices sent a `call.ring` push: each learns how the call ends (push.rs).
     pub(super) pushed: Vec<DeviceId>,
+    /// Made again for a call restored from a snapshot (see `snapshot.rs`).
+    #[serde(skip, default = "Span::none")]
     pub(super) span: Span,
 }
 

@@ -6,12 +6,12 @@ use super::Hub;
 
 /// A session's key in the hub's maps (not its [`SessionId`](crate::protocol::SessionId),
 /// which the client is told). Keys grow with time: a lower key is an older session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(super) struct SessionKey(u64);
 
 /// A call's key in the hub's maps (not its client-chosen
 /// [`CallId`](crate::protocol::CallId)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(super) struct CallKey(u64);
 
 impl<R: RngCore> Hub<R> {

@@ -29,6 +29,7 @@ mod push;
 mod report;
 mod restore;
 mod session;
+pub(crate) mod snapshot;
 mod timer;
 mod wire;
 
@@ -52,6 +53,7 @@ use wire::{error_json, json_string};
 
 pub use drain::DRAIN_TICK;
 pub use session::hello_token;
+pub use snapshot::{SnapshotError, SNAPSHOT_VERSION};
 pub use wire::error_value;
 
 /// Settings.
@@ -147,7 +149,7 @@ pub trait IceProvider: Send + Sync {
 }
 
 /// A WebSocket connection, numbered by the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ConnId(pub u64);
 
 /// Something for the driver to do.
@@ -276,6 +278,11 @@ impl<R: RngCore> Hub<R> {
             ping: r#"{"type":"ping"}"#.into(),
             pong: r#"{"type":"pong"}"#.into(),
         }
+    }
+
+    /// The latest `now` handed to any `handle_*` call.
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     /// `heartbeat_ms` told to clients.

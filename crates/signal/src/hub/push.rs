@@ -23,11 +23,12 @@ use super::ids::CallKey;
 use super::{Hub, Output};
 
 /// What a device said of itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct DeviceRecord {
     pub(super) push: Option<PushTarget>,
     pub(super) state: AppState,
     /// Its last update or session: a registration not seen for [`PUSH_MEMORY`] goes.
+    #[serde(with = "super::snapshot::at")]
     pub(super) seen: Instant,
 }
 

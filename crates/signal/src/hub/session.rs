@@ -17,13 +17,16 @@ use super::timer::{arm, Timer};
 use super::wire::{ack_text, error_json, error_value};
 use super::{ConnId, Hub, Output};
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Conn {
     pub(super) session: Option<SessionKey>,
+    #[serde(with = "super::snapshot::at")]
     pub(super) last_rx: Instant,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Session {
-    id: SessionId,
+    pub(super) id: SessionId,
     pub(super) user: UserId,
     pub(super) device: DeviceId,
     pub(super) conn: Option<ConnId>,
@@ -33,23 +36,30 @@ pub(super) struct Session {
     pub(super) unacked_bytes: usize,
     pub(super) in_seq: u64,
     /// When the separate `ack` frame is due, if one is owed and no frame carried it yet.
+    #[serde(with = "super::snapshot::opt_at")]
     ack_due: Option<Instant>,
     /// The deadline of this session's one `Timer::Ack` entry, if it has one. Timer
     /// entries are never removed, and an ack that rides on a frame leaves its entry
     /// behind; the entry then serves the next owed ack (re-armed at its deadline when it
     /// fires early) instead of a new entry per received frame, which had cost two timer
     /// tree operations per relayed frame.
+    #[serde(with = "super::snapshot::opt_at")]
     ack_timer: Option<Instant>,
+    #[serde(with = "super::snapshot::opt_at")]
     detached_at: Option<Instant>,
     /// The deadlines of this session's one `Timer::Heartbeat`, `Timer::Ice` and
     /// `Timer::Expire` entry, if it has one. A new deadline replaces the entry (see
     /// [`arm`]): a session has at most one of each however often it resumes, where
     /// every resume had added a heartbeat and a credential refresh of its own.
+    #[serde(with = "super::snapshot::opt_at")]
     heartbeat_at: Option<Instant>,
+    #[serde(with = "super::snapshot::opt_at")]
     ice_at: Option<Instant>,
+    #[serde(with = "super::snapshot::opt_at")]
     expire_at: Option<Instant>,
     pub(super) awaiting_ring: Vec<(u64, CallKey)>,
     pub(super) tokens: f64,
+    #[serde(with = "super::snapshot::at")]
     pub(super) tokens_at: Instant,
 }
 

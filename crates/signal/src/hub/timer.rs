@@ -9,7 +9,7 @@ use rand::RngCore;
 use super::ids::{CallKey, SessionKey};
 use super::{ConnId, Hub};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(super) enum Timer {
     Hello(ConnId),
     Ack(SessionKey),
