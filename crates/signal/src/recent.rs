@@ -122,6 +122,49 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
     }
 }
 
+/// Written for a hub snapshot: entries sorted by key (two replicas write the same bytes),
+/// times as nanoseconds from the snapshot's base (`hub::snapshot`).
+impl<K: Hash + Eq + Clone + Ord + serde::Serialize, V: serde::Serialize> serde::Serialize for Recent<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use crate::hub::snapshot::{offset, RecentState};
+        use serde::ser::Error;
+        let mut entries = Vec::with_capacity(self.map.len());
+        for (k, (t, v)) in &self.map {
+            entries.push((k, offset(*t).map_err(S::Error::custom)?, v));
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut order = VecDeque::with_capacity(self.order.len());
+        for (t, k) in &self.order {
+            order.push_back((offset(*t).map_err(S::Error::custom)?, k));
+        }
+        RecentState {
+            window_ns: self.window.as_nanos() as u64,
+            cap: self.cap,
+            entries,
+            order,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, K: Hash + Eq + Clone + serde::Deserialize<'de>, V: serde::Deserialize<'de>> serde::Deserialize<'de>
+    for Recent<K, V>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::hub::snapshot::{instant, RecentState};
+        use serde::de::Error;
+        let st = RecentState::<K, V>::deserialize(d)?;
+        let mut r = Recent::new(Duration::from_nanos(st.window_ns), st.cap);
+        for (k, ns, v) in st.entries {
+            r.map.insert(k, (instant(ns).map_err(D::Error::custom)?, v));
+        }
+        for (ns, k) in st.order {
+            r.order.push_back((instant(ns).map_err(D::Error::custom)?, k));
+        }
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,48 +209,5 @@ mod tests {
         }
         assert_eq!(r.len(), 100);
         assert!(r.queued() <= 200);
-    }
-}
-
-/// Written for a hub snapshot: entries sorted by key (two replicas write the same bytes),
-/// times as nanoseconds from the snapshot's base (`hub::snapshot`).
-impl<K: Hash + Eq + Clone + Ord + serde::Serialize, V: serde::Serialize> serde::Serialize for Recent<K, V> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use crate::hub::snapshot::{offset, RecentState};
-        use serde::ser::Error;
-        let mut entries = Vec::with_capacity(self.map.len());
-        for (k, (t, v)) in &self.map {
-            entries.push((k, offset(*t).map_err(S::Error::custom)?, v));
-        }
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut order = VecDeque::with_capacity(self.order.len());
-        for (t, k) in &self.order {
-            order.push_back((offset(*t).map_err(S::Error::custom)?, k));
-        }
-        RecentState {
-            window_ns: self.window.as_nanos() as u64,
-            cap: self.cap,
-            entries,
-            order,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de, K: Hash + Eq + Clone + serde::Deserialize<'de>, V: serde::Deserialize<'de>> serde::Deserialize<'de>
-    for Recent<K, V>
-{
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use crate::hub::snapshot::{instant, RecentState};
-        use serde::de::Error;
-        let st = RecentState::<K, V>::deserialize(d)?;
-        let mut r = Recent::new(Duration::from_nanos(st.window_ns), st.cap);
-        for (k, ns, v) in st.entries {
-            r.map.insert(k, (instant(ns).map_err(D::Error::custom)?, v));
-        }
-        for (ns, k) in st.order {
-            r.order.push_back((instant(ns).map_err(D::Error::custom)?, k));
-        }
-        Ok(r)
     }
 }
