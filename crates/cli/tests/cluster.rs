@@ -671,3 +671,89 @@ async fn a_rolling_restart_of_every_node_drops_no_call() {
     eprintln!("rolling restart: 50 calls, 3 nodes replaced, {reconnects} resumes");
     assert!(reconnects >= 50, "each node's clients moved: {reconnects} resumes");
 }
+
+/// `redis-cli` against the test's Redis.
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let out = run_bounded(
+        Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn checkpoints_bound_the_log_and_a_node_joins_from_the_snapshot() {
+    if !have_redis() || !have_tool("redis-cli") {
+        return;
+    }
+    let redis = Redis::start(free_port(), redis_dir("checkpoint"), false);
+    let every = ["--redis-checkpoint-every", "50"];
+    let nodes = [node(&redis, &every), node(&redis, &every)];
+    let mut alice = on(&nodes[0], "alice", "a").await;
+    let mut bob = on(&nodes[1], "bob", "b").await;
+    call(&mut alice, &mut bob, "cp1").await;
+    for n in 1..=150 {
+        alice
+            .send(json!({"type": "call.signal", "call": "cp1", "data": cand(n)}))
+            .await;
+    }
+    assert_eq!(signals(&mut bob, 150).await, (1..=150).map(cand).collect::<Vec<_>>());
+    // 300+ entries were appended (frames and acks both ways); checkpoints trim the log
+    // to the entries since the one before the last: two intervals, and what came in
+    // while the checkpoint went round.
+    let xlen = || {
+        redis_cli(&redis, &["XLEN", "firstcall:log"])
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+    };
+    assert!(
+        wait_until(T, || xlen() <= 200),
+        "log not trimmed: {} entries\n{}",
+        xlen(),
+        nodes
+            .iter()
+            .map(|n| n
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("checkpoint") || l.contains("lease"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    let info = redis_cli(&redis, &["XINFO", "STREAM", "firstcall:log"]);
+    let lines: Vec<&str> = info.lines().collect();
+    let added: u64 = lines
+        .iter()
+        .position(|l| *l == "entries-added")
+        .and_then(|i| lines.get(i + 1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no entries-added in XINFO STREAM: {info}"));
+    assert!(added >= 300, "{added} entries appended, {} kept", xlen());
+    assert!(!redis_cli(&redis, &["HGET", "firstcall:snapshot", "id"]).is_empty());
+
+    // Bob drops; Alice goes on; a third node joins from the snapshot (the log's start
+    // is gone), and Bob resumes there with exactly what he missed.
+    bob.cut();
+    for n in 151..=160 {
+        alice
+            .send(json!({"type": "call.signal", "call": "cp1", "data": cand(n)}))
+            .await;
+    }
+    let late = node(&redis, &every);
+    assert!(
+        late.log_text().contains("joined the cluster from its latest snapshot"),
+        "{}",
+        late.log_text()
+    );
+    bob.set_url(&ws_url(&late));
+    bob.reconnect()
+        .await
+        .expect("resume on the node that joined from the snapshot");
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    assert_eq!(signals(&mut bob, 10).await, (151..=160).map(cand).collect::<Vec<_>>());
+    bob.send(json!({"type": "call.hangup", "call": "cp1"})).await;
+    let (end, _) = alice.expect("call.ended", T).await.unwrap();
+    assert_eq!(end["reason"], "hangup");
+}

@@ -138,6 +138,8 @@ pub struct ServeConfig {
     pub redis_url: Option<String>,
     /// The cluster's Redis keys start with this (several clusters on one Redis).
     pub redis_prefix: String,
+    /// Log entries between checkpoints (snapshot stored, log trimmed).
+    pub redis_checkpoint_every: u64,
     /// Where pending-call events are POSTed.
     pub webhook_url: Option<String>,
     /// Key signing webhook bodies (generated and kept in the data dir when absent).
@@ -474,6 +476,10 @@ pub struct ServeArgs {
     /// Prefix of the cluster's Redis keys [default: firstcall].
     #[arg(long, env = "FIRSTCALL_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Log entries between two checkpoints: the leader stores a snapshot of the hub and
+    /// trims the log up to the previous one, which bounds it [default: 10000].
+    #[arg(long, env = "FIRSTCALL_REDIS_CHECKPOINT_EVERY")]
+    pub redis_checkpoint_every: Option<u64>,
     /// POST a signed event here when a callee has no device online (for VoIP push).
     #[arg(long, env = "FIRSTCALL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -663,6 +669,7 @@ pub struct FileConfig {
     jwks_url: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_checkpoint_every: Option<u64>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     credential_ttl: Option<String>,
@@ -1035,6 +1042,11 @@ impl ServeArgs {
                 .or(f.redis_prefix)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "firstcall".into()),
+            redis_checkpoint_every: self
+                .redis_checkpoint_every
+                .or(f.redis_checkpoint_every)
+                .unwrap_or(10_000)
+                .max(1),
             webhook_url: self.webhook_url.or(f.webhook_url).filter(|s| !s.is_empty()),
             webhook_secret: self.webhook_secret.or(f.webhook_secret).filter(|s| !s.is_empty()),
             credential_ttl: parse_duration(

@@ -579,7 +579,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let signaling = match &config.redis_url {
         None => signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue),
         Some(url) => {
-            let joined = cluster::join(url, &config.redis_prefix).await?;
+            let joined = cluster::join(url, &config.redis_prefix, config.redis_checkpoint_every).await?;
             signal::Signaling::start_cluster(
                 hub_config,
                 tokens.clone(),
@@ -588,6 +588,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 config.slow_socket_queue,
                 joined,
             )
+            .map_err(cluster::ClusterError::Snapshot)?
         }
     }
     .with_jwks(tokens.jwks().cloned());

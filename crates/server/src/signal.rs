@@ -84,6 +84,11 @@ struct Shared {
     armed: Option<Instant>,
     /// With several nodes: the hub's time, taken from the log's entries.
     clock: Option<cluster::Clock>,
+    /// With several nodes: entries applied since the last checkpoint, whether this node
+    /// (as leader) asked for the next one at that count, and the last one's id.
+    since_checkpoint: u64,
+    checkpoint_asked: Option<u64>,
+    last_checkpoint: Option<StreamId>,
 }
 
 /// Handle to the hub.
@@ -160,6 +165,9 @@ impl Signaling {
                 conns: HashMap::default(),
                 armed: None,
                 clock: None,
+                since_checkpoint: 0,
+                checkpoint_asked: None,
+                last_checkpoint: None,
             })),
             timer: Arc::new(Notify::new()),
             webhook,
@@ -185,20 +193,33 @@ impl Signaling {
         webhook: Option<crate::webhook::Webhook>,
         queue_limit: usize,
         joined: cluster::Joined,
-    ) -> Signaling {
+    ) -> Result<Signaling, firstcall_signal::hub::SnapshotError> {
         let metrics = Arc::new(SignalMetrics::default());
         let base = Instant::now();
         // Every replica verifies nothing itself: the node that took a hello says in the
         // log what its token check gave.
-        let hub = Hub::new(
-            config,
-            Arc::new(cluster::VerifiedInLog),
-            ice,
-            metrics.clone(),
-            StdRng::from_seed(joined.seed),
-            base,
-            joined.base_ms / 1000,
-        );
+        let verifier: Arc<dyn TokenVerifier> = Arc::new(cluster::VerifiedInLog);
+        let hub = match &joined.snapshot {
+            None => Hub::new(
+                config,
+                verifier,
+                ice,
+                metrics.clone(),
+                StdRng::from_seed(joined.seed),
+                base,
+                joined.base_ms / 1000,
+            ),
+            Some(snap) => Hub::from_snapshot(
+                &snap.state,
+                config,
+                verifier,
+                ice,
+                metrics.clone(),
+                StdRng::from_seed(cluster::replica_seed(&joined.seed, snap.id)),
+                base,
+            )?,
+        };
+        let last_checkpoint = joined.snapshot.as_ref().map(|s| s.id);
         let (link, tasks) = cluster::Link::new(&joined);
         let sig = Signaling {
             shared: Arc::new(Mutex::new(Shared {
@@ -206,6 +227,9 @@ impl Signaling {
                 conns: HashMap::default(),
                 armed: None,
                 clock: Some(cluster::Clock::new(base, joined.base_ms)),
+                since_checkpoint: 0,
+                checkpoint_asked: None,
+                last_checkpoint,
             })),
             timer: Arc::new(Notify::new()),
             webhook,
@@ -218,7 +242,7 @@ impl Signaling {
         };
         tasks.spawn(sig.clone(), joined);
         tokio::spawn(timer_loop(sig.clone()));
-        sig
+        Ok(sig)
     }
 
     /// With several nodes: this node's link to the others.
@@ -396,9 +420,12 @@ impl Signaling {
     }
 
     /// Apply entries of the cluster's log to this node's replica, in order, and write
-    /// what they produced for this node's sockets.
-    pub(crate) fn apply(&self, entries: Vec<(StreamId, Entry)>, me: NodeId) {
+    /// what they produced for this node's sockets. A checkpoint this node appended comes
+    /// back with the replica's snapshot, for the caller to store.
+    pub(crate) fn apply(&self, entries: Vec<(StreamId, Entry)>, me: NodeId) -> Option<cluster::Checkpoint> {
+        let link = self.cluster.as_ref().expect("only a cluster node applies a log");
         let mut w = Writes::default();
+        let mut stored = None;
         {
             let mut guard = self.lock();
             let s = &mut *guard;
@@ -409,6 +436,7 @@ impl Signaling {
                 };
                 let clock = s.clock.as_mut().expect("a cluster replica has a clock");
                 let now = clock.advance(id.ms.max(at));
+                let checkpoint = entry.input == Input::Checkpoint;
                 match entry.input {
                     Input::Connect { c } => s.hub.handle_connect(c.into(), now),
                     Input::Text { c, t, v } => {
@@ -430,13 +458,36 @@ impl Signaling {
                         }
                     }
                     Input::Joined => {}
+                    // What is due fires first (the snapshot has no output pending).
+                    Input::Checkpoint => s.hub.handle_timeout(now),
                 }
                 self.route(s, &mut w, entry.n == me);
+                s.since_checkpoint += 1;
+                if checkpoint {
+                    s.since_checkpoint = 0;
+                    s.checkpoint_asked = None;
+                    s.hub.reseed(StdRng::from_seed(cluster::replica_seed(&link.seed, id)));
+                    if entry.n == me {
+                        let at_ms = s.clock.as_ref().map_or(id.ms, |c| c.last_ms());
+                        match s.hub.to_snapshot() {
+                            Ok(state) => {
+                                stored = Some(cluster::Checkpoint {
+                                    snapshot: cluster::Snapshot { id, at_ms, state },
+                                    previous: s.last_checkpoint,
+                                })
+                            }
+                            Err(e) => tracing::error!(error = %e, "checkpoint: no snapshot"),
+                        }
+                    }
+                    s.last_checkpoint = Some(id);
+                }
             }
+            ask_checkpoint(s, link);
             let next = s.hub.poll_timeout();
             w.wake_timer |= next.is_some_and(|d| s.armed.is_none_or(|a| d < a));
         }
         self.flush(w);
+        stored
     }
 
     /// The nodes (other than `me`) the replica has sockets of.
@@ -634,6 +685,17 @@ async fn timer_loop(sig: Signaling) {
     }
 }
 
+/// The leader asks for a checkpoint every `checkpoint_every` entries (again after as
+/// many more if its request was lost): after applying entries, and from the tick loop
+/// (a node that became leader after the last entry asks without waiting for another).
+fn ask_checkpoint(s: &mut Shared, link: &Link) {
+    let due = link.checkpoint_every;
+    let ask = s.since_checkpoint >= due && s.checkpoint_asked.is_none_or(|at| s.since_checkpoint >= at + due);
+    if ask && link.is_leader() && link.append(Input::Checkpoint) {
+        s.checkpoint_asked = Some(s.since_checkpoint);
+    }
+}
+
 /// Unix milliseconds now.
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -651,6 +713,7 @@ async fn cluster_ticks(sig: Signaling, link: Arc<Link>) {
     loop {
         let due = {
             let mut s = sig.lock();
+            ask_checkpoint(&mut s, &link);
             let due = s.hub.poll_timeout();
             s.armed = due;
             due.and_then(|d| s.clock.as_ref().map(|c| c.ms_of(d)))

@@ -100,6 +100,10 @@ pub enum Input {
     },
     /// A node started (the log's first entry gives every replica its time base).
     Joined,
+    /// The leader asks for a checkpoint: every replica reseeds its random generator
+    /// here, and the leader stores its replica's snapshot, from which a node that joins
+    /// later starts (the log before the previous checkpoint is trimmed).
+    Checkpoint,
 }
 
 /// A [`ConnId`] as the log writes it.

@@ -117,7 +117,7 @@ pub(super) async fn append(sig: Signaling, link: Arc<Link>, store: Arc<Store>, m
                         }
                         Input::Disconnect { .. } => retry.push(i),
                         // The leader ticks again and says again which nodes are gone.
-                        Input::Tick { .. } | Input::NodeGone { .. } | Input::Joined => {}
+                        Input::Tick { .. } | Input::NodeGone { .. } | Input::Joined | Input::Checkpoint => {}
                     }
                 }
                 tracing::warn!(redis = %store.url, error = %e, sockets_closed = closed, "cannot append to the cluster's log: sockets closed with 1013, retrying");
@@ -159,9 +159,10 @@ async fn write(
     pipe.query_async(con).await
 }
 
-/// Apply the log, from its first entry, to the replica, for ever.
-pub(super) async fn read(sig: Signaling, link: Arc<Link>, store: Arc<Store>) {
-    let mut last = StreamId::ZERO;
+/// Apply the log, from the entry after `from` (the snapshot's, or the start), to the
+/// replica, for ever.
+pub(super) async fn read(sig: Signaling, link: Arc<Link>, store: Arc<Store>, from: StreamId) {
+    let mut last = from;
     let mut backoff = Backoff::new();
     loop {
         let mut con = match store
@@ -213,7 +214,9 @@ pub(super) async fn read(sig: Signaling, link: Arc<Link>, store: Arc<Store>) {
                 }
             }
             if !good.is_empty() {
-                sig.apply(good, link.node);
+                if let Some(cp) = sig.apply(good, link.node) {
+                    tokio::spawn(super::checkpoint::store(store.clone(), cp));
+                }
             }
             if n < READ_COUNT {
                 link.set_caught_up();

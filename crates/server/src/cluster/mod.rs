@@ -24,6 +24,7 @@
 //!
 //! [`ConnId`]: firstcall_signal::hub::ConnId
 
+mod checkpoint;
 pub mod entry;
 mod lease;
 mod log;
@@ -37,6 +38,7 @@ use firstcall_signal::protocol::UserId;
 use rand::RngCore;
 use tokio::sync::{mpsc, Notify};
 
+pub use checkpoint::{replica_seed, Checkpoint, Snapshot};
 pub use entry::{Entry, Input, NodeId, StreamId, Verified};
 
 use crate::signal::Signaling;
@@ -55,6 +57,9 @@ pub enum ClusterError {
         /// What failed.
         source: redis::RedisError,
     },
+    /// The latest snapshot does not restore.
+    #[error("restoring the cluster's snapshot: {0}")]
+    Snapshot(firstcall_signal::hub::SnapshotError),
     /// The seed kept in Redis is not 64 hex digits: another program wrote the key.
     #[error("Redis key {0} does not hold a firstcall seed")]
     BadSeed(String),
@@ -73,6 +78,8 @@ pub struct Keys {
     pub epoch: String,
     /// The leader's lease (its node number).
     pub leader: String,
+    /// The latest checkpoint's snapshot (a hash: id, at_ms, version, state).
+    pub snapshot: String,
     prefix: String,
 }
 
@@ -85,6 +92,7 @@ impl Keys {
             seed: format!("{prefix}:seed"),
             epoch: format!("{prefix}:epoch"),
             leader: format!("{prefix}:leader"),
+            snapshot: format!("{prefix}:snapshot"),
             prefix: prefix.to_owned(),
         }
     }
@@ -112,8 +120,13 @@ pub struct Joined {
     pub seed: [u8; 32],
     /// The log's epoch.
     pub epoch: String,
-    /// The time (unix ms) of the log's first entry: every replica's time zero.
+    /// The time (unix ms) of the log's first entry, or of the snapshot's checkpoint:
+    /// this replica's time zero.
     pub base_ms: u64,
+    /// The latest checkpoint's snapshot, to start from (the log before it may be gone).
+    pub snapshot: Option<Snapshot>,
+    /// Entries between checkpoints (`--redis-checkpoint-every`).
+    pub checkpoint_every: u64,
     client: redis::Client,
     keys: Keys,
     url: String,
@@ -128,7 +141,7 @@ fn conn_config(response: Duration) -> redis::AsyncConnectionConfig {
 
 /// Join the cluster at `url`: a node number, the seed and epoch (created by the first
 /// node), a `Joined` entry, and the log's time base.
-pub async fn join(url: &str, prefix: &str) -> Result<Joined, ClusterError> {
+pub async fn join(url: &str, prefix: &str, checkpoint_every: u64) -> Result<Joined, ClusterError> {
     let client = redis::Client::open(url).map_err(ClusterError::Url)?;
     let shown = redacted(url);
     let err = |source| ClusterError::Redis {
@@ -206,16 +219,25 @@ pub async fn join(url: &str, prefix: &str) -> Result<Joined, ClusterError> {
         .query_async(&mut con)
         .await
         .map_err(err)?;
-    let base_ms = entry::decode_entries(first)
+    let first_ms = entry::decode_entries(first)
         .ok()
         .and_then(|v| v.first().map(|(id, _)| id.ms))
         .unwrap_or(0);
-    tracing::info!(%node, redis = %shown, base_ms, "joined the cluster");
+    let snapshot = checkpoint::load(&mut con, &keys).await.map_err(err)?;
+    let base_ms = snapshot.as_ref().map_or(first_ms, |s| s.at_ms);
+    match &snapshot {
+        Some(s) => {
+            tracing::info!(%node, redis = %shown, checkpoint = %s.id, bytes = s.state.len(), "joined the cluster from its latest snapshot")
+        }
+        None => tracing::info!(%node, redis = %shown, base_ms, "joined the cluster from the log's start"),
+    }
     Ok(Joined {
         node,
         seed,
         epoch,
         base_ms,
+        snapshot,
+        checkpoint_every: checkpoint_every.max(1),
         client,
         keys,
         url: shown,
@@ -271,6 +293,11 @@ impl Clock {
         self.base + Duration::from_millis(self.last_ms - self.base_ms)
     }
 
+    /// The replica's time now (unix ms).
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms
+    }
+
     /// The unix milliseconds of a hub instant, rounded up (a deadline is not due
     /// before it).
     pub fn ms_of(&self, t: Instant) -> u64 {
@@ -303,6 +330,10 @@ pub struct Link {
     /// Woken when the appender's queue empties.
     idle: Notify,
     store: Arc<log::Store>,
+    /// Entries between checkpoints.
+    pub checkpoint_every: u64,
+    /// The replicas' seed (each checkpoint reseeds from it and the checkpoint's id).
+    pub seed: [u8; 32],
 }
 
 /// The tasks of a link, started once the endpoint exists.
@@ -330,6 +361,8 @@ impl Link {
                 keys: joined.keys.clone(),
                 url: joined.url.clone(),
             }),
+            checkpoint_every: joined.checkpoint_every,
+            seed: joined.seed,
         });
         (link.clone(), Tasks { link, rx })
     }
@@ -423,7 +456,8 @@ impl Tasks {
     pub fn spawn(self, sig: Signaling, joined: Joined) {
         let Tasks { link, rx } = self;
         let shared = link.store.clone();
-        tokio::spawn(log::read(sig.clone(), link.clone(), shared.clone()));
+        let from = joined.snapshot.as_ref().map_or(StreamId::ZERO, |s| s.id);
+        tokio::spawn(log::read(sig.clone(), link.clone(), shared.clone(), from));
         tokio::spawn(log::append(sig.clone(), link.clone(), shared.clone(), rx));
         tokio::spawn(lease::run(sig, link, shared, joined.epoch));
     }
