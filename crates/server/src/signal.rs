@@ -364,12 +364,11 @@ impl Signaling {
         let mut guard = self.lock();
         let s = &mut *guard;
         f(&mut s.hub, &mut s.conns);
-        self.route(s, w, true);
+        self.route(s, w);
     }
 
-    /// Queue what the hub produced on this node's outlets; webhooks into `w` when
-    /// `post_hooks` (with several nodes, the node that appended their cause posts them).
-    fn route(&self, s: &mut Shared, w: &mut Writes, post_hooks: bool) {
+    /// Queue what the hub produced on this node's outlets, and its webhooks into `w`.
+    fn route(&self, s: &mut Shared, w: &mut Writes) {
         loop {
             let mut slow = Vec::new();
             while let Some(o) = s.hub.poll_output() {
@@ -390,11 +389,7 @@ impl Signaling {
                             }
                         }
                     }
-                    Output::Webhook { body } => {
-                        if post_hooks {
-                            w.hooks.push(body)
-                        }
-                    }
+                    Output::Webhook { body } => w.hooks.push(body),
                 }
             }
             if slow.is_empty() {
@@ -420,12 +415,19 @@ impl Signaling {
     }
 
     /// Apply entries of the cluster's log to this node's replica, in order, and write
-    /// what they produced for this node's sockets. A checkpoint this node appended comes
-    /// back with the replica's snapshot, for the caller to store.
-    pub(crate) fn apply(&self, entries: Vec<(StreamId, Entry)>, me: NodeId) -> Option<cluster::Checkpoint> {
+    /// what they produced for this node's sockets. Back: a checkpoint this node appended,
+    /// with the replica's snapshot, for the caller to store; and every webhook the
+    /// entries made, each with the id of its cause (`cluster::hooks`), which every
+    /// replica writes to the cluster's hook stream and the leader alone posts.
+    pub(crate) fn apply(
+        &self,
+        entries: Vec<(StreamId, Entry)>,
+        me: NodeId,
+    ) -> (Option<cluster::Checkpoint>, Vec<(StreamId, serde_json::Value)>) {
         let link = self.cluster.as_ref().expect("only a cluster node applies a log");
         let mut w = Writes::default();
         let mut stored = None;
+        let mut hooks = Vec::new();
         {
             let mut guard = self.lock();
             let s = &mut *guard;
@@ -461,7 +463,10 @@ impl Signaling {
                     // What is due fires first (the snapshot has no output pending).
                     Input::Checkpoint => s.hub.handle_timeout(now),
                 }
-                self.route(s, &mut w, entry.n == me);
+                self.route(s, &mut w);
+                for (k, body) in w.hooks.drain(..).enumerate() {
+                    hooks.push((cluster::hooks::hook_id(id, k), body));
+                }
                 s.since_checkpoint += 1;
                 if checkpoint {
                     s.since_checkpoint = 0;
@@ -487,7 +492,21 @@ impl Signaling {
             w.wake_timer |= next.is_some_and(|d| s.armed.is_none_or(|a| d < a));
         }
         self.flush(w);
-        stored
+        (stored, hooks)
+    }
+
+    /// With several nodes: post a webhook the cluster's hook stream holds (the leader's
+    /// hook task calls it).
+    pub(crate) fn post_hook(&self, body: serde_json::Value) {
+        match &self.webhook {
+            Some(wh) => wh.post(body),
+            None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
+        }
+    }
+
+    /// Whether webhooks go anywhere.
+    pub(crate) fn has_webhook(&self) -> bool {
+        self.webhook.is_some()
     }
 
     /// The nodes (other than `me`) the replica has sockets of.

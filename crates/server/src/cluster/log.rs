@@ -78,9 +78,15 @@ pub(super) async fn append(sig: Signaling, link: Arc<Link>, store: Arc<Store>, m
             Input::Connect { c } | Input::Text { c, .. } => !failed.contains(&ConnId::from(*c)),
             _ => true,
         });
-        let result = match con.as_mut() {
+        // A connection kept from before an outage fails its first write: one more try
+        // on a fresh connection before any socket is closed for it.
+        let mut result = match con.as_mut() {
             Some(c) => write(c, &store.keys, link.node, &batch).await,
-            None => match store
+            None => Err(redis::RedisError::from((redis::ErrorKind::Io, "not connected"))),
+        };
+        if result.is_err() {
+            con = None;
+            result = match store
                 .client
                 .get_multiplexed_async_connection_with_config(&conn_config(Duration::from_secs(2)))
                 .await
@@ -91,8 +97,8 @@ pub(super) async fn append(sig: Signaling, link: Arc<Link>, store: Arc<Store>, m
                     r
                 }
                 Err(e) => Err(e),
-            },
-        };
+            };
+        }
         match result {
             Ok(()) => {
                 backoff.reset();
@@ -214,8 +220,12 @@ pub(super) async fn read(sig: Signaling, link: Arc<Link>, store: Arc<Store>, fro
                 }
             }
             if !good.is_empty() {
-                if let Some(cp) = sig.apply(good, link.node) {
+                let (checkpoint, hooks) = sig.apply(good, link.node);
+                if let Some(cp) = checkpoint {
                     tokio::spawn(super::checkpoint::store(store.clone(), cp));
+                }
+                if !hooks.is_empty() && sig.has_webhook() {
+                    super::hooks::write(&mut con, &store.keys, hooks).await;
                 }
             }
             if n < READ_COUNT {

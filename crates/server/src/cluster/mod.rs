@@ -26,6 +26,7 @@
 
 mod checkpoint;
 pub mod entry;
+pub mod hooks;
 mod lease;
 mod log;
 
@@ -80,6 +81,8 @@ pub struct Keys {
     pub leader: String,
     /// The latest checkpoint's snapshot (a hash: id, at_ms, version, state).
     pub snapshot: String,
+    /// Webhooks to post (a Stream, consumer group `posters`).
+    pub hooks: String,
     prefix: String,
 }
 
@@ -93,6 +96,7 @@ impl Keys {
             epoch: format!("{prefix}:epoch"),
             leader: format!("{prefix}:leader"),
             snapshot: format!("{prefix}:snapshot"),
+            hooks: format!("{prefix}:hooks"),
             prefix: prefix.to_owned(),
         }
     }
@@ -459,6 +463,7 @@ impl Tasks {
         let from = joined.snapshot.as_ref().map_or(StreamId::ZERO, |s| s.id);
         tokio::spawn(log::read(sig.clone(), link.clone(), shared.clone(), from));
         tokio::spawn(log::append(sig.clone(), link.clone(), shared.clone(), rx));
+        tokio::spawn(hooks::deliver(sig.clone(), link.clone(), shared.clone()));
         tokio::spawn(lease::run(sig, link, shared, joined.epoch));
     }
 }
