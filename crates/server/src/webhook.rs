@@ -9,18 +9,28 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 /// A webhook target.
 #[derive(Clone)]
 pub struct Webhook {
-    url: Arc<Url>,
+    url: Uri,
     secret: Arc<String>,
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// Pooled keep-alive connections to the receiver.
+    client: Client,
     policy: Policy,
     coalescer: Arc<Mutex<Coalescer>>,
     /// Free POST slots (`Policy::concurrency`).
@@ -285,49 +295,132 @@ impl Coalescer {
     }
 }
 
-struct Url {
-    https: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
 /// Why a webhook URL is unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("--webhook-url {0:?}: expected http://host[:port]/path or https://...")]
 pub struct BadUrl(String);
 
-fn parse(url: &str) -> Result<Url, BadUrl> {
+/// `url` as a URI hyper's client can use: `http` or `https`, with a host.
+fn parse(url: &str) -> Result<Uri, BadUrl> {
     let bad = || BadUrl(url.to_owned());
-    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(bad());
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_owned()),
-        None => (rest, "/".to_owned()),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h.trim_matches(['[', ']']).to_owned(), p.parse().map_err(|_| bad())?)
-        }
-        _ => (
-            authority.trim_matches(['[', ']']).to_owned(),
-            if https { 443 } else { 80 },
-        ),
-    };
-    if host.is_empty() {
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(|h| h.is_empty() || h == "[]") {
         return Err(bad());
     }
-    Ok(Url {
-        https,
-        host,
-        port,
-        path,
-    })
+    Ok(uri)
+}
+
+/// How long an idle pooled connection is kept: under the 5 s of Node's default
+/// `keepAliveTimeout` (and most servers' longer ones), so that the client does not pick a
+/// connection the receiver is closing at that moment.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The largest response body read (and dropped): reading it to the end lets the
+/// connection go back to the pool; a larger one closes the connection instead.
+const MAX_RESPONSE_BODY: usize = 64 << 10;
+
+/// The pooled HTTP/1.1 client: hyper-util's, over [`Connector`].
+type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+fn client(tls: Option<tokio_rustls::TlsConnector>, idle_per_host: usize) -> Client {
+    let mut http = HttpConnector::new();
+    // https URIs are ours to handle (`Connector` wraps the TCP stream in TLS).
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(idle_per_host)
+        .build(Connector { http, tls })
+}
+
+/// hyper-util's TCP connector (name resolution, IPv6 literals, connect), then rustls
+/// with the web-PKI roots for `https` URLs.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = http.call(uri.clone()).await?;
+            if uri.scheme_str() != Some("https") {
+                return Ok(Stream::Plain(tcp));
+            }
+            let tls = tls.ok_or("https URL without a TLS client")?;
+            // IPv6 literals come bracketed in the URI.
+            let host = uri.host().unwrap_or_default();
+            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
+            Ok(Stream::Tls(Box::new(TokioIo::new(
+                tls.connect(name, tcp.into_inner()).await?,
+            ))))
+        })
+    }
+}
+
+/// A connection to the receiver, plain or TLS.
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Plain(s) => s.connected(),
+            Stream::Tls(s) => s.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// `sha256=<hex>` over `<timestamp>.<body>`.
@@ -344,11 +437,11 @@ impl Webhook {
     /// A webhook posting to `url`, signed with `secret`, as `policy` allows.
     pub fn new(url: &str, secret: String, policy: Policy) -> Result<Webhook, BadUrl> {
         let url = parse(url)?;
-        let tls = url.https.then(crate::web_pki_client);
+        let tls = (url.scheme_str() == Some("https")).then(crate::web_pki_client);
         Ok(Webhook {
-            url: Arc::new(url),
+            client: client(tls, policy.concurrency.max(1)),
+            url,
             secret: Arc::new(secret),
-            tls,
             slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             coalescer: Arc::new(Mutex::new(Coalescer::new(policy.clone()))),
             policy,
@@ -428,11 +521,11 @@ impl Webhook {
     async fn deliver(&self, body: &str) -> bool {
         for attempt in 1..=3u32 {
             match tokio::time::timeout(Duration::from_secs(5), self.send(body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => {
-                    tracing::debug!(status, "webhook delivered");
+                Ok(Ok(status)) if status.is_success() => {
+                    tracing::debug!(status = status.as_u16(), "webhook delivered");
                     return true;
                 }
-                Ok(Ok(status)) => tracing::warn!(status, attempt, "webhook refused"),
+                Ok(Ok(status)) => tracing::warn!(status = status.as_u16(), attempt, "webhook refused"),
                 Ok(Err(e)) => tracing::warn!(error = %e, attempt, "webhook failed"),
                 Err(_) => tracing::warn!(attempt, "webhook timed out"),
             }
@@ -443,40 +536,25 @@ impl Webhook {
         false
     }
 
-    async fn send(&self, body: &str) -> std::io::Result<u16> {
+    /// One POST: the response's status, its body read (bounded) so that the connection
+    /// goes back to the pool.
+    async fn send(&self, body: &str) -> Result<StatusCode, BoxError> {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let u = &self.url;
-        let req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Firstcall-Timestamp: {ts}\r\nX-Firstcall-Signature: {}\r\nConnection: close\r\n\r\n{body}",
-            u.path,
-            u.host,
-            body.len(),
-            signature(&self.secret, ts, body.as_bytes()),
-        );
-        let tcp = TcpStream::connect((u.host.as_str(), u.port)).await?;
-        match &self.tls {
-            None => exchange(tcp, &req).await,
-            Some(c) => {
-                let name = rustls::pki_types::ServerName::try_from(u.host.clone())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                exchange(c.connect(name, tcp).await?, &req).await
-            }
-        }
+        let req = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, concat!("firstcall/", env!("CARGO_PKG_VERSION")))
+            .header("X-Firstcall-Timestamp", ts)
+            .header("X-Firstcall-Signature", signature(&self.secret, ts, body.as_bytes()))
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))?;
+        let resp = self.client.request(req).await?;
+        let status = resp.status();
+        // Not needed, but read: a body left unread would close the connection.
+        let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BODY).collect().await;
+        Ok(status)
     }
-}
-
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> std::io::Result<u16> {
-    s.write_all(req.as_bytes()).await?;
-    let mut head = vec![0u8; 64];
-    let n = s.read(&mut head).await?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
 }
 
 #[cfg(test)]
@@ -514,17 +592,23 @@ mod tests {
 
     #[test]
     fn urls() {
-        let u = parse("http://127.0.0.1:9000/hook").unwrap();
+        let u = parse("http://127.0.0.1:9000/hook?k=v").unwrap();
         assert_eq!(
-            (u.https, u.host.as_str(), u.port, u.path.as_str()),
-            (false, "127.0.0.1", 9000, "/hook")
+            (
+                u.scheme_str(),
+                u.host(),
+                u.port_u16(),
+                u.path_and_query().map(|p| p.as_str())
+            ),
+            (Some("http"), Some("127.0.0.1"), Some(9000), Some("/hook?k=v"))
         );
         let u = parse("https://push.example.org").unwrap();
-        assert_eq!((u.https, u.port, u.path.as_str()), (true, 443, "/"));
+        assert_eq!((u.scheme_str(), u.port_u16(), u.path()), (Some("https"), None, "/"));
         let u = parse("http://[::1]:8081/x").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 8081));
+        assert_eq!((u.host(), u.port_u16()), (Some("[::1]"), Some(8081)));
         assert!(parse("ftp://x").is_err());
         assert!(parse("http://:80/").is_err());
+        assert!(parse("/relative").is_err());
     }
 
     fn policy() -> Policy {
