@@ -309,6 +309,8 @@ fn webhook_policy(config: &ServeConfig) -> webhook::Policy {
         callee_window: config.webhook_callee_window,
         caller_burst: config.webhook_caller_burst,
         max_entries: config.webhook_max_entries,
+        attempts: config.webhook_attempts,
+        timeout: config.webhook_timeout,
     }
 }
 

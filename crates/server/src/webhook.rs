@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// A webhook target.
 #[derive(Clone)]
@@ -33,13 +33,21 @@ pub struct Webhook {
     client: Client,
     policy: Policy,
     coalescer: Arc<Mutex<Coalescer>>,
-    /// Free POST slots (`Policy::concurrency`).
+    /// Free POST slots (`Policy::concurrency`), taken for one attempt at a time.
     slots: Arc<Semaphore>,
-    /// Events accepted and not yet finished (waiting for a slot or being posted).
-    queued: Arc<AtomicUsize>,
+    /// Each device's events not yet started, in order, while one of its events is being
+    /// delivered (the lane's task posts them one after another). A lane is here exactly
+    /// while its task runs.
+    lanes: Arc<Mutex<HashMap<Lane, VecDeque<Value>>>>,
+    /// Woken when an event is finished (for [`Webhook::flush`]).
+    finished: Arc<Notify>,
     /// Counters.
     pub metrics: Arc<WebhookMetrics>,
 }
+
+/// Whose events go out in order: the user and the device (`None`: events for the user
+/// as a whole, `call.pending` and a `call.missed` with no device).
+type Lane = (String, Option<String>);
 
 /// How many webhooks go out, and how fast.
 #[derive(Clone, Debug)]
@@ -58,7 +66,20 @@ pub struct Policy {
     pub caller_burst: u32,
     /// Callers, callees and pairs remembered at most; past it new events are skipped.
     pub max_entries: usize,
+    /// Attempts per event, the first included.
+    pub attempts: u32,
+    /// How long one attempt may take, connection included.
+    pub timeout: Duration,
 }
+
+/// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF`]; each is
+/// jittered down to half of it, so that events failed together are not retried together.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest delay between two attempts of ours.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A receiver's `Retry-After` (in seconds) is waited up to this; a longer one waits this
+/// long (a call's push is worth little later than that).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How long a call's decision is kept for its later events. They all come while it rings
 /// (an answer ends the pushes: `call.answered_elsewhere` goes out then), so this is the
@@ -104,6 +125,12 @@ pub struct WebhookMetrics {
     pub delivered: AtomicU64,
     /// Given up after every attempt.
     pub failed: AtomicU64,
+    /// Answered with a status that is not retried (4xx but 429, 3xx): given up at once.
+    pub rejected: AtomicU64,
+    /// Attempts after an event's first.
+    pub retries: AtomicU64,
+    /// Events accepted and not yet finished (waiting, being posted, or between attempts).
+    pub queued: AtomicUsize,
     /// Not posted: [`Skipped::Pair`].
     pub coalesced_pair: AtomicU64,
     /// Not posted: [`Skipped::Callee`].
@@ -137,11 +164,12 @@ impl WebhookMetrics {
         let name = "firstcall_webhook_events_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Webhook events by outcome: delivered, failed after every attempt, or not posted (coalesced, queue full).\n# TYPE {name} counter"
+            "# HELP {name} Webhook events by outcome: delivered, failed after every attempt, rejected by the receiver (not retried), or not posted (coalesced, queue full).\n# TYPE {name} counter"
         );
         for (label, n) in [
             ("delivered", &self.delivered),
             ("failed", &self.failed),
+            ("rejected", &self.rejected),
             (Skipped::Pair.as_str(), &self.coalesced_pair),
             (Skipped::Callee.as_str(), &self.coalesced_callee),
             (Skipped::QueueFull.as_str(), &self.queue_full),
@@ -151,6 +179,16 @@ impl WebhookMetrics {
         ] {
             let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", n.load(Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP firstcall_webhook_retries_total Webhook attempts after an event's first (connection errors, timeouts, 429, 5xx).\n# TYPE firstcall_webhook_retries_total counter\nfirstcall_webhook_retries_total {}",
+            self.retries.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP firstcall_webhook_queued Webhook events accepted and not yet finished (bounded by --webhook-queue).\n# TYPE firstcall_webhook_queued gauge\nfirstcall_webhook_queued {}",
+            self.queued.load(Relaxed)
+        );
     }
 }
 
@@ -445,25 +483,42 @@ impl Webhook {
             slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             coalescer: Arc::new(Mutex::new(Coalescer::new(policy.clone()))),
             policy,
-            queued: Arc::new(AtomicUsize::new(0)),
+            lanes: Arc::default(),
+            finished: Arc::default(),
             metrics: Arc::new(WebhookMetrics::default()),
         })
     }
 
     /// POST in the background, unless the policy coalesces it or the queue is full
-    /// (counted, and logged); three attempts with backoff, each bounded, at most
-    /// `concurrency` at once.
-    pub fn post(&self, body: Value) {
-        let (from, to) = (
-            body.get("from").and_then(Value::as_str).unwrap_or(""),
-            body.get("to").and_then(Value::as_str).unwrap_or(""),
+    /// (counted, and logged). A device's events go out in order, each delivered or given
+    /// up before the next starts; different devices' in parallel, at most `concurrency`
+    /// attempts at once. Each event gets up to `attempts` attempts (the same event id in
+    /// each), with backoff.
+    pub fn post(&self, mut body: Value) {
+        // The hub names its per-device events `<call>/<device>/<event>`; `call.pending` has
+        // no `id` of its own: it gets the same form (one per call: `-` for no device).
+        if body.get("id").is_none() {
+            if let (Some(call), Some(event)) = (
+                body.get("call").and_then(Value::as_str),
+                body.get("event").and_then(Value::as_str),
+            ) {
+                body["id"] = Value::from(format!("{call}/-/{event}"));
+            }
+        }
+        let text = |k: &str| body.get(k).and_then(Value::as_str);
+        let (from, to) = (text("from").unwrap_or(""), text("to").unwrap_or(""));
+        let (call, event, id, device) = (
+            text("call"),
+            text("event").unwrap_or(""),
+            text("id").unwrap_or(""),
+            text("device"),
         );
-        let call = body.get("call").and_then(Value::as_str);
-        let opens = match body.get("event").and_then(Value::as_str) {
-            Some("call.pending" | "call.ring") => true,
-            Some("call.missed") => body.get("device").is_none_or(Value::is_null),
+        let opens = match event {
+            "call.pending" | "call.ring" => true,
+            "call.missed" => device.is_none(),
             _ => false,
         };
+        let queued = &self.metrics.queued;
         // One look at the coalescer: whether this tells a rung phone how its call ended
         // (never dropped for a full queue, bounded anyway: a few per admitted call, or
         // that phone would ring on), then the admission itself.
@@ -471,13 +526,16 @@ impl Webhook {
         let follows = !opens && call.is_some_and(|c| coalescer.calls.contains_key(c));
         // A place in the queue first: an event dropped for a full queue must not use up
         // the pair's interval and the callee's budget for the retry that follows.
-        if self.queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
+        if queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
             drop(coalescer);
-            self.queued.fetch_sub(1, Relaxed);
+            queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(Skipped::QueueFull);
             tracing::warn!(
+                event,
+                id,
                 from,
                 to,
+                device,
                 queue = self.policy.queue,
                 "webhook dropped: queue full (the receiver is slow or down)"
             );
@@ -486,9 +544,11 @@ impl Webhook {
         let admitted = coalescer.admit_event(call, opens, from, to, Instant::now());
         drop(coalescer);
         if let Err(why) = admitted {
-            self.queued.fetch_sub(1, Relaxed);
+            queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(why);
             tracing::info!(
+                event,
+                id,
                 from,
                 to,
                 reason = why.as_str(),
@@ -496,49 +556,140 @@ impl Webhook {
             );
             return;
         }
+        let lane: Lane = (to.to_owned(), device.map(str::to_owned));
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = lanes.get_mut(&lane) {
+            // The device's task is delivering an earlier event: this one goes after it.
+            waiting.push_back(body);
+            return;
+        }
+        lanes.insert(lane.clone(), VecDeque::new());
+        drop(lanes);
         let this = self.clone();
-        tokio::spawn(async move {
-            let body = body.to_string();
-            let delivered = match this.slots.clone().acquire_owned().await {
-                Ok(_permit) => this.deliver(&body).await,
-                Err(_) => false, // the semaphore is never closed
-            };
-            this.queued.fetch_sub(1, Relaxed);
-            if delivered {
-                this.metrics.delivered.fetch_add(1, Relaxed);
-            } else {
-                this.metrics.failed.fetch_add(1, Relaxed);
-                tracing::warn!("webhook given up after 3 attempts");
+        tokio::spawn(async move { this.run_lane(lane, body).await });
+    }
+
+    /// Deliver `first`, then the lane's events queued meanwhile, one after another; the
+    /// lane ends when none is left. Each turn finishes one queued event, and the queue
+    /// is bounded, so the task ends.
+    async fn run_lane(self, lane: Lane, first: Value) {
+        let mut body = first;
+        loop {
+            self.deliver_counted(&body).await;
+            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            match lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => body = next,
+                None => {
+                    lanes.remove(&lane);
+                    return;
+                }
             }
-        });
+        }
+    }
+
+    /// Deliver one event and count how it went; it leaves the queue.
+    async fn deliver_counted(&self, body: &Value) {
+        let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("");
+        let (event, id, to) = (text("event"), text("id"), text("to"));
+        let device = body.get("device").and_then(Value::as_str);
+        let outcome = self.deliver(&body.to_string(), id, event).await;
+        self.metrics.queued.fetch_sub(1, Relaxed);
+        self.finished.notify_waiters();
+        match outcome {
+            Delivered::Yes => {
+                self.metrics.delivered.fetch_add(1, Relaxed);
+            }
+            Delivered::Rejected(status) => {
+                self.metrics.rejected.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    event,
+                    id,
+                    to,
+                    device,
+                    status = status.as_u16(),
+                    "webhook given up: the receiver refused it (an answer that is not retried)"
+                );
+            }
+            Delivered::Failed => {
+                self.metrics.failed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    event,
+                    id,
+                    to,
+                    device,
+                    attempts = self.policy.attempts,
+                    "webhook given up after every attempt"
+                );
+            }
+        }
     }
 
     /// Events accepted and not yet finished.
     pub fn queued(&self) -> usize {
-        self.queued.load(Relaxed)
+        self.metrics.queued.load(Relaxed)
     }
 
-    async fn deliver(&self, body: &str) -> bool {
-        for attempt in 1..=3u32 {
-            match tokio::time::timeout(Duration::from_secs(5), self.send(body)).await {
-                Ok(Ok(status)) if status.is_success() => {
-                    tracing::debug!(status = status.as_u16(), "webhook delivered");
-                    return true;
-                }
-                Ok(Ok(status)) => tracing::warn!(status = status.as_u16(), attempt, "webhook refused"),
-                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "webhook failed"),
-                Err(_) => tracing::warn!(attempt, "webhook timed out"),
+    /// Wait until every accepted event is finished (delivered or given up), or until
+    /// `deadline`; whether all were.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        // Bounded by the deadline; each wake-up is an event finished.
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            // Registered before the check: an event finished in between wakes it.
+            finished.as_mut().enable();
+            if self.queued() == 0 {
+                return true;
             }
-            if attempt < 3 {
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return self.queued() == 0,
+                _ = finished => {}
             }
         }
-        false
+    }
+
+    /// Up to `attempts` attempts, each bounded by `timeout` and holding a POST slot
+    /// while it runs (not while it waits to retry).
+    async fn deliver(&self, body: &str, id: &str, event: &str) -> Delivered {
+        let attempts = self.policy.attempts.max(1);
+        for attempt in 1..=attempts {
+            let retry_after = {
+                let Ok(_slot) = self.slots.acquire().await else {
+                    return Delivered::Failed; // the semaphore is never closed
+                };
+                match tokio::time::timeout(self.policy.timeout, self.send(body, id)).await {
+                    Ok(Ok((status, _))) if status.is_success() => {
+                        tracing::debug!(event, id, status = status.as_u16(), attempt, "webhook delivered");
+                        return Delivered::Yes;
+                    }
+                    Ok(Ok((status, retry_after)))
+                        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+                    {
+                        tracing::warn!(event, id, status = status.as_u16(), attempt, "webhook refused for now");
+                        retry_after
+                    }
+                    Ok(Ok((status, _))) => return Delivered::Rejected(status),
+                    Ok(Err(e)) => {
+                        tracing::warn!(event, id, error = %e, attempt, "webhook failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(event, id, timeout = ?self.policy.timeout, attempt, "webhook timed out");
+                        None
+                    }
+                }
+            };
+            if attempt < attempts {
+                self.metrics.retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(backoff(attempt, retry_after)).await;
+            }
+        }
+        Delivered::Failed
     }
 
     /// One POST: the response's status, its body read (bounded) so that the connection
     /// goes back to the pool.
-    async fn send(&self, body: &str) -> Result<StatusCode, BoxError> {
+    async fn send(&self, body: &str, id: &str) -> Result<(StatusCode, Option<Duration>), BoxError> {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -548,13 +699,41 @@ impl Webhook {
             .header(header::USER_AGENT, concat!("firstcall/", env!("CARGO_PKG_VERSION")))
             .header("X-Firstcall-Timestamp", ts)
             .header("X-Firstcall-Signature", signature(&self.secret, ts, body.as_bytes()))
+            .header("X-Firstcall-Event-Id", id)
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
+        // Seconds only (an HTTP date is not honoured: our own backoff applies).
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         // Not needed, but read: a body left unread would close the connection.
         let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BODY).collect().await;
-        Ok(status)
+        Ok((status, retry_after))
     }
+}
+
+/// How an event's delivery ended.
+enum Delivered {
+    /// A 2xx.
+    Yes,
+    /// An answer that is not retried.
+    Rejected(StatusCode),
+    /// Every attempt failed.
+    Failed,
+}
+
+/// The wait after failed attempt `attempt` (1, 2, …): [`FIRST_BACKOFF`] doubling up to
+/// [`MAX_BACKOFF`], jittered to between half of it and all of it; at least the receiver's
+/// `Retry-After`, up to [`MAX_RETRY_AFTER`].
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let full = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let jittered = full / 2 + full.mul_f64(rand::random::<f64>() / 2.0);
+    retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER).max(jittered))
 }
 
 #[cfg(test)]
@@ -571,6 +750,8 @@ mod tests {
             callee_window: Duration::from_secs(60),
             caller_burst: 10,
             max_entries: 100,
+            attempts: 1,
+            timeout: Duration::from_secs(1),
         };
         let mut c = Coalescer::new(policy);
         let t = Instant::now();
@@ -620,6 +801,8 @@ mod tests {
             callee_window: Duration::from_secs(60),
             caller_burst: 100,
             max_entries: 1_000_000,
+            attempts: 1,
+            timeout: Duration::from_secs(1),
         }
     }
 
@@ -721,6 +904,20 @@ mod tests {
             c.admit(&format!("x{i}"), &format!("y{i}"), later).unwrap();
         }
         assert_eq!(c.len(), 3 * 500, "only the live entries are kept");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_honours_a_short_retry_after() {
+        for _ in 0..100 {
+            let first = backoff(1, None);
+            assert!((FIRST_BACKOFF / 2..=FIRST_BACKOFF).contains(&first), "{first:?}");
+            let third = backoff(3, None);
+            assert!((FIRST_BACKOFF * 2..=FIRST_BACKOFF * 4).contains(&third), "{third:?}");
+            assert!(backoff(30, None) <= MAX_BACKOFF);
+            assert_eq!(backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+            assert_eq!(backoff(1, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+            assert!(backoff(5, Some(Duration::ZERO)) >= MAX_BACKOFF / 2);
+        }
     }
 
     #[test]

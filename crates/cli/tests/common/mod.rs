@@ -436,6 +436,8 @@ pub struct Hook {
     pub body: serde_json::Value,
     /// Which accepted connection it came on (0, 1, …).
     pub conn: usize,
+    /// When its body had arrived.
+    pub at: Instant,
     /// What the receiver answered (0: it dropped the connection unanswered); set once
     /// answered.
     pub answered: u16,
@@ -516,6 +518,7 @@ impl HookReceiver {
                             body: serde_json::from_slice(&raw).unwrap_or_default(),
                             raw,
                             conn,
+                            at: Instant::now(),
                             answered: 0,
                         };
                         let index = {
