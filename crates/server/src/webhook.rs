@@ -1,8 +1,10 @@
-//! Signed webhook POSTs (a callee has no device online: the app can send a VoIP push).
+//! Signed webhook POSTs (a device that sleeps: the app sends a VoIP or FCM push).
 //!
-//! Body: JSON. Header `X-Firstcall-Signature: sha256=<hex HMAC-SHA256(secret, body)>`
-//! and `X-Firstcall-Timestamp: <unix>` (also covered by the signature, as
-//! `<timestamp>.<body>`, so a captured request cannot be replayed later).
+//! Body: JSON with an idempotency `id`, also in `X-Firstcall-Event-Id`. Header
+//! `X-Firstcall-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with
+//! `X-Firstcall-Timestamp: <unix>`, so a captured request cannot be replayed later.
+//! Posted with hyper-util's pooled keep-alive client, retried with backoff on connection
+//! errors, timeouts, 429 and 5xx, in order per device; docs/webhooks.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
