@@ -136,3 +136,42 @@ async fn the_drain_timeout_and_a_second_sigterm_end_the_wait() {
     assert!(status.success(), "exit status {status}");
     assert!(server.log_text().contains("why=Interrupted"), "{}", server.log_text());
 }
+
+/// Review finding: the exit dropped the webhooks still queued, so a `call.cancelled`
+/// made just before a SIGTERM never reached the receiver and the phone rang on. The
+/// exit now waits (bounded) for them.
+#[tokio::test]
+async fn webhooks_queued_at_sigterm_are_delivered_before_the_exit() {
+    use std::sync::{Arc, OnceLock};
+    let log: Arc<OnceLock<std::path::PathBuf>> = Arc::default();
+    let l = log.clone();
+    // The phone's ring is answered only once the server says it is flushing its webhooks
+    // at the exit (bounded): its cancel is then still queued behind it.
+    let hook = HookReceiver::start([127, 0, 0, 1].into(), move |h, _| {
+        if h.event() == "call.ring" {
+            wait_until(Duration::from_secs(10), || {
+                l.get()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .is_some_and(|t| t.contains("delivering the queued webhooks before the exit"))
+            });
+        }
+        Reply::Status(204, vec![])
+    });
+    let mut server = start_firstcall(&["--drain-timeout", "60s", "--webhook-url", &hook.url]);
+    log.set(server.log.clone()).unwrap();
+    let _phone = backgrounded(&server, "bob", "phone", "voip").await;
+    let mut alice = dev(&server, "alice", "a").await;
+    alice
+        .send(json!({"type": "call.invite", "call": "c1", "to": "bob", "media": "audio", "sdp": "o"}))
+        .await;
+    assert!(wait_until(T, || hook.requests().len() == 1), "no ring");
+    alice.send(json!({"type": "call.cancel", "call": "c1"})).await;
+    // The ring at the receiver, the cancel queued behind it.
+    assert!(wait_until(T, || server.metric("firstcall_webhook_queued") == 2));
+    server.proc.signal("TERM");
+    let status = server.proc.exit_within(Duration::from_secs(20)).expect("no exit");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(hook.events(), ["call.ring", "call.cancelled"], "{}", server.log_text());
+    assert_eq!(hook.requests()[1].answered, 204);
+    assert!(server.log_text().contains("webhooks flushed"), "{}", server.log_text());
+}

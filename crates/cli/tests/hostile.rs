@@ -368,10 +368,21 @@ async fn webhook_posts_are_bounded_in_flight_and_in_queue() {
         server.metric("firstcall_webhook_events_total{outcome=\"queue_full\"}"),
         6
     );
-    assert!(server.log_text().contains("webhook dropped: queue full"));
+    // Two in flight and two waiting (the receiver holds each for 3 s).
+    assert_eq!(server.metric("firstcall_webhook_queued"), 4);
+    let log = server.log_text();
+    let dropped = log
+        .lines()
+        .find(|l| l.contains("webhook dropped: queue full"))
+        .unwrap_or_else(|| panic!("no drop logged: {log}"));
+    assert!(
+        dropped.contains("event=\"call.pending\"") && dropped.contains("queue=4"),
+        "{dropped}"
+    );
     assert!(wait_until(Duration::from_secs(15), || {
         server.metric("firstcall_webhook_events_total{outcome=\"delivered\"}") == 4
     }));
     assert_eq!(hook.requests.load(Ordering::SeqCst), 4);
     assert_eq!(hook.most_open.load(Ordering::SeqCst), 2, "at most two POSTs at once");
+    assert_eq!(server.metric("firstcall_webhook_queued"), 0);
 }

@@ -1,7 +1,8 @@
 //! docs/integrate.md's examples, run as written: the Node token minter's tokens open a
 //! session, the config file for an existing coturn is what the welcome hands out, and the
-//! Node webhook receiver verifies and prints the server's pushes. (Its TypeScript examples
-//! are type-checked by web/tests/sdk-package.test.mjs.)
+//! Node webhook receiver verifies and prints the server's pushes; docs/webhooks.md's
+//! receiver turns a ring and its cancel into the APNs and FCM requests it would send.
+//! (integrate.md's TypeScript examples are type-checked by web/tests/sdk-package.test.mjs.)
 
 mod common;
 
@@ -19,11 +20,17 @@ const T: Duration = Duration::from_secs(5);
 
 /// The code block of docs/integrate.md marked `file=<name>`, written to a temp dir.
 fn example(name: &str, dir: &std::path::Path) -> PathBuf {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/integrate.md")).unwrap();
+    example_in("integrate.md", name, dir)
+}
+
+/// The code block of docs/`doc` marked `file=<name>`, written to a temp dir.
+fn example_in(doc: &str, name: &str, dir: &std::path::Path) -> PathBuf {
+    let path = format!("{}/../../docs/{doc}", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).unwrap();
     let marker = format!(" file={name}\n");
     let start = doc
         .find(&marker)
-        .unwrap_or_else(|| panic!("no block file={name} in integrate.md"))
+        .unwrap_or_else(|| panic!("no block file={name} in {path}"))
         + marker.len();
     let end = start + doc[start..].find("\n```").expect("closed block");
     let path = dir.join(name);
@@ -183,4 +190,87 @@ fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
     let _ = s.read_to_string(&mut resp);
     let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, resp)
+}
+
+#[tokio::test]
+async fn the_push_receiver_turns_a_ring_and_its_cancel_into_apns_and_fcm_requests() {
+    if !have_tool("node") {
+        return;
+    }
+    let dir = temp_dir("push");
+    let receiver = example_in("webhooks.md", "push-receiver.mjs", &dir);
+    let port = free_port();
+    let mut child = Proc::spawn(
+        "push-receiver",
+        Command::new("node")
+            .arg(&receiver)
+            .env("PORT", port.to_string())
+            .env("WEBHOOK_SECRET", "hook-key")
+            .env("APNS_TOPIC", "org.example.calls")
+            .env("FCM_PROJECT", "calls-test")
+            .stdout(Stdio::piped()),
+    );
+    let stdout = child.stdout().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok).take(10) {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(wait_until(T, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let url = format!("http://127.0.0.1:{port}/firstcall");
+    let server = start_firstcall(&["--webhook-url", &url, "--webhook-secret", "hook-key"]);
+    let ws = format!("ws://{}/v1/ws", server.http);
+    let mut devices = Vec::new();
+    for (device, provider, token) in [("iphone", "apns-voip", "voip-1"), ("pixel", "fcm", "fcm-1")] {
+        let mut d = SignalClient::connect(&ws, "dev:bob", device).await.unwrap();
+        d.send(json!({"type": "device.update", "push": {"provider": provider, "token": token}, "state": "background"}))
+            .await;
+        d.send(json!({"type": "call.hangup", "call": "none"})).await;
+        d.expect("error", T).await.unwrap();
+        devices.push(d);
+    }
+    let mut alice = SignalClient::connect(&ws, "dev:alice", "a").await.unwrap();
+    alice
+        .send(json!({"type": "call.invite", "call": "c1", "to": "bob", "media": "video", "sdp": "o"}))
+        .await;
+    alice.send(json!({"type": "call.cancel", "call": "c1"})).await;
+    let mut printed: Vec<Value> = (0..4)
+        .map(|_| serde_json::from_str(&rx.recv_timeout(T).expect("a push request printed")).unwrap())
+        .collect();
+    printed.sort_by_key(|p| p["id"].as_str().unwrap_or("").to_owned());
+    let ids: Vec<&str> = printed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "c1/iphone/call.cancelled",
+            "c1/iphone/call.ring",
+            "c1/pixel/call.cancelled",
+            "c1/pixel/call.ring"
+        ]
+    );
+    let apns = &printed[1]["request"];
+    assert_eq!(apns["url"], "https://api.push.apple.com/3/device/voip-1");
+    assert_eq!(apns["headers"]["apns-push-type"], "voip");
+    assert_eq!(apns["headers"]["apns-topic"], "org.example.calls.voip");
+    assert_eq!(
+        (
+            apns["body"]["event"].clone(),
+            apns["body"]["from"].clone(),
+            apns["body"]["media"].clone()
+        ),
+        (json!("call.ring"), json!("alice"), json!("video"))
+    );
+    assert_eq!(printed[0]["request"]["body"]["event"], "call.cancelled");
+    let fcm = &printed[3]["request"];
+    assert_eq!(
+        fcm["url"],
+        "https://fcm.googleapis.com/v1/projects/calls-test/messages:send"
+    );
+    assert_eq!(fcm["body"]["message"]["token"], "fcm-1");
+    assert_eq!(fcm["body"]["message"]["android"]["priority"], "high");
+    assert_eq!(fcm["body"]["message"]["data"]["event"], "call.ring");
+    assert_eq!(printed[2]["request"]["body"]["message"]["data"]["reason"], "cancelled");
+    drop(devices);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -170,6 +170,10 @@ pub struct ServeConfig {
     pub webhook_caller_burst: u32,
     /// Callers, callees and pairs the webhook coalescing remembers at most.
     pub webhook_max_entries: usize,
+    /// Attempts per webhook event (the first included) before it is given up.
+    pub webhook_attempts: u32,
+    /// How long one webhook attempt may take, connection included.
+    pub webhook_timeout: Duration,
     /// Accepted JWT audiences (`aud`); empty: not checked.
     pub jwt_audience: Vec<String>,
     /// The accepted JWT issuer (`iss`); `None`: not checked.
@@ -528,6 +532,13 @@ pub struct ServeArgs {
     /// events are skipped (counted) [default: 65536].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_MAX_ENTRIES")]
     pub webhook_max_entries: Option<usize>,
+    /// Attempts per webhook event, the first included, on connection errors, timeouts, 429
+    /// and 5xx (other answers are not retried) [default: 4].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_ATTEMPTS")]
+    pub webhook_attempts: Option<u32>,
+    /// How long one webhook attempt may take, connection included [default: 5s].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<String>,
     /// Accept JWTs only with one of these audiences in `aud` (repeatable; env comma-separated)
     /// [default: aud not checked].
     #[arg(long = "jwt-audience", env = "FIRSTCALL_JWT_AUDIENCE", value_delimiter = ',')]
@@ -684,6 +695,8 @@ pub struct FileConfig {
     webhook_callee_window: Option<String>,
     webhook_caller_burst: Option<u32>,
     webhook_max_entries: Option<usize>,
+    webhook_attempts: Option<u32>,
+    webhook_timeout: Option<String>,
     jwt_audience: Option<Vec<String>>,
     jwt_issuer: Option<String>,
     jwt_user_claim: Option<String>,
@@ -1097,6 +1110,17 @@ impl ServeArgs {
                 n if n < 3 => return Err(invalid("--webhook-max-entries", "must be at least 3")),
                 n => n,
             },
+            webhook_attempts: match self.webhook_attempts.or(f.webhook_attempts).unwrap_or(4) {
+                n @ 1..=20 => n,
+                _ => return Err(invalid("--webhook-attempts", "must be 1 to 20")),
+            },
+            webhook_timeout: parse_duration(
+                "--webhook-timeout",
+                &self
+                    .webhook_timeout
+                    .or(f.webhook_timeout)
+                    .unwrap_or_else(|| "5s".into()),
+            )?,
             jwt_audience: list(self.jwt_audience, f.jwt_audience),
             jwt_issuer: self.jwt_issuer.or(f.jwt_issuer).filter(|s| !s.is_empty()),
             jwt_user_claim: self
@@ -1321,6 +1345,7 @@ mod tests {
         assert_eq!(c.max_connections_per_ip, None);
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!((c.webhook_concurrency, c.webhook_queue), (8, 1024));
+        assert_eq!((c.webhook_attempts, c.webhook_timeout), (4, Duration::from_secs(5)));
         let c = args(&[
             "--data-dir",
             d,
@@ -1331,9 +1356,10 @@ mod tests {
         ])
         .resolve_with(Some((
             Path::new("x.toml"),
-            "http_header_timeout = \"3s\"\nwebhook_callee_burst = 2",
+            "http_header_timeout = \"3s\"\nwebhook_callee_burst = 2\nwebhook_attempts = 2\nwebhook_timeout = \"1s\"",
         )))
         .unwrap();
+        assert_eq!((c.webhook_attempts, c.webhook_timeout), (2, Duration::from_secs(1)));
         assert_eq!((c.max_connections, c.max_connections_per_ip), (Some(50), Some(0)));
         assert_eq!(c.http_header_timeout, Duration::from_secs(3));
         assert_eq!(c.webhook_callee_burst, 2);
@@ -1341,6 +1367,9 @@ mod tests {
             &["--max-connections", "0"][..],
             &["--webhook-concurrency", "0"],
             &["--webhook-callee-burst", "0"],
+            &["--webhook-attempts", "0"],
+            &["--webhook-attempts", "21"],
+            &["--webhook-timeout", "0s"],
             &["--http-header-timeout", "0s"],
         ] {
             let a: Vec<&str> = ["--data-dir", d].iter().chain(bad).copied().collect();

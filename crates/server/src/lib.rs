@@ -87,6 +87,8 @@ pub struct Running {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     state: Arc<http::AppState>,
     drain_timeout: std::time::Duration,
+    /// The webhook, to flush its queue before the exit.
+    webhook: Option<webhook::Webhook>,
 }
 
 /// How a drain ended.
@@ -154,15 +156,42 @@ impl Running {
         }
         end
     }
+
+    /// Wait for the webhook events already accepted to be delivered (or given up), at
+    /// most [`WEBHOOK_FLUSH`] or until `interrupt` completes: a `call.cancelled` made by
+    /// the drain's last moments still stops the phone ringing. Whether none was left.
+    pub async fn flush_webhooks(&self, interrupt: impl std::future::Future<Output = ()>) -> bool {
+        let Some(w) = &self.webhook else { return true };
+        let queued = w.queued();
+        if queued == 0 {
+            return true;
+        }
+        tracing::info!(queued, timeout = ?WEBHOOK_FLUSH, "delivering the queued webhooks before the exit");
+        let deadline = tokio::time::Instant::now() + WEBHOOK_FLUSH;
+        let flushed = tokio::select! {
+            f = w.flush(deadline) => f,
+            _ = interrupt => false,
+        };
+        if flushed {
+            tracing::info!("webhooks flushed");
+        } else {
+            tracing::warn!(left = w.queued(), "webhooks left undelivered at the exit");
+        }
+        flushed
+    }
 }
+
+/// How long the exit waits at most for queued webhooks, after the drain.
+pub const WEBHOOK_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often a drain checks whether the live calls have ended.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Start and run until the process is stopped.
 ///
-/// SIGTERM or Ctrl-C drains (see [`Running::drain`]) and then returns `Ok`, so the
-/// process exits 0; a second one during the drain cuts it short.
+/// SIGTERM or Ctrl-C drains (see [`Running::drain`]), delivers the webhooks still queued
+/// (see [`Running::flush_webhooks`]) and then returns `Ok`, so the process exits 0; a
+/// second signal during the drain cuts it short, another one the flush.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Before the listeners: a SIGTERM during the start must drain too, not kill.
     let mut stop = StopSignals::new()?;
@@ -172,6 +201,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         _ = stop.next() => {}
     }
     running.drain(stop.next()).await;
+    running.flush_webhooks(stop.next()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -318,6 +348,8 @@ fn webhook_policy(config: &ServeConfig) -> webhook::Policy {
         callee_window: config.webhook_callee_window,
         caller_burst: config.webhook_caller_burst,
         max_entries: config.webhook_max_entries,
+        attempts: config.webhook_attempts,
+        timeout: config.webhook_timeout,
     }
 }
 
@@ -577,14 +609,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
     let signaling = match &config.redis_url {
-        None => signal::Signaling::start(hub_config, tokens.clone(), ice, webhook, config.slow_socket_queue),
+        None => signal::Signaling::start(hub_config, tokens.clone(), ice, webhook.clone(), config.slow_socket_queue),
         Some(url) => {
             let joined = cluster::join(url, &config.redis_prefix, config.redis_checkpoint_every).await?;
             signal::Signaling::start_cluster(
                 hub_config,
                 tokens.clone(),
                 ice,
-                webhook,
+                webhook.clone(),
                 config.slow_socket_queue,
                 joined,
             )
@@ -674,5 +706,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         http_task,
         state,
         drain_timeout: config.drain_timeout,
+        webhook,
     })
 }

@@ -1,35 +1,55 @@
-//! Signed webhook POSTs (a callee has no device online: the app can send a VoIP push).
+//! Signed webhook POSTs (a device that sleeps: the app sends a VoIP or FCM push).
 //!
-//! Body: JSON. Header `X-Firstcall-Signature: sha256=<hex HMAC-SHA256(secret, body)>`
-//! and `X-Firstcall-Timestamp: <unix>` (also covered by the signature, as
-//! `<timestamp>.<body>`, so a captured request cannot be replayed later).
+//! Body: JSON with an idempotency `id`, also in `X-Firstcall-Event-Id`. Header
+//! `X-Firstcall-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with
+//! `X-Firstcall-Timestamp: <unix>`, so a captured request cannot be replayed later.
+//! Posted with hyper-util's pooled keep-alive client, retried with backoff on connection
+//! errors, timeouts, 429 and 5xx, in order per device; docs/webhooks.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// A webhook target.
 #[derive(Clone)]
 pub struct Webhook {
-    url: Arc<Url>,
+    url: Uri,
     secret: Arc<String>,
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// Pooled keep-alive connections to the receiver.
+    client: Client,
     policy: Policy,
     coalescer: Arc<Mutex<Coalescer>>,
-    /// Free POST slots (`Policy::concurrency`).
+    /// Free POST slots (`Policy::concurrency`), taken for one attempt at a time.
     slots: Arc<Semaphore>,
-    /// Events accepted and not yet finished (waiting for a slot or being posted).
-    queued: Arc<AtomicUsize>,
+    /// Each device's events not yet started, in order, while one of its events is being
+    /// delivered (the lane's task posts them one after another). A lane is here exactly
+    /// while its task runs.
+    lanes: Arc<Mutex<HashMap<Lane, VecDeque<Value>>>>,
+    /// Woken when an event is finished (for [`Webhook::flush`]).
+    finished: Arc<Notify>,
     /// Counters.
     pub metrics: Arc<WebhookMetrics>,
 }
+
+/// Whose events go out in order: the user and the device (`None`: events for the user
+/// as a whole, `call.pending` and a `call.missed` with no device).
+type Lane = (String, Option<String>);
 
 /// How many webhooks go out, and how fast.
 #[derive(Clone, Debug)]
@@ -48,7 +68,20 @@ pub struct Policy {
     pub caller_burst: u32,
     /// Callers, callees and pairs remembered at most; past it new events are skipped.
     pub max_entries: usize,
+    /// Attempts per event, the first included.
+    pub attempts: u32,
+    /// How long one attempt may take, connection included.
+    pub timeout: Duration,
 }
+
+/// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF`]; each is
+/// jittered down to half of it, so that events failed together are not retried together.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest delay between two attempts of ours.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A receiver's `Retry-After` (in seconds) is waited up to this; a longer one waits this
+/// long (a call's push is worth little later than that).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How long a call's decision is kept for its later events. They all come while it rings
 /// (an answer ends the pushes: `call.answered_elsewhere` goes out then), so this is the
@@ -94,6 +127,12 @@ pub struct WebhookMetrics {
     pub delivered: AtomicU64,
     /// Given up after every attempt.
     pub failed: AtomicU64,
+    /// Answered with a status that is not retried (4xx but 429, 3xx): given up at once.
+    pub rejected: AtomicU64,
+    /// Attempts after an event's first.
+    pub retries: AtomicU64,
+    /// Events accepted and not yet finished (waiting, being posted, or between attempts).
+    pub queued: AtomicUsize,
     /// Not posted: [`Skipped::Pair`].
     pub coalesced_pair: AtomicU64,
     /// Not posted: [`Skipped::Callee`].
@@ -127,11 +166,12 @@ impl WebhookMetrics {
         let name = "firstcall_webhook_events_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Webhook events by outcome: delivered, failed after every attempt, or not posted (coalesced, queue full).\n# TYPE {name} counter"
+            "# HELP {name} Webhook events by outcome: delivered, failed after every attempt, rejected by the receiver (not retried), or not posted (coalesced, queue full).\n# TYPE {name} counter"
         );
         for (label, n) in [
             ("delivered", &self.delivered),
             ("failed", &self.failed),
+            ("rejected", &self.rejected),
             (Skipped::Pair.as_str(), &self.coalesced_pair),
             (Skipped::Callee.as_str(), &self.coalesced_callee),
             (Skipped::QueueFull.as_str(), &self.queue_full),
@@ -141,6 +181,16 @@ impl WebhookMetrics {
         ] {
             let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", n.load(Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP firstcall_webhook_retries_total Webhook attempts after an event's first (connection errors, timeouts, 429, 5xx).\n# TYPE firstcall_webhook_retries_total counter\nfirstcall_webhook_retries_total {}",
+            self.retries.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP firstcall_webhook_queued Webhook events accepted and not yet finished (bounded by --webhook-queue).\n# TYPE firstcall_webhook_queued gauge\nfirstcall_webhook_queued {}",
+            self.queued.load(Relaxed)
+        );
     }
 }
 
@@ -285,49 +335,132 @@ impl Coalescer {
     }
 }
 
-struct Url {
-    https: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
 /// Why a webhook URL is unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("--webhook-url {0:?}: expected http://host[:port]/path or https://...")]
 pub struct BadUrl(String);
 
-fn parse(url: &str) -> Result<Url, BadUrl> {
+/// `url` as a URI hyper's client can use: `http` or `https`, with a host.
+fn parse(url: &str) -> Result<Uri, BadUrl> {
     let bad = || BadUrl(url.to_owned());
-    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(bad());
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_owned()),
-        None => (rest, "/".to_owned()),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h.trim_matches(['[', ']']).to_owned(), p.parse().map_err(|_| bad())?)
-        }
-        _ => (
-            authority.trim_matches(['[', ']']).to_owned(),
-            if https { 443 } else { 80 },
-        ),
-    };
-    if host.is_empty() {
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(|h| h.is_empty() || h == "[]") {
         return Err(bad());
     }
-    Ok(Url {
-        https,
-        host,
-        port,
-        path,
-    })
+    Ok(uri)
+}
+
+/// How long an idle pooled connection is kept: under the 5 s of Node's default
+/// `keepAliveTimeout` (and most servers' longer ones), so that the client does not pick a
+/// connection the receiver is closing at that moment.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The largest response body read (and dropped): reading it to the end lets the
+/// connection go back to the pool; a larger one closes the connection instead.
+const MAX_RESPONSE_BODY: usize = 64 << 10;
+
+/// The pooled HTTP/1.1 client: hyper-util's, over [`Connector`].
+type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+fn client(tls: Option<tokio_rustls::TlsConnector>, idle_per_host: usize) -> Client {
+    let mut http = HttpConnector::new();
+    // https URIs are ours to handle (`Connector` wraps the TCP stream in TLS).
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(idle_per_host)
+        .build(Connector { http, tls })
+}
+
+/// hyper-util's TCP connector (name resolution, IPv6 literals, connect), then rustls
+/// with the web-PKI roots for `https` URLs.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = http.call(uri.clone()).await?;
+            if uri.scheme_str() != Some("https") {
+                return Ok(Stream::Plain(tcp));
+            }
+            let tls = tls.ok_or("https URL without a TLS client")?;
+            // IPv6 literals come bracketed in the URI.
+            let host = uri.host().unwrap_or_default();
+            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
+            Ok(Stream::Tls(Box::new(TokioIo::new(
+                tls.connect(name, tcp.into_inner()).await?,
+            ))))
+        })
+    }
+}
+
+/// A connection to the receiver, plain or TLS.
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Plain(s) => s.connected(),
+            Stream::Tls(s) => s.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// `sha256=<hex>` over `<timestamp>.<body>`.
@@ -344,33 +477,50 @@ impl Webhook {
     /// A webhook posting to `url`, signed with `secret`, as `policy` allows.
     pub fn new(url: &str, secret: String, policy: Policy) -> Result<Webhook, BadUrl> {
         let url = parse(url)?;
-        let tls = url.https.then(crate::web_pki_client);
+        let tls = (url.scheme_str() == Some("https")).then(crate::web_pki_client);
         Ok(Webhook {
-            url: Arc::new(url),
+            client: client(tls, policy.concurrency.max(1)),
+            url,
             secret: Arc::new(secret),
-            tls,
             slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             coalescer: Arc::new(Mutex::new(Coalescer::new(policy.clone()))),
             policy,
-            queued: Arc::new(AtomicUsize::new(0)),
+            lanes: Arc::default(),
+            finished: Arc::default(),
             metrics: Arc::new(WebhookMetrics::default()),
         })
     }
 
     /// POST in the background, unless the policy coalesces it or the queue is full
-    /// (counted, and logged); three attempts with backoff, each bounded, at most
-    /// `concurrency` at once.
-    pub fn post(&self, body: Value) {
-        let (from, to) = (
-            body.get("from").and_then(Value::as_str).unwrap_or(""),
-            body.get("to").and_then(Value::as_str).unwrap_or(""),
+    /// (counted, and logged). A device's events go out in order, each delivered or given
+    /// up before the next starts; different devices' in parallel, at most `concurrency`
+    /// attempts at once. Each event gets up to `attempts` attempts (the same event id in
+    /// each), with backoff.
+    pub fn post(&self, mut body: Value) {
+        // The hub names its per-device events `<call>/<device>/<event>`; `call.pending` has
+        // no `id` of its own: it gets the same form (one per call: `-` for no device).
+        if body.get("id").is_none() {
+            if let (Some(call), Some(event)) = (
+                body.get("call").and_then(Value::as_str),
+                body.get("event").and_then(Value::as_str),
+            ) {
+                body["id"] = Value::from(format!("{call}/-/{event}"));
+            }
+        }
+        let text = |k: &str| body.get(k).and_then(Value::as_str);
+        let (from, to) = (text("from").unwrap_or(""), text("to").unwrap_or(""));
+        let (call, event, id, device) = (
+            text("call"),
+            text("event").unwrap_or(""),
+            text("id").unwrap_or(""),
+            text("device"),
         );
-        let call = body.get("call").and_then(Value::as_str);
-        let opens = match body.get("event").and_then(Value::as_str) {
-            Some("call.pending" | "call.ring") => true,
-            Some("call.missed") => body.get("device").is_none_or(Value::is_null),
+        let opens = match event {
+            "call.pending" | "call.ring" => true,
+            "call.missed" => device.is_none(),
             _ => false,
         };
+        let queued = &self.metrics.queued;
         // One look at the coalescer: whether this tells a rung phone how its call ended
         // (never dropped for a full queue, bounded anyway: a few per admitted call, or
         // that phone would ring on), then the admission itself.
@@ -378,13 +528,16 @@ impl Webhook {
         let follows = !opens && call.is_some_and(|c| coalescer.calls.contains_key(c));
         // A place in the queue first: an event dropped for a full queue must not use up
         // the pair's interval and the callee's budget for the retry that follows.
-        if self.queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
+        if queued.fetch_add(1, Relaxed) >= self.policy.queue && !follows {
             drop(coalescer);
-            self.queued.fetch_sub(1, Relaxed);
+            queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(Skipped::QueueFull);
             tracing::warn!(
+                event,
+                id,
                 from,
                 to,
+                device,
                 queue = self.policy.queue,
                 "webhook dropped: queue full (the receiver is slow or down)"
             );
@@ -393,9 +546,11 @@ impl Webhook {
         let admitted = coalescer.admit_event(call, opens, from, to, Instant::now());
         drop(coalescer);
         if let Err(why) = admitted {
-            self.queued.fetch_sub(1, Relaxed);
+            queued.fetch_sub(1, Relaxed);
             self.metrics.skipped(why);
             tracing::info!(
+                event,
+                id,
                 from,
                 to,
                 reason = why.as_str(),
@@ -403,80 +558,184 @@ impl Webhook {
             );
             return;
         }
+        let lane: Lane = (to.to_owned(), device.map(str::to_owned));
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = lanes.get_mut(&lane) {
+            // The device's task is delivering an earlier event: this one goes after it.
+            waiting.push_back(body);
+            return;
+        }
+        lanes.insert(lane.clone(), VecDeque::new());
+        drop(lanes);
         let this = self.clone();
-        tokio::spawn(async move {
-            let body = body.to_string();
-            let delivered = match this.slots.clone().acquire_owned().await {
-                Ok(_permit) => this.deliver(&body).await,
-                Err(_) => false, // the semaphore is never closed
-            };
-            this.queued.fetch_sub(1, Relaxed);
-            if delivered {
-                this.metrics.delivered.fetch_add(1, Relaxed);
-            } else {
-                this.metrics.failed.fetch_add(1, Relaxed);
-                tracing::warn!("webhook given up after 3 attempts");
+        tokio::spawn(async move { this.run_lane(lane, body).await });
+    }
+
+    /// Deliver `first`, then the lane's events queued meanwhile, one after another; the
+    /// lane ends when none is left. Each turn finishes one queued event, and the queue
+    /// is bounded, so the task ends.
+    async fn run_lane(self, lane: Lane, first: Value) {
+        let mut body = first;
+        loop {
+            self.deliver_counted(&body).await;
+            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            match lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => body = next,
+                None => {
+                    lanes.remove(&lane);
+                    return;
+                }
             }
-        });
+        }
+    }
+
+    /// Deliver one event and count how it went; it leaves the queue.
+    async fn deliver_counted(&self, body: &Value) {
+        let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("");
+        let (event, id, to) = (text("event"), text("id"), text("to"));
+        let device = body.get("device").and_then(Value::as_str);
+        let outcome = self.deliver(&body.to_string(), id, event).await;
+        self.metrics.queued.fetch_sub(1, Relaxed);
+        self.finished.notify_waiters();
+        match outcome {
+            Delivered::Yes => {
+                self.metrics.delivered.fetch_add(1, Relaxed);
+            }
+            Delivered::Rejected(status) => {
+                self.metrics.rejected.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    event,
+                    id,
+                    to,
+                    device,
+                    status = status.as_u16(),
+                    "webhook given up: the receiver refused it (an answer that is not retried)"
+                );
+            }
+            Delivered::Failed => {
+                self.metrics.failed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    event,
+                    id,
+                    to,
+                    device,
+                    attempts = self.policy.attempts,
+                    "webhook given up after every attempt"
+                );
+            }
+        }
     }
 
     /// Events accepted and not yet finished.
     pub fn queued(&self) -> usize {
-        self.queued.load(Relaxed)
+        self.metrics.queued.load(Relaxed)
     }
 
-    async fn deliver(&self, body: &str) -> bool {
-        for attempt in 1..=3u32 {
-            match tokio::time::timeout(Duration::from_secs(5), self.send(body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => {
-                    tracing::debug!(status, "webhook delivered");
-                    return true;
-                }
-                Ok(Ok(status)) => tracing::warn!(status, attempt, "webhook refused"),
-                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "webhook failed"),
-                Err(_) => tracing::warn!(attempt, "webhook timed out"),
+    /// Wait until every accepted event is finished (delivered or given up), or until
+    /// `deadline`; whether all were.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        // Bounded by the deadline; each wake-up is an event finished.
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            // Registered before the check: an event finished in between wakes it.
+            finished.as_mut().enable();
+            if self.queued() == 0 {
+                return true;
             }
-            if attempt < 3 {
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return self.queued() == 0,
+                _ = finished => {}
             }
         }
-        false
     }
 
-    async fn send(&self, body: &str) -> std::io::Result<u16> {
+    /// Up to `attempts` attempts, each bounded by `timeout` and holding a POST slot
+    /// while it runs (not while it waits to retry).
+    async fn deliver(&self, body: &str, id: &str, event: &str) -> Delivered {
+        let attempts = self.policy.attempts.max(1);
+        for attempt in 1..=attempts {
+            let retry_after = {
+                let Ok(_slot) = self.slots.acquire().await else {
+                    return Delivered::Failed; // the semaphore is never closed
+                };
+                match tokio::time::timeout(self.policy.timeout, self.send(body, id)).await {
+                    Ok(Ok((status, _))) if status.is_success() => {
+                        tracing::debug!(event, id, status = status.as_u16(), attempt, "webhook delivered");
+                        return Delivered::Yes;
+                    }
+                    Ok(Ok((status, retry_after)))
+                        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+                    {
+                        tracing::warn!(event, id, status = status.as_u16(), attempt, "webhook refused for now");
+                        retry_after
+                    }
+                    Ok(Ok((status, _))) => return Delivered::Rejected(status),
+                    Ok(Err(e)) => {
+                        tracing::warn!(event, id, error = %e, attempt, "webhook failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(event, id, timeout = ?self.policy.timeout, attempt, "webhook timed out");
+                        None
+                    }
+                }
+            };
+            if attempt < attempts {
+                self.metrics.retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(backoff(attempt, retry_after)).await;
+            }
+        }
+        Delivered::Failed
+    }
+
+    /// One POST: the response's status, its body read (bounded) so that the connection
+    /// goes back to the pool.
+    async fn send(&self, body: &str, id: &str) -> Result<(StatusCode, Option<Duration>), BoxError> {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let u = &self.url;
-        let req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Firstcall-Timestamp: {ts}\r\nX-Firstcall-Signature: {}\r\nConnection: close\r\n\r\n{body}",
-            u.path,
-            u.host,
-            body.len(),
-            signature(&self.secret, ts, body.as_bytes()),
-        );
-        let tcp = TcpStream::connect((u.host.as_str(), u.port)).await?;
-        match &self.tls {
-            None => exchange(tcp, &req).await,
-            Some(c) => {
-                let name = rustls::pki_types::ServerName::try_from(u.host.clone())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                exchange(c.connect(name, tcp).await?, &req).await
-            }
-        }
+        let req = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, concat!("firstcall/", env!("CARGO_PKG_VERSION")))
+            .header("X-Firstcall-Timestamp", ts)
+            .header("X-Firstcall-Signature", signature(&self.secret, ts, body.as_bytes()))
+            .header("X-Firstcall-Event-Id", id)
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))?;
+        let resp = self.client.request(req).await?;
+        let status = resp.status();
+        // Seconds only (an HTTP date is not honoured: our own backoff applies).
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Not needed, but read: a body left unread would close the connection.
+        let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BODY).collect().await;
+        Ok((status, retry_after))
     }
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str) -> std::io::Result<u16> {
-    s.write_all(req.as_bytes()).await?;
-    let mut head = vec![0u8; 64];
-    let n = s.read(&mut head).await?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
+/// How an event's delivery ended.
+enum Delivered {
+    /// A 2xx.
+    Yes,
+    /// An answer that is not retried.
+    Rejected(StatusCode),
+    /// Every attempt failed.
+    Failed,
+}
+
+/// The wait after failed attempt `attempt` (1, 2, …): [`FIRST_BACKOFF`] doubling up to
+/// [`MAX_BACKOFF`], jittered to between half of it and all of it; at least the receiver's
+/// `Retry-After`, up to [`MAX_RETRY_AFTER`].
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let full = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let jittered = full / 2 + full.mul_f64(rand::random::<f64>() / 2.0);
+    retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER).max(jittered))
 }
 
 #[cfg(test)]
@@ -493,6 +752,8 @@ mod tests {
             callee_window: Duration::from_secs(60),
             caller_burst: 10,
             max_entries: 100,
+            attempts: 1,
+            timeout: Duration::from_secs(1),
         };
         let mut c = Coalescer::new(policy);
         let t = Instant::now();
@@ -514,17 +775,23 @@ mod tests {
 
     #[test]
     fn urls() {
-        let u = parse("http://127.0.0.1:9000/hook").unwrap();
+        let u = parse("http://127.0.0.1:9000/hook?k=v").unwrap();
         assert_eq!(
-            (u.https, u.host.as_str(), u.port, u.path.as_str()),
-            (false, "127.0.0.1", 9000, "/hook")
+            (
+                u.scheme_str(),
+                u.host(),
+                u.port_u16(),
+                u.path_and_query().map(|p| p.as_str())
+            ),
+            (Some("http"), Some("127.0.0.1"), Some(9000), Some("/hook?k=v"))
         );
         let u = parse("https://push.example.org").unwrap();
-        assert_eq!((u.https, u.port, u.path.as_str()), (true, 443, "/"));
+        assert_eq!((u.scheme_str(), u.port_u16(), u.path()), (Some("https"), None, "/"));
         let u = parse("http://[::1]:8081/x").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 8081));
+        assert_eq!((u.host(), u.port_u16()), (Some("[::1]"), Some(8081)));
         assert!(parse("ftp://x").is_err());
         assert!(parse("http://:80/").is_err());
+        assert!(parse("/relative").is_err());
     }
 
     fn policy() -> Policy {
@@ -536,6 +803,8 @@ mod tests {
             callee_window: Duration::from_secs(60),
             caller_burst: 100,
             max_entries: 1_000_000,
+            attempts: 1,
+            timeout: Duration::from_secs(1),
         }
     }
 
@@ -637,6 +906,20 @@ mod tests {
             c.admit(&format!("x{i}"), &format!("y{i}"), later).unwrap();
         }
         assert_eq!(c.len(), 3 * 500, "only the live entries are kept");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_honours_a_short_retry_after() {
+        for _ in 0..100 {
+            let first = backoff(1, None);
+            assert!((FIRST_BACKOFF / 2..=FIRST_BACKOFF).contains(&first), "{first:?}");
+            let third = backoff(3, None);
+            assert!((FIRST_BACKOFF * 2..=FIRST_BACKOFF * 4).contains(&third), "{third:?}");
+            assert!(backoff(30, None) <= MAX_BACKOFF);
+            assert_eq!(backoff(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+            assert_eq!(backoff(1, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+            assert!(backoff(5, Some(Duration::ZERO)) >= MAX_BACKOFF / 2);
+        }
     }
 
     #[test]

@@ -402,3 +402,173 @@ pub async fn dev(server: &Server, user: &str, device: &str) -> firstcall_client:
         .await
         .expect("connect")
 }
+
+/// A session for `user` on `device` whose app is in the background with an APNs VoIP
+/// target `token`: each call to `user` then pushes this device (`call.ring`, then how the
+/// call ended). Returns once the server has handled the update.
+pub async fn backgrounded(
+    server: &Server,
+    user: &str,
+    device: &str,
+    token: &str,
+) -> firstcall_client::signal::SignalClient {
+    let mut c = dev(server, user, device).await;
+    c.send(serde_json::json!({"type": "device.update", "push": {"provider": "apns-voip", "token": token}, "state": "background"}))
+        .await;
+    // Frames of a session are handled in order: once this one's answer is back, the
+    // update was handled too.
+    c.send(serde_json::json!({"type": "call.hangup", "call": "none"})).await;
+    let (answer, _) = c.expect("error", Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(answer["code"], "unknown_call");
+    c
+}
+
+/// One request a [`HookReceiver`] got.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    /// Request line, e.g. `POST /hook HTTP/1.1`.
+    pub line: String,
+    /// Headers, names lowercased.
+    pub headers: std::collections::HashMap<String, String>,
+    /// The raw body.
+    pub raw: Vec<u8>,
+    /// The body as JSON (`Null` if it is not).
+    pub body: serde_json::Value,
+    /// Which accepted connection it came on (0, 1, …).
+    pub conn: usize,
+    /// When its body had arrived.
+    pub at: Instant,
+    /// What the receiver answered (0: it dropped the connection unanswered); set once
+    /// answered.
+    pub answered: u16,
+}
+
+impl Hook {
+    /// The body's `event`.
+    pub fn event(&self) -> &str {
+        self.body["event"].as_str().unwrap_or("")
+    }
+}
+
+/// How a [`HookReceiver`] answers one request.
+pub enum Reply {
+    /// This status, with these headers and an empty body (keep-alive).
+    Status(u16, Vec<(&'static str, String)>),
+    /// Close the connection without an answer.
+    Drop,
+}
+
+/// A webhook receiver: real HTTP/1.1 on a loopback socket, keep-alive, recording every
+/// request in arrival order and answering as `reply` says (called with the request and
+/// its index among all requests; it may block, bounded, to hold an answer back).
+pub struct HookReceiver {
+    pub url: String,
+    pub port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Hook>>>,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type ReplyFn = dyn Fn(&Hook, usize) -> Reply + Send + Sync;
+
+impl HookReceiver {
+    /// On `ip` (`127.0.0.1`, `::1`), path `/hook`.
+    pub fn start(ip: std::net::IpAddr, reply: impl Fn(&Hook, usize) -> Reply + Send + Sync + 'static) -> HookReceiver {
+        use std::io::BufRead;
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Mutex};
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let url = format!("http://{addr}/hook");
+        let got: Arc<Mutex<Vec<Hook>>> = Arc::default();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let reply: Arc<ReplyFn> = Arc::new(reply);
+        let (g, c) = (got.clone(), conns.clone());
+        std::thread::spawn(move || {
+            // Bounded: the test's connections.
+            for _ in 0..200 {
+                let Ok((s, _)) = l.accept() else { return };
+                let conn = c.fetch_add(1, Ordering::SeqCst);
+                let (g, reply) = (g.clone(), reply.clone());
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                    let mut s = s;
+                    // Keep-alive: requests until the client closes (bounded).
+                    for _ in 0..200 {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = std::collections::HashMap::new();
+                        let mut h = String::new();
+                        while r.read_line(&mut h).unwrap_or(0) > 0 && !h.trim().is_empty() {
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                            }
+                            h.clear();
+                        }
+                        let len = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let mut raw = vec![0; len];
+                        if r.read_exact(&mut raw).is_err() {
+                            return;
+                        }
+                        let hook = Hook {
+                            line: line.trim().to_owned(),
+                            headers,
+                            body: serde_json::from_slice(&raw).unwrap_or_default(),
+                            raw,
+                            conn,
+                            at: Instant::now(),
+                            answered: 0,
+                        };
+                        let index = {
+                            let mut g = g.lock().unwrap();
+                            g.push(hook.clone());
+                            g.len() - 1
+                        };
+                        match reply(&hook, index) {
+                            Reply::Drop => return,
+                            Reply::Status(code, extra) => {
+                                let mut resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n");
+                                for (k, v) in extra {
+                                    resp.push_str(&format!("{k}: {v}\r\n"));
+                                }
+                                resp.push_str("\r\n");
+                                g.lock().unwrap()[index].answered = code;
+                                if s.write_all(resp.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        HookReceiver {
+            url,
+            port: addr.port(),
+            got,
+            conns,
+        }
+    }
+
+    /// Answering 204 to everything, on 127.0.0.1.
+    pub fn ok() -> HookReceiver {
+        HookReceiver::start([127, 0, 0, 1].into(), |_, _| Reply::Status(204, vec![]))
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Hook> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// `event` of each request so far.
+    pub fn events(&self) -> Vec<String> {
+        self.requests().iter().map(|h| h.event().to_owned()).collect()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
