@@ -785,64 +785,13 @@ async fn checkpoints_bound_the_log_and_a_node_joins_from_the_snapshot() {
     assert_eq!(end["reason"], "hangup");
 }
 
-/// Webhook bodies POSTed to a receiver on loopback (answering 204), with its URL.
-fn hook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let got: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for _ in 0..200 {
-            let Ok((s, _)) = l.accept() else { return };
-            let g = g.clone();
-            // One thread per connection: a keep-alive client may hold one open.
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(T)).unwrap();
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::new(s);
-                for _ in 0..100 {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0;
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        g.lock().unwrap().push(v);
-                    }
-                    if w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, got)
-}
-
 #[tokio::test]
 async fn a_webhook_is_posted_once_by_the_cluster_even_when_the_node_that_took_its_invite_dies() {
     if !have_redis() {
         return;
     }
-    let (url, got) = hook_receiver();
+    let got = HookReceiver::ok();
+    let url = got.url.clone();
     let redis = Redis::start(free_port(), redis_dir("hooks"), false);
     let hook = ["--webhook-url", url.as_str(), "--webhook-secret", "k"];
     let mut nodes = vec![node(&redis, &hook), node(&redis, &hook), node(&redis, &hook)];
@@ -855,10 +804,9 @@ async fn a_webhook_is_posted_once_by_the_cluster_even_when_the_node_that_took_it
     nodes[1].proc.signal("KILL");
     assert!(nodes[1].proc.exit_within(T).is_some());
     let pending = |call: &str| {
-        got.lock()
-            .unwrap()
+        got.requests()
             .iter()
-            .filter(|v| v["event"] == "call.pending" && v["call"] == call)
+            .filter(|h| h.event() == "call.pending" && h.body["call"] == call)
             .count()
     };
     assert!(
@@ -873,12 +821,71 @@ async fn a_webhook_is_posted_once_by_the_cluster_even_when_the_node_that_took_it
         .send(json!({"type": "call.invite", "call": "w2", "to": "dave", "media": "audio", "sdp": "o"}))
         .await;
     assert!(wait_until(T, || pending("w2") >= 1));
-    assert_eq!(
-        pending("w1"),
-        1,
-        "posted once, not once per node: {:?}",
-        got.lock().unwrap()
-    );
+    assert_eq!(pending("w1"), 1, "posted once, not once per node: {:?}", got.events());
     assert_eq!(pending("w2"), 1);
     nodes.truncate(1);
+}
+
+#[tokio::test]
+async fn a_webhook_the_leader_had_not_delivered_when_it_died_is_posted_by_the_next() {
+    if !have_redis() {
+        return;
+    }
+    // The receiver is down (503) until the leader is dead.
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let u = up.clone();
+    let got = HookReceiver::start([127, 0, 0, 1].into(), move |_, _| {
+        if u.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::Status(204, vec![])
+        } else {
+            Reply::Status(503, vec![])
+        }
+    });
+    let redis = Redis::start(free_port(), redis_dir("hookleader"), false);
+    let hook = ["--webhook-url", got.url.as_str(), "--webhook-secret", "k"];
+    // The first node takes the lease.
+    let mut nodes = vec![node(&redis, &hook)];
+    assert!(wait_until(T, || nodes[0].log_text().contains("leader=true")));
+    nodes.push(node(&redis, &hook));
+    let mut alice = on(&nodes[1], "alice", "a").await;
+    alice
+        .send(json!({"type": "call.invite", "call": "h1", "to": "carol", "media": "audio", "sdp": "o"}))
+        .await;
+    let tried = |status: u16| {
+        got.requests()
+            .iter()
+            .filter(|h| h.body["call"] == "h1" && h.answered == status)
+            .count()
+    };
+    assert!(
+        wait_until(T, || tried(503) >= 1),
+        "the leader never tried: {:?}",
+        got.events()
+    );
+    // The leader dies with the webhook in its retry queue; the receiver comes back.
+    nodes[0].proc.signal("KILL");
+    assert!(nodes[0].proc.exit_within(T).is_some());
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(30), || tried(204) >= 1),
+        "the next leader did not post it: {:?}\n{}",
+        got.events(),
+        nodes[1]
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("lease") || l.contains("hook"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let ids: std::collections::HashSet<String> = got
+        .requests()
+        .iter()
+        .filter(|h| h.body["call"] == "h1")
+        .map(|h| h.headers.get("x-firstcall-event-id").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every attempt, by either leader, carries the one event id: {ids:?}"
+    );
 }

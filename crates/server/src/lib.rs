@@ -609,7 +609,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
     let signaling = match &config.redis_url {
-        None => signal::Signaling::start(hub_config, tokens.clone(), ice, webhook.clone(), config.slow_socket_queue),
+        None => signal::Signaling::start(
+            hub_config,
+            tokens.clone(),
+            ice,
+            webhook.clone(),
+            config.slow_socket_queue,
+        ),
         Some(url) => {
             let joined = cluster::join(url, &config.redis_prefix, config.redis_checkpoint_every).await?;
             signal::Signaling::start_cluster(

@@ -497,11 +497,19 @@ impl Signaling {
 
     /// With several nodes: post a webhook the cluster's hook stream holds (the leader's
     /// hook task calls it).
-    pub(crate) fn post_hook(&self, body: serde_json::Value) {
+    pub(crate) fn post_hook(&self, body: serde_json::Value) -> Option<crate::webhook::Posted> {
         match &self.webhook {
-            Some(wh) => wh.post(body),
-            None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
+            Some(wh) => Some(wh.post(body)),
+            None => {
+                tracing::debug!(%body, "no --webhook-url: pending call not pushed");
+                None
+            }
         }
+    }
+
+    /// The webhook, if any.
+    pub(crate) fn webhook(&self) -> Option<&crate::webhook::Webhook> {
+        self.webhook.as_ref()
     }
 
     /// Whether webhooks go anywhere.
@@ -533,7 +541,9 @@ impl Signaling {
         }
         for body in w.hooks {
             match &self.webhook {
-                Some(wh) => wh.post(body),
+                Some(wh) => {
+                    wh.post(body);
+                }
                 None => tracing::debug!(%body, "no --webhook-url: pending call not pushed"),
             }
         }

@@ -43,8 +43,23 @@ pub struct Webhook {
     lanes: Arc<Mutex<HashMap<Lane, VecDeque<Value>>>>,
     /// Woken when an event is finished (for [`Webhook::flush`]).
     finished: Arc<Notify>,
+    /// Told of each event once it is finished (delivered or given up): with several
+    /// nodes, the leader acknowledges it in the cluster's hook stream only then.
+    on_finished: Arc<std::sync::OnceLock<Finished>>,
     /// Counters.
     pub metrics: Arc<WebhookMetrics>,
+}
+
+/// See [`Webhook::on_finished`]: the body of an event tracked and finished.
+pub type Finished = Arc<dyn Fn(&Value) + Send + Sync>;
+
+/// What [`Webhook::post`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posted {
+    /// Queued for delivery.
+    Queued,
+    /// Not posted, and never will be (coalesced, or the queue was full).
+    Skipped(Skipped),
 }
 
 /// Whose events go out in order: the user and the device (`None`: events for the user
@@ -487,8 +502,15 @@ impl Webhook {
             policy,
             lanes: Arc::default(),
             finished: Arc::default(),
+            on_finished: Arc::default(),
             metrics: Arc::new(WebhookMetrics::default()),
         })
+    }
+
+    /// Call `f` with each event's body once it is finished (delivered or given up); set
+    /// once (the cluster's hook task), later calls are ignored.
+    pub fn on_finished(&self, f: Finished) {
+        let _ = self.on_finished.set(f);
     }
 
     /// POST in the background, unless the policy coalesces it or the queue is full
@@ -496,7 +518,7 @@ impl Webhook {
     /// up before the next starts; different devices' in parallel, at most `concurrency`
     /// attempts at once. Each event gets up to `attempts` attempts (the same event id in
     /// each), with backoff.
-    pub fn post(&self, mut body: Value) {
+    pub fn post(&self, mut body: Value) -> Posted {
         // The hub names its per-device events `<call>/<device>/<event>`; `call.pending` has
         // no `id` of its own: it gets the same form (one per call: `-` for no device).
         if body.get("id").is_none() {
@@ -541,7 +563,7 @@ impl Webhook {
                 queue = self.policy.queue,
                 "webhook dropped: queue full (the receiver is slow or down)"
             );
-            return;
+            return Posted::Skipped(Skipped::QueueFull);
         }
         let admitted = coalescer.admit_event(call, opens, from, to, Instant::now());
         drop(coalescer);
@@ -556,19 +578,20 @@ impl Webhook {
                 reason = why.as_str(),
                 "webhook not posted: coalesced with recent ones"
             );
-            return;
+            return Posted::Skipped(why);
         }
         let lane: Lane = (to.to_owned(), device.map(str::to_owned));
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiting) = lanes.get_mut(&lane) {
             // The device's task is delivering an earlier event: this one goes after it.
             waiting.push_back(body);
-            return;
+            return Posted::Queued;
         }
         lanes.insert(lane.clone(), VecDeque::new());
         drop(lanes);
         let this = self.clone();
         tokio::spawn(async move { this.run_lane(lane, body).await });
+        Posted::Queued
     }
 
     /// Deliver `first`, then the lane's events queued meanwhile, one after another; the
@@ -596,6 +619,9 @@ impl Webhook {
         let device = body.get("device").and_then(Value::as_str);
         let outcome = self.deliver(&body.to_string(), id, event).await;
         self.metrics.queued.fetch_sub(1, Relaxed);
+        if let Some(f) = self.on_finished.get() {
+            f(body);
+        }
         self.finished.notify_waiters();
         match outcome {
             Delivered::Yes => {

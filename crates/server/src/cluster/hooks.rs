@@ -5,10 +5,12 @@
 //! hook stream (`<prefix>:hooks`) under an id derived from the entry's ([`hook_id`]):
 //! Redis takes the first write of an id and refuses every later one (an id not above the
 //! stream's last), so each webhook is in the stream once, as long as any node applied its
-//! cause. The leader reads the stream as the one consumer of the group `posters`, posts
-//! each webhook, and acknowledges and deletes it; a new leader first claims what an old
-//! one read and did not acknowledge (`XAUTOCLAIM`), so a leader lost between reading and
-//! posting loses nothing (the receiver may see that webhook twice: its `id` tells).
+//! cause. The leader reads the stream as the one consumer of the group `posters`, hands
+//! each webhook to its delivery queue, and acknowledges and deletes it once delivered or
+//! given up (or at once when the queue skips it); a new leader first claims what an old
+//! one read and did not acknowledge (`XAUTOCLAIM`, idle 5 s), so a leader lost before a
+//! webhook was delivered loses nothing (the receiver may see that webhook twice: its `id`
+//! tells).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,15 +66,35 @@ pub(super) async fn write(
 
 /// The leader's delivery loop (idle on other nodes).
 pub(super) async fn deliver(sig: Signaling, link: Arc<Link>, store: Arc<Store>) {
-    if !sig.has_webhook() {
-        return;
-    }
+    let Some(webhook) = sig.webhook() else { return };
+    // Finished webhooks (by event id) come back here to be acknowledged.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<String>();
+    webhook.on_finished(Arc::new(move |body: &serde_json::Value| {
+        if let Some(id) = body.get("id").and_then(serde_json::Value::as_str) {
+            let _ = done_tx.send(id.to_owned());
+        }
+    }));
+    // Stream entries handed to the queue and not finished yet: event id -> entry id.
+    let mut in_flight: std::collections::HashMap<String, String> = Default::default();
     let me = link.node.to_string();
     let mut con: Option<redis::aio::MultiplexedConnection> = None;
     // When this node last claimed what other readers left: at once on becoming leader,
     // then every CLAIM_IDLE.
     let mut last_claim: Option<std::time::Instant> = None;
     loop {
+        // Acknowledge what finished, leader or not (a node that lost the lease still
+        // delivers what it queued).
+        let mut finished = Vec::new();
+        while let Ok(event) = done.try_recv() {
+            if let Some(entry) = in_flight.remove(&event) {
+                finished.push(entry);
+            }
+        }
+        if !finished.is_empty() {
+            if let Some(c) = con.as_mut() {
+                ack(c, &store.keys, &finished).await;
+            }
+        }
         if !link.is_leader() {
             last_claim = None;
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -114,21 +136,45 @@ pub(super) async fn deliver(sig: Signaling, link: Arc<Link>, store: Arc<Store>) 
                 continue;
             }
         };
-        for (id, body) in batch {
-            sig.post_hook(body);
-            let _: redis::RedisResult<()> = redis::pipe()
-                .cmd("XACK")
-                .arg(&store.keys.hooks)
-                .arg(GROUP)
-                .arg(&id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&store.keys.hooks)
-                .arg(&id)
-                .ignore()
-                .query_async(c)
-                .await;
+        let mut skipped = Vec::new();
+        for (entry, body) in batch {
+            // Claimed again while still in this node's queue (a retry takes longer than
+            // the claim's idle time): it is being delivered already.
+            if in_flight.values().any(|e| *e == entry) {
+                continue;
+            }
+            let event = body.get("id").and_then(serde_json::Value::as_str).map(str::to_owned);
+            match (sig.post_hook(body), event) {
+                (Some(crate::webhook::Posted::Queued), Some(event)) => {
+                    in_flight.insert(event, entry);
+                }
+                // Skipped by the queue (coalesced, or full: counted and logged there),
+                // or without an id to track it by: nothing more will come of it.
+                _ => skipped.push(entry),
+            }
         }
+        if !skipped.is_empty() {
+            ack(c, &store.keys, &skipped).await;
+        }
+    }
+}
+
+/// Acknowledge and delete hook stream entries.
+async fn ack(c: &mut redis::aio::MultiplexedConnection, keys: &Keys, entries: &[String]) {
+    let r: redis::RedisResult<()> = redis::pipe()
+        .cmd("XACK")
+        .arg(&keys.hooks)
+        .arg(GROUP)
+        .arg(entries)
+        .ignore()
+        .cmd("XDEL")
+        .arg(&keys.hooks)
+        .arg(entries)
+        .ignore()
+        .query_async(c)
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, entries = entries.len(), "acknowledging webhooks failed: a later leader may post them again");
     }
 }
 

@@ -175,7 +175,8 @@ impl<R: RngCore> Hub<R> {
         if !online {
             span.in_scope(|| tracing::info!("callee has no device online: pending"));
             self.push(key, json!({"type": "call.pending", "call": id}));
-            let mut body = json!({"event": "call.pending", "call": id, "from": me.0, "to": to, "media": media});
+            // Its idempotency id, in the per-device events' form (`-`: no device).
+            let mut body = json!({"event": "call.pending", "id": format!("{id}/-/call.pending"), "call": id, "from": me.0, "to": to, "media": media});
             if let Some(meta) = self.calls.get(&ck).and_then(|c| c.meta.clone()) {
                 body["meta"] = meta;
             }
