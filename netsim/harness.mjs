@@ -30,6 +30,13 @@ for (const rtt of [0, 100]) {
 for (const mode of ["cold-start", "callee-offline", "socket-cut"]) {
   SCENARIOS.push({ name: `${mode}-100ms-2pct`, a: "cone", b: "cone", rtt: 100, loss: 0.02, mode });
 }
+// A sleeping phone (issue 21): the callee's app is not running; the server's `call.ring`
+// webhook reaches the harness's receiver, which starts the callee's client, as a VoIP push
+// would; it answers. `push-cancel`: the caller hangs up as soon as the phone rings, and
+// the phone must be told (`call.cancelled`).
+for (const mode of ["push-wake", "push-cancel"]) {
+  SCENARIOS.push({ name: `${mode}-100ms`, a: "cone", b: "cone", rtt: 100, loss: 0, mode });
+}
 
 function parseArgs(argv) {
   const o = { quick: false, scenario: null, calls: null, out: join(here, "results") };
@@ -119,10 +126,18 @@ async function runScenario(sc, calls, paths) {
     const hostA = siteA.hosts[0];
     const hostB = lab.addSite(sc.b, link).hosts[0];
     const logFile = join(dir, "server.log");
-    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info > ${logFile} 2>&1`]);
+    const push = sc.mode?.startsWith("push-");
+    // Every ring is pushed in netsim: the webhook's per-pair bounds (one per 2 s, 3 per
+    // minute) would otherwise skip the rings of calls placed seconds apart.
+    const hookArgs = push
+      ? `--webhook-url http://127.0.0.1:${HOOK_PORT}/hook --webhook-secret netsim --webhook-pair-interval 0s --webhook-pair-burst 10000 --webhook-callee-burst 10000 --webhook-caller-burst 10000`
+      : "";
+    const hooks = push ? startHookReceiver(lab, closers) : null;
+    const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info ${hookArgs} > ${logFile} 2>&1`]);
     closers.push(() => server.kill("SIGKILL"));
     await waitHealthy(lab, server, logFile);
     const nat = { a: { kind: sc.a, ...lab.probe(hostA, paths.probe) }, b: { kind: sc.b, ...lab.probe(hostB, paths.probe) } };
+    if (push) return await placePushCalls(sc, calls, hostA, hostB, nat, closers, logFile, hooks);
     return await placeCalls(sc, calls, hostA, hostB, nat, closers, logFile);
   } finally {
     for (const c of closers.reverse()) await c();
@@ -215,6 +230,120 @@ async function placeCalls(sc, calls, hostA, hostB, nat, closers, logFile) {
   return { records, nat, relayAllocations: (serverLog.match(/allocation created/g) ?? []).length };
 }
 
+/** The webhook receiver's port, on the server namespace's loopback. */
+const HOOK_PORT = 9099;
+
+/**
+ * A webhook receiver inside the server's namespace (127.0.0.1:HOOK_PORT), answering 204 and
+ * handing each event to the harness with the time it arrived.
+ */
+function startHookReceiver(lab, closers) {
+  const script = `
+    require("node:http").createServer((req, res) => {
+      let b = "";
+      req.on("data", (c) => (b += c));
+      req.on("end", () => { process.stdout.write(b.replace(/\\n/g, " ") + "\\n"); res.writeHead(204).end(); });
+    }).listen(${HOOK_PORT}, "127.0.0.1", () => process.stdout.write('{"ready":true}\\n'));`;
+  const proc = spawn("ip", ["netns", "exec", lab.srv, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  closers.push(() => proc.kill("SIGKILL"));
+  const events = [];
+  let waiters = [];
+  let buf = "";
+  proc.stdout.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        events.push({ at: Date.now(), body: JSON.parse(line) });
+      } catch {
+        /* not an event */
+      }
+      for (const w of waiters) w();
+    }
+  });
+  /** The first event matching `pred` (bounded wait), or null. */
+  const wait = (pred, timeoutMs) =>
+    new Promise((resolve) => {
+      const check = () => {
+        const e = events.find((e) => pred(e.body));
+        if (e) {
+          waiters = waiters.filter((w) => w !== check);
+          clearTimeout(timer);
+          resolve(e);
+        }
+      };
+      const timer = setTimeout(() => {
+        waiters = waiters.filter((w) => w !== check);
+        resolve(null);
+      }, timeoutMs);
+      waiters.push(check);
+      check();
+    });
+  return { events, wait, ready: wait((b) => b.ready, 10000) };
+}
+
+/**
+ * Calls to a sleeping phone: B registers a push target once and goes offline; each call's
+ * `call.ring` webhook starts B's client (as a push would), which answers (push-wake), or
+ * the caller hangs up at the ring and B's device must get `call.cancelled` (push-cancel).
+ * Records, per call: invite → ring (the webhook's arrival), and invite → connected.
+ */
+async function placePushCalls(sc, calls, hostA, hostB, nat, closers, logFile, hooks) {
+  if (!(await hooks.ready)) throw new Error("webhook receiver did not start");
+  const extraArgs = [`--unsafely-treat-insecure-origin-as-secure=${ORIGIN}`];
+  const A = await launchIn({ name: hostA.ns }, { extraArgs });
+  closers.push(A.close);
+  const B = await launchIn({ name: hostB.ns }, { extraArgs });
+  closers.push(B.close);
+  // The phone's app registers its push target once, then sleeps.
+  let b = await openPage(B.browser, "bob");
+  await b.page.evaluate(() => window.client.updateDevice({ push: { provider: "custom", token: "netsim-phone" }, state: "background" }));
+  // Its frames are handled in order: once the server answers a later one, it has the update.
+  await b.page.evaluate(() => window.client.online().catch(() => []));
+  await b.ctx.close();
+  const a = await openPage(A.browser, "alice");
+  const records = [];
+  for (let k = 0; k < calls; k++) {
+    const id = `${sc.name}-${k}-${Date.now()}`;
+    const t0 = Date.now();
+    await a.page.evaluate((id) => (window.call = window.client.call("bob", { id })), id);
+    const ring = await hooks.wait((e) => e.event === "call.ring" && e.call === id, 15000);
+    const ringMs = ring ? ring.at - t0 : null;
+    if (sc.mode === "push-cancel") {
+      await a.page.evaluate(() => window.call.hangup());
+      const cancelled = await hooks.wait((e) => e.event === "call.cancelled" && e.call === id, 15000);
+      const ok = !!ring && !!cancelled;
+      records.push({ call: k, ok, ms: cancelled ? cancelled.at - t0 : null, ring_ms: ringMs, cancelled_ms: cancelled ? cancelled.at - t0 : null, caller: { restarts: 0 }, callee: {} });
+      process.stderr.write(`  ${sc.name} call ${k + 1}/${calls}: ${ok ? `rang after ${ringMs} ms, cancelled at ${cancelled.at - t0} ms` : `FAILED (ring ${!!ring}, cancelled ${!!cancelled})`}\n`);
+      continue;
+    }
+    // The push wakes the app: its client connects and answers the ringing call.
+    if (ring) b = await openPage(B.browser, "bob");
+    const [ra, rb] = ring
+      ? await Promise.all([outcome(a.page, "window.call", 30000), outcome(b.page, "window.calls[window.calls.length-1]", 30000)])
+      : [{ state: "no ring" }, { state: "none" }];
+    const ok = ra.state === "connected" && rb.state === "connected" && ra.restarts === 0 && rb.restarts === 0;
+    const rec = { call: k, ok, ms: ra.ms, ring_ms: ringMs, pair: ra.pair, caller: ra, callee: rb };
+    if (ok && !process.env.NETSIM_TIMELINES) {
+      delete rec.caller.timeline;
+      delete rec.callee.timeline;
+    }
+    records.push(rec);
+    process.stderr.write(`  ${sc.name} call ${k + 1}/${calls}: ${ok ? `rang after ${ringMs} ms, connected in ${ra.ms} ms via ${ra.pair?.local}-${ra.pair?.remote}/${ra.pair?.protocol}` : `FAILED (${ra.state}/${ra.endReason})`}\n`);
+    await a.page.evaluate(() => window.call?.hangup());
+    if (ring) {
+      await outcome(b.page, "window.calls[window.calls.length-1]", 5000).catch(() => {});
+      await b.ctx.close();
+    }
+    await sleep(200);
+  }
+  const serverLog = readFileSync(logFile, "utf8");
+  if (process.env.NETSIM_TIMELINES) writeFileSync(process.env.NETSIM_TIMELINES, JSON.stringify(records, null, 1));
+  return { records, nat, relayAllocations: (serverLog.match(/allocation created/g) ?? []).length };
+}
+
 function pct(sorted, p) {
   if (!sorted.length) return null;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
@@ -223,12 +352,13 @@ function pct(sorted, p) {
 function summarize(sc, result) {
   const times = result.records.filter((r) => r.ok).map((r) => r.ms).sort((x, y) => x - y);
   const iceTimes = result.records.filter((r) => r.ok && r.caller.ice_ms != null).map((r) => r.caller.ice_ms).sort((x, y) => x - y);
+  const ringTimes = result.records.filter((r) => r.ring_ms != null).map((r) => r.ring_ms).sort((x, y) => x - y);
   const pairs = {};
   for (const r of result.records) if (r.pair) pairs[`${r.pair.local}-${r.pair.remote}/${r.pair.protocol}`] = (pairs[`${r.pair.local}-${r.pair.remote}/${r.pair.protocol}`] ?? 0) + 1;
   // Target: 4 RTTs + 300 ms wherever a UDP path exists (direct or relayed).
   // (No UDP path behind the UDP-blocking firewall; and a callee that comes online 2 s
   // after the invite measures the wait, not the network.)
-  const target = sc.a === "udp-blocked" || sc.mode === "callee-offline" ? null : 4 * sc.rtt + 300;
+  const target = sc.a === "udp-blocked" || sc.mode === "callee-offline" || sc.mode?.startsWith("push-") ? null : 4 * sc.rtt + 300;
   return {
     scenario: sc.name,
     rtt_ms: sc.rtt,
@@ -242,6 +372,8 @@ function summarize(sc, result) {
     max_ms: times.length ? times[times.length - 1] : null,
     ice_p50_ms: pct(iceTimes, 50),
     ice_p95_ms: pct(iceTimes, 95),
+    ring_p50_ms: pct(ringTimes, 50),
+    ring_p95_ms: pct(ringTimes, 95),
     target_p95_ms: target,
     meets_target: result.records.every((r) => r.ok) && (target === null || (pct(times, 95) ?? Infinity) < target),
     meets_target_at_ice: result.records.every((r) => r.ok) && (target === null || (pct(iceTimes, 95) ?? Infinity) < target),
@@ -270,7 +402,23 @@ function markdown(report) {
     "|---|---|---|---|---|---|---|---|---|---|",
     ...rows,
     "",
+    ...pushTable(report),
   ].join("\n");
+}
+
+/** Calls to a sleeping phone: invite → the `call.ring` webhook (the push), and → connected or told. */
+function pushTable(report) {
+  const push = report.scenarios.filter((s) => s.ring_p50_ms != null || s.scenario.startsWith("push-"));
+  if (!push.length) return [];
+  return [
+    "Sleeping phone: the callee's app is not running; the `call.ring` webhook starts it (the harness's receiver",
+    "stands in for APNs/FCM, which add their own delivery time). Times from `client.call()` on the caller.",
+    "",
+    "| scenario | first attempt | invite → ring p50 / p95 ms | invite → connected (push-wake) or → call.cancelled webhook (push-cancel) p50 / p95 ms |",
+    "|---|---|---|---|",
+    ...push.map((s) => `| ${s.scenario} | ${s.first_attempt}/${s.calls} | ${s.ring_p50_ms ?? "–"} / ${s.ring_p95_ms ?? "–"} | ${s.p50_ms ?? "–"} / ${s.p95_ms ?? "–"} |`),
+    "",
+  ];
 }
 
 async function main() {

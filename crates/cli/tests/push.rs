@@ -93,3 +93,58 @@ async fn a_backgrounded_phone_is_pushed_each_ring_and_hears_each_ending_once() {
     assert_eq!(server.metric(delivered), 4, "nothing else was posted");
     drop(phone);
 }
+
+#[tokio::test]
+async fn a_caller_who_cancels_and_calls_again_rings_the_phone_again_up_to_the_pair_burst() {
+    // Before: one place per caller in the callee's 60 s window, so a second call from
+    // the same caller within a minute (a mis-tap, then the real call) never woke the
+    // phone. Now each pair gets --webhook-pair-burst (3) per window, spaced by
+    // --webhook-pair-interval (1 s here, to keep the test short).
+    let got = HookReceiver::ok();
+    let url = got.url.clone();
+    let interval = Duration::from_secs(1);
+    let server = start_firstcall(&[
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        "k",
+        "--webhook-pair-interval",
+        "1s",
+    ]);
+    let mut phone = dev(&server, "bob", "phone").await;
+    phone
+        .send(json!({"type": "device.update", "push": {"provider": "fcm", "token": "t"}, "state": "background"}))
+        .await;
+    phone.send(json!({"type": "call.hangup", "call": "none"})).await;
+    phone.expect("error", T).await.unwrap();
+    let mut alice = dev(&server, "alice", "a").await;
+    let delivered = "firstcall_webhook_events_total{outcome=\"delivered\"}";
+    let coalesced = "firstcall_webhook_events_total{outcome=\"coalesced_pair\"}";
+    let mut expected = vec![];
+    for i in 1..=4u64 {
+        let call = format!("c{i}");
+        let placed = Instant::now();
+        alice
+            .send(json!({"type": "call.invite", "call": call, "to": "bob", "media": "audio", "sdp": "o"}))
+            .await;
+        // The post decision is made before `call.incoming` reaches the device.
+        phone.expect("call.incoming", T).await.unwrap();
+        alice.send(json!({"type": "call.cancel", "call": call})).await;
+        if i <= 3 {
+            expected.push(("call.ring".to_owned(), call.clone(), json!("phone")));
+            expected.push(("call.cancelled".to_owned(), call.clone(), json!("phone")));
+            let n = expected.len() as u64;
+            assert!(wait_until(T, || server.metric(delivered) >= n), "call {i} not pushed");
+        } else {
+            assert_eq!(server.metric(coalesced), 1, "the fourth call is over the pair's burst");
+        }
+        // The next call past the pair's spacing (the policy under test is about time).
+        let spent = placed.elapsed();
+        if spent < interval {
+            tokio::time::sleep(interval - spent + Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(events(&got), expected);
+    assert_eq!(server.metric(delivered), 6, "nothing else was posted");
+    drop(phone);
+}

@@ -160,9 +160,13 @@ pub struct ServeConfig {
     pub webhook_concurrency: usize,
     /// Webhook events waiting for a free slot; past it they are dropped (counted, logged).
     pub webhook_queue: usize,
-    /// At most one webhook per caller and callee pair within this interval.
+    /// At least this long between two webhooks of one caller and callee pair (zero: no
+    /// spacing).
     pub webhook_pair_interval: Duration,
-    /// At most this many webhooks per callee within `webhook_callee_window`.
+    /// At most this many webhooks per caller and callee pair within
+    /// `webhook_callee_window`.
+    pub webhook_pair_burst: u32,
+    /// At most this many callers' webhooks per callee within `webhook_callee_window`.
     pub webhook_callee_burst: u32,
     /// The window of `webhook_callee_burst`.
     pub webhook_callee_window: Duration,
@@ -515,10 +519,17 @@ pub struct ServeArgs {
     /// Webhook events waiting for a free slot before new ones are dropped [default: 1024].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_QUEUE")]
     pub webhook_queue: Option<usize>,
-    /// At most one webhook per caller and callee pair within this interval [default: 10s].
+    /// At least this long between two webhooks of one caller and callee pair; 0s: no
+    /// spacing [default: 2s].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_PAIR_INTERVAL")]
     pub webhook_pair_interval: Option<String>,
-    /// At most this many webhooks per callee within --webhook-callee-window [default: 5].
+    /// At most this many webhooks per caller and callee pair within
+    /// --webhook-callee-window: a caller who cancels and calls again rings the phone again,
+    /// an invite-and-cancel loop no more than this [default: 3].
+    #[arg(long, env = "FIRSTCALL_WEBHOOK_PAIR_BURST")]
+    pub webhook_pair_burst: Option<u32>,
+    /// At most this many callers' webhooks per callee within --webhook-callee-window (a
+    /// caller's repeated calls count once) [default: 5].
     #[arg(long, env = "FIRSTCALL_WEBHOOK_CALLEE_BURST")]
     pub webhook_callee_burst: Option<u32>,
     /// The window of --webhook-callee-burst [default: 60s].
@@ -691,6 +702,7 @@ pub struct FileConfig {
     webhook_concurrency: Option<usize>,
     webhook_queue: Option<usize>,
     webhook_pair_interval: Option<String>,
+    webhook_pair_burst: Option<u32>,
     webhook_callee_burst: Option<u32>,
     webhook_callee_window: Option<String>,
     webhook_caller_burst: Option<u32>,
@@ -1084,13 +1096,17 @@ impl ServeArgs {
                 n => n,
             },
             webhook_queue: self.webhook_queue.or(f.webhook_queue).unwrap_or(1024),
-            webhook_pair_interval: parse_duration(
+            webhook_pair_interval: parse_duration_or_zero(
                 "--webhook-pair-interval",
                 &self
                     .webhook_pair_interval
                     .or(f.webhook_pair_interval)
-                    .unwrap_or_else(|| "10s".into()),
+                    .unwrap_or_else(|| "2s".into()),
             )?,
+            webhook_pair_burst: match self.webhook_pair_burst.or(f.webhook_pair_burst).unwrap_or(3) {
+                0 => return Err(invalid("--webhook-pair-burst", "must be at least 1")),
+                n => n,
+            },
             webhook_callee_burst: match self.webhook_callee_burst.or(f.webhook_callee_burst).unwrap_or(5) {
                 0 => return Err(invalid("--webhook-callee-burst", "must be at least 1")),
                 n => n,
@@ -1206,6 +1222,14 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, ConfigError> {
         return Err(bad());
     }
     Ok(a..=b)
+}
+
+/// As [`parse_duration`], where zero (`0s`) is allowed: a setting zero turns off.
+pub fn parse_duration_or_zero(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    match s.trim().trim_end_matches(['s', 'm', 'h', 'd']) {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(setting, s),
+    }
 }
 
 /// Parse `90`, `90s`, `15m`, `12h`, `1d` (a bare number is seconds); must be positive.

@@ -344,6 +344,7 @@ fn webhook_policy(config: &ServeConfig) -> webhook::Policy {
         concurrency: config.webhook_concurrency,
         queue: config.webhook_queue,
         pair_interval: config.webhook_pair_interval,
+        pair_burst: config.webhook_pair_burst,
         callee_burst: config.webhook_callee_burst,
         callee_window: config.webhook_callee_window,
         caller_burst: config.webhook_caller_burst,

@@ -73,9 +73,15 @@ pub struct Policy {
     pub concurrency: usize,
     /// Events accepted and not yet posted; past it new events are dropped.
     pub queue: usize,
-    /// At most one event per caller and callee pair within this interval.
+    /// At least this long between two events of one caller and callee pair (zero: no
+    /// spacing).
     pub pair_interval: Duration,
-    /// At most this many events per callee within `callee_window`.
+    /// At most this many events per caller and callee pair within `callee_window`: a
+    /// caller who cancels and calls again rings the phone again, an invite-and-cancel
+    /// loop does not ring it more than this.
+    pub pair_burst: u32,
+    /// At most this many callers' events per callee within `callee_window` (each
+    /// caller's own events count once here, and against `pair_burst`).
     pub callee_burst: u32,
     /// See `callee_burst`; also the window of `caller_burst`.
     pub callee_window: Duration,
@@ -106,9 +112,10 @@ const CALL_MEMORY: Duration = Duration::from_secs(600);
 /// Why an event was not posted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skipped {
-    /// The same caller and callee had one within `pair_interval`.
+    /// The same caller and callee had one within `pair_interval`, or `pair_burst`
+    /// within `callee_window`.
     Pair,
-    /// The callee had `callee_burst` within `callee_window`.
+    /// The callee had `callee_burst` other callers' events within `callee_window`.
     Callee,
     /// `queue` events were already waiting.
     QueueFull,
@@ -209,9 +216,10 @@ impl WebhookMetrics {
     }
 }
 
-/// Which events may go out, by caller and callee, as a function of time: one per pair
-/// per `pair_interval`, `callee_burst` per callee per `callee_window`. Invite and cancel
-/// in a loop would otherwise push the callee's phone once per invite.
+/// Which events may go out, by caller and callee, as a function of time: per pair, one
+/// per `pair_interval` and `pair_burst` per `callee_window`; per callee, `callee_burst`
+/// callers per `callee_window`; per caller, `caller_burst` per `callee_window`. Invite and
+/// cancel in a loop would otherwise push the callee's phone once per invite.
 #[derive(Debug)]
 pub struct Coalescer {
     policy: Policy,
@@ -301,13 +309,20 @@ impl Coalescer {
             while q.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= w) {
                 q.pop_front();
             }
-            // One place per caller in a callee's window: a single account cannot use
-            // up the callee's budget and silence every other caller's push.
-            if q.iter().any(|(_, f)| f == from) {
+            let mine = q.iter().filter(|(_, f)| f == from).count();
+            if mine >= p.pair_burst as usize {
                 return Err(Skipped::Pair);
             }
-            if q.len() >= p.callee_burst as usize {
-                return Err(Skipped::Callee);
+            // A caller already in the window keeps its place: the callee's budget counts
+            // callers, so a single account cannot use it up and silence every other
+            // caller's push, and a caller calling again is bounded by `pair_burst`.
+            if mine == 0 {
+                let mut others: Vec<&str> = q.iter().map(|(_, f)| f.as_str()).collect();
+                others.sort_unstable();
+                others.dedup();
+                if others.len() >= p.callee_burst as usize {
+                    return Err(Skipped::Callee);
+                }
             }
         }
         if self.len() + 3 > p.max_entries {
@@ -774,6 +789,7 @@ mod tests {
             concurrency: 1,
             queue: 10,
             pair_interval: Duration::from_secs(10),
+            pair_burst: 3,
             callee_burst: 5,
             callee_window: Duration::from_secs(60),
             caller_burst: 10,
@@ -825,6 +841,7 @@ mod tests {
             concurrency: 2,
             queue: 4,
             pair_interval: Duration::from_secs(10),
+            pair_burst: 2,
             callee_burst: 3,
             callee_window: Duration::from_secs(60),
             caller_burst: 100,
@@ -835,23 +852,32 @@ mod tests {
     }
 
     #[test]
-    fn one_push_per_pair_per_interval() {
+    fn a_pair_is_spaced_and_bounded_per_window() {
         let mut c = Coalescer::new(policy());
         let t = Instant::now();
+        let at = |s| t + Duration::from_secs(s);
         assert_eq!(c.admit("mallory", "victim", t), Ok(()));
-        assert_eq!(
-            c.admit("mallory", "victim", t + Duration::from_secs(9)),
-            Err(Skipped::Pair)
-        );
+        assert_eq!(c.admit("mallory", "victim", at(9)), Err(Skipped::Pair), "spacing");
         // Another caller is another pair; the other direction too.
-        assert_eq!(c.admit("bob", "victim", t + Duration::from_secs(1)), Ok(()));
+        assert_eq!(c.admit("bob", "victim", at(1)), Ok(()));
         assert_eq!(c.admit("victim", "mallory", t), Ok(()));
-        // Past the interval the caller still holds its place in the callee's window.
-        assert_eq!(
-            c.admit("mallory", "victim", t + Duration::from_secs(10)),
-            Err(Skipped::Pair)
-        );
-        assert_eq!(c.admit("mallory", "victim", t + Duration::from_secs(60)), Ok(()));
+        // A caller who cancelled and calls again past the interval rings again...
+        assert_eq!(c.admit("mallory", "victim", at(10)), Ok(()));
+        // ...up to `pair_burst` per window.
+        assert_eq!(c.admit("mallory", "victim", at(20)), Err(Skipped::Pair), "burst");
+        assert_eq!(c.admit("mallory", "victim", at(60)), Ok(()), "the window moved");
+    }
+
+    #[test]
+    fn a_zero_pair_interval_means_no_spacing() {
+        let mut c = Coalescer::new(Policy {
+            pair_interval: Duration::ZERO,
+            ..policy()
+        });
+        let t = Instant::now();
+        assert_eq!(c.admit("a", "b", t), Ok(()));
+        assert_eq!(c.admit("a", "b", t), Ok(()));
+        assert_eq!(c.admit("a", "b", t), Err(Skipped::Pair), "the burst still holds");
     }
 
     #[test]
@@ -862,6 +888,8 @@ mod tests {
             assert_eq!(c.admit(from, "victim", t + Duration::from_secs(i as u64)), Ok(()));
         }
         assert_eq!(c.admit("d", "victim", t + Duration::from_secs(5)), Err(Skipped::Callee));
+        // A caller already in the window calls again: it holds its place, no new one.
+        assert_eq!(c.admit("c", "victim", t + Duration::from_secs(15)), Ok(()));
         // A refused event does not count: the window frees up 60 s after the first.
         assert_eq!(c.admit("d", "victim", t + Duration::from_secs(60)), Ok(()));
         assert_eq!(
@@ -882,20 +910,23 @@ mod tests {
         });
         let t = Instant::now();
         assert_eq!(c.admit("mallory", "victim", t), Ok(()));
-        // Past the pair interval, but mallory already has the callee's window.
+        // Mallory re-inviting every pair interval: bounded by the pair's burst, and
+        // counted once in the callee's budget, so bob and carol still get through.
+        assert_eq!(c.admit("mallory", "victim", t + Duration::from_secs(10)), Ok(()));
         assert_eq!(
-            c.admit("mallory", "victim", t + Duration::from_secs(11)),
+            c.admit("mallory", "victim", t + Duration::from_secs(20)),
             Err(Skipped::Pair)
         );
+        assert_eq!(c.admit("carol", "victim", t + Duration::from_secs(11)), Ok(()));
         assert_eq!(c.admit("bob", "victim", t + Duration::from_secs(12)), Ok(()));
+        // Mallory has had 2 of the caller burst of 3.
         assert_eq!(c.admit("mallory", "x1", t + Duration::from_secs(13)), Ok(()));
-        assert_eq!(c.admit("mallory", "x2", t + Duration::from_secs(14)), Ok(()));
         assert_eq!(
-            c.admit("mallory", "x3", t + Duration::from_secs(15)),
+            c.admit("mallory", "x2", t + Duration::from_secs(14)),
             Err(Skipped::Caller)
         );
         assert_eq!(
-            c.admit("mallory", "x3", t + Duration::from_secs(60)),
+            c.admit("mallory", "x2", t + Duration::from_secs(60)),
             Ok(()),
             "the window moved"
         );
