@@ -148,3 +148,99 @@ async fn a_caller_who_cancels_and_calls_again_rings_the_phone_again_up_to_the_pa
     assert_eq!(server.metric(delivered), 6, "nothing else was posted");
     drop(phone);
 }
+
+#[tokio::test]
+async fn a_sleeping_phone_answers_with_the_answer_token_of_its_push() {
+    // The app's own tokens are HS256 with a secret the phone's stale token may not meet
+    // any more; the push's answer token signs it in at once, on any node (keyed from the
+    // TURN secret), until the ring would time out.
+    let got = HookReceiver::ok();
+    let url = got.url.clone();
+    let server = start_firstcall(&[
+        "--jwt-secret",
+        "app-secret",
+        "--turn-secret",
+        "turn-secret",
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        "k",
+        "--ring-timeout",
+        "30s",
+    ]);
+    let ws = ws_url(&server);
+    let token = |user: &str| firstcall_server::tokens::mint_hs256("app-secret", user, unix_now(), 300).unwrap();
+    let mut phone = firstcall_client::signal::SignalClient::connect(&ws, &token("bob"), "phone")
+        .await
+        .unwrap();
+    phone
+        .send(
+            json!({"type": "device.update", "push": {"provider": "apns-voip", "token": "voip"}, "state": "background"}),
+        )
+        .await;
+    phone.send(json!({"type": "call.hangup", "call": "none"})).await;
+    phone.expect("error", T).await.unwrap();
+    drop(phone); // the app is killed: no socket at all
+    let mut alice = firstcall_client::signal::SignalClient::connect(&ws, &token("alice"), "a")
+        .await
+        .unwrap();
+    alice
+        .send(json!({"type": "call.invite", "call": "c1", "to": "bob", "media": "audio", "sdp": "offer"}))
+        .await;
+    assert!(
+        wait_until(T, || events(&got).iter().any(|e| e.0 == "call.ring")),
+        "no push"
+    );
+    let ring = got
+        .requests()
+        .into_iter()
+        .find(|h| h.event() == "call.ring")
+        .unwrap()
+        .body;
+    let answer = ring["answer_token"].as_str().expect("an answer token").to_owned();
+    let expires = ring["answer_token_expires"].as_u64().expect("its expiry");
+    let now = unix_now();
+    assert!(
+        (now + 29..=now + 31).contains(&expires),
+        "lasts the ring timeout: {expires} vs {now}"
+    );
+
+    // Another deployment's token, and this one altered, are refused.
+    let forged = firstcall_server::answer_token::AnswerTokens::from_turn_secret("other").mint(
+        "bob",
+        "c1",
+        Some("phone"),
+        expires,
+    );
+    assert!(firstcall_client::signal::SignalClient::connect(&ws, &forged, "phone")
+        .await
+        .is_err());
+    let mut altered = answer.clone();
+    altered.pop();
+    altered.push(if answer.ends_with('A') { 'B' } else { 'A' });
+    assert!(firstcall_client::signal::SignalClient::connect(&ws, &altered, "phone")
+        .await
+        .is_err());
+
+    // The woken phone signs in with it, finds the ringing call, and answers.
+    let mut woken = firstcall_client::signal::SignalClient::connect(&ws, &answer, "phone")
+        .await
+        .unwrap();
+    let (incoming, _) = woken.expect("call.incoming", T).await.unwrap();
+    assert_eq!(
+        (incoming["call"].as_str(), incoming["from"].as_str()),
+        (Some("c1"), Some("alice"))
+    );
+    woken
+        .send(json!({"type": "call.accept", "call": "c1", "sdp": "answer"}))
+        .await;
+    let (accepted, _) = alice.expect("call.accepted", T).await.unwrap();
+    assert_eq!(accepted["device"], "phone");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -1,6 +1,7 @@
 //! The `firstcall serve` process: TURN workers and the HTTP listener.
 
 pub mod accept;
+pub mod answer_token;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -570,6 +571,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         warn_dev_mode(&config);
     }
     let turn_secret = Secret::new(config.turn_secrets.first().cloned().unwrap_or_default());
+    // Every node shares the TURN secret: an answer token minted by one is good on all.
+    let answers = answer_token::AnswerTokens::from_turn_secret(config.turn_secrets.first().map_or("", String::as_str));
     let webhook = match &config.webhook_url {
         Some(url) => {
             let key = match &config.webhook_secret {
@@ -581,7 +584,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                     key
                 }
             };
-            Some(webhook::Webhook::new(url, key, webhook_policy(&config))?)
+            Some(
+                webhook::Webhook::new(url, key, webhook_policy(&config))?
+                    .with_answer_tokens(answers.clone(), config.ring_timeout),
+            )
         }
         None => None,
     };
@@ -609,19 +615,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ttl: config.credential_ttl,
     });
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
+    // Sign-ins take the app's tokens and the answer tokens of `call.ring` pushes.
+    let hub_tokens: Arc<dyn firstcall_signal::hub::TokenVerifier> = Arc::new(answer_token::WithAnswerTokens {
+        tokens: tokens.clone(),
+        answers,
+    });
     let signaling = match &config.redis_url {
-        None => signal::Signaling::start(
-            hub_config,
-            tokens.clone(),
-            ice,
-            webhook.clone(),
-            config.slow_socket_queue,
-        ),
+        None => signal::Signaling::start(hub_config, hub_tokens, ice, webhook.clone(), config.slow_socket_queue),
         Some(url) => {
             let joined = cluster::join(url, &config.redis_prefix, config.redis_checkpoint_every).await?;
             signal::Signaling::start_cluster(
                 hub_config,
-                tokens.clone(),
+                hub_tokens,
                 ice,
                 webhook.clone(),
                 config.slow_socket_queue,

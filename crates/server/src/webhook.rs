@@ -46,6 +46,8 @@ pub struct Webhook {
     /// Told of each event once it is finished (delivered or given up): with several
     /// nodes, the leader acknowledges it in the cluster's hook stream only then.
     on_finished: Arc<std::sync::OnceLock<Finished>>,
+    /// Answer tokens put in each `call.ring`, and how long they last.
+    answers: Option<(crate::answer_token::AnswerTokens, Duration)>,
     /// Counters.
     pub metrics: Arc<WebhookMetrics>,
 }
@@ -518,8 +520,26 @@ impl Webhook {
             lanes: Arc::default(),
             finished: Arc::default(),
             on_finished: Arc::default(),
+            answers: None,
             metrics: Arc::new(WebhookMetrics::default()),
         })
+    }
+
+    /// Each `call.ring` carries an `answer_token` lasting `ttl` (the ring timeout): the
+    /// phone it wakes signs in with it at once (docs/webhooks.md).
+    pub fn with_answer_tokens(mut self, tokens: crate::answer_token::AnswerTokens, ttl: Duration) -> Webhook {
+        self.answers = Some((tokens, ttl));
+        self
+    }
+
+    /// An answer token for `to`'s `device` ringing for `call`, and when it expires.
+    fn answer_token(&self, to: &str, call: &str, device: Option<&str>) -> Option<(String, u64)> {
+        let (tokens, ttl) = self.answers.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let exp = now.saturating_add(ttl.as_secs().max(1));
+        Some((tokens.mint(to, call, device, exp), exp))
     }
 
     /// Call `f` with each event's body once it is finished (delivered or given up); set
@@ -596,6 +616,15 @@ impl Webhook {
             return Posted::Skipped(why);
         }
         let lane: Lane = (to.to_owned(), device.map(str::to_owned));
+        // Minted when posted (by the leader, with several nodes): it lasts from the push.
+        let answer = match (event, call) {
+            ("call.ring", Some(call)) => self.answer_token(to, call, device),
+            _ => None,
+        };
+        if let Some((token, exp)) = answer {
+            body["answer_token"] = Value::from(token);
+            body["answer_token_expires"] = Value::from(exp);
+        }
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiting) = lanes.get_mut(&lane) {
             // The device's task is delivering an earlier event: this one goes after it.
