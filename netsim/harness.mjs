@@ -9,7 +9,7 @@
 // connected on the first attempt (one invite, no ICE restart), the time from invite to
 // connected, and the selected candidate pair; any failure keeps both timelines.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync, mkdtempSync, rmSync, readFileSync } from "node:fs";
+import { mkdirSync, writeFileSync, mkdtempSync, rmSync, readFileSync, existsSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -133,6 +133,24 @@ async function runScenario(sc, calls, paths) {
       ? `--webhook-url http://127.0.0.1:${HOOK_PORT}/hook --webhook-secret netsim --webhook-pair-interval 0s --webhook-pair-burst 10000 --webhook-callee-burst 10000 --webhook-caller-burst 10000`
       : "";
     const hooks = push ? startHookReceiver(lab, closers) : null;
+    // NETSIM_PCAP=DIR: packet captures on each client host (before its NAT) and on the
+    // server, for netsim/pcap_timeline.py (one clock: every namespace is on this machine).
+    if (process.env.NETSIM_PCAP) {
+      mkdirSync(process.env.NETSIM_PCAP, { recursive: true });
+      for (const [tag, ns] of [["a", hostA.ns], ["b", hostB.ns], ["srv", lab.srv]]) {
+        const file = join(process.env.NETSIM_PCAP, `${sc.name}-${tag}.pcap`);
+        const cap = spawn("ip", ["netns", "exec", ns, "tcpdump", "-q", "-U", "-s", "2000", "-i", "eth0", "-w", file, "udp or tcp"], { stdio: "ignore" });
+        closers.push(async () => {
+          cap.kill("SIGINT");
+          await new Promise((r) => (cap.exitCode !== null ? r() : cap.once("exit", r)));
+        });
+      }
+      // tcpdump writes the file's header once its capture socket is open.
+      for (const tag of ["a", "b", "srv"]) {
+        const file = join(process.env.NETSIM_PCAP, `${sc.name}-${tag}.pcap`);
+        for (let i = 0; i < 100 && !(existsSync(file) && statSync(file).size >= 24); i++) await sleep(50);
+      }
+    }
     const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info ${hookArgs} > ${logFile} 2>&1`]);
     closers.push(() => server.kill("SIGKILL"));
     await waitHealthy(lab, server, logFile);
@@ -176,6 +194,7 @@ async function placeCalls(sc, calls, hostA, hostB, nat, closers, logFile) {
   let b = sc.mode === "callee-offline" ? null : await openPage(B.browser, "bob");
   for (let k = 0; k < calls; k++) {
     const id = `${sc.name}-${k}-${Date.now()}`;
+    const t0 = Date.now();
     if (sc.mode === "cold-start") {
       // A fresh page that calls in the same tick its client is created.
       await a.ctx.close();
@@ -208,7 +227,7 @@ async function placeCalls(sc, calls, hostA, hostB, nat, closers, logFile) {
     }
     const [ra, rb] = await Promise.all([outcome(a.page, "window.call", 30000), outcome(b.page, "window.calls[window.calls.length-1]", 30000)]);
     const ok = ra.state === "connected" && rb.state === "connected" && ra.restarts === 0 && rb.restarts === 0;
-    const rec = { call: k, ok, ms: ra.ms, pair: ra.pair, caller: ra, callee: rb };
+    const rec = { call: k, ok, t0, ms: ra.ms, pair: ra.pair, caller: ra, callee: rb };
     if (ok && !process.env.NETSIM_TIMELINES) {
       delete rec.caller.timeline;
       delete rec.callee.timeline;

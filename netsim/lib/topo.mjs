@@ -81,7 +81,7 @@ export class Lab {
     this.exec(nat, "ethtool", "-K", "wan", "tx", "off");
     this.exec(this.inet, "ethtool", "-K", `w${i}`, "tx", "off");
     this.ip(nat, "route", "add", "default", "via", inetIp);
-    const linkem = spawn("ip", ["netns", "exec", link, this.linkemBin, "a", "b", "--delay-ms", String(delayMs), "--jitter-ms", String(jitterMs), "--loss", String(loss), "--seed", String(1000 + i)], { stdio: "ignore" });
+    const linkem = spawn("ip", ["netns", "exec", link, this.linkemBin, "a", "b", "--delay-ms", String(delayMs), "--jitter-ms", String(jitterMs), "--loss", String(loss), "--seed", String(1000 + i), ...(process.env.NETSIM_LINK_REORDER ? ["--reorder"] : [])], { stdio: "ignore" });
     this.procs.push(linkem);
     // LAN: a bridge in the NAT namespace with each client host on it.
     this.ip(nat, "link", "add", "br0", "type", "bridge");

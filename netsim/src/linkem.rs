@@ -3,6 +3,11 @@
 //! A user-space link emulator for kernels without netem: it forwards every Ethernet
 //! frame between interfaces A and B (raw AF_PACKET sockets, both directions), holding
 //! each for `delay + uniform(0, jitter)` ms and dropping it with probability `loss`.
+//! A frame never leaves before the one ahead of it in the same direction: jitter is
+//! queueing delay, and a FIFO link keeps a flow's packets in order (before 2026-12-03 each
+//! frame drew its own delay, so two frames sent 0.2 ms apart swapped places whenever the
+//! draws differed by more than that: see docs/netsim.md on what that did to DTLS).
+//! `--reorder` brings that behaviour back, for a scenario that wants reordering.
 //! Run it in a namespace whose only job is this link; A and B carry no addresses, so
 //! the kernel itself never forwards between them. Stops on SIGTERM/SIGKILL.
 
@@ -18,6 +23,7 @@ struct Opts {
     jitter: Duration,
     loss: f64,
     seed: u64,
+    reorder: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -30,6 +36,7 @@ fn parse() -> Result<Opts, String> {
         jitter: Duration::ZERO,
         loss: 0.0,
         seed: 1,
+        reorder: false,
     };
     let mut i = 0;
     while i < args.len() {
@@ -43,6 +50,11 @@ fn parse() -> Result<Opts, String> {
             }
             "--loss" => o.loss = val(i)?.parse().map_err(|e: std::num::ParseFloatError| e.to_string())?,
             "--seed" => o.seed = val(i)?.parse().map_err(|e: std::num::ParseIntError| e.to_string())?,
+            "--reorder" => {
+                o.reorder = true;
+                i += 1;
+                continue;
+            }
             s if !s.starts_with("--") => {
                 pos.push(s.to_owned());
                 i += 1;
@@ -54,7 +66,8 @@ fn parse() -> Result<Opts, String> {
     }
     if pos.len() != 2 {
         return Err(
-            "usage: firstcall-linkem IFACE_A IFACE_B [--delay-ms D] [--jitter-ms J] [--loss P] [--seed S]".into(),
+            "usage: firstcall-linkem IFACE_A IFACE_B [--delay-ms D] [--jitter-ms J] [--loss P] [--seed S] [--reorder]"
+                .into(),
         );
     }
     if !(0.0..=1.0).contains(&o.loss) {
@@ -190,6 +203,8 @@ fn main() {
     let mut rng = Rng(o.seed.max(1));
     let mut queue: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
     let mut seq = 0u64;
+    // When each direction's last frame leaves: the next one leaves no earlier.
+    let mut last_out = [Instant::now(); 2];
     let mut buf = vec![0u8; 65536];
     let (mut forwarded, mut dropped) = (0u64, 0u64);
     eprintln!(
@@ -240,7 +255,12 @@ fn main() {
                     o.jitter.mul_f64(rng.next_f64())
                 };
                 seq += 1;
-                queue.push(Reverse((Instant::now() + o.delay + extra, seq, dir, buf[..n].to_vec())));
+                let mut at = Instant::now() + o.delay + extra;
+                if !o.reorder {
+                    at = at.max(last_out[dir]);
+                    last_out[dir] = at;
+                }
+                queue.push(Reverse((at, seq, dir, buf[..n].to_vec())));
             }
         }
         if (forwarded + dropped) % 100_000 == 99_999 {
