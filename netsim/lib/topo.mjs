@@ -142,6 +142,12 @@ export class Lab {
         ipt("-A", "FORWARD", "-i", "br+", "-p", "tcp", "-d", "203.0.113.1", "-m", "multiport", "--dports", "443,3478", "-j", "ACCEPT");
         ipt("-A", "FORWARD", "-i", "br+", "-j", "DROP");
         break;
+      case "tcp443-only":
+        // A hotel or corporate network: TCP to port 443, anywhere, and nothing else.
+        ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE");
+        ipt("-A", "FORWARD", "-i", "br+", "-p", "tcp", "--dport", "443", "-j", "ACCEPT");
+        ipt("-A", "FORWARD", "-i", "br+", "-j", "DROP");
+        break;
       default:
         throw new Error(`unknown NAT kind ${kind}`);
     }

@@ -157,3 +157,43 @@ test("the answer timer rolls back only an unanswered restart; three failed resta
   assert.ok(r.actions.some((a) => a.type === "hangup" && a.reason === "ice_failed"));
   assert.ok(!r.actions.some((a) => a.type === "restart"));
 });
+
+test("media stalled on a connected call: the caller restarts at once, the callee asks it to", () => {
+  const up = { type: "ice", pc: pcv({ ice: "connected", conn: "connected" }) };
+  const stalled = { type: "media-stalled", pc: pcv({ ice: "connected", conn: "connected" }) };
+  const caller = run("caller", [[up, 0], [stalled, 5000]]);
+  assert.deepEqual(caller.kinds, ["reconnecting", "mark:ice restart", "arm", "restart"]);
+  assert.equal(caller.state.stalled, false, "the restart is out");
+  const callee = run("callee", [[up, 0], [stalled, 5000]]);
+  assert.deepEqual(callee.kinds, ["reconnecting", "mark:media stalled: restart requested", "request-restart"]);
+  // The caller takes the callee's request as its own stall.
+  const asked = run("caller", [[up, 0], [{ type: "remote-restart-request", pc: pcv({ ice: "connected" }) }, 5000]]);
+  assert.deepEqual(asked.kinds.filter((k) => k === "restart"), ["restart"]);
+  // Not before the call ever connected, and never from the callee's side.
+  assert.deepEqual(run("caller", [[stalled, 5]]).actions, []);
+  assert.deepEqual(run("callee", [[up, 0], [{ type: "remote-restart-request", pc: pcv({ ice: "connected" }) }, 5]]).actions, []);
+});
+
+test("a stall during a renegotiation restarts once stable; media back while ICE stayed connected is `reconnected`", () => {
+  const up = { type: "ice", pc: pcv({ ice: "connected", conn: "connected" }) };
+  const r = run("caller", [
+    [up, 0],
+    [{ type: "media-stalled", pc: pcv({ ice: "connected", signaling: "have-local-offer" }) }, 5000],
+    [{ type: "stable", pc: pcv({ ice: "connected" }) }, 5100],
+  ]);
+  assert.deepEqual(r.kinds, ["reconnecting", "mark:ice restart deferred", "mark:ice restart", "arm", "restart"]);
+  const back = run("caller", [
+    [up, 0],
+    [{ type: "media-stalled", pc: pcv({ ice: "connected" }) }, 5000],
+    [{ type: "media-resumed", pc: pcv({ ice: "connected" }) }, 5400],
+  ]);
+  assert.equal(back.kinds.at(-1), "reconnected");
+  assert.equal(back.state.recovering, false);
+  // A second stall while the first restart is out does not start another.
+  const twice = run("caller", [
+    [up, 0],
+    [{ type: "media-stalled", pc: pcv({ ice: "connected" }) }, 5000],
+    [{ type: "media-stalled", pc: pcv({ ice: "connected" }) }, 6000],
+  ]);
+  assert.equal(twice.kinds.filter((k) => k === "restart").length, 1);
+});

@@ -207,6 +207,29 @@ test("a network change resumes on a new socket at once", () => {
   assert.equal(sockets[1].sent[0].resume.session, "S1");
 });
 
+test("a probe: a ping, and a socket that hears nothing back within the timeout is replaced at once", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  s.probe(1000);
+  assert.deepEqual(sockets[0].sent.at(-1), { type: "ping" });
+  s.probe(1000); // one probe at a time
+  assert.equal(sockets[0].sent.filter((f) => f.type === "ping").length, 1);
+  clock.advance(500);
+  sockets[0].deliver({ type: "pong" });
+  clock.advance(1000);
+  assert.equal(sockets.length, 1, "answered: the socket stays");
+  // A socket that can send but never hears back (its host's address changed).
+  s.probe(1000);
+  clock.advance(999);
+  assert.equal(sockets.length, 1);
+  clock.advance(1);
+  assert.equal(sockets.length, 2, "unanswered: a new socket, without waiting for two heartbeats");
+  sockets[1].open();
+  assert.equal(sockets[1].sent[0].resume.session, "S1");
+});
+
 test("close code 4003 (unauthorized) is fatal: no reconnect loop", () => {
   const { s, sockets, clock } = world();
   let fatal = null;

@@ -118,6 +118,7 @@ const SDK_FILES: &[(&str, &str, &str)] = sdk_modules![
     "negotiation",
     "quality",
     "stats",
+    "stall",
 ];
 
 async fn sdk_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {

@@ -552,7 +552,7 @@ pub fn validate_signal(data: &str) -> Result<SignalKind, &'static str> {
 fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
     let obj = data.as_object().ok_or("data must be an object")?;
     if obj.len() != 1 {
-        return Err("data must have exactly one of candidate, end_of_candidates, sdp, media");
+        return Err("data must have exactly one of candidate, end_of_candidates, sdp, media, restart_request");
     }
     if let Some(c) = obj.get("candidate") {
         let cand = c
@@ -563,6 +563,9 @@ fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
     }
     if obj.get("end_of_candidates") == Some(&Value::Bool(true)) {
         return Ok(SignalKind::EndOfCandidates);
+    }
+    if obj.get("restart_request") == Some(&Value::Bool(true)) {
+        return Ok(SignalKind::RestartRequest);
     }
     if let Some(sdp) = obj.get("sdp") {
         let t = sdp
@@ -594,7 +597,7 @@ fn validate_signal_value(data: &Value) -> Result<SignalKind, &'static str> {
         }
         return Ok(SignalKind::Media);
     }
-    Err("data must have exactly one of candidate, end_of_candidates, sdp, media")
+    Err("data must have exactly one of candidate, end_of_candidates, sdp, media, restart_request")
 }
 
 /// What a signal carries, for logs.
@@ -608,6 +611,8 @@ pub enum SignalKind {
     Sdp,
     /// The sender's media state (microphone, camera, screen share).
     Media,
+    /// The callee's media stalled: it asks the caller, who alone restarts ICE, to restart.
+    RestartRequest,
 }
 
 /// The `typ` of an SDP candidate line.
@@ -715,6 +720,11 @@ mod tests {
             validate_signal(raw(json!({"sdp":{"type":"offer","sdp":"v=0"}}))),
             Ok(SignalKind::Sdp)
         );
+        assert_eq!(
+            validate_signal(raw(json!({"restart_request":true}))),
+            Ok(SignalKind::RestartRequest)
+        );
+        assert!(validate_signal(raw(json!({"restart_request":1}))).is_err());
         assert!(validate_signal(raw(json!({"sdp":{"type":"bogus","sdp":"v=0"}}))).is_err());
         assert!(validate_signal(raw(json!({"candidate":{}, "sdp":{}}))).is_err());
         assert!(validate_signal(raw(json!("x"))).is_err());

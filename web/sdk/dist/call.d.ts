@@ -134,6 +134,8 @@ export declare class Call extends Emitter<CallEvents> {
     lastQuality: QualityReport | null;
     summary: CallSummary | null;
     private qualityTimer;
+    private stallTimer;
+    private stall;
     private lastSample;
     private readonly reports;
     private connectedAt;
@@ -212,6 +214,12 @@ export declare class Call extends Emitter<CallEvents> {
     private remoteDescriptionSet;
     private connecting;
     private onConnected;
+    /**
+     * Every 200 ms once connected: whether media stopped though the other side sends some
+     * (stall.ts). A stall restarts ICE (the caller) or asks the caller to (the callee),
+     * without waiting for ICE to notice: after an address change it did not for ~5.5 s.
+     */
+    private watchStall;
     /** Read the stats; from the second sample on, report the interval since the last. */
     private sampleQuality;
     private summarize;

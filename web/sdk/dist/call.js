@@ -5,6 +5,7 @@ import { FirstcallError } from "./session.js";
 import { initialNegotiation, negotiate } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair } from "./stats.js";
 import { quality, readSample } from "./quality.js";
+import { initialStall, packetsReceived, stallStep } from "./stall.js";
 /** One call. Events: see `CallEvents`. */
 export class Call extends Emitter {
     constructor(client, id, peer, direction, media, options = {}) {
@@ -54,6 +55,8 @@ export class Call extends Emitter {
         this.lastQuality = null;
         this.summary = null;
         this.qualityTimer = null;
+        this.stallTimer = null;
+        this.stall = initialStall();
         this.lastSample = null;
         this.reports = [];
         this.connectedAt = null;
@@ -341,6 +344,7 @@ export class Call extends Emitter {
         this.mark("ended", { reason, why });
         this.client.env.clearTimeout(this.connectTimer);
         this.client.env.clearTimeout(this.qualityTimer);
+        this.client.env.clearTimeout(this.stallTimer);
         this.step({ type: "ended" });
         try {
             this.pc?.close();
@@ -437,6 +441,8 @@ export class Call extends Emitter {
             case "reconnected":
                 this.mark("reconnected", { cause: "ice" });
                 return this.emit("reconnected", { cause: "ice" });
+            case "request-restart":
+                return this.signal({ restart_request: true });
             case "apply-answer":
             case "answer-offer":
             case "offer":
@@ -706,6 +712,11 @@ export class Call extends Emitter {
             this.mark("remote candidate", { type });
             await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
         }
+        else if (data.restart_request === true) {
+            this.mark("restart requested by the other side");
+            if (this.pc)
+                this.step({ type: "remote-restart-request", pc: this.view() });
+        }
         else if (data.end_of_candidates) {
             const previous = this.neg.restartAnswerPending;
             this.mark("remote gathering complete", { ...this.candidates.remote, ...(previous ? { generation: "previous" } : {}) });
@@ -793,6 +804,44 @@ export class Call extends Emitter {
         this.emit("connected", { ms: this.connectMs, ...pair });
         this.connectedAt = this.client.env.now();
         void this.sampleQuality();
+        void this.watchStall();
+    }
+    /**
+     * Every 200 ms once connected: whether media stopped though the other side sends some
+     * (stall.ts). A stall restarts ICE (the caller) or asks the caller to (the callee),
+     * without waiting for ICE to notice: after an address change it did not for ~5.5 s.
+     */
+    async watchStall() {
+        const limit = this.client.options.mediaStallMs ?? 800;
+        const pc = this.pc;
+        if (!pc || limit <= 0 || this.state === "ended")
+            return;
+        try {
+            const packets = packetsReceived(await pc.getStats());
+            if (this.state === "ended")
+                return;
+            const expecting = this.remoteMedia.audio || this.remoteMedia.video;
+            const now = this.client.env.now();
+            const wasReported = this.stall.reported;
+            const { state, stalled, probe } = stallStep(this.stall, packets, expecting, now, limit);
+            this.stall = state;
+            // The restart (or its request) goes over signaling: make sure that still works.
+            if (probe)
+                this.client.probeSignaling();
+            if (stalled) {
+                this.mark("media stalled", { ms: now - (state.lastGrowth ?? now) });
+                this.step({ type: "media-stalled", pc: this.view() });
+            }
+            else if (wasReported && !state.reported) {
+                this.mark("media resumed");
+                this.step({ type: "media-resumed", pc: this.view() });
+            }
+        }
+        catch (e) {
+            this.mark("stats failed", { error: String(e) });
+        }
+        if (this.state !== "ended")
+            this.stallTimer = this.client.env.setTimeout(() => void this.watchStall(), 200);
     }
     /** Read the stats; from the second sample on, report the interval since the last. */
     async sampleQuality() {

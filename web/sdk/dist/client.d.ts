@@ -31,6 +31,12 @@ export interface ConnectOptions {
      * gathered before any call, so that a call does not wait for them (default true).
      */
     prewarm?: boolean;
+    /**
+     * A connected call whose media stops for this long while the other side says it sends
+     * some restarts ICE at once (the callee asks the caller to), rather than wait for ICE to
+     * notice (default 800 ms; 0: never). At half of it the signaling socket is checked.
+     */
+    mediaStallMs?: number;
     /** How often a connected call emits `quality` (default 2000 ms; 0: never). */
     qualityIntervalMs?: number;
     env?: Partial<Environment>;

@@ -175,6 +175,10 @@ export class Client extends Emitter {
         w?.pc.close();
         return null;
     }
+    /** @internal A call's media stopped: check the signaling socket (a pong within 500 ms). */
+    probeSignaling() {
+        this.session.probe(500);
+    }
     /** @internal */
     send(frame) {
         return this.session.send(frame);

@@ -37,6 +37,8 @@ export interface NegotiationState {
     wasConnected: boolean;
     /** The media path broke after it had connected (told as `reconnecting`) and is not back yet. */
     recovering: boolean;
+    /** Media stalled and no restart has been sent for it yet (one was deferred). */
+    stalled: boolean;
 }
 export type NegotiationEvent = 
 /** iceConnectionState changed (to `pc.ice`). */
@@ -92,6 +94,21 @@ export type NegotiationEvent =
  | {
     type: "stable";
     pc: PcView;
+}
+/** No media has arrived for a while though the other side sends some (stall.ts). */
+ | {
+    type: "media-stalled";
+    pc: PcView;
+}
+/** Media arrives again after a stall. */
+ | {
+    type: "media-resumed";
+    pc: PcView;
+}
+/** The callee's media stalled and it asks the caller (who alone restarts) to restart. */
+ | {
+    type: "remote-restart-request";
+    pc: PcView;
 } | {
     type: "ended";
 };
@@ -143,6 +160,10 @@ export type NegotiationAction = {
 /** ICE is connected again. */
  | {
     type: "reconnected";
+}
+/** Ask the caller to restart ICE (`{"restart_request": true}` in a `call.signal`). */
+ | {
+    type: "request-restart";
 };
 export declare function initialNegotiation(role: Role, grace: number): NegotiationState;
 /**

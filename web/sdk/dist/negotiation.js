@@ -34,6 +34,7 @@ export function initialNegotiation(role, grace) {
         answerTimerGen: 0,
         wasConnected: false,
         recovering: false,
+        stalled: false,
     };
 }
 /**
@@ -92,6 +93,7 @@ export function negotiate(state, event, now) {
         if (s.wasConnected)
             lost(why);
         s.restarts++;
+        s.stalled = false;
         const gen = ++s.restartGen;
         s.restartInFlight = true;
         s.restartAnswerPending = true;
@@ -257,8 +259,49 @@ export function negotiate(state, event, now) {
         case "stable":
             if (s.restartBlocked && !s.ended) {
                 s.restartBlocked = false;
-                recheckFailed("renegotiation done", event.pc);
+                if (s.stalled)
+                    restartIce("media stalled", event.pc);
+                else
+                    recheckFailed("renegotiation done", event.pc);
             }
+            break;
+        case "media-stalled": {
+            const { pc } = event;
+            if (s.ended || !s.wasConnected)
+                break;
+            lost("media stalled");
+            if (s.role === "caller") {
+                if (s.restartInFlight) {
+                    mark("media stalled during a restart");
+                    break;
+                }
+                s.stalled = true;
+                restartIce("media stalled", pc);
+            }
+            else {
+                // Only the caller restarts: ask it to.
+                mark("media stalled: restart requested");
+                out.push({ type: "request-restart" });
+            }
+            break;
+        }
+        case "media-resumed":
+            s.stalled = false;
+            if (s.recovering && !s.ended && (event.pc.ice === "connected" || event.pc.ice === "completed")) {
+                s.recovering = false;
+                s.restarts = 0;
+                out.push({ type: "reconnected" });
+            }
+            break;
+        case "remote-restart-request":
+            if (s.ended || s.role !== "caller" || !s.wasConnected)
+                break;
+            if (s.restartInFlight) {
+                mark("restart request during a restart");
+                break;
+            }
+            s.stalled = true;
+            restartIce("the other side's media stalled", event.pc);
             break;
     }
     return { state: s, actions: out };

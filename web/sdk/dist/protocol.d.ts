@@ -34,6 +34,10 @@ export type SignalData = {
     };
 } | {
     media: MediaState;
+}
+/** The callee's media stalled: it asks the caller, who alone restarts ICE, to restart. */
+ | {
+    restart_request: true;
 };
 /** The app's own data about a call (`call.invite` `meta`): a JSON object, opaque to the
  * server, at most 4 KiB serialized. */

@@ -87,6 +87,7 @@ export declare class Session extends Emitter<SessionEvents> {
     private watchdog;
     private ackTimer;
     private heartbeatMs;
+    private probeTimer;
     private closed;
     private unsubscribeNetwork;
     /** A refused token was followed by a fresh one, not yet welcomed. */
@@ -111,6 +112,14 @@ export declare class Session extends Emitter<SessionEvents> {
     private raw;
     private setState;
     private scheduleReconnect;
+    /**
+     * Check that the socket still carries frames: a `ping`, and if nothing at all arrives
+     * within `timeoutMs`, resume on a fresh socket at once. For when something suggests the
+     * path broke (a call's media stalled: the host's address may have changed, and a socket
+     * bound to the old one can send but never hear back), instead of waiting two missed
+     * heartbeats (31 s).
+     */
+    probe(timeoutMs: number): void;
     private armWatchdog;
     private onFrame;
     /** The server has processed our frames up to `n`: stop keeping them. */

@@ -45,6 +45,7 @@ export class Session extends Emitter {
         this.watchdog = null;
         this.ackTimer = null;
         this.heartbeatMs = 15000;
+        this.probeTimer = null;
         this.closed = false;
         this.unsubscribeNetwork = null;
         /** A refused token was followed by a fresh one, not yet welcomed. */
@@ -246,7 +247,36 @@ export class Session extends Emitter {
             this.open();
         }, delay);
     }
+    /**
+     * Check that the socket still carries frames: a `ping`, and if nothing at all arrives
+     * within `timeoutMs`, resume on a fresh socket at once. For when something suggests the
+     * path broke (a call's media stalled: the host's address may have changed, and a socket
+     * bound to the old one can send but never hear back), instead of waiting two missed
+     * heartbeats (31 s).
+     */
+    probe(timeoutMs) {
+        const ws = this.ws;
+        if (this.closed || !ws || !this.welcomed || this.probeTimer !== null)
+            return;
+        this.emit("log", "probe", { timeoutMs });
+        try {
+            ws.send('{"type":"ping"}');
+        }
+        catch {
+            /* the timer below decides */
+        }
+        this.probeTimer = this.env.setTimeout(() => {
+            this.probeTimer = null;
+            if (ws === this.ws)
+                this.restart("probe unanswered");
+        }, timeoutMs);
+    }
     armWatchdog() {
+        // Any frame answers a probe.
+        if (this.probeTimer !== null) {
+            this.env.clearTimeout(this.probeTimer);
+            this.probeTimer = null;
+        }
         this.env.clearTimeout(this.watchdog);
         // Two missed heartbeats: the socket is dead even if the OS has not noticed.
         this.watchdog = this.env.setTimeout(() => this.restart("heartbeat lost"), this.heartbeatMs * 2 + 1000);

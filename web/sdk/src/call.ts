@@ -8,6 +8,7 @@ import type { CallMeta, CallState, EndReason, HangupReason, Media, MediaState, S
 import { initialNegotiation, negotiate, type NegotiationAction, type NegotiationEvent, type NegotiationState, type PcView, type TimerName } from "./negotiation.js";
 import { candidateType, iceUfrag, selectedPair, type SelectedPair } from "./stats.js";
 import { quality, readSample, type CallSummary, type QualityReport, type QualitySample } from "./quality.js";
+import { initialStall, packetsReceived, stallStep, type StallState } from "./stall.js";
 
 /** Where a call's camera and microphone come from. */
 export interface MediaOptions {
@@ -130,6 +131,8 @@ export class Call extends Emitter<CallEvents> {
   lastQuality: QualityReport | null = null;
   summary: CallSummary | null = null;
   private qualityTimer: unknown = null;
+  private stallTimer: unknown = null;
+  private stall: StallState = initialStall();
   private lastSample: QualitySample | null = null;
   private readonly reports: QualityReport[] = [];
   private connectedAt: number | null = null;
@@ -417,6 +420,7 @@ export class Call extends Emitter<CallEvents> {
     this.mark("ended", { reason, why });
     this.client.env.clearTimeout(this.connectTimer);
     this.client.env.clearTimeout(this.qualityTimer);
+    this.client.env.clearTimeout(this.stallTimer);
     this.step({ type: "ended" });
     try {
       this.pc?.close();
@@ -512,6 +516,8 @@ export class Call extends Emitter<CallEvents> {
       case "reconnected":
         this.mark("reconnected", { cause: "ice" });
         return this.emit("reconnected", { cause: "ice" });
+      case "request-restart":
+        return this.signal({ restart_request: true });
       case "apply-answer":
       case "answer-offer":
       case "offer":
@@ -755,6 +761,9 @@ export class Call extends Emitter<CallEvents> {
       }
       this.mark("remote candidate", { type });
       await this.pc.addIceCandidate(data.candidate).catch((e) => this.mark("bad remote candidate", { error: String(e) }));
+    } else if (data.restart_request === true) {
+      this.mark("restart requested by the other side");
+      if (this.pc) this.step({ type: "remote-restart-request", pc: this.view() });
     } else if (data.end_of_candidates) {
       const previous = this.neg.restartAnswerPending;
       this.mark("remote gathering complete", { ...this.candidates.remote, ...(previous ? { generation: "previous" } : {}) });
@@ -834,6 +843,39 @@ export class Call extends Emitter<CallEvents> {
     this.emit("connected", { ms: this.connectMs, ...pair });
     this.connectedAt = this.client.env.now();
     void this.sampleQuality();
+    void this.watchStall();
+  }
+
+  /**
+   * Every 200 ms once connected: whether media stopped though the other side sends some
+   * (stall.ts). A stall restarts ICE (the caller) or asks the caller to (the callee),
+   * without waiting for ICE to notice: after an address change it did not for ~5.5 s.
+   */
+  private async watchStall(): Promise<void> {
+    const limit = this.client.options.mediaStallMs ?? 800;
+    const pc = this.pc;
+    if (!pc || limit <= 0 || this.state === "ended") return;
+    try {
+      const packets = packetsReceived(await pc.getStats());
+      if ((this.state as CallState) === "ended") return;
+      const expecting = this.remoteMedia.audio || this.remoteMedia.video;
+      const now = this.client.env.now();
+      const wasReported = this.stall.reported;
+      const { state, stalled, probe } = stallStep(this.stall, packets, expecting, now, limit);
+      this.stall = state;
+      // The restart (or its request) goes over signaling: make sure that still works.
+      if (probe) this.client.probeSignaling();
+      if (stalled) {
+        this.mark("media stalled", { ms: now - (state.lastGrowth ?? now) });
+        this.step({ type: "media-stalled", pc: this.view() });
+      } else if (wasReported && !state.reported) {
+        this.mark("media resumed");
+        this.step({ type: "media-resumed", pc: this.view() });
+      }
+    } catch (e) {
+      this.mark("stats failed", { error: String(e) });
+    }
+    if ((this.state as CallState) !== "ended") this.stallTimer = this.client.env.setTimeout(() => void this.watchStall(), 200);
   }
 
   /** Read the stats; from the second sample on, report the interval since the last. */

@@ -33,6 +33,12 @@ export interface ConnectOptions {
    * gathered before any call, so that a call does not wait for them (default true).
    */
   prewarm?: boolean;
+  /**
+   * A connected call whose media stops for this long while the other side says it sends
+   * some restarts ICE at once (the callee asks the caller to), rather than wait for ICE to
+   * notice (default 800 ms; 0: never). At half of it the signaling socket is checked.
+   */
+  mediaStallMs?: number;
   /** How often a connected call emits `quality` (default 2000 ms; 0: never). */
   qualityIntervalMs?: number;
   env?: Partial<Environment>;
@@ -225,6 +231,11 @@ export class Client extends Emitter<ClientEvents> {
     if (w && w.key === JSON.stringify(config) && w.pc.signalingState !== "closed") return w.pc;
     w?.pc.close();
     return null;
+  }
+
+  /** @internal A call's media stopped: check the signaling socket (a pong within 500 ms). */
+  probeSignaling(): void {
+    this.session.probe(500);
   }
 
   /** @internal */

@@ -60,6 +60,8 @@ export interface NegotiationState {
   wasConnected: boolean;
   /** The media path broke after it had connected (told as `reconnecting`) and is not back yet. */
   recovering: boolean;
+  /** Media stalled and no restart has been sent for it yet (one was deferred). */
+  stalled: boolean;
 }
 
 export type NegotiationEvent =
@@ -81,6 +83,12 @@ export type NegotiationEvent =
   | { type: "negotiation-needed"; pc: PcView }
   /** signalingState is back to stable. */
   | { type: "stable"; pc: PcView }
+  /** No media has arrived for a while though the other side sends some (stall.ts). */
+  | { type: "media-stalled"; pc: PcView }
+  /** Media arrives again after a stall. */
+  | { type: "media-resumed"; pc: PcView }
+  /** The callee's media stalled and it asks the caller (who alone restarts) to restart. */
+  | { type: "remote-restart-request"; pc: PcView }
   | { type: "ended" };
 
 export type NegotiationAction =
@@ -102,7 +110,9 @@ export type NegotiationAction =
    * a restart began: once until `reconnected`. */
   | { type: "reconnecting"; why: string }
   /** ICE is connected again. */
-  | { type: "reconnected" };
+  | { type: "reconnected" }
+  /** Ask the caller to restart ICE (`{"restart_request": true}` in a `call.signal`). */
+  | { type: "request-restart" };
 
 export function initialNegotiation(role: Role, grace: number): NegotiationState {
   return {
@@ -120,6 +130,7 @@ export function initialNegotiation(role: Role, grace: number): NegotiationState 
     answerTimerGen: 0,
     wasConnected: false,
     recovering: false,
+    stalled: false,
   };
 }
 
@@ -176,6 +187,7 @@ export function negotiate(state: NegotiationState, event: NegotiationEvent, now:
     // Before ICE ever connected the call is still connecting, not reconnecting.
     if (s.wasConnected) lost(why);
     s.restarts++;
+    s.stalled = false;
     const gen = ++s.restartGen;
     s.restartInFlight = true;
     s.restartAnswerPending = true;
@@ -319,8 +331,44 @@ export function negotiate(state: NegotiationState, event: NegotiationEvent, now:
     case "stable":
       if (s.restartBlocked && !s.ended) {
         s.restartBlocked = false;
-        recheckFailed("renegotiation done", event.pc);
+        if (s.stalled) restartIce("media stalled", event.pc);
+        else recheckFailed("renegotiation done", event.pc);
       }
+      break;
+    case "media-stalled": {
+      const { pc } = event;
+      if (s.ended || !s.wasConnected) break;
+      lost("media stalled");
+      if (s.role === "caller") {
+        if (s.restartInFlight) {
+          mark("media stalled during a restart");
+          break;
+        }
+        s.stalled = true;
+        restartIce("media stalled", pc);
+      } else {
+        // Only the caller restarts: ask it to.
+        mark("media stalled: restart requested");
+        out.push({ type: "request-restart" });
+      }
+      break;
+    }
+    case "media-resumed":
+      s.stalled = false;
+      if (s.recovering && !s.ended && (event.pc.ice === "connected" || event.pc.ice === "completed")) {
+        s.recovering = false;
+        s.restarts = 0;
+        out.push({ type: "reconnected" });
+      }
+      break;
+    case "remote-restart-request":
+      if (s.ended || s.role !== "caller" || !s.wasConnected) break;
+      if (s.restartInFlight) {
+        mark("restart request during a restart");
+        break;
+      }
+      s.stalled = true;
+      restartIce("the other side's media stalled", event.pc);
       break;
   }
   return { state: s, actions: out };

@@ -33,7 +33,9 @@ export type SignalData =
   | { candidate: RTCIceCandidateInit }
   | { end_of_candidates: true }
   | { sdp: { type: "offer" | "answer" | "pranswer" | "rollback"; sdp: string; restart?: number } }
-  | { media: MediaState };
+  | { media: MediaState }
+  /** The callee's media stalled: it asks the caller, who alone restarts ICE, to restart. */
+  | { restart_request: true };
 
 /** The app's own data about a call (`call.invite` `meta`): a JSON object, opaque to the
  * server, at most 4 KiB serialized. */
