@@ -18,7 +18,10 @@ import { launchIn, gotoRetrying } from "../web/tests/lib/browser.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..");
-const ORIGIN = "http://203.0.113.1:443";
+const SERVER = "http://203.0.113.1:443";
+// Where the pages load from: the server's address, or for the NAT64 scenario a name that
+// each host resolves its own way (/etc/netns hosts files: IPv4, or DNS64-synthesised).
+let ORIGIN = SERVER;
 
 const SCENARIOS = [];
 for (const rtt of [0, 100]) {
@@ -35,6 +38,9 @@ SCENARIOS.push({ name: "same-nat-no-hairpin-100ms", a: "cone", b: "same-nat", rt
 // Only TCP to port 443 leaves A's network: TURN over TLS on 443 (the server's second
 // address; its first serves the page and signaling on 443).
 SCENARIOS.push({ name: "tcp443-only-cone-100ms", a: "tcp443-only", b: "cone", rtt: 100, loss: 0 });
+// An IPv6-only client (several large mobile carriers) behind NAT64, calling an IPv4 peer
+// through an IPv4 server, both reached by name.
+SCENARIOS.push({ name: "nat64-cone-100ms", a: "nat64", b: "cone", rtt: 100, loss: 0 });
 SCENARIOS.push({ name: "cone-cone-300ms-5pct", a: "cone", b: "cone", rtt: 300, loss: 0.05 });
 // The caller's address changes mid-call (Wi-Fi to cellular, a DHCP renewal): a new address
 // on its interface, the old one removed. The call must carry on; how long media stopped.
@@ -69,7 +75,7 @@ async function waitHealthy(lab, proc, logFile) {
   while (Date.now() < deadline) {
     if (proc.exitCode !== null) throw new Error(`firstcall exited:\n${readFileSync(logFile, "utf8").slice(-2000)}`);
     try {
-      lab.exec(lab.srv, process.execPath, "-e", `fetch("${ORIGIN}/healthz").then(r=>process.exit(r.ok?0:1),()=>process.exit(1))`);
+      lab.exec(lab.srv, process.execPath, "-e", `fetch("${SERVER}/healthz").then(r=>process.exit(r.ok?0:1),()=>process.exit(1))`);
       return;
     } catch {
       await sleep(100);
@@ -172,6 +178,17 @@ async function runScenario(sc, calls, paths) {
         "-subj", "/CN=203.0.113.2", "-addext", "subjectAltName=IP:203.0.113.2"], { stdio: "ignore" });
       tlsArgs = `--tls-cert ${dir}/cert.pem --tls-key ${dir}/key.pem --turn-tls-listen 203.0.113.2:443 --ice-server turns:203.0.113.2:443?transport=tcp`;
       sc = { ...sc, trust: [join(dir, "cert.pem")] };
+    }
+    // NAT64: the IPv6-only host loads the page by name (its hosts file holds the
+    // DNS64-synthesised address) and reaches TURN at the NAT64 address of the server
+    // (--ice-server, beside the server's own IPv4 URIs, which the IPv4 peer uses). Names in
+    // TURN URIs are not used here: Chromium's WebRTC lookups skipped the namespace's hosts
+    // file and waited on DNS, which netsim does not run (12.8 s on the IPv4 host).
+    ORIGIN = SERVER;
+    if (sc.a === "nat64") {
+      for (const h of [hostA, hostB]) lab.hosts(h, { "netsim.test": "203.0.113.1" });
+      ORIGIN = "http://netsim.test:443";
+      tlsArgs += " --ice-server turn:[2001:db8:64::cb00:7101]:3478?transport=udp --ice-server turn:[2001:db8:64::cb00:7101]:3478?transport=tcp";
     }
     const server = spawn("sh", ["-c", `exec ip netns exec ${lab.srv} ${paths.firstcall} serve --dev --http-listen 203.0.113.1:443 --turn-listen 0.0.0.0:3478 --relay-ip 203.0.113.1 --external-ip 203.0.113.1 --relay-ports 50000-50999 --allow-peer 198.51.100.0/24 --allow-peer 198.18.0.0/15 --realm netsim --data-dir ${dir}/data --log info ${hookArgs} ${tlsArgs} > ${logFile} 2>&1`]);
     closers.push(() => server.kill("SIGKILL"));

@@ -27,10 +27,13 @@ def binding(sock, addr):
             pos += 4 + l + ((4 - l % 4) % 4)
     return None
 
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# An IPv6 server address (a NAT64-synthesised one, for an IPv6-only host): an IPv6 socket;
+# the mapped address that comes back is the NAT64's IPv4 one.
+v6 = ":" in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1.0)
-s.bind(("0.0.0.0", 0))
+s.bind(("::" if v6 else "0.0.0.0", 0))
 a = binding(s, (sys.argv[1], int(sys.argv[3])))
 b = binding(s, (sys.argv[2], int(sys.argv[3])))
 kind = "unknown" if not (a and b) else ("endpoint-independent" if a == b else "address-dependent")
-print(json.dumps({"local": f"{s.getsockname()[0]}:{s.getsockname()[1]}", "mapped_1": a, "mapped_2": b, "mapping": kind}))
+print(json.dumps({"local": f"{s.getsockname()[0]}:{s.getsockname()[1]}", "family": "IPv6" if v6 else "IPv4", "mapped_1": a, "mapped_2": b, "mapping": kind}))

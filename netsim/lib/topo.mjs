@@ -6,6 +6,9 @@
 // probe), NAT WAN links are 198.51.100.(4i+1)/30, LANs are 198.18.i.0/24. Nothing
 // routes outside these namespaces.
 import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, writeFileSync, rmSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const run = (args) => execFileSync(args[0], args.slice(1), { stdio: ["ignore", "pipe", "pipe"] }).toString();
 
@@ -103,6 +106,7 @@ export class Lab {
     // LAN: a bridge in the NAT namespace with each client host on it; with `isolate`, a
     // bridge and a subnet per host, no forwarding between them, and (Linux NAT's default)
     // no hairpinning: two hosts behind one NAT that cannot reach each other directly.
+    if (kind === "nat64") return this.finishNat64Site({ i, kind, nat, link, wanIp, clients });
     const lans = isolate ? clients : 1;
     const subnet = (k) => (isolate ? `198.18.${16 * i + k}` : `198.18.${i}`);
     for (let k = 0; k < lans; k++) {
@@ -156,10 +160,72 @@ export class Lab {
     return site;
   }
 
+  /**
+   * An IPv6-only LAN behind a NAT64 (RFC 6146) in the NAT namespace: Debian's tayga on a
+   * tun device translates 2001:db8:64::/96 (a network-specific prefix, RFC 6052) to IPv4
+   * from a 192.0.2.0/25 pool, which MASQUERADE then maps to the WAN address, with the
+   * cone NAT's filtering. Hosts have no IPv4 address at all; they reach IPv4 names through
+   * /etc/netns/<ns>/hosts entries synthesised as DNS64 would (`hosts()`).
+   */
+  finishNat64Site({ i, kind, nat, link, wanIp, clients }) {
+    this.sysctl(nat, "net.ipv6.conf.all.forwarding=1");
+    this.ip(nat, "link", "add", "br0", "type", "bridge");
+    this.ip(nat, "-6", "addr", "add", `2001:db8:${i}::1/64`, "dev", "br0");
+    this.up(nat, "br0");
+    const dir = mkdtempSync(join(tmpdir(), "firstcall-tayga-"));
+    this.dirs = [...(this.dirs ?? []), dir];
+    const conf = join(dir, "tayga.conf");
+    writeFileSync(conf, `tun-device nat64\nipv4-addr 192.0.2.1\nprefix 2001:db8:64::/96\ndynamic-pool 192.0.2.0/25\ndata-dir ${dir}\n`);
+    this.exec(nat, "tayga", "--mktun", "--config", conf);
+    this.up(nat, "nat64");
+    this.ip(nat, "addr", "add", "192.0.2.200/32", "dev", "nat64");
+    this.ip(nat, "-6", "addr", "add", `2001:db8:ff${i}::1/128`, "dev", "nat64");
+    this.ip(nat, "route", "add", "192.0.2.0/25", "dev", "nat64");
+    this.ip(nat, "-6", "route", "add", "2001:db8:64::/96", "dev", "nat64");
+    const tayga = spawn("ip", ["netns", "exec", nat, "tayga", "--config", conf, "--nodetach"], { stdio: "ignore" });
+    this.procs.push(tayga);
+    const ipt = (...a) => this.exec(nat, "iptables", ...a);
+    ipt("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE");
+    ipt("-A", "FORWARD", "-i", "wan", "-p", "udp", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP");
+    const hosts = [];
+    for (let k = 0; k < clients; k++) {
+      const c = this.ns(`c${i}${String.fromCharCode(97 + k)}`);
+      this.veth(c, "eth0", nat, `lan${k}`);
+      this.ip(nat, "link", "set", `lan${k}`, "master", "br0");
+      this.up(nat, `lan${k}`);
+      const ip = `2001:db8:${i}::${10 + k}`;
+      this.ip(c, "-6", "addr", "add", `${ip}/64`, "dev", "eth0", "nodad");
+      this.up(c, "eth0");
+      // tayga adjusts checksums incrementally: a veth's unfinished (offloaded) one would
+      // come out of it wrong. Compute them up front.
+      this.exec(c, "ethtool", "-K", "eth0", "tx", "off");
+      this.ip(c, "-6", "route", "add", "default", "via", `2001:db8:${i}::1`);
+      hosts.push({ ns: c, ip, v6only: true });
+    }
+    const site = { i, kind, nat, link, wanIp, hosts };
+    this.sites.push(site);
+    return site;
+  }
+
+  /**
+   * Names for `ns` (an /etc/netns/<ns>/hosts file, which `ip netns exec` puts in place of
+   * /etc/hosts): `entries` maps a name to an IPv4 address; an IPv6-only host gets the
+   * NAT64 address of it instead, as a DNS64 resolver would synthesise.
+   */
+  hosts(host, entries) {
+    const dir = `/etc/netns/${host.ns}`;
+    mkdirSync(dir, { recursive: true });
+    this.etc = [...(this.etc ?? []), dir];
+    const v6 = (ip4) => `2001:db8:64::${ip4.split(".").map(Number).reduce((a, b, j) => (j % 2 ? a + b.toString(16).padStart(2, "0") : a + (j ? ":" : "") + b.toString(16)), "")}`;
+    const lines = Object.entries(entries).map(([name, ip]) => `${host.v6only ? v6(ip) : ip} ${name}`);
+    writeFileSync(join(dir, "hosts"), `127.0.0.1 localhost\n::1 localhost\n${lines.join("\n")}\n`);
+  }
+
   /** Which mapping the NAT in front of `host` really shows, measured with STUN. */
   probe(host, script) {
+    const to = host.v6only ? ["2001:db8:64::cb00:7101", "2001:db8:64::cb00:7102"] : ["203.0.113.1", "203.0.113.2"];
     try {
-      return JSON.parse(this.exec(host.ns, "python3", script, "203.0.113.1", "203.0.113.2", "3478"));
+      return JSON.parse(this.exec(host.ns, "python3", script, ...to, "3478"));
     } catch (e) {
       return { mapping: "unmeasured", error: String(e).slice(0, 200) };
     }
@@ -167,6 +233,7 @@ export class Lab {
 
   close() {
     for (const p of this.procs) p.kill("SIGKILL");
+    for (const d of [...(this.etc ?? []), ...(this.dirs ?? [])]) rmSync(d, { recursive: true, force: true });
     for (const ns of this.namespaces.reverse()) {
       try {
         run(["ip", "netns", "delete", ns]);
