@@ -9,6 +9,7 @@ crates/client), and stopped by PID. Only loopback traffic.
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -426,8 +427,112 @@ def have_server(name):
         return False
     return True
 
+REDIS = "redis-server"
+NATS = "nats-server"
 
-BENCHES = {"relay": bench_relay, "control": bench_control, "signal": bench_signal, "callsetup": bench_callsetup}
+
+def start_redis(ns, tmp):
+    port = 16379
+    d = tmp / "redis"
+    d.mkdir(exist_ok=True)
+    # appendfsync everysec: the persistence docs/operations.md asks for in production.
+    p = Proc("redis", ns.exec(pin("server", [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(d)])))
+    wait_for(lambda: p.check() and listening(p.pid, port), "redis-server")
+    return p, f"redis://127.0.0.1:{port}/0"
+
+
+def start_sig_node(ns, tmp, port, redis_url, n):
+    p = Proc(f"firstcall-node{n}", ns.exec(pin("server", [
+        str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
+        "--turn-listen", f"127.0.0.1:{13478 + n}", "--turn-secret", SECRET, "--log", "warn",
+        "--dev", "--max-connections-per-ip", "0", "--max-connections", "1000000",
+        "--redis-url", redis_url, "--data-dir", str(tmp / f"firstcall-node{n}-data")])))
+    wait_for(lambda: p.check() and listening(p.pid, port), f"firstcall node {n}")
+    return p, f"127.0.0.1:{port}"
+
+
+def start_nats(ns):
+    port = 14222
+    p = Proc("nats", ns.exec(pin("server", [NATS, "-a", "127.0.0.1", "-p", str(port)])))
+    wait_for(lambda: p.check() and listening(p.pid, port), "nats-server")
+    return p, f"nats://127.0.0.1:{port}"
+
+
+def start_spreed_node(ns, tmp, port, nats_url, keys, n):
+    conf = spreed_config(tmp, port)
+    text = conf.read_text().replace("url = :loopback:", f"url = {nats_url}")
+    # Every node of a cluster shares the session keys (they sign the session ids).
+    text = re.sub(r"hashkey = \w+", f"hashkey = {keys[0]}", text)
+    text = re.sub(r"blockkey = \w+", f"blockkey = {keys[1]}", text)
+    conf = tmp / f"spreed-node{n}.conf"
+    conf.write_text(text)
+    p = Proc(f"spreed-node{n}", ns.exec(pin("server", [SPREED, "-config", str(conf)])))
+    wait_for(lambda: p.check() and listening(p.pid, port), f"nextcloud-spreed-signaling node {n}")
+    return p, f"127.0.0.1:{port}", conf
+
+
+def bench_cluster(a, tmp):
+    """Signaling across nodes (issue 18): the same generator and load as `signal`, each
+    pair's second session on the last node. firstcall in-process; on Redis with 1 and 2
+    nodes; nextcloud-spreed-signaling on 2 nodes over Debian's nats-server. Server CPU sums
+    every node; the store's (Redis, NATS) is counted apart and reported beside it. Every
+    process of a configuration is pinned to the servers' core."""
+    pairs = 50 if a.quick else 500
+    rates = ["--start", "500", "--max", "2000", "--duration-ms", "300"] if a.quick else \
+        ["--start", "2000", "--max", "2000000", "--duration-ms", "2000"]
+    have = {name: shutil.which(b) is not None for name, b in (("redis", REDIS), ("nats", NATS))}
+    for name, ok in have.items():
+        if not ok:
+            if os.environ.get("CI"):
+                raise RuntimeError(f"{name} missing (scripts/install-deps installs it)")
+            log(f"SKIP {name}: not installed")
+    configs = ["firstcall", "firstcall-redis-1", "firstcall-redis-2", "spreed-nats-2"]
+    configs = [c for c in configs if not ((c.startswith("firstcall-redis") and not have["redis"])
+                                         or (c.startswith("spreed") and (not have["nats"] or not have_server("spreed"))))]
+    rows = []
+    ns = SigNetns()
+    try:
+        for name in configs:
+            procs, store = [], None
+            try:
+                if name == "firstcall":
+                    p, addr = start_sig_firstcall(ns, tmp)
+                    procs, servers, proto = [p], [addr], "firstcall"
+                elif name.startswith("firstcall-redis"):
+                    store, url = start_redis(ns, tmp)
+                    n = int(name[-1])
+                    started = [start_sig_node(ns, tmp, 18090 + i, url, i) for i in range(n)]
+                    procs, servers, proto = [p for p, _ in started], [addr for _, addr in started], "firstcall"
+                else:
+                    store, url = start_nats(ns)
+                    keys = (os.urandom(16).hex(), os.urandom(8).hex())
+                    started = [start_spreed_node(ns, tmp, 18100 + i, url, keys, i) for i in range(2)]
+                    procs, servers, proto = [p for p, _, _ in started], [addr for _, addr, _ in started], "spreed"
+                argv = [str(REL / "firstcall-bench"), "signal", "--server", servers[0], "--proto", proto,
+                        "--pairs", str(pairs), "--server-pid", ",".join(str(p.pid) for p in procs),
+                        "--poll", "1" if pinned() else "0"] + rates
+                if len(servers) > 1:
+                    argv += ["--server2", servers[-1]]
+                if store:
+                    argv += ["--store-pid", str(store.pid)]
+                lines = run_tool(ns.exec(pin("generator", argv)), 900)
+                row = {"server": name, "nodes": len(servers), "result": next(l["result"] for l in lines if "result" in l),
+                       "steps": [l for l in lines if l.get("step")]}
+                for p in procs + ([store] if store else []):
+                    p.check()
+                log(f"cluster {name}: {row['result'].get('peak')}")
+                rows.append(row)
+            finally:
+                for p in procs + ([store] if store else []):
+                    p.stop()
+    finally:
+        ns.close()
+    return rows
+
+
+BENCHES = {"relay": bench_relay, "control": bench_control, "signal": bench_signal, "cluster": bench_cluster,
+           "callsetup": bench_callsetup}
 
 
 # ---------------------------------------------------------------- report
@@ -567,6 +672,33 @@ def markdown(doc):
             o = r["own_client"]
             m += ["", f"spreed's own load client (`nextcloud-spreed-signaling-client -maxClients {o['clients']}`, "
                   f"closed loop, 1 ms pause per client): {o['received_per_s']} frames/s received."]
+    cl = doc["results"].get("cluster")
+    if cl:
+        m += ["", "## Signaling across nodes (issue 18)", "",
+              "The `signal` load (same generator, same pacing and peak search), each pair's second session on the "
+              "last node: with two nodes every frame crosses from one node to the other. firstcall in-process; on "
+              "Redis (`appendonly yes`, `appendfsync everysec`) with one node and with two; nextcloud-spreed-signaling "
+              "on two nodes over Debian's `nats-server`. Every server process and the store run on the servers' core, "
+              "the generator on the other. Server CPU sums the nodes; the store's CPU is counted apart. Frames per "
+              "CPU-second: delivered frames over server plus store CPU, at the peak step.", "",
+              "| configuration | nodes | peak frames/s | p50 / p99 at half peak (ms) | server CPU s / M frames | store CPU s / M frames | frames per CPU-second |",
+              "|---|---|---|---|---|---|---|"]
+        eff = {}
+        for r in cl:
+            res = r.get("result") or {}
+            pk, hf = res.get("peak") or {}, res.get("half_peak") or {}
+            srv, st = pk.get("server_cpu_s_per_million") or 0, pk.get("store_cpu_s_per_million") or 0
+            eff[r["server"]] = 1e6 / (srv + st) if srv + st else None
+            m.append(f"| {r['server']} | {r.get('nodes', 1)} | {pk.get('frames_per_second', 0):.0f} | {half_cell(hf)} | "
+                     f"{srv:.1f} | {st:.1f} | {eff[r['server']] or 0:.0f} |")
+        sp = eff.get("spreed-nats-2")
+        lat = {r["server"]: ((r.get("result") or {}).get("half_peak") or {}).get("p50_ms") for r in cl}
+        for name in ("firstcall-redis-1", "firstcall-redis-2"):
+            if eff.get(name) and sp:
+                m.append(f"\n{name}: {eff[name] / sp:.2f}x spreed-with-NATS frames per CPU-second (target >= 1.5x).")
+            if lat.get(name) is not None and lat.get("firstcall") is not None:
+                m.append(f"{name}: p50 at half peak {lat[name]:.2f} ms vs in-process {lat['firstcall']:.2f} ms "
+                         f"(+{lat[name] - lat['firstcall']:.2f} ms; target < 1 ms added).")
     cs = doc["results"].get("callsetup")
     if cs:
         r = cs[0]["result"]

@@ -116,6 +116,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0 // fields 14, 15 (1-based, counted after the comm)
 }
 
+/// The comma-separated pids of `--key`, none if absent.
+fn pid_list(m: &HashMap<String, String>, key: &str) -> Vec<u32> {
+    m.get(key)
+        .map(|v| {
+            v.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse().unwrap_or_else(|_| panic!("bad --{key} {v}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// utime + stime of several processes, seconds.
+fn cpu_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -139,7 +156,13 @@ fn creds(m: &HashMap<String, String>) -> Credentials {
 async fn main() {
     let (cmd, m) = args();
     let server: SocketAddr = get(&m, "server", None);
-    let pid: u32 = get(&m, "server-pid", Some(0));
+    // `--server-pid` may list several (a cluster's nodes): their CPU is summed; the first
+    // is the one whose memory is read. `--store-pid`: a store's (Redis, NATS), summed apart.
+    let pids: Vec<u32> = pid_list(&m, "server-pid");
+    let pid: u32 = pids.first().copied().unwrap_or(0);
+    let store_pids: Vec<u32> = pid_list(&m, "store-pid");
+    // `--server2`: the second party of each pair signs in there (another node).
+    let server2: Option<SocketAddr> = m.get("server2").map(|v| v.parse().unwrap_or_else(|_| panic!("bad --server2 {v}")));
     match cmd.as_str() {
         "relay" => {
             let kind: String = get(&m, "kind", Some("turn".into()));
@@ -233,7 +256,7 @@ async fn main() {
             let grace = Duration::from_millis(1000);
             let poll = get::<u8>(&m, "poll", Some(1)) != 0;
             let stats = std::sync::Arc::new(sig::Stats::default());
-            let mut conns = sig::open_pairs(&proto, server, pairs, stats.clone())
+            let mut conns = sig::open_pairs(&proto, &[Some(server), server2].into_iter().flatten().collect::<Vec<_>>(), pairs, stats.clone())
                 .await
                 .expect("open session pairs");
             // Warm-up: the first frames on a connection pay for buffers and caches.
@@ -243,9 +266,9 @@ async fn main() {
             if let Some(at) = m.get("at").and_then(|r| r.parse::<u64>().ok()) {
                 for _ in 0..get::<u32>(&m, "runs", Some(3)) {
                     let polling = poll.then(sig::Polling::start);
-                    let cpu0 = cpu_seconds(pid);
+                    let (cpu0, st0) = (cpu_all(&pids), cpu_all(&store_pids));
                     let r = sig::run_step(&proto, &mut conns, &stats, at, dur, grace).await;
-                    let cpu = cpu_seconds(pid) - cpu0;
+                    let (cpu, store) = (cpu_all(&pids) - cpu0, cpu_all(&store_pids) - st0);
                     drop(polling);
                     if let Some(path) = m.get("latencies") {
                         // Microseconds, one per line, in arrival order: where in a run
@@ -261,6 +284,7 @@ async fn main() {
                         json!({"at": at, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                             "app_p50_ms": r.app_p50_ms, "app_p99_ms": r.app_p99_ms,
                             "server_cpu_share": cpu / r.secs, "server_us_per_frame": cpu / r.received.max(1) as f64 * 1e6,
+                            "store_us_per_frame": store / r.received.max(1) as f64 * 1e6,
                             "max_burst": r.max_burst, "max_gap_ms": r.max_gap_ms})
                     );
                 }
@@ -282,22 +306,23 @@ async fn main() {
                     if attempt > 1 {
                         sig::settle(&stats, Duration::from_secs(5)).await;
                     }
-                    let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
+                    let (cpu0, st0, me0) = (cpu_all(&pids), cpu_all(&store_pids), self_cpu());
                     let r = sig::run_step(&proto, &mut conns, &stats, rate, dur, grace).await;
-                    let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
+                    let (cpu, store, me) = (cpu_all(&pids) - cpu0, cpu_all(&store_pids) - st0, self_cpu() - me0);
                     let delivered = r.received as f64 / r.sent.max(1) as f64;
                     let achieved = r.sent as f64 / r.secs;
                     let ok = delivered >= 0.99 && r.p99_ms < 250.0 && r.errors == 0 && achieved >= 0.95 * rate as f64;
                     println!(
                         "{}",
                         json!({"step": true, "rate": rate, "try": attempt, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
-                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "app_p99_ms": r.app_p99_ms, "errors": r.errors, "server_cpu_s": cpu, "generator_cpu_s": me,
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "app_p99_ms": r.app_p99_ms, "errors": r.errors, "server_cpu_s": cpu, "store_cpu_s": store, "generator_cpu_s": me,
                         "max_gap_ms": r.max_gap_ms, "max_burst": r.max_burst, "ok": ok})
                     );
                     if ok {
                         passed = Some(
                             json!({"rate": rate, "frames_per_second": r.received as f64 / r.secs, "p99_ms": r.p99_ms,
                             "server_cpu_s_per_million": cpu / r.received.max(1) as f64 * 1e6,
+                            "store_cpu_s_per_million": store / r.received.max(1) as f64 * 1e6,
                             "generator_cpu_share": me / r.secs, "try": attempt}),
                         );
                         break;

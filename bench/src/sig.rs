@@ -661,18 +661,20 @@ fn spawn_ack_flusher(conns: Vec<(Arc<Link>, Arc<AckState>)>) {
     });
 }
 
-/// Open `pairs` pairs of sessions ready to exchange load frames.
+/// Open `pairs` pairs of sessions ready to exchange load frames: the first of each pair
+/// on `servers[0]`, the second on the last of `servers` (another node of a cluster).
 pub async fn open_pairs(
     proto: &Proto,
-    server: SocketAddr,
+    servers: &[SocketAddr],
     pairs: usize,
     stats: Arc<Stats>,
 ) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(pairs * 2);
     let mut flush = Vec::with_capacity(pairs * 2);
     for p in 0..pairs {
-        let (mut a, a_addr) = hello(proto, server, 2 * p).await?;
-        let (mut b, b_addr) = hello(proto, server, 2 * p + 1).await?;
+        let (first, last) = (servers[0], servers[servers.len() - 1]);
+        let (mut a, a_addr) = hello(proto, first, 2 * p).await?;
+        let (mut b, b_addr) = hello(proto, last, 2 * p + 1).await?;
         // Per process too: call ids are the server's, live until the call ends.
         let call = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), p);
         if let Proto::Firstcall = proto {
