@@ -82,8 +82,10 @@ pub struct ListenerMetrics {
     /// `accept` failed otherwise.
     pub accept_errors: AtomicU64,
     /// Connections closed because the request head did not arrive in time (or the
-    /// keep-alive connection stayed idle).
+    /// keep-alive connection stayed idle), or (`--http-tls`) its TLS handshake.
     pub header_timeouts: AtomicU64,
+    /// `--http-tls`: handshakes that failed (not TLS, no common version, bad records).
+    pub tls_failures: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -125,8 +127,13 @@ impl ListenerMetrics {
         let _ = writeln!(out, "{name}{{reason=\"other\"}} {}", self.accept_errors.load(Relaxed));
         let _ = writeln!(
             out,
-            "# HELP firstcall_http_header_timeouts_total Connections closed for sending no complete request head in time (or idling on keep-alive).\n# TYPE firstcall_http_header_timeouts_total counter\nfirstcall_http_header_timeouts_total {}",
+            "# HELP firstcall_http_header_timeouts_total Connections closed for sending no complete request head (or TLS handshake) in time, or idling on keep-alive.\n# TYPE firstcall_http_header_timeouts_total counter\nfirstcall_http_header_timeouts_total {}",
             self.header_timeouts.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP firstcall_http_tls_failures_total Failed TLS handshakes on the HTTP listener (--http-tls).\n# TYPE firstcall_http_tls_failures_total counter\nfirstcall_http_tls_failures_total {}",
+            self.tls_failures.load(Relaxed)
         );
     }
 }
@@ -295,7 +302,15 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 
 /// Accept and serve `app` on `listener` until the listener fails for good (it does not:
 /// every accept error is waited out).
-pub async fn serve(listener: TcpListener, app: axum::Router, limits: Arc<ConnLimits>) -> std::io::Result<()> {
+/// With `tls`, every connection first completes a TLS handshake (https://, wss://), within
+/// the header timeout: a client that stalls the handshake holds its slot no longer than one
+/// that stalls its request head.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Arc<ConnLimits>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -303,6 +318,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Arc<ConnLim
         .header_read_timeout(limits.limits.header_timeout)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let tls = tls.map(Arc::new);
     let mut backoff = FIRST_BACKOFF;
     let mut warned_at: Option<Instant> = None;
     loop {
@@ -344,6 +360,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Arc<ConnLim
         let app = app.clone();
         let builder = builder.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let conn_slot = slot.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -353,7 +370,25 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Arc<ConnLim
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
             });
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).await {
+            let served = match &tls {
+                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.limits.header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await,
+                        Ok(Err(e)) => {
+                            limits.metrics.tls_failures.fetch_add(1, Relaxed);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            limits.metrics.header_timeouts.fetch_add(1, Relaxed);
+                            tracing::debug!(%peer, "no TLS handshake in time: closed");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 let timeout = e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout());
                 if timeout {
                     limits.metrics.header_timeouts.fetch_add(1, Relaxed);

@@ -241,6 +241,8 @@ pub struct ServeConfig {
     pub public_host: Option<String>,
     /// Signaling only: no embedded STUN/TURN listener at all.
     pub no_turn: bool,
+    /// The HTTP listener speaks HTTPS (and WSS) with `tls`.
+    pub http_tls: bool,
 }
 
 /// A validated `stun:`, `stuns:`, `turn:` or `turns:` URI (RFC 7064, RFC 7065).
@@ -658,6 +660,12 @@ pub struct ServeArgs {
     /// --ice-server URIs.
     #[arg(long, env = "FIRSTCALL_NO_TURN")]
     pub no_turn: bool,
+    /// Serve the HTTP listener (API, demo page, /v1/ws) over TLS with --tls-cert and
+    /// --tls-key: https:// and wss://, which browsers need for camera and microphone on a
+    /// page not served from localhost. Without it, put a TLS reverse proxy in front
+    /// (docs/operations.md).
+    #[arg(long, env = "FIRSTCALL_HTTP_TLS")]
+    pub http_tls: bool,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -741,6 +749,7 @@ pub struct FileConfig {
     ice_server: Option<Vec<String>>,
     public_host: Option<String>,
     no_turn: Option<bool>,
+    http_tls: Option<bool>,
 }
 
 /// Relay ports unless configured: above Linux's default ephemeral range (32768-60999),
@@ -908,6 +917,10 @@ impl ServeArgs {
             (None, Some(_)) => return Err(invalid("--tls-key", "given without --tls-cert: give both or neither")),
         };
         let turn_tls_listen = self.turn_tls_listen.or(f.turn_tls_listen);
+        let http_tls = self.http_tls || f.http_tls.unwrap_or(false);
+        if http_tls && tls.is_none() {
+            return Err(invalid("--http-tls", "needs --tls-cert and --tls-key"));
+        }
         let key_settings = [
             self.jwt_secret.is_some() || f.jwt_secret.as_deref().is_some_and(|s| !s.is_empty()),
             self.jwt_public_key.is_some() || f.jwt_public_key.is_some(),
@@ -1194,6 +1207,7 @@ impl ServeArgs {
             ice_servers,
             public_host,
             no_turn,
+            http_tls,
         })
     }
 }

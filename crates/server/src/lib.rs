@@ -698,7 +698,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 max_per_ip: 0,
                 header_timeout: config.http_header_timeout,
             });
-            tokio::spawn(accept::serve(l, http::metrics_router(state.clone()), limits));
+            tokio::spawn(accept::serve(l, http::metrics_router(state.clone()), limits, None));
             tracing::info!(metrics = %bound, "metrics listening (not on the public listener)");
             Some(bound)
         }
@@ -709,7 +709,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .route("/v1/ws", axum::routing::get(signal::Signaling::upgrade))
             .with_state(signaling),
     );
-    let http_task = tokio::spawn(accept::serve(listener, app, conn_limits));
+    // --http-tls: the same certificate as TURN/TLS, on the HTTP listener.
+    let http_tls = match (&config.tls, config.http_tls) {
+        (Some(t), true) => Some(load_tls(&t.cert, &t.key)?),
+        _ => None,
+    };
+    let http_task = tokio::spawn(accept::serve(listener, app, conn_limits, http_tls));
     Ok(Running {
         metrics: metrics_addr,
         http: http_addr,

@@ -1,6 +1,7 @@
 //! The WebSocket opening handshake (RFC 6455 4.2), done by hand rather than by axum's
 //! extractor so that the socket comes back as the plain `TcpStream` that
-//! [`super::Outlet`]s write to directly.
+//! [`super::Outlet`]s write to directly (a TLS connection, `--http-tls`, through a
+//! loopback bridge).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -40,8 +41,20 @@ pub fn upgrade<E: Endpoint>(ep: E, mut req: Request) -> Response {
                     drop(parts.read_buf);
                     serve(ep, parts.io.into_inner(), early).await
                 }
-                // `serve` hands hyper TCP streams only; anything else is a bug here.
-                Err(_) => tracing::error!("upgraded connection is not a TCP stream: dropped"),
+                // TLS (`--http-tls`): the socket task writes to a plain `TcpStream`, so the
+                // TLS stream is bridged to one end of a loopback TCP pair and the task
+                // serves the other. The upgraded stream yields hyper's buffered bytes first.
+                Err(up) => match loopback_pair().await {
+                    Ok((near, far)) => {
+                        tokio::spawn(async move {
+                            let mut tls = TokioIo::new(up);
+                            let mut near = near;
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut near).await;
+                        });
+                        serve(ep, far, Vec::new()).await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no loopback pair for a TLS WebSocket: dropped"),
+                },
             },
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
@@ -53,6 +66,23 @@ pub fn upgrade<E: Endpoint>(ep: E, mut req: Request) -> Response {
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("static status and valid header values")
+}
+
+/// Two connected loopback TCP streams: (the bridge's end, the socket task's end).
+async fn loopback_pair() -> std::io::Result<(TcpStream, TcpStream)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let near = TcpStream::connect(listener.local_addr()?).await?;
+    let want = near.local_addr()?;
+    // Only our own connection: another local process could race to the port.
+    for _ in 0..8 {
+        let (far, from) = listener.accept().await?;
+        if from == want {
+            far.set_nodelay(true)?;
+            near.set_nodelay(true)?;
+            return Ok((near, far));
+        }
+    }
+    Err(std::io::Error::other("loopback pair: foreign connections"))
 }
 
 /// Check a WebSocket opening handshake (RFC 6455 4.2.1) and compute its
