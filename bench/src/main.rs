@@ -162,7 +162,9 @@ async fn main() {
     let pid: u32 = pids.first().copied().unwrap_or(0);
     let store_pids: Vec<u32> = pid_list(&m, "store-pid");
     // `--server2`: the second party of each pair signs in there (another node).
-    let server2: Option<SocketAddr> = m.get("server2").map(|v| v.parse().unwrap_or_else(|_| panic!("bad --server2 {v}")));
+    let server2: Option<SocketAddr> = m
+        .get("server2")
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad --server2 {v}")));
     match cmd.as_str() {
         "relay" => {
             let kind: String = get(&m, "kind", Some("turn".into()));
@@ -256,9 +258,14 @@ async fn main() {
             let grace = Duration::from_millis(1000);
             let poll = get::<u8>(&m, "poll", Some(1)) != 0;
             let stats = std::sync::Arc::new(sig::Stats::default());
-            let mut conns = sig::open_pairs(&proto, &[Some(server), server2].into_iter().flatten().collect::<Vec<_>>(), pairs, stats.clone())
-                .await
-                .expect("open session pairs");
+            let mut conns = sig::open_pairs(
+                &proto,
+                &[Some(server), server2].into_iter().flatten().collect::<Vec<_>>(),
+                pairs,
+                stats.clone(),
+            )
+            .await
+            .expect("open session pairs");
             // Warm-up: the first frames on a connection pay for buffers and caches.
             sig::run_step(&proto, &mut conns, &stats, start / 2, Duration::from_millis(300), grace).await;
             // `--at RATE --runs N [--latencies FILE]`: no search, N runs at one rate with the
