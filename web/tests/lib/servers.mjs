@@ -43,7 +43,11 @@ function readLog(f) {
  * both to other ports, for several nodes in one namespace (HTTP 8080 + node, TURN
  * 3478 + 10 × node, relays 50000 + 200 × node).
  */
-export async function startFirstcall(ns, extra = [], { node = 0 } = {}) {
+/**
+ * `tlsCa`: the server runs with --http-tls; readiness is checked over https trusting this
+ * certificate, and `origin`/`ws` are https:// and wss:// on the namespace's address.
+ */
+export async function startFirstcall(ns, extra = [], { node = 0, tlsCa = null } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "firstcall-web-"));
   const logFile = join(dir, "server.log");
   const http = 8080 + node;
@@ -67,14 +71,15 @@ export async function startFirstcall(ns, extra = [], { node = 0 } = {}) {
   const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", out, out] });
   // /healthz is fetched from inside the namespace by the browser later; here we
   // check readiness through `ip netns exec` with a tiny node client.
-  const probe = ns.exec([process.execPath, "-e",
-    `fetch('http://127.0.0.1:${http}/healthz').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))`]);
+  const base = tlsCa ? `https://${ns.addr}:${http}` : `http://127.0.0.1:${http}`;
+  const probe = ns.exec([...(tlsCa ? ["env", `NODE_EXTRA_CA_CERTS=${tlsCa}`] : []), process.execPath, "-e",
+    `fetch('${base}/healthz').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))`]);
   await waitFor("firstcall", () => runOk(probe), 15000, proc, logFile);
   return {
     proc,
     logFile,
-    origin: `http://127.0.0.1:${http}`,
-    ws: `ws://127.0.0.1:${http}/v1/ws`,
+    origin: base,
+    ws: `${tlsCa ? "wss" : "ws"}://${tlsCa ? ns.addr : "127.0.0.1"}:${http}/v1/ws`,
     log: () => readLog(logFile),
     stop() {
       proc.kill("SIGKILL");
