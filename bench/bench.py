@@ -281,15 +281,17 @@ def pin(role, argv):
     return ["taskset", "-c", "1" if role == "server" else "0"] + argv
 
 
-def start_sig_firstcall(ns, tmp):
-    port = 18080
-    p = Proc("firstcall-sig", ns.exec(pin("server", [
+def start_sig_firstcall(ns, tmp, port=18080, redis_url=None, n=0):
+    """firstcall for the signaling benches: alone, or node `n` of a cluster on `redis_url`."""
+    name = f"firstcall node {n}" if redis_url else "firstcall (signaling)"
+    p = Proc(f"firstcall-node{n}" if redis_url else "firstcall-sig", ns.exec(pin("server", [
         str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
-        "--turn-listen", "127.0.0.1:13478", "--turn-secret", SECRET, "--log", "warn",
+        "--turn-listen", f"127.0.0.1:{13478 + n}", "--turn-secret", SECRET, "--log", "warn",
         # dev:<user> tokens; every session comes from this one address, up to 50,000.
         "--dev", "--max-connections-per-ip", "0", "--max-connections", "1000000",
-        "--data-dir", str(tmp / "firstcall-sig-data")])))
-    wait_for(lambda: p.check() and listening(p.pid, port), "firstcall (signaling)")
+        *(["--redis-url", redis_url] if redis_url else []),
+        "--data-dir", str(tmp / (f"firstcall-node{n}-data" if redis_url else "firstcall-sig-data"))])))
+    wait_for(lambda: p.check() and listening(p.pid, port), name)
     return p, f"127.0.0.1:{port}"
 
 
@@ -442,16 +444,6 @@ def start_redis(ns, tmp):
     return p, f"redis://127.0.0.1:{port}/0"
 
 
-def start_sig_node(ns, tmp, port, redis_url, n):
-    p = Proc(f"firstcall-node{n}", ns.exec(pin("server", [
-        str(REL / "firstcall"), "serve", "--http-listen", f"127.0.0.1:{port}",
-        "--turn-listen", f"127.0.0.1:{13478 + n}", "--turn-secret", SECRET, "--log", "warn",
-        "--dev", "--max-connections-per-ip", "0", "--max-connections", "1000000",
-        "--redis-url", redis_url, "--data-dir", str(tmp / f"firstcall-node{n}-data")])))
-    wait_for(lambda: p.check() and listening(p.pid, port), f"firstcall node {n}")
-    return p, f"127.0.0.1:{port}"
-
-
 def start_nats(ns):
     port = 14222
     p = Proc("nats", ns.exec(pin("server", [NATS, "-a", "127.0.0.1", "-p", str(port)])))
@@ -502,7 +494,7 @@ def bench_cluster(a, tmp):
                 elif name.startswith("firstcall-redis"):
                     store, url = start_redis(ns, tmp)
                     n = int(name[-1])
-                    started = [start_sig_node(ns, tmp, 18090 + i, url, i) for i in range(n)]
+                    started = [start_sig_firstcall(ns, tmp, 18090 + i, url, i) for i in range(n)]
                     procs, servers, proto = [p for p, _ in started], [addr for _, addr in started], "firstcall"
                 else:
                     store, url = start_nats(ns)

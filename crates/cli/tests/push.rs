@@ -111,12 +111,7 @@ async fn a_caller_who_cancels_and_calls_again_rings_the_phone_again_up_to_the_pa
         "--webhook-pair-interval",
         "1s",
     ]);
-    let mut phone = dev(&server, "bob", "phone").await;
-    phone
-        .send(json!({"type": "device.update", "push": {"provider": "fcm", "token": "t"}, "state": "background"}))
-        .await;
-    phone.send(json!({"type": "call.hangup", "call": "none"})).await;
-    phone.expect("error", T).await.unwrap();
+    let mut phone = backgrounded(&server, "bob", "phone", "t").await;
     let mut alice = dev(&server, "alice", "a").await;
     let delivered = "firstcall_webhook_events_total{outcome=\"delivered\"}";
     let coalesced = "firstcall_webhook_events_total{outcome=\"coalesced_pair\"}";

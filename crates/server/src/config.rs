@@ -1240,14 +1240,15 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, ConfigError> {
 
 /// As [`parse_duration`], where zero (`0s`) is allowed: a setting zero turns off.
 pub fn parse_duration_or_zero(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
-    match s.trim().trim_end_matches(['s', 'm', 'h', 'd']) {
-        "0" => Ok(Duration::ZERO),
-        _ => parse_duration(setting, s),
-    }
+    duration(setting, s, true)
 }
 
 /// Parse `90`, `90s`, `15m`, `12h`, `1d` (a bare number is seconds); must be positive.
 pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    duration(setting, s, false)
+}
+
+fn duration(setting: &'static str, s: &str, zero_ok: bool) -> Result<Duration, ConfigError> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -1260,7 +1261,7 @@ pub fn parse_duration(setting: &'static str, s: &str) -> Result<Duration, Config
         "d" => 86_400,
         _ => return Err(invalid(setting, format!("{s:?}: unit must be s, m, h or d"))),
     };
-    if n == 0 {
+    if n == 0 && !zero_ok {
         return Err(invalid(setting, "must be positive"));
     }
     Ok(Duration::from_secs(n.saturating_mul(mult)))
@@ -1315,6 +1316,15 @@ pub fn load_or_create_named_secret(dir: &Path, name: &str) -> Result<(String, Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_duration_only_where_zero_turns_a_setting_off() {
+        assert_eq!(parse_duration_or_zero("--x", "0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration_or_zero("--x", "0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration_or_zero("--x", "2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration_or_zero("--x", "0ss").is_err());
+        assert!(parse_duration("--x", "0s").is_err());
+    }
     use clap::Parser;
 
     #[derive(Parser)]
