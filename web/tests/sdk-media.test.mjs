@@ -193,8 +193,14 @@ describe("SDK in-call media in Chromium", { skip: !isRoot && !process.env.CI && 
       const events = [];
       window.me.on("device", (d) => events.push(d));
       await window.me.setDevice({ audio: other.deviceId });
+      // Chromium caches a getStats() report for a few tens of milliseconds, so a report
+      // read right after replaceTrack may still name the old track (seen once in CI):
+      // read until it names the sending track, for at most 3 s.
       let source;
-      (await window.me.pc.getStats()).forEach((s) => s.type === "media-source" && s.kind === "audio" && (source = s.trackIdentifier));
+      for (const until = Date.now() + 3000; source !== sending().id && Date.now() < until; ) {
+        (await window.me.pc.getStats()).forEach((s) => s.type === "media-source" && s.kind === "audio" && (source = s.trackIdentifier));
+        if (source !== sending().id) await new Promise((r) => setTimeout(r, 50));
+      }
       return { before, wanted: other.deviceId, now: sending().getSettings().deviceId, label: sending().label, sourceTrack: source, sendingTrack: sending().id, events };
     });
     assert.notEqual(sw.before, sw.wanted);

@@ -308,7 +308,7 @@ const HANDLED: &[&str] = &[
 ];
 
 /// The result of an import: the coturn lines with their outcomes, the firstcall keys
-/// (in FileConfig order, TOML values) with the lines they came from, and notes.
+/// (in ServeArgs order, TOML values) with the lines they came from, and notes.
 #[derive(Debug, Default)]
 pub struct Imported {
     /// Every setting line, in file order.
@@ -572,7 +572,7 @@ pub fn import(text: &str, base: &Path) -> Result<Imported, String> {
     t.run()?;
     let mut out = t.out;
     out.entries = t.entries;
-    // FileConfig order.
+    // ServeArgs order.
     const ORDER: &[&str] = &[
         "turn_listen",
         "turn_tls_listen",

@@ -1,17 +1,18 @@
 //! `firstcall serve` settings: flags, `FIRSTCALL_*` environment variables, an
 //! optional TOML file, and safe defaults, in that order of precedence.
 //!
-//! Each setting is one field in [`ServeArgs`] (flag + env var through clap) and
-//! the same name with `_` in [`FileConfig`]; clap carries no defaults so the
-//! file layer can show through, and defaults are applied last in
-//! [`ServeArgs::resolve`].
+//! Each setting is written once, as a field of [`ServeArgs`]: clap makes it a flag and
+//! a variable, serde a file key (the same name with `_`). Clap carries no defaults so
+//! the file can show through; [`ServeArgs::merge`] lays the flags over the file,
+//! generically, and [`ServeArgs::resolve`] applies defaults and validates into the
+//! typed [`ServeConfig`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why the configuration is unusable. Every message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub enum ConfigError {
 }
 
 /// Who may list the users online.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     /// Nobody: `/v1/online` answers 404 (the default with real tokens: presence leaks who
@@ -62,7 +63,7 @@ pub enum Presence {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -383,11 +384,16 @@ pub fn valid_host(host: &str) -> bool {
         })
 }
 
-/// The flags of `firstcall serve`. Every one also reads `FIRSTCALL_<NAME>`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The settings of `firstcall serve`, each written once: a flag, a `FIRSTCALL_<NAME>`
+/// variable (clap) and a key of the `--config` TOML file (serde, the flag's name with
+/// `_`). Flags and variables win over the file ([`ServeArgs::merge`], generic over the
+/// fields); [`ServeArgs::resolve`] applies defaults and validates into [`ServeConfig`].
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServeArgs {
     /// TOML file with any of these settings (keys use `_`: `turn_listen = "..."`).
     #[arg(long, env = "FIRSTCALL_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// HTTP listener [default: 0.0.0.0:8080].
     #[arg(long, env = "FIRSTCALL_HTTP_LISTEN")]
@@ -668,90 +674,6 @@ pub struct ServeArgs {
     pub http_tls: bool,
 }
 
-/// The TOML file: the same settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    http_listen: Option<SocketAddr>,
-    turn_listen: Option<SocketAddr>,
-    turn_tls_listen: Option<SocketAddr>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    turn_secret: Option<Vec<String>>,
-    realm: Option<String>,
-    external_ip: Option<IpAddr>,
-    relay_ip: Option<IpAddr>,
-    relay_ports: Option<String>,
-    allow_peer: Option<Vec<String>>,
-    deny_peer: Option<Vec<String>>,
-    data_dir: Option<PathBuf>,
-    threads: Option<usize>,
-    static_user: Option<Vec<String>>,
-    max_allocations: Option<usize>,
-    max_allocations_per_user: Option<usize>,
-    log: Option<String>,
-    session_ttl: Option<String>,
-    slow_socket_queue: Option<usize>,
-    ring_timeout: Option<String>,
-    drain_timeout: Option<String>,
-    jwt_secret: Option<String>,
-    jwt_public_key: Option<PathBuf>,
-    jwks_url: Option<String>,
-    redis_url: Option<String>,
-    redis_prefix: Option<String>,
-    redis_checkpoint_every: Option<u64>,
-    webhook_url: Option<String>,
-    webhook_secret: Option<String>,
-    credential_ttl: Option<String>,
-    dev: Option<bool>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    http_header_timeout: Option<String>,
-    webhook_concurrency: Option<usize>,
-    webhook_queue: Option<usize>,
-    webhook_pair_interval: Option<String>,
-    webhook_pair_burst: Option<u32>,
-    webhook_callee_burst: Option<u32>,
-    webhook_callee_window: Option<String>,
-    webhook_caller_burst: Option<u32>,
-    webhook_max_entries: Option<usize>,
-    webhook_attempts: Option<u32>,
-    webhook_timeout: Option<String>,
-    jwt_audience: Option<Vec<String>>,
-    jwt_issuer: Option<String>,
-    jwt_user_claim: Option<String>,
-    jwt_algorithms: Option<Vec<String>>,
-    presence: Option<Presence>,
-    metrics_listen: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    // Signaling limits.
-    max_calls_per_user: Option<usize>,
-    max_unacked_frames: Option<usize>,
-    max_unacked_bytes: Option<usize>,
-    max_held_signals: Option<usize>,
-    max_held_bytes: Option<usize>,
-    max_held_signals_per_user: Option<usize>,
-    max_held_bytes_per_user: Option<usize>,
-    max_ringing_per_callee: Option<usize>,
-    max_devices_per_user: Option<usize>,
-    max_push_devices: Option<usize>,
-    max_ended_calls: Option<usize>,
-    max_invite_pairs: Option<usize>,
-    // TURN limits (issue 17).
-    turn_error_rate: Option<u64>,
-    turn_error_burst: Option<u64>,
-    turn_error_table: Option<usize>,
-    max_bps: Option<u64>,
-    user_max_bps: Option<u64>,
-    turn_stream_queue: Option<usize>,
-    turn_stream_timeout: Option<String>,
-    // ICE servers (issue 19).
-    ice_server: Option<Vec<String>>,
-    public_host: Option<String>,
-    no_turn: Option<bool>,
-    http_tls: Option<bool>,
-}
-
 /// Relay ports unless configured: above Linux's default ephemeral range (32768-60999),
 /// so the kernel never gives a relay port to an outgoing socket (see [`crate::ports`]).
 pub const DEFAULT_RELAY_PORTS: &str = "61000-65535";
@@ -777,26 +699,47 @@ impl ServeArgs {
 
     /// As [`ServeArgs::resolve`], with the file's path and text given.
     pub fn resolve_with(self, file: Option<(&Path, &str)>) -> Result<ServeConfig, ConfigError> {
-        let f: FileConfig = match file {
-            Some((path, text)) => toml::from_str(text).map_err(|e| ConfigError::ParseFile {
-                path: path.to_owned(),
-                message: e.message().to_owned(),
-            })?,
-            None => FileConfig::default(),
-        };
-        let list =
-            |cli: Vec<String>, file: Option<Vec<String>>| if cli.is_empty() { file.unwrap_or_default() } else { cli };
+        self.merge(file)?.resolve_merged()
+    }
 
-        let dev = self.dev || f.dev.unwrap_or(false);
-        let jwt_configured = self
-            .jwt_secret
-            .as_deref()
-            .or(f.jwt_secret.as_deref())
-            .is_some_and(|s| !s.is_empty())
+    /// These settings (flags and variables) over the file's: a setting given here wins,
+    /// one left unset (no value, an empty list, a switch off) shows the file's through.
+    /// Generic over the fields: both sides go through one TOML table.
+    pub fn merge(self, file: Option<(&Path, &str)>) -> Result<ServeArgs, ConfigError> {
+        let Some((path, text)) = file else {
+            return Ok(self);
+        };
+        let file_error = |message: String| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message,
+        };
+        // The file is parsed on its own first, so that a mistake names its key.
+        let from_file: ServeArgs = toml::from_str(text).map_err(|e| file_error(e.message().to_owned()))?;
+        let mut table = toml::Table::try_from(&from_file).map_err(|e| file_error(e.to_string()))?;
+        let given = toml::Table::try_from(&self).map_err(|e| invalid("flags", e.to_string()))?;
+        for (key, value) in given {
+            let unset = match &value {
+                toml::Value::Boolean(on) => !on,
+                toml::Value::Array(items) => items.is_empty(),
+                _ => false,
+            };
+            if !unset {
+                table.insert(key, value);
+            }
+        }
+        let mut merged: ServeArgs = table
+            .try_into()
+            .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;
+        merged.config = self.config;
+        Ok(merged)
+    }
+
+    /// Defaults and validation, once flags and file are merged.
+    fn resolve_merged(self) -> Result<ServeConfig, ConfigError> {
+        let dev = self.dev;
+        let jwt_configured = self.jwt_secret.as_deref().is_some_and(|s| !s.is_empty())
             || self.jwt_public_key.is_some()
-            || f.jwt_public_key.is_some()
-            || self.jwks_url.is_some()
-            || f.jwks_url.is_some();
+            || self.jwks_url.is_some();
         if dev && jwt_configured {
             return Err(invalid(
                 "--dev",
@@ -814,58 +757,31 @@ impl ServeArgs {
         }
         // A signaling-only node: settings of the embedded STUN/TURN server would be
         // silently ignored, so they are refused, named.
-        let no_turn = self.no_turn || f.no_turn.unwrap_or(false);
+        let no_turn = self.no_turn;
         if no_turn {
             let given: Vec<&str> = [
-                ("--turn-listen", self.turn_listen.is_some() || f.turn_listen.is_some()),
-                (
-                    "--turn-tls-listen",
-                    self.turn_tls_listen.is_some() || f.turn_tls_listen.is_some(),
-                ),
-                ("--tls-cert", self.tls_cert.is_some() || f.tls_cert.is_some()),
-                ("--tls-key", self.tls_key.is_some() || f.tls_key.is_some()),
-                ("--realm", self.realm.is_some() || f.realm.is_some()),
-                ("--external-ip", self.external_ip.is_some() || f.external_ip.is_some()),
-                ("--relay-ip", self.relay_ip.is_some() || f.relay_ip.is_some()),
-                ("--relay-ports", self.relay_ports.is_some() || f.relay_ports.is_some()),
-                ("--allow-peer", !self.allow_peer.is_empty() || f.allow_peer.is_some()),
-                ("--deny-peer", !self.deny_peer.is_empty() || f.deny_peer.is_some()),
-                ("--threads", self.threads.is_some() || f.threads.is_some()),
-                ("--static-user", !self.static_user.is_empty() || f.static_user.is_some()),
-                (
-                    "--max-allocations",
-                    self.max_allocations.is_some() || f.max_allocations.is_some(),
-                ),
-                (
-                    "--max-allocations-per-user",
-                    self.max_allocations_per_user.is_some() || f.max_allocations_per_user.is_some(),
-                ),
-                ("--public-host", self.public_host.is_some() || f.public_host.is_some()),
-                (
-                    "--turn-error-rate",
-                    self.turn_error_rate.is_some() || f.turn_error_rate.is_some(),
-                ),
-                (
-                    "--turn-error-burst",
-                    self.turn_error_burst.is_some() || f.turn_error_burst.is_some(),
-                ),
-                (
-                    "--turn-error-table",
-                    self.turn_error_table.is_some() || f.turn_error_table.is_some(),
-                ),
-                ("--max-bps", self.max_bps.is_some() || f.max_bps.is_some()),
-                (
-                    "--user-max-bps",
-                    self.user_max_bps.is_some() || f.user_max_bps.is_some(),
-                ),
-                (
-                    "--turn-stream-queue",
-                    self.turn_stream_queue.is_some() || f.turn_stream_queue.is_some(),
-                ),
-                (
-                    "--turn-stream-timeout",
-                    self.turn_stream_timeout.is_some() || f.turn_stream_timeout.is_some(),
-                ),
+                ("--turn-listen", self.turn_listen.is_some()),
+                ("--turn-tls-listen", self.turn_tls_listen.is_some()),
+                ("--tls-cert", self.tls_cert.is_some()),
+                ("--tls-key", self.tls_key.is_some()),
+                ("--realm", self.realm.is_some()),
+                ("--external-ip", self.external_ip.is_some()),
+                ("--relay-ip", self.relay_ip.is_some()),
+                ("--relay-ports", self.relay_ports.is_some()),
+                ("--allow-peer", !self.allow_peer.is_empty()),
+                ("--deny-peer", !self.deny_peer.is_empty()),
+                ("--threads", self.threads.is_some()),
+                ("--static-user", !self.static_user.is_empty()),
+                ("--max-allocations", self.max_allocations.is_some()),
+                ("--max-allocations-per-user", self.max_allocations_per_user.is_some()),
+                ("--public-host", self.public_host.is_some()),
+                ("--turn-error-rate", self.turn_error_rate.is_some()),
+                ("--turn-error-burst", self.turn_error_burst.is_some()),
+                ("--turn-error-table", self.turn_error_table.is_some()),
+                ("--max-bps", self.max_bps.is_some()),
+                ("--user-max-bps", self.user_max_bps.is_some()),
+                ("--turn-stream-queue", self.turn_stream_queue.is_some()),
+                ("--turn-stream-timeout", self.turn_stream_timeout.is_some()),
             ]
             .into_iter()
             .filter_map(|(flag, set)| set.then_some(flag))
@@ -880,11 +796,13 @@ impl ServeArgs {
                 ));
             }
         }
-        let ice_servers = list(self.ice_server.clone(), f.ice_server.clone())
+        let ice_servers = self
+            .ice_server
+            .clone()
             .iter()
             .map(|u| IceUri::parse(u.trim()).map_err(|m| invalid("--ice-server", m)))
             .collect::<Result<Vec<_>, _>>()?;
-        let public_host = self.public_host.clone().or(f.public_host.clone());
+        let public_host = self.public_host.clone();
         if let Some(h) = &public_host {
             let literal6 = h.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok();
             if !valid_host(h) && !literal6 {
@@ -902,29 +820,23 @@ impl ServeArgs {
                 SocketAddr::from(([0, 0, 0, 0], port))
             }
         };
-        let http_listen = self
-            .http_listen
-            .or(f.http_listen)
-            .unwrap_or_else(|| any_or_loopback(8080));
-        let turn_listen = self
-            .turn_listen
-            .or(f.turn_listen)
-            .unwrap_or_else(|| any_or_loopback(3478));
-        let tls = match (self.tls_cert.or(f.tls_cert), self.tls_key.or(f.tls_key)) {
+        let http_listen = self.http_listen.unwrap_or_else(|| any_or_loopback(8080));
+        let turn_listen = self.turn_listen.unwrap_or_else(|| any_or_loopback(3478));
+        let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
             (Some(_), None) => return Err(invalid("--tls-cert", "given without --tls-key: give both or neither")),
             (None, Some(_)) => return Err(invalid("--tls-key", "given without --tls-cert: give both or neither")),
         };
-        let turn_tls_listen = self.turn_tls_listen.or(f.turn_tls_listen);
-        let http_tls = self.http_tls || f.http_tls.unwrap_or(false);
+        let turn_tls_listen = self.turn_tls_listen;
+        let http_tls = self.http_tls;
         if http_tls && tls.is_none() {
             return Err(invalid("--http-tls", "needs --tls-cert and --tls-key"));
         }
         let key_settings = [
-            self.jwt_secret.is_some() || f.jwt_secret.as_deref().is_some_and(|s| !s.is_empty()),
-            self.jwt_public_key.is_some() || f.jwt_public_key.is_some(),
-            self.jwks_url.is_some() || f.jwks_url.is_some(),
+            self.jwt_secret.as_deref().is_some_and(|s| !s.is_empty()),
+            self.jwt_public_key.is_some(),
+            self.jwks_url.is_some(),
         ];
         if key_settings.iter().filter(|k| **k).count() > 1 {
             return Err(invalid(
@@ -938,22 +850,18 @@ impl ServeArgs {
         let turn_tls_listen = tls
             .as_ref()
             .map(|_| turn_tls_listen.unwrap_or(SocketAddr::new(turn_listen.ip(), 5349)));
-        let relay_ports = parse_port_range(
-            &self
-                .relay_ports
-                .or(f.relay_ports)
-                .unwrap_or_else(|| DEFAULT_RELAY_PORTS.into()),
-        )?;
-        let realm = self.realm.or(f.realm).unwrap_or_else(|| "firstcall".into());
+        let relay_ports = parse_port_range(&self.relay_ports.unwrap_or_else(|| DEFAULT_RELAY_PORTS.into()))?;
+        let realm = self.realm.unwrap_or_else(|| "firstcall".into());
         if realm.is_empty() || realm.len() > 127 {
             return Err(invalid("--realm", "must be 1 to 127 characters"));
         }
-        let external_ip = self.external_ip.or(f.external_ip);
+        let external_ip = self.external_ip;
         if external_ip.is_some_and(|ip| ip.is_unspecified() || ip.is_multicast()) {
             return Err(invalid("--external-ip", "must be a unicast address clients can reach"));
         }
-        let relay_ip = self.relay_ip.or(f.relay_ip).unwrap_or(turn_listen.ip());
-        let static_users = list(self.static_user, f.static_user)
+        let relay_ip = self.relay_ip.unwrap_or(turn_listen.ip());
+        let static_users = self
+            .static_user
             .into_iter()
             .map(|s| match s.split_once(':') {
                 Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok((u.to_owned(), p.to_owned())),
@@ -962,68 +870,34 @@ impl ServeArgs {
             .collect::<Result<Vec<_>, _>>()?;
         let threads = self
             .threads
-            .or(f.threads)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if threads == 0 || threads > 1024 {
             return Err(invalid("--threads", "must be 1 to 1024"));
         }
-        let data_dir = self.data_dir.or(f.data_dir).unwrap_or_else(default_data_dir);
-        let mut turn_secrets = list(self.turn_secret, f.turn_secret);
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let mut turn_secrets = self.turn_secret;
         turn_secrets.retain(|s| !s.is_empty());
         let secret_generated = turn_secrets.is_empty();
         if secret_generated {
             turn_secrets.push(load_or_create_secret(&data_dir)?);
         }
         // Signaling limits: each at least 1.
-        let limit = |setting: &'static str, cli: Option<usize>, file: Option<usize>, default: usize| match cli
-            .or(file)
-            .unwrap_or(default)
-        {
+        let limit = |setting: &'static str, value: Option<usize>, default: usize| match value.unwrap_or(default) {
             0 => Err(invalid(setting, "must be at least 1")),
             n => Ok(n),
         };
-        let max_calls_per_user = limit("--max-calls-per-user", self.max_calls_per_user, f.max_calls_per_user, 8)?;
-        let max_unacked_frames = limit(
-            "--max-unacked-frames",
-            self.max_unacked_frames,
-            f.max_unacked_frames,
-            4096,
-        )?;
-        let max_unacked_bytes = limit(
-            "--max-unacked-bytes",
-            self.max_unacked_bytes,
-            f.max_unacked_bytes,
-            1 << 20,
-        )?;
-        let max_held_signals = limit("--max-held-signals", self.max_held_signals, f.max_held_signals, 64)?;
-        let max_held_bytes = limit("--max-held-bytes", self.max_held_bytes, f.max_held_bytes, 64 << 10)?;
-        let max_held_signals_per_user = limit(
-            "--max-held-signals-per-user",
-            self.max_held_signals_per_user,
-            f.max_held_signals_per_user,
-            256,
-        )?;
-        let max_held_bytes_per_user = limit(
-            "--max-held-bytes-per-user",
-            self.max_held_bytes_per_user,
-            f.max_held_bytes_per_user,
-            256 << 10,
-        )?;
-        let max_ringing_per_callee = limit(
-            "--max-ringing-per-callee",
-            self.max_ringing_per_callee,
-            f.max_ringing_per_callee,
-            16,
-        )?;
-        let max_devices_per_user = limit(
-            "--max-devices-per-user",
-            self.max_devices_per_user,
-            f.max_devices_per_user,
-            16,
-        )?;
-        let max_push_devices = limit("--max-push-devices", self.max_push_devices, f.max_push_devices, 100_000)?;
-        let max_ended_calls = limit("--max-ended-calls", self.max_ended_calls, f.max_ended_calls, 16_384)?;
-        let max_invite_pairs = limit("--max-invite-pairs", self.max_invite_pairs, f.max_invite_pairs, 16_384)?;
+        let max_calls_per_user = limit("--max-calls-per-user", self.max_calls_per_user, 8)?;
+        let max_unacked_frames = limit("--max-unacked-frames", self.max_unacked_frames, 4096)?;
+        let max_unacked_bytes = limit("--max-unacked-bytes", self.max_unacked_bytes, 1 << 20)?;
+        let max_held_signals = limit("--max-held-signals", self.max_held_signals, 64)?;
+        let max_held_bytes = limit("--max-held-bytes", self.max_held_bytes, 64 << 10)?;
+        let max_held_signals_per_user = limit("--max-held-signals-per-user", self.max_held_signals_per_user, 256)?;
+        let max_held_bytes_per_user = limit("--max-held-bytes-per-user", self.max_held_bytes_per_user, 256 << 10)?;
+        let max_ringing_per_callee = limit("--max-ringing-per-callee", self.max_ringing_per_callee, 16)?;
+        let max_devices_per_user = limit("--max-devices-per-user", self.max_devices_per_user, 16)?;
+        let max_push_devices = limit("--max-push-devices", self.max_push_devices, 100_000)?;
+        let max_ended_calls = limit("--max-ended-calls", self.max_ended_calls, 16_384)?;
+        let max_invite_pairs = limit("--max-invite-pairs", self.max_invite_pairs, 16_384)?;
         // A late callee device gets the invite (its SDP up to 64 KiB) and every held
         // signal as unacknowledged frames: they must fit, or its session would be given
         // up on arrival.
@@ -1047,123 +921,87 @@ impl ServeArgs {
             external_ip,
             relay_ip,
             relay_ports,
-            allow_peers: list(self.allow_peer, f.allow_peer),
-            deny_peers: list(self.deny_peer, f.deny_peer),
+            allow_peers: self.allow_peer,
+            deny_peers: self.deny_peer,
             data_dir,
             threads,
             static_users,
-            max_allocations: self.max_allocations.or(f.max_allocations).unwrap_or(10_000),
-            max_allocations_per_user: self
-                .max_allocations_per_user
-                .or(f.max_allocations_per_user)
-                .unwrap_or(64),
-            log: self.log.or(f.log).unwrap_or_else(|| "info".into()),
-            slow_socket_queue: self.slow_socket_queue.or(f.slow_socket_queue).unwrap_or(1 << 20),
-            session_ttl: parse_duration(
-                "--session-ttl",
-                &self.session_ttl.or(f.session_ttl).unwrap_or_else(|| "60s".into()),
-            )?,
-            ring_timeout: parse_duration(
-                "--ring-timeout",
-                &self.ring_timeout.or(f.ring_timeout).unwrap_or_else(|| "45s".into()),
-            )?,
-            drain_timeout: parse_duration(
-                "--drain-timeout",
-                &self.drain_timeout.or(f.drain_timeout).unwrap_or_else(|| "10m".into()),
-            )?,
-            jwt_secret: self.jwt_secret.or(f.jwt_secret).filter(|s| !s.is_empty()),
-            jwt_public_key: self.jwt_public_key.or(f.jwt_public_key),
-            jwks_url: self.jwks_url.or(f.jwks_url).filter(|s| !s.is_empty()),
-            redis_url: self.redis_url.or(f.redis_url).filter(|s| !s.is_empty()),
+            max_allocations: self.max_allocations.unwrap_or(10_000),
+            max_allocations_per_user: self.max_allocations_per_user.unwrap_or(64),
+            log: self.log.unwrap_or_else(|| "info".into()),
+            slow_socket_queue: self.slow_socket_queue.unwrap_or(1 << 20),
+            session_ttl: parse_duration("--session-ttl", &self.session_ttl.unwrap_or_else(|| "60s".into()))?,
+            ring_timeout: parse_duration("--ring-timeout", &self.ring_timeout.unwrap_or_else(|| "45s".into()))?,
+            drain_timeout: parse_duration("--drain-timeout", &self.drain_timeout.unwrap_or_else(|| "10m".into()))?,
+            jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_public_key: self.jwt_public_key,
+            jwks_url: self.jwks_url.filter(|s| !s.is_empty()),
+            redis_url: self.redis_url.filter(|s| !s.is_empty()),
             redis_prefix: self
                 .redis_prefix
-                .or(f.redis_prefix)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "firstcall".into()),
-            redis_checkpoint_every: self
-                .redis_checkpoint_every
-                .or(f.redis_checkpoint_every)
-                .unwrap_or(10_000)
-                .max(1),
-            webhook_url: self.webhook_url.or(f.webhook_url).filter(|s| !s.is_empty()),
-            webhook_secret: self.webhook_secret.or(f.webhook_secret).filter(|s| !s.is_empty()),
-            credential_ttl: parse_duration(
-                "--credential-ttl",
-                &self.credential_ttl.or(f.credential_ttl).unwrap_or_else(|| "12h".into()),
-            )?,
+            redis_checkpoint_every: self.redis_checkpoint_every.unwrap_or(10_000).max(1),
+            webhook_url: self.webhook_url.filter(|s| !s.is_empty()),
+            webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
+            credential_ttl: parse_duration("--credential-ttl", &self.credential_ttl.unwrap_or_else(|| "12h".into()))?,
             dev,
-            max_connections: match self.max_connections.or(f.max_connections) {
+            max_connections: match self.max_connections {
                 Some(0) => return Err(invalid("--max-connections", "must be at least 1")),
                 n => n,
             },
-            max_connections_per_ip: self.max_connections_per_ip.or(f.max_connections_per_ip),
+            max_connections_per_ip: self.max_connections_per_ip,
             http_header_timeout: parse_duration(
                 "--http-header-timeout",
-                &self
-                    .http_header_timeout
-                    .or(f.http_header_timeout)
-                    .unwrap_or_else(|| "10s".into()),
+                &self.http_header_timeout.unwrap_or_else(|| "10s".into()),
             )?,
-            webhook_concurrency: match self.webhook_concurrency.or(f.webhook_concurrency).unwrap_or(8) {
+            webhook_concurrency: match self.webhook_concurrency.unwrap_or(8) {
                 0 => return Err(invalid("--webhook-concurrency", "must be at least 1")),
                 n => n,
             },
-            webhook_queue: self.webhook_queue.or(f.webhook_queue).unwrap_or(1024),
+            webhook_queue: self.webhook_queue.unwrap_or(1024),
             webhook_pair_interval: parse_duration_or_zero(
                 "--webhook-pair-interval",
-                &self
-                    .webhook_pair_interval
-                    .or(f.webhook_pair_interval)
-                    .unwrap_or_else(|| "2s".into()),
+                &self.webhook_pair_interval.unwrap_or_else(|| "2s".into()),
             )?,
-            webhook_pair_burst: match self.webhook_pair_burst.or(f.webhook_pair_burst).unwrap_or(3) {
+            webhook_pair_burst: match self.webhook_pair_burst.unwrap_or(3) {
                 0 => return Err(invalid("--webhook-pair-burst", "must be at least 1")),
                 n => n,
             },
-            webhook_callee_burst: match self.webhook_callee_burst.or(f.webhook_callee_burst).unwrap_or(5) {
+            webhook_callee_burst: match self.webhook_callee_burst.unwrap_or(5) {
                 0 => return Err(invalid("--webhook-callee-burst", "must be at least 1")),
                 n => n,
             },
             webhook_callee_window: parse_duration(
                 "--webhook-callee-window",
-                &self
-                    .webhook_callee_window
-                    .or(f.webhook_callee_window)
-                    .unwrap_or_else(|| "60s".into()),
+                &self.webhook_callee_window.unwrap_or_else(|| "60s".into()),
             )?,
-            webhook_caller_burst: match self.webhook_caller_burst.or(f.webhook_caller_burst).unwrap_or(10) {
+            webhook_caller_burst: match self.webhook_caller_burst.unwrap_or(10) {
                 0 => return Err(invalid("--webhook-caller-burst", "must be at least 1")),
                 n => n,
             },
-            webhook_max_entries: match self.webhook_max_entries.or(f.webhook_max_entries).unwrap_or(65_536) {
+            webhook_max_entries: match self.webhook_max_entries.unwrap_or(65_536) {
                 n if n < 3 => return Err(invalid("--webhook-max-entries", "must be at least 3")),
                 n => n,
             },
-            webhook_attempts: match self.webhook_attempts.or(f.webhook_attempts).unwrap_or(4) {
+            webhook_attempts: match self.webhook_attempts.unwrap_or(4) {
                 n @ 1..=20 => n,
                 _ => return Err(invalid("--webhook-attempts", "must be 1 to 20")),
             },
             webhook_timeout: parse_duration(
                 "--webhook-timeout",
-                &self
-                    .webhook_timeout
-                    .or(f.webhook_timeout)
-                    .unwrap_or_else(|| "5s".into()),
+                &self.webhook_timeout.unwrap_or_else(|| "5s".into()),
             )?,
-            jwt_audience: list(self.jwt_audience, f.jwt_audience),
-            jwt_issuer: self.jwt_issuer.or(f.jwt_issuer).filter(|s| !s.is_empty()),
+            jwt_audience: self.jwt_audience,
+            jwt_issuer: self.jwt_issuer.filter(|s| !s.is_empty()),
             jwt_user_claim: self
                 .jwt_user_claim
-                .or(f.jwt_user_claim)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "sub".into()),
-            jwt_algorithms: list(self.jwt_algorithms, f.jwt_algorithms),
-            presence: self
-                .presence
-                .or(f.presence)
-                .unwrap_or(if dev { Presence::All } else { Presence::Off }),
-            metrics_listen: self.metrics_listen.or(f.metrics_listen),
-            log_format: self.log_format.or(f.log_format).unwrap_or_default(),
+            jwt_algorithms: self.jwt_algorithms,
+            presence: self.presence.unwrap_or(if dev { Presence::All } else { Presence::Off }),
+            metrics_listen: self.metrics_listen,
+            log_format: self.log_format.unwrap_or_default(),
             max_calls_per_user,
             max_unacked_frames,
             max_unacked_bytes,
@@ -1177,18 +1015,18 @@ impl ServeArgs {
             max_ended_calls,
             max_invite_pairs,
             // TURN limits (issue 17).
-            turn_error_rate: self.turn_error_rate.or(f.turn_error_rate).unwrap_or(20),
-            turn_error_burst: match self.turn_error_burst.or(f.turn_error_burst).unwrap_or(100) {
+            turn_error_rate: self.turn_error_rate.unwrap_or(20),
+            turn_error_burst: match self.turn_error_burst.unwrap_or(100) {
                 0 => return Err(invalid("--turn-error-burst", "must be at least 1")),
                 n => n,
             },
-            turn_error_table: match self.turn_error_table.or(f.turn_error_table).unwrap_or(65_536) {
+            turn_error_table: match self.turn_error_table.unwrap_or(65_536) {
                 0 => return Err(invalid("--turn-error-table", "must be at least 1")),
                 n => n,
             },
-            max_bps: self.max_bps.or(f.max_bps).unwrap_or(4_000_000),
-            user_max_bps: self.user_max_bps.or(f.user_max_bps).unwrap_or(12_500_000),
-            turn_stream_queue: match self.turn_stream_queue.or(f.turn_stream_queue).unwrap_or(256 * 1024) {
+            max_bps: self.max_bps.unwrap_or(4_000_000),
+            user_max_bps: self.user_max_bps.unwrap_or(12_500_000),
+            turn_stream_queue: match self.turn_stream_queue.unwrap_or(256 * 1024) {
                 n if n < 65_536 => {
                     return Err(invalid(
                         "--turn-stream-queue",
@@ -1199,10 +1037,7 @@ impl ServeArgs {
             },
             turn_stream_timeout: parse_duration(
                 "--turn-stream-timeout",
-                &self
-                    .turn_stream_timeout
-                    .or(f.turn_stream_timeout)
-                    .unwrap_or_else(|| "120s".into()),
+                &self.turn_stream_timeout.unwrap_or_else(|| "120s".into()),
             )?,
             ice_servers,
             public_host,
@@ -1463,6 +1298,39 @@ mod tests {
         assert_eq!(c.turn_listen, "0.0.0.0:3478".parse().unwrap());
         assert!(c.tls.is_none() && c.turn_tls_listen.is_none());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn flags_and_file_are_one_struct_merged_by_key() {
+        // Every flag is a file key of the same name: a file setting each list, switch and
+        // value merges under flags that leave them unset.
+        let file = "dev = true\nallow_peer = [\"10.0.0.0/8\"]\nrealm = \"f\"\nlog_format = \"json\"\n";
+        let m = raw_args(&["--realm", "cli"])
+            .merge(Some((Path::new("x.toml"), file)))
+            .unwrap();
+        assert!(m.dev);
+        assert_eq!(m.allow_peer, vec!["10.0.0.0/8"]);
+        assert_eq!(m.realm.as_deref(), Some("cli"), "the flag wins");
+        assert_eq!(m.log_format, Some(LogFormat::Json));
+        let m = raw_args(&["--allow-peer", "192.0.2.0/24"])
+            .merge(Some((Path::new("x.toml"), file)))
+            .unwrap();
+        assert_eq!(
+            m.allow_peer,
+            vec!["192.0.2.0/24"],
+            "a list given as flags replaces the file's"
+        );
+        // `config` is a flag only: a file naming another file is refused.
+        let e = raw_args(&[])
+            .merge(Some((Path::new("x.toml"), "config = \"other.toml\"")))
+            .unwrap_err();
+        assert!(e.to_string().contains("config"), "{e}");
+        // A value of the wrong type names the key.
+        let e = raw_args(&[])
+            .merge(Some((Path::new("x.toml"), "threads = \"four\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("invalid type"), "{e}");
     }
 
     #[test]
