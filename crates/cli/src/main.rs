@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve(args) => {
-            let config = args.resolve()?;
+            let config = args.clone().resolve()?;
             let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
                 .with_context(|| format!("bad --log filter {:?}", config.log))?;
             let fmt = tracing_subscriber::fmt()
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
                     "no --turn-secret given: using the generated one kept in the data dir");
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(firstcall_server::serve(config))?;
+            rt.block_on(firstcall_server::serve(*args, config))?;
             Ok(())
         }
     }

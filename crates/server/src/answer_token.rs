@@ -109,13 +109,13 @@ pub struct WithAnswerTokens {
     /// The app's tokens.
     pub tokens: Arc<dyn TokenVerifier>,
     /// Answer tokens.
-    pub answers: AnswerTokens,
+    pub answers: crate::reload::Live<AnswerTokens>,
 }
 
 impl TokenVerifier for WithAnswerTokens {
     fn verify(&self, token: &str, now_unix: u64) -> Result<UserId, String> {
         if token.starts_with(PREFIX) {
-            return self.answers.verify(token, now_unix).map_err(|why| {
+            return self.answers.load().verify(token, now_unix).map_err(|why| {
                 tracing::info!(check = "answer_token", reason = %why, "token refused");
                 why.to_string()
             });

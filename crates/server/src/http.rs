@@ -31,13 +31,13 @@ pub struct AppState {
     /// The signaling hub (for presence).
     pub signaling: crate::signal::Signaling,
     /// The newest TURN secret (credentials are minted with it).
-    pub turn_secret: Secret,
+    pub turn_secret: crate::reload::Live<Secret>,
     /// Lifetime of minted TURN credentials.
     pub credential_ttl: Duration,
     /// ICE URIs handed to clients.
     pub ice_uris: Vec<String>,
     /// Bearer token verification (dev mode when no JWT is configured).
-    pub tokens: Arc<Tokens>,
+    pub tokens: crate::reload::Live<Tokens>,
     /// The HTTP listener's connection accounting.
     pub conn_limits: Arc<crate::accept::ConnLimits>,
     /// Webhook counters, when a webhook is configured.
@@ -46,11 +46,13 @@ pub struct AppState {
     pub presence: crate::config::Presence,
     /// `/metrics` on the public listener (no `--metrics-listen`).
     pub metrics_public: bool,
+    /// SIGHUP reloads by result.
+    pub reloads: Arc<crate::reload::ReloadCounts>,
 }
 
 impl AppState {
     fn dev_mode(&self) -> bool {
-        self.tokens.is_dev()
+        self.tokens.load().is_dev()
     }
 }
 
@@ -148,7 +150,7 @@ async fn online(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
             "presence is off on this server (--presence all lists online users to every signed-in user)",
         );
     }
-    if let Err(message) = bearer_user(&headers, &s.tokens) {
+    if let Err(message) = bearer_user(&headers, &s.tokens.load()) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", &message);
     }
     let users = s.signaling.online().await;
@@ -216,6 +218,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     render_prometheus(&s.turn_metrics, &mut out);
     s.signal_metrics.render(&mut out);
+    out.push_str(&s.reloads.render());
     s.conn_limits
         .metrics
         .render(&mut out, s.conn_limits.limits().max_connections);
@@ -244,12 +247,12 @@ fn bearer_user(headers: &HeaderMap, tokens: &Tokens) -> Result<UserId, String> {
 }
 
 async fn turn_credentials(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let user = match bearer_user(&headers, &s.tokens) {
+    let user = match bearer_user(&headers, &s.tokens.load()) {
         Ok(u) => u,
         Err(message) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &message),
     };
     let ttl = s.credential_ttl.as_secs();
-    let (username, password) = rest_credential(&s.turn_secret, user.as_str(), unix_now() + ttl);
+    let (username, password) = rest_credential(&s.turn_secret.load(), user.as_str(), unix_now() + ttl);
     Json(json!({"username": username, "password": password, "ttl": ttl, "uris": s.ice_uris})).into_response()
 }
 

@@ -8,6 +8,7 @@ pub mod http;
 pub mod jwks;
 pub mod memory;
 pub mod ports;
+pub mod reload;
 pub mod signal;
 pub mod sockopt;
 pub mod tcp;
@@ -90,6 +91,8 @@ pub struct Running {
     drain_timeout: std::time::Duration,
     /// The webhook, to flush its queue before the exit.
     webhook: Option<webhook::Webhook>,
+    /// What SIGHUP reloads; its `args` are the flags the process started with.
+    pub reloader: reload::Reloader,
 }
 
 /// How a drain ended.
@@ -193,18 +196,58 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// SIGTERM or Ctrl-C drains (see [`Running::drain`]), delivers the webhooks still queued
 /// (see [`Running::flush_webhooks`]) and then returns `Ok`, so the process exits 0; a
 /// second signal during the drain cuts it short, another one the flush.
-pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+///
+/// SIGHUP reads the configuration again (`args`, with the `--config` file as it is
+/// then) and applies new certificates, TURN secrets and JWT keys (see [`reload`]).
+pub async fn serve(args: config::ServeArgs, config: ServeConfig) -> Result<(), ServeError> {
     // Before the listeners: a SIGTERM during the start must drain too, not kill.
     let mut stop = StopSignals::new()?;
+    let mut hup = Hangups::new()?;
     let mut running = start(config).await?;
-    tokio::select! {
-        r = running.wait() => return r,
-        _ = stop.next() => {}
+    running.reloader.args = args;
+    loop {
+        tokio::select! {
+            r = running.wait() => return r,
+            _ = stop.next() => break,
+            _ = hup.next() => match running.reloader.reload().await {
+                Ok((reloaded, restart)) => {
+                    tracing::info!(?reloaded, "SIGHUP: configuration reloaded; sessions and calls untouched");
+                    if !restart.is_empty() {
+                        tracing::warn!(settings = ?restart, "SIGHUP: these settings changed but apply only after a restart");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused, the configuration in force is kept"),
+            },
+        }
     }
     running.drain(stop.next()).await;
     running.flush_webhooks(stop.next()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP, as a stream (never on other systems).
+struct Hangups {
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        return Ok(Hangups {
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        });
+        #[cfg(not(unix))]
+        Ok(Hangups {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.hup.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
 }
 
 /// SIGTERM and SIGINT, as a stream.
@@ -298,34 +341,6 @@ pub(crate) fn web_pki_client() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let err = |what: &str, p: &std::path::Path, e: &dyn std::fmt::Display| {
-        ServeError::Tls(format!("{what} {}: {e}", p.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| err("cannot open certificate", cert, &e))?,
-    ))
-    .collect::<Result<_, _>>()
-    .map_err(|e| err("cannot parse certificate", cert, &e))?;
-    if certs.is_empty() {
-        return Err(err("no certificate found in", cert, &"empty PEM"));
-    }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| err("cannot open key", key, &e))?,
-    ))
-    .map_err(|e| err("cannot parse key", key, &e))?
-    .ok_or_else(|| err("no private key found in", key, &"empty PEM"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(format!("certificate and key do not match: {e}")))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
 /// Loud, whenever dev mode runs, and louder when it listens beyond loopback.
 fn warn_dev_mode(config: &ServeConfig) {
     tracing::warn!("DEV MODE (--dev): any `dev:<user>` token is accepted and /v1/dev/token mints them, TURN credentials included. For trying firstcall on one machine only.");
@@ -406,7 +421,11 @@ struct TurnStarted {
 }
 
 /// Bind every TURN listener and start the TURN workers.
-fn start_turn(config: &ServeConfig) -> Result<TurnStarted, ServeError> {
+fn start_turn(
+    config: &ServeConfig,
+    cert: Option<&Arc<reload::CertSlot>>,
+    auth: tokio::sync::watch::Receiver<Authenticator>,
+) -> Result<TurnStarted, ServeError> {
     let threads = config.threads.max(1);
     let advertised = advertised_ip(config);
     let relay_ip = if config.relay_ip.is_unspecified() && !config.turn_listen.ip().is_unspecified() {
@@ -423,8 +442,6 @@ fn start_turn(config: &ServeConfig) -> Result<TurnStarted, ServeError> {
         }
     }
     let filter = PeerFilter::new(allow, deny).with_own_relays(own_ips);
-    let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
-    let auth = Authenticator::new(config.realm.clone(), secrets, config.static_users.clone());
     let error_rate = Rate {
         per_sec: config.turn_error_rate,
         burst: config.turn_error_burst,
@@ -434,10 +451,7 @@ fn start_turn(config: &ServeConfig) -> Result<TurnStarted, ServeError> {
             .with_error_limit(error_rate, config.turn_error_table)
             .with_user_bandwidth(config.user_max_bps),
     );
-    let tls = match &config.tls {
-        Some(t) => Some(load_tls(&t.cert, &t.key)?),
-        None => None,
-    };
+    let tls = cert.map(|c| c.acceptor()).transpose()?;
 
     // Bind every TURN socket up front so a port conflict fails the start, loudly.
     let bind = |addr: SocketAddr, ty: Type, what: &'static str| {
@@ -523,10 +537,17 @@ fn own_ice_uris(config: &ServeConfig, turn: &TurnStarted) -> Vec<String> {
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let conn_limits = accept::ConnLimits::new(connection_limits(&config));
     memory::spawn_trimmer();
+    let cert = config.tls.as_ref().map(reload::CertSlot::load).transpose()?;
+    let secrets: Vec<Secret> = config.turn_secrets.iter().map(|s| Secret::new(s.clone())).collect();
+    let (auth_tx, auth_rx) = tokio::sync::watch::channel(Authenticator::new(
+        config.realm.clone(),
+        secrets,
+        config.static_users.clone(),
+    ));
     let turn = if config.no_turn {
         None
     } else {
-        Some(start_turn(&config)?)
+        Some(start_turn(&config, cert.as_ref(), auth_rx)?)
     };
     let own_uris = turn.as_ref().map(|t| own_ice_uris(&config, t)).unwrap_or_default();
     let extra_uris: Vec<String> = config.ice_servers.iter().map(|u| u.to_string()).collect();
@@ -549,30 +570,33 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         user_claim: Some(config.jwt_user_claim.clone()),
         algorithms: tokens::parse_algorithms(&config.jwt_algorithms)?,
     };
-    let tokens: Arc<tokens::Tokens> = Arc::new(match (&config.jwt_secret, &config.jwt_public_key, &config.jwks_url) {
-        (Some(s), _, _) => tokens::Tokens::with_secret(s, claims)?,
-        (None, Some(p), _) => tokens::Tokens::with_public_key(p, claims)?,
-        (None, None, Some(url)) => {
-            let jwks = Arc::new(jwks::Jwks::new(url)?);
-            // Not fatal: the provider may be down for a moment; a token naming a key
-            // fetches again (at most every 10 s), so the server starts either way.
-            if let Err(e) = jwks.fetch().await {
-                tracing::warn!(error = %e, "JWKS not fetched at start: tokens are refused until a fetch succeeds");
+    let tokens: reload::Live<tokens::Tokens> =
+        reload::live(match (&config.jwt_secret, &config.jwt_public_key, &config.jwks_url) {
+            (Some(s), _, _) => tokens::Tokens::with_secret(s, claims)?,
+            (None, Some(p), _) => tokens::Tokens::with_public_key(p, claims)?,
+            (None, None, Some(url)) => {
+                let jwks = Arc::new(jwks::Jwks::new(url)?);
+                // Not fatal: the provider may be down for a moment; a token naming a key
+                // fetches again (at most every 10 s), so the server starts either way.
+                if let Err(e) = jwks.fetch().await {
+                    tracing::warn!(error = %e, "JWKS not fetched at start: tokens are refused until a fetch succeeds");
+                }
+                tokens::Tokens::with_jwks(jwks, claims)?
             }
-            tokens::Tokens::with_jwks(jwks, claims)?
-        }
-        // `resolve` allows no JWT setting only with --dev.
-        (None, None, None) => tokens::Tokens::Dev,
-    });
+            // `resolve` allows no JWT setting only with --dev.
+            (None, None, None) => tokens::Tokens::Dev,
+        });
     if !config.dev && config.jwt_audience.is_empty() {
         tracing::info!("no --jwt-audience: a token's aud is not checked; set it to the audience your issuer puts in tokens meant for this server");
     }
     if config.dev {
         warn_dev_mode(&config);
     }
-    let turn_secret = Secret::new(config.turn_secrets.first().cloned().unwrap_or_default());
+    let turn_secret = reload::live(Secret::new(config.turn_secrets.first().cloned().unwrap_or_default()));
     // Every node shares the TURN secret: an answer token minted by one is good on all.
-    let answers = answer_token::AnswerTokens::from_turn_secret(config.turn_secrets.first().map_or("", String::as_str));
+    let answers = reload::live(answer_token::AnswerTokens::from_turn_secret(
+        config.turn_secrets.first().map_or("", String::as_str),
+    ));
     let webhook = match &config.webhook_url {
         Some(url) => {
             let key = match &config.webhook_secret {
@@ -617,8 +641,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let webhook_metrics = webhook.as_ref().map(|w| w.metrics.clone());
     // Sign-ins take the app's tokens and the answer tokens of `call.ring` pushes.
     let hub_tokens: Arc<dyn firstcall_signal::hub::TokenVerifier> = Arc::new(answer_token::WithAnswerTokens {
-        tokens: tokens.clone(),
-        answers,
+        tokens: Arc::new(reload::LiveTokens(tokens.clone())),
+        answers: answers.clone(),
     });
     let signaling = match &config.redis_url {
         None => signal::Signaling::start(hub_config, hub_tokens, ice, webhook.clone(), config.slow_socket_queue),
@@ -635,21 +659,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .map_err(cluster::ClusterError::Snapshot)?
         }
     }
-    .with_jwks(tokens.jwks().cloned());
+    .with_jwks(tokens.load().jwks().cloned());
+    let reloads = Arc::new(reload::ReloadCounts::default());
     let state = Arc::new(http::AppState {
         ready: false.into(),
         draining: false.into(),
         turn_metrics: turn.as_ref().map(|t| t.metrics.clone()).unwrap_or_default(),
         signal_metrics: signaling.metrics.clone(),
         signaling: signaling.clone(),
-        turn_secret,
+        turn_secret: turn_secret.clone(),
         credential_ttl: config.credential_ttl,
         ice_uris: ice_uris.clone(),
-        tokens,
+        tokens: tokens.clone(),
         conn_limits: conn_limits.clone(),
         webhook_metrics,
         presence: config.presence,
         metrics_public: config.metrics_listen.is_none(),
+        reloads: reloads.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -710,8 +736,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .with_state(signaling),
     );
     // --http-tls: the same certificate as TURN/TLS, on the HTTP listener.
-    let http_tls = match (&config.tls, config.http_tls) {
-        (Some(t), true) => Some(load_tls(&t.cert, &t.key)?),
+    let http_tls = match (&cert, config.http_tls) {
+        (Some(c), true) => Some(c.acceptor()?),
         _ => None,
     };
     let http_task = tokio::spawn(accept::serve(listener, app, conn_limits, http_tls));
@@ -724,5 +750,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         state,
         drain_timeout: config.drain_timeout,
         webhook,
+        reloader: reload::Reloader {
+            args: config::ServeArgs::default(),
+            current: config,
+            tokens,
+            minting: turn_secret,
+            answers,
+            auth: turn.is_some().then_some(auth_tx),
+            cert,
+            counts: reloads,
+        },
     })
 }

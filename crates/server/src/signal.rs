@@ -30,7 +30,7 @@ use crate::websocket::{self, Endpoint, Limits, Outlet, Queued};
 /// TURN credentials for welcomes and refreshes, coturn REST style.
 pub struct TurnIce {
     /// Secret that mints credentials.
-    pub secret: Secret,
+    pub secret: crate::reload::Live<Secret>,
     /// The embedded server's URIs (none with `--no-turn`).
     pub uris: Vec<String>,
     /// `--ice-server` URIs: the `turn:`/`turns:` ones get the same credentials (the other
@@ -43,7 +43,7 @@ pub struct TurnIce {
 impl IceProvider for TurnIce {
     fn ice_servers(&self, user: &UserId, now_unix: u64) -> (Vec<IceServer>, u64) {
         let ttl = self.ttl.as_secs();
-        let (username, credential) = rest_credential(&self.secret, user.as_str(), now_unix + ttl);
+        let (username, credential) = rest_credential(&self.secret.load(), user.as_str(), now_unix + ttl);
         let mut servers = Vec::with_capacity(3);
         if !self.uris.is_empty() {
             servers.push(IceServer {

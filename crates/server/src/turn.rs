@@ -43,8 +43,8 @@ pub struct WorkerSetup {
     pub index: usize,
     /// Core settings (relay ports are this worker's block).
     pub config: Config,
-    /// Credentials.
-    pub auth: Authenticator,
+    /// Credentials, replaced on reload (SIGHUP).
+    pub auth: tokio::sync::watch::Receiver<Authenticator>,
     /// Peer filter.
     pub filter: PeerFilter,
     /// Shared quotas.
@@ -243,7 +243,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let now = Instant::now();
     let core = Server::new(
         s.config.clone(),
-        s.auth,
+        s.auth.borrow().clone(),
         s.filter,
         s.quotas,
         s.metrics.clone(),
@@ -284,6 +284,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         tokio::task::spawn_local(accept_loop(w.clone(), TcpListener::from_std(l)?, Some(acceptor)));
     }
     tokio::task::spawn_local(timer_loop(w.clone()));
+    tokio::task::spawn_local(auth_loop(w.clone(), s.auth));
     let mut relay_task = tokio::task::spawn_local(relay_loop(w.clone(), relay_poll));
     // Either loop ending ends the worker: one without the other would keep granting
     // allocations it cannot serve.
@@ -293,6 +294,14 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
             r
         }
         _ = &mut relay_task => Err(io::Error::other("relay task stopped")),
+    }
+}
+
+/// Hands the core each new authenticator a reload sends (new TURN secrets).
+async fn auth_loop(w: Rc<Worker>, mut auth: tokio::sync::watch::Receiver<Authenticator>) {
+    while auth.changed().await.is_ok() {
+        let new = auth.borrow_and_update().clone();
+        w.core.borrow_mut().set_authenticator(new);
     }
 }
 

@@ -47,7 +47,7 @@ pub struct Webhook {
     /// nodes, the leader acknowledges it in the cluster's hook stream only then.
     on_finished: Arc<std::sync::OnceLock<Finished>>,
     /// Answer tokens put in each `call.ring`, and how long they last.
-    answers: Option<(crate::answer_token::AnswerTokens, Duration)>,
+    answers: Option<(crate::reload::Live<crate::answer_token::AnswerTokens>, Duration)>,
     /// Counters.
     pub metrics: Arc<WebhookMetrics>,
 }
@@ -527,7 +527,11 @@ impl Webhook {
 
     /// Each `call.ring` carries an `answer_token` lasting `ttl` (the ring timeout): the
     /// phone it wakes signs in with it at once (docs/webhooks.md).
-    pub fn with_answer_tokens(mut self, tokens: crate::answer_token::AnswerTokens, ttl: Duration) -> Webhook {
+    pub fn with_answer_tokens(
+        mut self,
+        tokens: crate::reload::Live<crate::answer_token::AnswerTokens>,
+        ttl: Duration,
+    ) -> Webhook {
         self.answers = Some((tokens, ttl));
         self
     }
@@ -539,7 +543,7 @@ impl Webhook {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let exp = now.saturating_add(ttl.as_secs().max(1));
-        Some((tokens.mint(to, call, device, exp), exp))
+        Some((tokens.load().mint(to, call, device, exp), exp))
     }
 
     /// Call `f` with each event's body once it is finished (delivered or given up); set

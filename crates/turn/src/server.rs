@@ -471,6 +471,14 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const UDP: u8 = 17;
 
 impl<R: RngCore> Server<R> {
+    /// Replace the credentials (a configuration reload's new TURN secrets). Allocations
+    /// stay; their next authenticated request is checked against the new secrets, so a
+    /// rotation lists the new secret first and keeps the old one until the credentials
+    /// it minted have expired.
+    pub fn set_authenticator(&mut self, auth: Authenticator) {
+        self.auth = auth;
+    }
+
     /// A core with its own nonce key drawn from `rng`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

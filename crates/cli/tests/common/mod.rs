@@ -295,6 +295,12 @@ pub fn allocate(turn: SocketAddr, secret: &str, realm: &str) -> SocketAddr {
 
 /// Allocate over UDP with a username and password; returns the XOR-RELAYED-ADDRESS.
 pub fn allocate_with(turn: SocketAddr, user: &str, pass: &str, realm: &str) -> SocketAddr {
+    try_allocate_with(turn, user, pass, realm).unwrap_or_else(|code| panic!("allocate: error {code}"))
+}
+
+/// As [`allocate_with`]: the relayed address, or the error code of the authenticated
+/// request.
+pub fn try_allocate_with(turn: SocketAddr, user: &str, pass: &str, realm: &str) -> Result<SocketAddr, u16> {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = [0u8; 1500];
@@ -315,15 +321,18 @@ pub fn allocate_with(turn: SocketAddr, user: &str, pass: &str, realm: &str) -> S
     s.send_to(&b.finish(), turn).unwrap();
     let n = s.recv(&mut buf).unwrap();
     let ok = Message::decode(&buf[..n]).unwrap();
-    assert_eq!(ok.class(), Class::Success, "allocate: {:?}", ok.error_code());
-    ok.find(|a| {
-        if let Attribute::XorRelayedAddress(r) = a {
-            Some(*r)
-        } else {
-            None
-        }
-    })
-    .unwrap()
+    if ok.class() != Class::Success {
+        return Err(ok.error_code().map_or(0, |e| e.code));
+    }
+    Ok(ok
+        .find(|a| {
+            if let Attribute::XorRelayedAddress(r) = a {
+                Some(*r)
+            } else {
+                None
+            }
+        })
+        .unwrap())
 }
 
 /// An unrelated user measuring the server's answer time while a flood runs: a
