@@ -1333,6 +1333,40 @@ mod tests {
         assert!(e.contains("x.toml") && e.contains("invalid type"), "{e}");
     }
 
+    /// packaging/firstcall.toml (the Debian package's /etc/firstcall/firstcall.toml) lists
+    /// every setting, commented out, with a value of the right type: uncommented, they
+    /// all parse. Regenerate it with packaging/gen-config after adding a setting.
+    #[test]
+    fn packaged_config_names_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/firstcall.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ")?.split_once(" = "))
+            .filter(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .collect();
+        assert!(
+            text.lines().all(|l| l.is_empty() || l.starts_with('#')),
+            "every setting commented out"
+        );
+        let uncommented: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let parsed: Result<ServeArgs, _> = toml::from_str(&uncommented);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+        let cmd = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let mut all: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| id != "config")
+            .collect();
+        let mut listed: Vec<String> = settings.iter().map(|(k, _)| k.to_string()).collect();
+        all.sort();
+        listed.sort();
+        assert_eq!(
+            listed, all,
+            "packaging/firstcall.toml is out of date: run packaging/gen-config"
+        );
+    }
+
     #[test]
     fn unknown_file_key_is_named() {
         let e = raw_args(&[])
