@@ -1,4 +1,4 @@
-//! docs/integrate.md's examples, run as written: the Node token minter's tokens open a
+//! docs/integrate.md's examples, run as written: the Node and Spring token minters' tokens open a
 //! session, the config file for an existing coturn is what the welcome hands out, and the
 //! Node webhook receiver verifies and prints the server's pushes; docs/webhooks.md's
 //! receiver turns a ring and its cancel into the APNs and FCM requests it would send.
@@ -272,5 +272,90 @@ async fn the_push_receiver_turns_a_ring_and_its_cancel_into_apns_and_fcm_request
     assert_eq!(fcm["body"]["message"]["data"]["event"], "call.ring");
     assert_eq!(printed[2]["request"]["body"]["message"]["data"]["reason"], "cancelled");
     drop(devices);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stand-ins for the three Spring annotations the controller uses (same packages, names
+/// and elements), so that `javac` compiles docs/integrate.md's controller unchanged
+/// without Maven Central: what is tested is the minting code, not Spring.
+const SPRING_STANDINS: &[(&str, &str)] = &[
+    (
+        "org/springframework/web/bind/annotation/RestController.java",
+        "package org.springframework.web.bind.annotation;\n\
+         @java.lang.annotation.Target(java.lang.annotation.ElementType.TYPE)\n\
+         public @interface RestController {}\n",
+    ),
+    (
+        "org/springframework/web/bind/annotation/GetMapping.java",
+        "package org.springframework.web.bind.annotation;\n\
+         @java.lang.annotation.Target(java.lang.annotation.ElementType.METHOD)\n\
+         public @interface GetMapping { String[] value() default {}; String[] produces() default {}; }\n",
+    ),
+    (
+        "org/springframework/beans/factory/annotation/Value.java",
+        "package org.springframework.beans.factory.annotation;\n\
+         @java.lang.annotation.Target(java.lang.annotation.ElementType.PARAMETER)\n\
+         public @interface Value { String value(); }\n",
+    ),
+    (
+        "Main.java",
+        "public class Main { public static void main(String[] a) throws Exception {\n\
+         System.out.println(new FirstcallTokenController(a[0]).token(() -> a[1])); } }\n",
+    ),
+];
+
+#[tokio::test]
+async fn the_spring_controller_mints_tokens_the_server_accepts() {
+    if !have_tool("javac") {
+        return;
+    }
+    let dir = temp_dir("spring");
+    let controller = example("FirstcallTokenController.java", &dir);
+    let mut sources = vec![controller];
+    for (path, text) in SPRING_STANDINS {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        sources.push(p);
+    }
+    let classes = dir.join("classes");
+    let out = run_bounded(
+        Command::new("javac").arg("-d").arg(&classes).args(&sources),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "javac: {}", String::from_utf8_lossy(&out.stderr));
+    let mint = |user: &str| {
+        let out = run_bounded(
+            Command::new("java")
+                .arg("-cp")
+                .arg(&classes)
+                .args(["Main", "s3cret", user]),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "java: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let server = start_firstcall(&["--jwt-secret", "s3cret", "--turn-secret", "t"]);
+    let url = format!("ws://{}/v1/ws", server.http);
+    let alice = SignalClient::connect(&url, &mint("alice"), "d")
+        .await
+        .expect("the Spring controller's token opens a session");
+    assert_eq!(alice.welcome["user"], "alice");
+    // The user name is JSON-escaped, not pasted: a name with a quote stays one claim.
+    let token = mint("al\"ice");
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "al\"ice");
+    assert!(claims["exp"].as_u64().unwrap() > claims["iat"].as_u64().unwrap());
+    // Signed with another secret: refused.
+    let other = start_firstcall(&["--jwt-secret", "other", "--turn-secret", "t"]);
+    assert!(
+        SignalClient::connect(&format!("ws://{}/v1/ws", other.http), &mint("alice"), "d")
+            .await
+            .is_err()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
