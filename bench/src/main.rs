@@ -2,6 +2,8 @@
 //!
 //!   firstcall-bench relay   --server ADDR --kind turn|bare [--secret S] --flows N --size B
 //!                           --start PPS --max PPS --duration-ms D --server-pid PID
+//!   firstcall-bench calls   --server ADDR --kind turn|bare [--secret S] --calls N --video 0|1
+//!                           --duration-ms D --server-pid PID   (call-shaped: paced audio and video both ways)
 //!   firstcall-bench control --server ADDR --secret S --count N --concurrency C --server-pid PID
 //!   firstcall-bench signal  --server ADDR --proto firstcall|spreed --pairs P --start FPS --max FPS
 //!                           --duration-ms D --server-pid PID [--backend-ip IP] [--poll 0|1]
@@ -201,6 +203,41 @@ async fn main() {
                 }
             }
             println!("{}", json!({"result": best}));
+        }
+        "calls" => {
+            let kind: String = get(&m, "kind", Some("turn".into()));
+            let shape = load::CallShape {
+                calls: get(&m, "calls", Some(100)),
+                video: get::<u8>(&m, "video", Some(1)) != 0,
+            };
+            let dur = Duration::from_millis(get(&m, "duration-ms", Some(5000)));
+            let bidirectional = kind != "bare";
+            let flows = if bidirectional {
+                load::turn_flows(server, &creds(&m), shape.calls)
+                    .await
+                    .expect("TURN flows")
+            } else {
+                load::bare_flows(server, shape.calls * 2)
+                    .await
+                    .expect("bare forwarder flows")
+            };
+            // Warm-up: first packets pay for buffers, caches and permissions.
+            load::run_calls(&flows, bidirectional, shape, Duration::from_millis(500)).await;
+            let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
+            let r = load::run_calls(&flows, bidirectional, shape, dur).await;
+            let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
+            let secs = r.duration.as_secs_f64();
+            println!(
+                "{}",
+                json!({"result": {
+                    "calls": shape.calls, "video": shape.video, "seconds": secs,
+                    "offered_pps": r.sent as f64 / secs, "mbit_s": r.bytes as f64 * 8.0 / secs / 1e6,
+                    "sent": r.sent, "received": r.received, "loss": 1.0 - r.received as f64 / r.sent.max(1) as f64,
+                    "server_cpu_s": cpu, "server_cpu_share": cpu / secs,
+                    "cpu_s_per_million": if r.received > 0 { cpu / r.received as f64 * 1e6 } else { 0.0 },
+                    "p50_us": r.p50_us, "p99_us": r.p99_us, "generator_cpu_share": me / secs,
+                }})
+            );
         }
         "control" => {
             let count: usize = get(&m, "count", Some(1000));

@@ -315,3 +315,216 @@ fn send_batch(sock: &UdpSocket, packet: &[u8], count: usize) -> usize {
     }
     done
 }
+
+/// What a call-shaped run offers: `calls` calls, each an audio stream both ways (50
+/// packets/s of 120-200 B, as Opus at 20 ms) and, with `video`, a video stream both ways
+/// (30 frames/s, each frame 1-8 packets of 1,100 B leaving 2 per millisecond, as
+/// libwebrtc's pacer sends a frame). Start times are jittered so the calls are not in phase.
+#[derive(Debug, Clone, Copy)]
+pub struct CallShape {
+    /// Calls.
+    pub calls: usize,
+    /// With video.
+    pub video: bool,
+}
+
+/// Result of a call-shaped run.
+#[derive(Debug, Clone)]
+pub struct CallRunResult {
+    /// Packets offered (both directions).
+    pub sent: u64,
+    /// Packets received at the far ends.
+    pub received: u64,
+    /// Bytes offered (payloads with their headers).
+    pub bytes: u64,
+    /// Wall time of the offer.
+    pub duration: Duration,
+    /// Through the relay, sender to receiver, microseconds: p50 and p99.
+    pub p50_us: u64,
+    /// p99.
+    pub p99_us: u64,
+}
+
+/// One direction of one call: where its packets leave from and what prefixes them.
+struct Stream {
+    tx: Arc<UdpSocket>,
+    header: Vec<u8>,
+    next_audio: Duration,
+    next_frame: Duration,
+    /// Video packets of the current frame still to send.
+    frame_left: u32,
+}
+
+/// A small deterministic generator (xorshift64*): the load is the same on every server.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Offer `shape` for `duration` over `flows`: with TURN flows one flow per call carries
+/// both directions (A → B through A's channel, B → A through B's); the bare forwarder
+/// relays one way, so `bidirectional` false takes two flows per call. One datagram per
+/// syscall, as each real client sends its own. Each packet carries its send time, so the
+/// receivers measure the time through the relay.
+pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, duration: Duration) -> CallRunResult {
+    let per_call = if bidirectional { 1 } else { 2 };
+    assert!(flows.len() >= shape.calls * per_call, "not enough flows for the calls");
+    let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut streams = vec![];
+    let mut receivers: Vec<Arc<UdpSocket>> = vec![];
+    for c in 0..shape.calls {
+        let pairs: Vec<(Arc<UdpSocket>, Arc<UdpSocket>)> = if bidirectional {
+            let f = &flows[c];
+            vec![(f.tx.clone(), f.rx.clone()), (f.rx.clone(), f.tx.clone())]
+        } else {
+            (0..2)
+                .map(|k| (flows[2 * c + k].tx.clone(), flows[2 * c + k].rx.clone()))
+                .collect()
+        };
+        for (k, (tx, rx)) in pairs.into_iter().enumerate() {
+            let header = if bidirectional {
+                flows[c].header.clone()
+            } else {
+                flows[2 * c + k].header.clone()
+            };
+            streams.push(Stream {
+                tx,
+                header,
+                next_audio: Duration::from_micros(rng.below(20_000)),
+                next_frame: Duration::from_micros(rng.below(33_333)),
+                frame_left: 0,
+            });
+            receivers.push(rx);
+        }
+    }
+    let mut readers = vec![];
+    for rx in receivers {
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut bufs = vec![[0u8; 2048]; RECV_BATCH];
+            let mut lat: Vec<u32> = vec![];
+            while !stop.load(Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(50), rx.readable())
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                let now = started.elapsed().as_micros() as u64;
+                if let Ok(lens) = rx.try_io(tokio::io::Interest::READABLE, || recv_lens(&rx, &mut bufs)) {
+                    for (b, len) in bufs.iter().zip(lens) {
+                        if len >= 8 {
+                            let sent = u64::from_le_bytes(b[len - 8..len].try_into().expect("8 bytes"));
+                            lat.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let (mut sent, mut bytes) = (0u64, 0u64);
+    let mut buf = vec![0xABu8; 2048];
+    let send = |s: &Stream, size: usize, buf: &mut Vec<u8>| -> usize {
+        let h = s.header.len();
+        buf[..h].copy_from_slice(&s.header);
+        let body = size;
+        if h == 2 {
+            // ChannelData: channel, then the length of what follows the header.
+            buf[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+        }
+        let start = if h == 2 { 4 } else { h };
+        let total = start + body;
+        let stamp = started.elapsed().as_micros() as u64;
+        buf[total - 8..total].copy_from_slice(&stamp.to_le_bytes());
+        // A full socket buffer is the sender's loss: counted as sent, never received.
+        let _ = s.tx.try_send(&buf[..total]);
+        total
+    };
+    while started.elapsed() < duration {
+        let now = started.elapsed();
+        for s in streams.iter_mut() {
+            while s.next_audio <= now {
+                let size = 120 + rng.below(81) as usize;
+                bytes += send(s, size, &mut buf) as u64;
+                sent += 1;
+                s.next_audio += Duration::from_millis(20);
+            }
+            if shape.video {
+                if s.next_frame <= now {
+                    s.frame_left += 1 + rng.below(8) as u32;
+                    s.next_frame += Duration::from_micros(33_333);
+                }
+                // The pacer: two packets of the frame per millisecond.
+                for _ in 0..s.frame_left.min(2) {
+                    bytes += send(s, 1100, &mut buf) as u64;
+                    sent += 1;
+                    s.frame_left -= 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = vec![];
+    for r in readers {
+        lat.extend(r.await.unwrap_or_default());
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    CallRunResult {
+        sent,
+        received: lat.len() as u64,
+        bytes,
+        duration: elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// As [`recv_batch`], with each datagram's length.
+fn recv_lens(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<Vec<usize>> {
+    use std::os::fd::AsRawFd;
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; iovs.len()];
+    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at one live iovec over a live buffer of its stated
+    // length, and all of them outlive the call.
+    let r = unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(hdrs[..r as usize].iter().map(|h| h.msg_len as usize).collect())
+}
