@@ -119,6 +119,8 @@ def start_firstcall(threads, tmp):
         # (every allocation starts with a 401) and no bandwidth quota, like coturn's defaults.
         "--turn-error-rate", "0", "--max-bps", "0", "--user-max-bps", "0",
         "--data-dir", str(tmp / "firstcall-data"), "--jwt-secret", SECRET,
+        # Plain peers on loopback (the call-shaped `direct` load), as coturn's --allow-loopback-peers.
+        "--allow-peer", "127.0.0.0/8",
     ])
     wait_for(lambda: p.check() and stun_binding_ok(turn), "firstcall")
     return p, f"127.0.0.1:{turn}", http
@@ -205,25 +207,32 @@ def bench_calls(a, tmp):
     """Call-shaped relay load (issue 23): N calls, audio both ways and optionally video,
     paced as libwebrtc sends them, one datagram per syscall; each server at the same fixed
     loads, in one run. CPU per million packets relayed is the figure."""
-    loads = [(10, False), (10, True)] if a.quick else [(500, False), (2000, False), (100, True), (300, True)]
+    # (calls, video, peers): `relayed`, both parties relayed by the server (each packet
+    # crosses it twice); `direct`, one party relayed and the other a plain peer (once).
+    # The bare forwarder crosses once per packet: it runs the `direct` loads only.
+    loads = ([(10, False, "relayed"), (10, True, "relayed"), (10, False, "direct")] if a.quick else
+             [(500, False, "relayed"), (2000, False, "relayed"), (100, True, "relayed"), (300, True, "relayed"),
+              (500, False, "direct"), (2000, False, "direct"), (300, True, "direct")])
     dur = 1000 if a.quick else 6000
     rows = []
     for name in ["firstcall", "coturn", "bare"]:
         if not have_server(name):
             continue
-        for calls, video in loads:
+        for calls, video, peers in loads:
+            if name == "bare" and peers != "direct":
+                continue
             p, addr, _ = SERVERS[name](a.threads, tmp)
             try:
                 lines = run_tool([str(REL / "firstcall-bench"), "calls", "--server", addr,
                                   "--kind", "bare" if name == "bare" else "turn", "--secret", SECRET,
-                                  "--calls", str(calls), "--video", "1" if video else "0",
+                                  "--calls", str(calls), "--video", "1" if video else "0", "--peers", peers,
                                   "--duration-ms", str(dur), "--server-pid", str(p.pid)], 900)
                 p.check()
             finally:
                 p.stop()
             res = next((l["result"] for l in lines if "result" in l), None)
-            rows.append({"server": name, "calls": calls, "video": video, "result": res})
-            log(f"calls {name} {calls}{' +video' if video else ''}: {res}")
+            rows.append({"server": name, "calls": calls, "video": video, "peers": peers, "result": res})
+            log(f"calls {name} {calls}{' +video' if video else ''} {peers}: {res}")
     return rows
 
 
@@ -574,12 +583,12 @@ def summarise(results):
             "cpu_per_million_vs_coturn": ratio(res["cpu_s_per_million"], c and c["cpu_s_per_million"]),
         }
     calls = results.get("calls") or []
-    cby = {(r["server"], r["calls"], r["video"]): r["result"] for r in calls}
-    for (srv, n, video), res in cby.items():
+    cby = {(r["server"], r["calls"], r["video"], r.get("peers", "relayed")): r["result"] for r in calls}
+    for (srv, n, video, peers), res in cby.items():
         if srv != "firstcall" or not res:
             continue
-        c, b = cby.get(("coturn", n, video)), cby.get(("bare", n, video))
-        s[f"calls_{n}{'_video' if video else '_audio'}"] = {
+        c, b = cby.get(("coturn", n, video, peers)), cby.get(("bare", n, video, peers))
+        s[f"calls_{n}{'_video' if video else '_audio'}_{peers}"] = {
             "firstcall_cpu_s_per_million": round(res["cpu_s_per_million"], 2),
             "coturn_over_firstcall_cpu": ratio(c and c["cpu_s_per_million"], res["cpu_s_per_million"]),
             "bare_over_firstcall_cpu": ratio(b and b["cpu_s_per_million"], res["cpu_s_per_million"]),
@@ -612,7 +621,9 @@ def summarise(results):
 
 
 TARGETS = [
-    ("call-shaped relay: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_")], lambda v: v >= 2),
+    ("call-shaped relay, both parties relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_relayed")], lambda v: v >= 2),
+    ("call-shaped relay, one party relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct")], lambda v: v >= 2),
+    ("call-shaped relay, one party relayed: firstcall CPU / bare forwarder CPU", "<= 1.2x", lambda s: [ratio(1, v["bare_over_firstcall_cpu"]) for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct") and v.get("bare_over_firstcall_cpu")], lambda v: v <= 1.2),
     ("relay vs coturn (packets/s)", ">= 1.5x", lambda s: [v["vs_coturn"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 1.5),
     ("relay vs bare forwarder", ">= 0.7x", lambda s: [v["vs_bare"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 0.7),
     ("allocations/s vs coturn", ">= 2x", lambda s: [s.get("control", {}).get("vs_coturn")], lambda v: v >= 2),
@@ -655,17 +666,20 @@ def markdown(doc):
     calls = doc["results"].get("calls")
     if calls:
         m += ["", "## TURN relay on call-shaped traffic (the figures to quote)", "",
-              "N calls through two allocations each (TURN) or two forwarder routes (bare): audio both ways (50 "
+              "N calls: `relayed`, both parties relayed by the server (two allocations; each packet crosses the "
+              "server twice, which firstcall hands over in-process when both allocations sit on one worker); "
+              "`direct`, one party relayed and the other a plain UDP peer (each packet crosses once), and the bare "
+              "forwarder's two one-way routes per call (once). Audio both ways (50 "
               "packets/s of 120-200 B each way) and, with video, 30 frames/s each way of 1-8 packets of 1,100 B "
               "leaving 2 per ms; start times jittered; one datagram per syscall, as each client sends its own. "
               "Every server gets the same load (fixed, not searched). CPU is the server's (user+system) per "
               "million packets received at the far ends; latency is sender to receiver through the relay, on "
               "one machine's clock.", "",
-              "| calls | server | packets/s | Mbit/s | loss | CPU share | CPU s / Mpkt | p50 µs | p99 µs | generator CPU share |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| calls | peers | server | packets/s | Mbit/s | loss | CPU share | CPU s / Mpkt | p50 µs | p99 µs | generator CPU share |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in calls:
             x = r["result"] or {}
-            m.append(f"| {r['calls']}{' audio+video' if r['video'] else ' audio'} | {r['server']} | "
+            m.append(f"| {r['calls']}{' audio+video' if r['video'] else ' audio'} | {r.get('peers', 'relayed')} | {r['server']} | "
                      f"{x.get('offered_pps', 0):.0f} | {x.get('mbit_s', 0):.1f} | {x.get('loss', 0):.4f} | "
                      f"{x.get('server_cpu_share', 0):.2f} | {x.get('cpu_s_per_million', 0):.2f} | "
                      f"{x.get('p50_us', 0)} | {x.get('p99_us', 0)} | {x.get('generator_cpu_share', 0):.2f} |")

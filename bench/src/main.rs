@@ -212,7 +212,15 @@ async fn main() {
             };
             let dur = Duration::from_millis(get(&m, "duration-ms", Some(5000)));
             let bidirectional = kind != "bare";
-            let flows = if bidirectional {
+            // `--peers relayed`: both parties of each call relayed by this server (two
+            // allocations, each packet crosses it twice); `direct`: one party relayed,
+            // the other a plain peer (each packet crosses it once).
+            let peers: String = get(&m, "peers", Some("relayed".into()));
+            let flows = if bidirectional && peers == "direct" {
+                load::turn_flows_direct(server, &creds(&m), shape.calls)
+                    .await
+                    .expect("TURN flows to direct peers")
+            } else if bidirectional {
                 load::turn_flows(server, &creds(&m), shape.calls)
                     .await
                     .expect("TURN flows")
@@ -230,7 +238,7 @@ async fn main() {
             println!(
                 "{}",
                 json!({"result": {
-                    "calls": shape.calls, "video": shape.video, "seconds": secs,
+                    "calls": shape.calls, "video": shape.video, "peers": peers, "seconds": secs,
                     "offered_pps": r.sent as f64 / secs, "mbit_s": r.bytes as f64 * 8.0 / secs / 1e6,
                     "sent": r.sent, "received": r.received, "loss": 1.0 - r.received as f64 / r.sent.max(1) as f64,
                     "server_cpu_s": cpu, "server_cpu_share": cpu / secs,

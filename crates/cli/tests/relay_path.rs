@@ -129,3 +129,74 @@ fn a_burst_through_two_relays_arrives_whole_and_in_order() {
         sizes.len() as u64
     );
 }
+
+/// Both parties of a call relayed by one server: with one worker, the hop from one
+/// allocation's relay socket to the other's is handed over in-process instead of
+/// through the kernel. Everything still arrives whole and in order both ways, the
+/// receiving allocation's permissions still decide, and the metric counts each
+/// datagram that skipped the kernel.
+#[test]
+fn relay_to_relay_on_one_worker_skips_the_kernel_and_keeps_permissions() {
+    let secret = "hairpin";
+    let server = start_firstcall(&["--turn-secret", secret, "--threads", "1"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    let (username, password) = rest_credential(&Secret::new(secret), "hairpin-test", now + 600);
+    let creds = Credentials { username, password };
+    const N: usize = 50;
+    let hairpinned = "firstcall_turn_hairpinned_packets_total";
+    let refused = "firstcall_turn_dropped_total{reason=\"no_permission\"}";
+    rt.block_on(async {
+        let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let ra = a.allocate(None).await.unwrap().relayed;
+        let rb = b.allocate(None).await.unwrap().relayed;
+        a.bind_channel(0x4001, rb).await.unwrap();
+        b.bind_channel(0x4002, ra).await.unwrap();
+        for i in 0..N {
+            a.send_channel(0x4001, format!("a{i}").as_bytes()).await.unwrap();
+            b.send_channel(0x4002, format!("b{i}").as_bytes()).await.unwrap();
+        }
+        for (rx, channel, from) in [(&mut b, 0x4002, "a"), (&mut a, 0x4001, "b")] {
+            for i in 0..N {
+                match rx.recv_relayed(Duration::from_secs(3)).await {
+                    Ok(Relayed::Channel { channel: c, data }) => {
+                        assert_eq!(c, channel);
+                        assert_eq!(data, format!("{from}{i}").into_bytes(), "datagram {i} from {from}");
+                    }
+                    other => panic!("datagram {i} from {from}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(server.metric(hairpinned), 2 * N as u64);
+        assert_eq!(server.metric(refused), 0);
+
+        // C's allocation never permitted A's relayed address: A may send (it permitted
+        // C), the datagram is handed over, and C's side refuses it as the kernel path would.
+        let mut c = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let rc = c.allocate(None).await.unwrap().relayed;
+        a.permit(rc).await.unwrap();
+        a.send_indication(rc, b"not permitted").await.unwrap();
+        // The refusal is counted in the same pass as the hand-over; wait for the count.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while server.metric(refused) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            server.metric(refused),
+            1,
+            "C's allocation refuses a peer it never permitted"
+        );
+        assert_eq!(server.metric(hairpinned), 2 * N as u64 + 1);
+        assert!(
+            c.recv_relayed(Duration::from_millis(200)).await.is_err(),
+            "nothing reaches C"
+        );
+    });
+}

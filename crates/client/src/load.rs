@@ -28,6 +28,9 @@ pub struct Flow {
     pub rx: Arc<UdpSocket>,
     /// The datagram header A prefixes (ChannelData header, or a flow id for the bare forwarder).
     pub header: Vec<u8>,
+    /// The header B prefixes when it answers A (call-shaped runs): ChannelData when B is
+    /// relayed too, nothing when B is a plain peer.
+    pub rx_header: Vec<u8>,
 }
 
 /// Set up `n` TURN flows: allocations, permissions and channels both ways.
@@ -49,6 +52,34 @@ pub async fn turn_flows(server: SocketAddr, creds: &Credentials, n: usize) -> Re
             tx: Arc::new(ta),
             rx: Arc::new(tb),
             header: vec![0x40, 0x01],
+            rx_header: vec![0x40, 0x01],
+        });
+    }
+    Ok(flows)
+}
+
+/// Set up `n` TURN flows where only A is relayed: A's allocation has a channel to B, a
+/// plain UDP socket (a peer reached directly, such as the other party's host or
+/// server-reflexive candidate), which writes to A's relayed address. Each packet crosses
+/// the server once, as in a call where one side needs TURN and the other does not.
+pub async fn turn_flows_direct(server: SocketAddr, creds: &Credentials, n: usize) -> Result<Vec<Flow>, TurnError> {
+    let mut flows = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut a = Client::connect(server, &Kind::Udp, creds.clone()).await?;
+        let ra = a.allocate(Some(3600)).await?.relayed;
+        let b = UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?;
+        a.bind_channel(0x4001, b.local_addr()?).await?;
+        b.connect(ra).await?;
+        let Transport::Udp(ta) = a.transport else {
+            unreachable!("Kind::Udp makes a UDP transport")
+        };
+        generator_buffers(&ta);
+        generator_buffers(&b);
+        flows.push(Flow {
+            tx: Arc::new(ta),
+            rx: Arc::new(b),
+            header: vec![0x40, 0x01],
+            rx_header: vec![],
         });
     }
     Ok(flows)
@@ -92,6 +123,7 @@ pub async fn bare_flows(server: SocketAddr, n: usize) -> std::io::Result<Vec<Flo
         flows.push(Flow {
             tx: Arc::new(tx),
             rx: Arc::new(rx),
+            rx_header: vec![],
             header,
         });
     }
@@ -391,7 +423,11 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
         };
         for (k, (tx, rx)) in pairs.into_iter().enumerate() {
             let header = if bidirectional {
-                flows[c].header.clone()
+                if k == 0 {
+                    flows[c].header.clone()
+                } else {
+                    flows[c].rx_header.clone()
+                }
             } else {
                 flows[2 * c + k].header.clone()
             };

@@ -71,6 +71,9 @@ pub enum ServeError {
     /// A setting or the data dir is unusable.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// `--turn-io uring` on a kernel that refuses io_uring or lacks what it needs.
+    #[error("--turn-io uring: io_uring unavailable ({0}); use --turn-io epoll")]
+    TurnIo(std::io::Error),
     /// Another I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -465,6 +468,9 @@ fn start_turn(
         None => None,
     };
     let tls_addr = first_tls.as_ref().and_then(|s| s.local_addr().ok()?.as_socket());
+    if config.turn_io == config::TurnIo::Uring {
+        turn::probe_uring().map_err(ServeError::TurnIo)?;
+    }
     let blocks = turn::split_ports(&config.relay_ports, threads);
     let mut metrics = Vec::new();
     let mut first_udp = Some(first_udp);
@@ -502,6 +508,7 @@ fn start_turn(
             tls: tls_listener,
             stream_queue: config.turn_stream_queue,
             stream_timeout: config.turn_stream_timeout,
+            io: config.turn_io,
         })?;
     }
     Ok(TurnStarted {

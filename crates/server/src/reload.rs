@@ -242,29 +242,40 @@ impl Reloader {
 
 /// Settings that changed but take a restart to apply.
 fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
-    // Debug text compares every field of the resolved configuration but the reloaded ones.
-    let strip = |c: &ServeConfig| {
-        let mut c = c.clone();
-        c.turn_secrets.clear();
-        c.secret_generated = false;
-        c.jwt_secret = None;
-        c.jwt_audience.clear();
-        c.jwt_issuer = None;
-        c.jwt_user_claim.clear();
-        c.jwt_algorithms.clear();
-        c.static_users.clear();
-        c
-    };
-    let (a, b) = (strip(old), strip(new));
-    let mut changed = vec![];
-    macro_rules! check {
-        ($($field:ident),*) => {$(
-            if format!("{:?}", a.$field) != format!("{:?}", b.$field) {
-                changed.push(stringify!($field));
-            }
-        )*};
+    restart_only(old)
+        .into_iter()
+        .zip(restart_only(new))
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect()
+}
+
+/// Every setting a reload does not apply, with its value as text. The configuration is
+/// destructured without `..`: a new field of `ServeConfig` does not compile until it is
+/// sorted here, as reloaded or as restart-only.
+fn restart_only(c: &ServeConfig) -> Vec<(&'static str, String)> {
+    macro_rules! restart_only {
+        ($($field:ident),* $(,)?) => {{
+            let ServeConfig {
+                // Reloaded (or, for a change of kind, refused by `try_reload`).
+                tls: _,
+                turn_secrets: _,
+                secret_generated: _,
+                jwt_secret: _,
+                jwt_public_key: _,
+                jwks_url: _,
+                dev: _,
+                jwt_audience: _,
+                jwt_issuer: _,
+                jwt_user_claim: _,
+                jwt_algorithms: _,
+                static_users: _,
+                $($field),*
+            } = c;
+            vec![$((stringify!($field), format!("{:?}", $field))),*]
+        }};
     }
-    check!(
+    restart_only!(
         http_listen,
         turn_listen,
         turn_tls_listen,
@@ -285,12 +296,23 @@ fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         drain_timeout,
         redis_url,
         redis_prefix,
+        redis_checkpoint_every,
         webhook_url,
         webhook_secret,
         credential_ttl,
         max_connections,
         max_connections_per_ip,
         http_header_timeout,
+        webhook_concurrency,
+        webhook_queue,
+        webhook_pair_interval,
+        webhook_pair_burst,
+        webhook_callee_burst,
+        webhook_callee_window,
+        webhook_caller_burst,
+        webhook_max_entries,
+        webhook_attempts,
+        webhook_timeout,
         presence,
         metrics_listen,
         log_format,
@@ -299,14 +321,70 @@ fn needs_restart(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
         max_unacked_bytes,
         max_held_signals,
         max_held_bytes,
+        max_held_signals_per_user,
+        max_held_bytes_per_user,
         max_ringing_per_callee,
         max_devices_per_user,
+        max_push_devices,
+        max_ended_calls,
+        max_invite_pairs,
+        turn_error_rate,
+        turn_error_burst,
+        turn_error_table,
         max_bps,
         user_max_bps,
+        turn_stream_queue,
+        turn_stream_timeout,
+        turn_io,
         ice_servers,
         public_host,
         no_turn,
-        http_tls
-    );
-    changed
+        http_tls,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn resolve(extra: &[&str]) -> ServeConfig {
+        let dir = std::env::temp_dir().join(format!("firstcall-reload-unit-{}", std::process::id()));
+        let dir = dir.to_str().expect("a UTF-8 temp dir").to_owned();
+        let base = ["serve", "--data-dir", dir.as_str(), "--turn-secret", "t1"];
+        Cli::try_parse_from(base.iter().chain(extra))
+            .expect("flags parse")
+            .args
+            .resolve_with(None)
+            .expect("settings resolve")
+    }
+
+    #[test]
+    fn a_changed_setting_a_reload_cannot_apply_is_named_and_a_reloaded_one_is_not() {
+        let old = resolve(&["--jwt-secret", "k1"]);
+        // Reloaded: keys, secrets, claims.
+        let reloaded = resolve(&["--jwt-secret", "k2", "--jwt-audience", "app"]);
+        assert_eq!(needs_restart(&old, &reloaded), Vec::<&str>::new());
+        // Restart-only, including settings the first version of this list forgot.
+        let restart = resolve(&[
+            "--jwt-secret",
+            "k1",
+            "--webhook-attempts",
+            "3",
+            "--turn-stream-queue",
+            "70000",
+            "--turn-io",
+            "uring",
+        ]);
+        assert_eq!(
+            needs_restart(&old, &restart),
+            vec!["webhook_attempts", "turn_stream_queue", "turn_io"]
+        );
+    }
 }

@@ -29,6 +29,9 @@ pub struct TurnMetrics {
     pub relayed_packets: [AtomicU64; 2],
     /// Relayed payload bytes by [`Direction`].
     pub relayed_bytes: [AtomicU64; 2],
+    /// Packets from one allocation to another of the same worker, handed over without
+    /// the kernel.
+    pub hairpinned_packets: AtomicU64,
     /// STUN requests by method name.
     requests: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed authentications by reason.
@@ -68,6 +71,10 @@ impl TurnMetrics {
     /// Count a refused peer.
     pub fn peer_refused(&self, reason: &'static str) {
         bump(&self.peers_refused, reason);
+    }
+    /// Count a packet handed from one allocation to another of the same worker.
+    pub fn hairpinned(&self) {
+        self.hairpinned_packets.fetch_add(1, Relaxed);
     }
     /// Count a dropped packet.
     pub fn dropped(&self, reason: &'static str) {
@@ -159,6 +166,12 @@ pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String
             let _ = writeln!(out, "{name}{{direction=\"{label}\"}} {v}");
         }
     }
+    counter(
+        out,
+        "firstcall_turn_hairpinned_packets_total",
+        "Packets relayed from one allocation to another of the same worker without the kernel (both parties relayed by this server).",
+        sum(&|m| m.hairpinned_packets.load(Relaxed) as i64),
+    );
     let labelled: [Labelled; 6] = [
         (
             "firstcall_turn_requests_total",

@@ -37,6 +37,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Notify;
 
+pub use crate::config::TurnIo;
+
+mod uring;
+
 /// Everything a worker needs, prepared (and every socket bound) before it starts.
 pub struct WorkerSetup {
     /// Worker index, for logs.
@@ -61,6 +65,8 @@ pub struct WorkerSetup {
     pub stream_queue: usize,
     /// A TCP/TLS client must complete a frame within this of connecting or of its last one.
     pub stream_timeout: Duration,
+    /// How UDP is read and written: io_uring or epoll.
+    pub io: TurnIo,
 }
 
 /// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
@@ -87,6 +93,12 @@ pub fn bind_reuseport(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
         s.listen(1024)?;
     }
     Ok(s)
+}
+
+/// Whether this kernel runs what `--turn-io uring` needs (a ring, multishot receives,
+/// provided buffers).
+pub fn probe_uring() -> io::Result<()> {
+    uring::Ring::new().map(drop)
 }
 
 /// Split `range` into `n` contiguous blocks, one per worker.
@@ -176,28 +188,43 @@ async fn stream_writer<W: AsyncWrite + Unpin>(q: Rc<StreamQueue>, mut wr: W) {
 struct Worker {
     core: RefCell<Server<StdRng>>,
     udp: Rc<UdpSocket>,
+    /// The client socket is IPv6 (dual-stack): v4 destinations are written v4-mapped.
+    udp_v6: bool,
     udp_state: quinn_udp::UdpSocketState,
     /// Listening on a wildcard address: replies must leave from the address each client
     /// wrote to (else a NAT in front of the client drops them), so remember it.
     wildcard: bool,
     client_local: RefCell<HashMap<SocketAddr, IpAddr>>,
     relays: RefCell<HashMap<RelayPort, RelaySocket>>,
-    /// Where relay sockets are registered; the relay task owns the `Poll` itself.
-    relay_registry: mio::Registry,
+    /// How relay sockets are read and UDP datagrams sent.
+    io: Io,
     streams: RefCell<HashMap<ClientAddr, Rc<StreamQueue>>>,
     stream_queue: usize,
     stream_timeout: Duration,
     timer: Notify,
     metrics: Arc<TurnMetrics>,
-    /// One receive buffer (`BATCH_SIZE` slots) for every relay socket of this worker.
-    relay_storage: RefCell<Vec<u8>>,
     /// Outgoing UDP datagrams, gathered so that a run to one destination leaves in one
     /// GSO `sendmsg`; see [`TxBatch`].
     tx: RefCell<TxBatch>,
 }
 
+/// A worker's UDP I/O: one of two drivers, chosen at start (`--turn-io`).
+enum Io {
+    /// Relay sockets in an epoll set, read with `recvmmsg` when ready; each send a
+    /// `sendmsg`.
+    Epoll {
+        /// Where relay sockets are registered; the relay task owns the `Poll` itself.
+        registry: mio::Registry,
+        /// One receive buffer (`BATCH_SIZE` slots) for every relay socket of this worker.
+        storage: RefCell<Vec<u8>>,
+    },
+    /// One io_uring: multishot receives on relay sockets, every send an SQE, one
+    /// submit per pass ([`uring`]).
+    Uring(Box<uring::Ring>),
+}
+
 /// Which socket a batched datagram leaves from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TxSrc {
     /// The shared client socket (to a UDP client).
     Client,
@@ -229,6 +256,12 @@ const MAX_GSO_SEGMENT: usize = 1452;
 
 struct RelaySocket {
     sock: mio::net::UdpSocket,
+    /// The address it is bound to (the relayed transport address, before any NAT).
+    addr: SocketAddr,
+    /// Bound to an IPv6 address (v4 destinations are then written v4-mapped).
+    v6: bool,
+    /// Its receive as armed on the ring (io_uring only).
+    key: Option<uring::RecvKey>,
     /// Already in the relay task's ready queue: edge-triggered readiness reports a
     /// busy socket again on every new datagram, and it must be queued only once.
     queued: bool,
@@ -253,23 +286,41 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     );
     let udp = UdpSocket::from_std(s.udp)?;
     let wildcard = udp.local_addr()?.ip().is_unspecified();
+    let udp_v6 = udp.local_addr()?.is_ipv6();
     let udp_state = quinn_udp::UdpSocketState::new((&udp).into())?;
-    let relay_poll = mio::Poll::new()?;
-    let relay_registry = relay_poll.registry().try_clone()?;
+    let ring = match s.io {
+        TurnIo::Epoll => None,
+        TurnIo::Uring => Some(uring::Ring::new().map_err(|e| io::Error::other(format!("--turn-io uring: {e}")))?),
+    };
+    if s.index == 0 {
+        tracing::info!(
+            io = if ring.is_some() { "io_uring" } else { "epoll" },
+            "TURN UDP driver"
+        );
+    }
+    let (io, relay_poll) = match ring {
+        Some(r) => (Io::Uring(Box::new(r)), None),
+        None => {
+            let poll = mio::Poll::new()?;
+            let registry = poll.registry().try_clone()?;
+            let storage = RefCell::new(vec![0u8; quinn_udp::BATCH_SIZE * RECV_SLOT]);
+            (Io::Epoll { registry, storage }, Some(poll))
+        }
+    };
     let w = Rc::new(Worker {
         core: RefCell::new(core),
         udp: Rc::new(udp),
+        udp_v6,
         udp_state,
         wildcard,
         client_local: RefCell::new(HashMap::new()),
         relays: RefCell::new(HashMap::new()),
-        relay_registry,
+        io,
         streams: RefCell::new(HashMap::new()),
         stream_queue: s.stream_queue,
         stream_timeout: s.stream_timeout,
         timer: Notify::new(),
         metrics: s.metrics,
-        relay_storage: RefCell::new(vec![0u8; quinn_udp::BATCH_SIZE * RECV_SLOT]),
         tx: RefCell::new(TxBatch {
             key: None,
             buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
@@ -285,7 +336,10 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     }
     tokio::task::spawn_local(timer_loop(w.clone()));
     tokio::task::spawn_local(auth_loop(w.clone(), s.auth));
-    let mut relay_task = tokio::task::spawn_local(relay_loop(w.clone(), relay_poll));
+    let mut relay_task = match relay_poll {
+        Some(poll) => tokio::task::spawn_local(relay_loop(w.clone(), poll)),
+        None => tokio::task::spawn_local(ring_loop(w.clone())),
+    };
     // Either loop ending ends the worker: one without the other would keep granting
     // allocations it cannot serve.
     tokio::select! {
@@ -376,7 +430,7 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
             for datagram in slot.chunks(meta.stride.max(1)) {
                 let fwd = w.core.borrow_mut().handle_client_input(datagram, client, now);
                 if let Some(f) = fwd {
-                    send_to_peer(&w, f.relay, f.peer, f.data);
+                    send_to_peer(&w, f.relay, f.peer, f.data, now);
                 }
             }
         }
@@ -384,8 +438,30 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
     }
 }
 
-fn send_to_peer(w: &Worker, relay: RelayPort, peer: PeerAddr, data: &[u8]) {
-    tx_push(w, TxSrc::Relay(relay), peer.0, &[data]);
+/// Send a client's datagram from its relay socket to a peer.
+///
+/// When the peer is another relay socket of this worker (both parties of a call
+/// relayed by this server, the usual case when both sit behind NATs that need TURN),
+/// the datagram is handed straight to that allocation as if it had arrived from the
+/// sending relay's address: what the kernel would deliver over loopback, without the
+/// two syscalls and the network stack in between. The receiving allocation still
+/// checks its permission and quota. A peer on another worker's relay port takes the
+/// kernel path.
+fn send_to_peer(w: &Rc<Worker>, relay: RelayPort, peer: PeerAddr, data: &[u8], now: Instant) {
+    let hairpin = {
+        let relays = w.relays.borrow();
+        match (relays.get(&RelayPort(peer.0.port())), relays.get(&relay)) {
+            (Some(to), Some(from)) if to.addr == peer.0 => Some(from.addr),
+            _ => None,
+        }
+    };
+    match hairpin {
+        Some(from) => {
+            w.metrics.hairpinned();
+            relay_from_peer(w, RelayPort(peer.0.port()), PeerAddr(from), data, now);
+        }
+        None => tx_push(w, TxSrc::Relay(relay), peer.0, &[data]),
+    }
 }
 
 /// Queue one datagram (the concatenation of `parts`) in the worker's batch, sending
@@ -396,7 +472,10 @@ fn tx_push(w: &Worker, src: TxSrc, to: SocketAddr, parts: &[&[u8]]) {
         let b = w.tx.borrow();
         // quinn-udp's limit (its batch size at most), which it lowers to 1 when the kernel
         // refuses GSO.
-        let max_segments = w.udp_state.max_gso_segments().min(quinn_udp::BATCH_SIZE);
+        let max_segments = match &w.io {
+            Io::Uring(r) if !r.gso() => 1,
+            _ => w.udp_state.max_gso_segments().min(quinn_udp::BATCH_SIZE),
+        };
         b.key == Some((src, to))
             && !b.closed
             && len > 0
@@ -427,6 +506,15 @@ fn tx_flush(w: &Worker) {
     let Some((src, to)) = b.key.take() else { return };
     let count = std::mem::take(&mut b.count);
     b.closed = false;
+    if let Io::Uring(ring) = &w.io {
+        if let Err(reason) = ring_send(w, ring, src, to, &b.buf, b.seg, count) {
+            for _ in 0..count {
+                w.metrics.dropped(reason);
+            }
+        }
+        b.buf.clear();
+        return;
+    }
     let t = quinn_udp::Transmit {
         destination: to,
         ecn: None,
@@ -477,6 +565,58 @@ fn tx_flush(w: &Worker) {
         }
     }
     b.buf.clear();
+}
+
+/// Queue one send (`count` datagrams of `seg` bytes, GSO when more than one) on the ring;
+/// on refusal, the drop reason.
+fn ring_send(
+    w: &Worker,
+    ring: &uring::Ring,
+    src: TxSrc,
+    to: SocketAddr,
+    data: &[u8],
+    seg: usize,
+    count: usize,
+) -> Result<(), &'static str> {
+    use std::os::fd::AsRawFd;
+    let (fd, v6, src_ip) = match src {
+        TxSrc::Client => {
+            // Replies leave from the address the client wrote to (see `wildcard`).
+            let src_ip = if w.wildcard {
+                w.client_local.borrow().get(&to).copied()
+            } else {
+                None
+            };
+            (w.udp.as_raw_fd(), w.udp_v6, src_ip)
+        }
+        TxSrc::Relay(port) => match w.relays.borrow().get(&port) {
+            Some(r) => (r.sock.as_raw_fd(), r.v6, None),
+            None => return Err("relay_socket_missing"),
+        },
+    };
+    ring.send(fd, v6, src, to, src_ip, data, seg, count)
+        .map_err(|e| match (src, e.kind()) {
+            (_, io::ErrorKind::OutOfMemory) => "send_queue_full",
+            (TxSrc::Client, _) => {
+                tracing::debug!(error = %e, %to, "client send not queued");
+                "client_send_error"
+            }
+            (TxSrc::Relay(_), _) => {
+                tracing::debug!(error = %e, peer = %to, "relay send not queued");
+                "relay_send_error"
+            }
+        })
+}
+
+/// Send what a pass queued: the batch, then (io_uring) one submit for every queued send.
+fn tx_commit(w: &Worker) {
+    tx_flush(w);
+    if let Io::Uring(ring) = &w.io {
+        if let Err(e) = ring.submit() {
+            // Entries stay queued and go with the next submit.
+            tracing::warn!(error = %e, "io_uring submit failed");
+        }
+    }
 }
 
 /// One sendmsg of `t` from `src`'s socket. A relay socket already released is
@@ -560,16 +700,28 @@ fn flush(w: &Rc<Worker>) {
                 w.core.borrow_mut().handle_relay_bound(port, ok, Instant::now());
             }
             Some(Command::ReleaseRelay { port }) => {
-                if let Some(mut r) = w.relays.borrow_mut().remove(&port) {
-                    // Closing the descriptor would drop it from the epoll set too;
-                    // deregistering first keeps that explicit.
-                    let _ = w.relay_registry.deregister(&mut r.sock);
+                let released = w.relays.borrow_mut().remove(&port);
+                if let Some(mut r) = released {
+                    match (&w.io, r.key) {
+                        // Closing the descriptor would drop it from the epoll set too;
+                        // deregistering first keeps that explicit.
+                        (Io::Epoll { registry, .. }, _) => {
+                            let _ = registry.deregister(&mut r.sock);
+                        }
+                        // The ring holds the socket until its receive is cancelled.
+                        (Io::Uring(ring), Some(key)) => {
+                            if let Err(e) = ring.cancel(key) {
+                                tracing::warn!(port = port.0, error = %e, "relay receive not cancelled");
+                            }
+                        }
+                        (Io::Uring(_), None) => {}
+                    }
                 }
             }
             None => {}
         }
     }
-    tx_flush(w);
+    tx_commit(w);
     w.timer.notify_one();
 }
 
@@ -580,13 +732,44 @@ fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
     let _ = s.set_recv_buffer_size(1 << 20);
     let _ = s.set_send_buffer_size(1 << 20);
     s.bind(&addr.into())?;
-    // GRO: a run of datagrams from one peer (a GSO send from another relay, on
-    // loopback) arrives as one read. Without it each is read on its own, still correct.
-    enable_gro(&s);
-    let mut sock = mio::net::UdpSocket::from_std(s.into());
-    w.relay_registry
-        .register(&mut sock, mio::Token(usize::from(port.0)), mio::Interest::READABLE)?;
-    w.relays.borrow_mut().insert(port, RelaySocket { sock, queued: false });
+    let v6 = addr.is_ipv6();
+    let key = match &w.io {
+        Io::Epoll { registry, .. } => {
+            // GRO: a run of datagrams from one peer (a GSO send from another relay, on
+            // loopback) arrives as one read. Without it each is read on its own, still correct.
+            enable_gro(&s);
+            let mut sock = mio::net::UdpSocket::from_std(s.into());
+            registry.register(&mut sock, mio::Token(usize::from(port.0)), mio::Interest::READABLE)?;
+            w.relays.borrow_mut().insert(
+                port,
+                RelaySocket {
+                    sock,
+                    addr,
+                    v6,
+                    key: None,
+                    queued: false,
+                },
+            );
+            return Ok(());
+        }
+        // No GRO: each multishot completion is one datagram in one buffer.
+        Io::Uring(ring) => ring.key(port.0),
+    };
+    let sock = mio::net::UdpSocket::from_std(s.into());
+    if let Io::Uring(ring) = &w.io {
+        use std::os::fd::AsRawFd;
+        ring.arm(sock.as_raw_fd(), key)?;
+    }
+    w.relays.borrow_mut().insert(
+        port,
+        RelaySocket {
+            sock,
+            addr,
+            v6,
+            key: Some(key),
+            queued: false,
+        },
+    );
     Ok(())
 }
 
@@ -667,7 +850,8 @@ async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
 /// may hold more.
 fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
     use quinn_udp::{RecvMeta, BATCH_SIZE};
-    let mut storage = w.relay_storage.borrow_mut();
+    let Io::Epoll { storage, .. } = &w.io else { return false };
+    let mut storage = storage.borrow_mut();
     let mut metas = [RecvMeta::default(); BATCH_SIZE];
     let received = match w.relays.borrow().get(&port) {
         Some(r) => recv_batch(&w.udp_state, (&r.sock).into(), &mut storage, &mut metas),
@@ -688,34 +872,185 @@ fn drain_relay(w: &Rc<Worker>, port: RelayPort) -> bool {
     let now = Instant::now();
     for (meta, slot) in reads(&storage, &metas[..n]) {
         for datagram in slot.chunks(meta.stride.max(1)) {
-            let to = w
-                .core
-                .borrow_mut()
-                .handle_peer_traffic(datagram, PeerAddr(meta.addr), port, now);
-            match to {
-                Some(t) => {
-                    let Ok(len) = u16::try_from(datagram.len()) else {
-                        continue;
-                    };
-                    let header = ChannelData::header(t.channel, len);
-                    if t.client.transport == Transport::Udp {
-                        tx_push(w, TxSrc::Client, t.client.addr, &[&header, datagram]);
-                    } else {
-                        // Over TCP/TLS, ChannelData is padded to a multiple of 4 (RFC 8656 §12.5).
-                        let mut frame = Vec::with_capacity(4 + datagram.len().next_multiple_of(4));
-                        frame.extend_from_slice(&header);
-                        frame.extend_from_slice(datagram);
-                        frame.resize(4 + datagram.len().next_multiple_of(4), 0);
-                        send_to_client(w, t.client, frame);
-                    }
-                }
-                None => flush(w),
-            }
+            relay_from_peer(w, port, PeerAddr(meta.addr), datagram, now);
         }
     }
     drop(storage);
     tx_flush(w);
     n == BATCH_SIZE
+}
+
+/// A datagram a peer sent to relay `port`: to its client as ChannelData or a Data
+/// indication, or whatever the core says.
+fn relay_from_peer(w: &Rc<Worker>, port: RelayPort, peer: PeerAddr, datagram: &[u8], now: Instant) {
+    let to = w.core.borrow_mut().handle_peer_traffic(datagram, peer, port, now);
+    match to {
+        Some(t) => {
+            let Ok(len) = u16::try_from(datagram.len()) else {
+                return;
+            };
+            let header = ChannelData::header(t.channel, len);
+            if t.client.transport == Transport::Udp {
+                tx_push(w, TxSrc::Client, t.client.addr, &[&header, datagram]);
+            } else {
+                // Over TCP/TLS, ChannelData is padded to a multiple of 4 (RFC 8656 §12.5).
+                let mut frame = Vec::with_capacity(4 + datagram.len().next_multiple_of(4));
+                frame.extend_from_slice(&header);
+                frame.extend_from_slice(datagram);
+                frame.resize(4 + datagram.len().next_multiple_of(4), 0);
+                send_to_client(w, t.client, frame);
+            }
+        }
+        None => flush(w),
+    }
+}
+
+/// Completions taken per round before the ring task yields to the client-socket loop.
+const RING_ROUND: usize = 1024;
+
+/// The worker's relay task with io_uring: waits for completions (the ring's descriptor
+/// turns readable), relays each received datagram, re-arms receives that stopped, and
+/// submits the round's sends and returned buffers together.
+async fn ring_loop(w: Rc<Worker>) {
+    let Io::Uring(ring) = &w.io else { return };
+    // SAFETY: the ring owns its descriptor and closes it only when dropped, after this
+    // task (which holds the worker, and so the ring) has dropped the `AsyncFd`.
+    let registered = unsafe { AsyncFd::register_with_interest(RingFd(ring.fd()), tokio::io::Interest::READABLE) };
+    let afd = match registered {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "io_uring descriptor could not be registered; relaying to clients is off");
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(RING_ROUND);
+    let mut rearm = Vec::new();
+    loop {
+        match afd.readable().await {
+            // Cleared before reaping: a completion queued after the reap raises a new edge.
+            Ok(mut guard) => guard.clear_ready(),
+            Err(e) => {
+                tracing::error!(error = %e, "io_uring wait failed");
+                return;
+            }
+        }
+        loop {
+            ring.reap(&mut done, RING_ROUND);
+            if done.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let full = done.len() == RING_ROUND;
+            for c in done.drain(..) {
+                on_completion(&w, ring, c, now, &mut rearm);
+            }
+            for (port, key) in rearm.drain(..) {
+                use std::os::fd::AsRawFd;
+                let fd = w
+                    .relays
+                    .borrow()
+                    .get(&port)
+                    .filter(|r| r.key == Some(key))
+                    .map(|r| r.sock.as_raw_fd());
+                if let Some(fd) = fd {
+                    if let Err(e) = ring.arm(fd, key) {
+                        w.metrics.dropped("relay_recv_error");
+                        tracing::warn!(port = port.0, error = %e, "relay receive not re-armed");
+                    }
+                }
+            }
+            tx_commit(&w);
+            if full {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// One completion of the ring.
+fn on_completion(
+    w: &Rc<Worker>,
+    ring: &uring::Ring,
+    c: uring::Completion,
+    now: Instant,
+    rearm: &mut Vec<(RelayPort, uring::RecvKey)>,
+) {
+    match c {
+        uring::Completion::Recv { key, result, more } => {
+            let port = RelayPort(key.port);
+            // A late completion of a socket since released (or of an earlier binding of
+            // its port) only hands its buffer back.
+            let current = w.relays.borrow().get(&port).and_then(|r| r.key) == Some(key);
+            match result {
+                Ok((bid, len)) => {
+                    if current {
+                        match ring.datagram(bid, len) {
+                            Ok((from, data)) => relay_from_peer(w, port, PeerAddr(from), data, now),
+                            Err(uring::RecvFault::TooLarge) => w.metrics.dropped("relay_datagram_too_large"),
+                            Err(uring::RecvFault::Malformed) => w.metrics.dropped("relay_recv_error"),
+                        }
+                    }
+                    ring.recycle(bid);
+                }
+                // Out of buffers: the datagrams wait in the socket; re-armed below, after
+                // this round's buffers go back.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                Err(e) if current => {
+                    // ICMP unreachable from an earlier send to a peer is about that send.
+                    if e.kind() != io::ErrorKind::ConnectionRefused {
+                        w.metrics.dropped("relay_recv_error");
+                        tracing::warn!(port = port.0, error = %e, "relay socket receive failed");
+                    }
+                }
+                Err(_) => {}
+            }
+            if !more && current {
+                rearm.push((port, key));
+            }
+        }
+        uring::Completion::Send {
+            src,
+            to,
+            count,
+            result,
+            resend,
+        } => match (result, resend) {
+            (Ok(()), _) => {}
+            // GSO refused (no GSO on this route, or a segment over the path MTU): the
+            // ring now sends one datagram per send; these go again that way.
+            (Err(e), Some((buf, seg))) => {
+                tracing::debug!(error = %e, %to, count, "GSO send refused; sending datagrams one by one");
+                for chunk in buf.chunks(seg.max(1)) {
+                    tx_push(w, src, to, &[chunk]);
+                }
+            }
+            (Err(e), None) => {
+                let reason = match src {
+                    TxSrc::Client => {
+                        tracing::trace!(error = %e, %to, "client send failed");
+                        "client_send_error"
+                    }
+                    TxSrc::Relay(_) => {
+                        tracing::trace!(error = %e, peer = %to, "relay send failed");
+                        "relay_send_error"
+                    }
+                };
+                for _ in 0..count {
+                    w.metrics.dropped(reason);
+                }
+            }
+        },
+    }
+}
+
+/// The ring's descriptor for tokio's reactor (the ring owns and closes it).
+struct RingFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 /// Ask the kernel to coalesce received datagrams (UDP_GRO); quinn-udp reads the
@@ -825,9 +1160,10 @@ async fn stream_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(w: Rc<Worker>,
             match tcp_frame_len(&buf[start..]) {
                 Ok(Some(len)) => {
                     let frame = &buf[start..start + len];
-                    let fwd = w.core.borrow_mut().handle_client_input(frame, client, Instant::now());
+                    let now = Instant::now();
+                    let fwd = w.core.borrow_mut().handle_client_input(frame, client, now);
                     if let Some(f) = fwd {
-                        send_to_peer(&w, f.relay, f.peer, f.data);
+                        send_to_peer(&w, f.relay, f.peer, f.data, now);
                     }
                     flush(&w);
                     start += len;
