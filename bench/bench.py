@@ -236,6 +236,143 @@ def bench_calls(a, tmp):
     return rows
 
 
+class VethPair:
+    """Two network namespaces of our own joined by one veth: the generator's (198.18.1.1)
+    and the server's (198.18.1.2), for the XDP bench. Both ends run NAPI in kernel threads
+    (GRO on, `threaded`), so the server side's receive work is a thread whose CPU can be
+    counted with the server's. XDP_TX on a veth needs an XDP program on the other end (the
+    veth driver drops XDP frames to a peer without one), so the generator's end carries the
+    fast path's own object with empty maps, which passes everything."""
+
+    def __init__(self, obj):
+        tag = os.getpid()
+        self.gen, self.srv = f"fcxg-{tag}", f"fcxs-{tag}"
+        run = lambda argv: subprocess.run(argv, check=True, capture_output=True)
+        for ns in (self.gen, self.srv):
+            run(["ip", "netns", "add", ns])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "link", "add", "xg0", "netns", self.gen, "type", "veth", "peer", "name", "xs0", "netns", self.srv])
+        for ns, dev, addr in ((self.gen, "xg0", "198.18.1.1/24"), (self.srv, "xs0", "198.18.1.2/24")):
+            run(["ip", "-n", ns, "addr", "add", addr, "dev", dev])
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+            run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"])
+            run(["ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
+        run(["ip", "-n", self.gen, "link", "set", "dev", "xg0", "xdpdrv", "obj", str(obj), "sec", "xdp"])
+
+    def exec_gen(self, argv):
+        return ["ip", "netns", "exec", self.gen] + argv
+
+    def exec_srv(self, argv):
+        return ["ip", "netns", "exec", self.srv] + argv
+
+    def napi_pids(self):
+        """The server end's NAPI threads, made threaded again: veth makes a new NAPI
+        instance when an XDP program attaches."""
+        subprocess.run(self.exec_srv(["sh", "-c", "echo 0 > /sys/class/net/xs0/threaded; echo 1 > /sys/class/net/xs0/threaded"]),
+                       check=True, capture_output=True)
+        out = subprocess.run(["ps", "-eo", "pid,comm"], capture_output=True, text=True).stdout
+        return [l.split()[0] for l in out.splitlines()[1:] if l.split()[1].startswith("napi/xs0-")]
+
+    def close(self):
+        for ns in (self.gen, self.srv):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def bpf_run_ns(pid):
+    """Run time of the XDP programs process `pid` holds (kernel.bpf_stats_enabled), ns."""
+    total = 0
+    for f in Path(f"/proc/{pid}/fdinfo").glob("*"):
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if "prog_type:\t6" in text:
+            for line in text.splitlines():
+                if line.startswith("run_time_ns:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def bench_xdp(a, tmp):
+    """The XDP fast path (issue 23.3): coturn, firstcall and firstcall --xdp, each in the
+    server namespace of a VethPair, under the same call-shaped load from the generator's.
+    CPU: the server process plus the server end's NAPI threads, and the whole machine (an
+    XDP program runs in softirq context, charged to whatever task it interrupts, so only
+    the machine total counts all of it); the program's own run time from the kernel's BPF
+    statistics."""
+    objs = sorted(REL.glob("build/firstcall-server-*/out/relay.bpf.o"), key=lambda p: p.stat().st_mtime)
+    if not objs:
+        raise RuntimeError("no relay.bpf.o: firstcall was built without clang (scripts/install-deps installs it)")
+    loads = [(10, False, "direct"), (10, False, "relayed")] if a.quick else \
+        [(500, False, "direct"), (500, False, "relayed"), (300, True, "direct"), (300, True, "relayed")]
+    dur = 1000 if a.quick else 6000
+    stats_flag = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old_stats = stats_flag.read_text().strip()
+    stats_flag.write_text("1")
+    rows = []
+    try:
+        for name in ["firstcall-xdp", "firstcall", "coturn"]:
+            if not have_server(name.split("-")[0]):
+                continue
+            for calls, video, peers in loads:
+                v = VethPair(objs[-1])
+                try:
+                    if name == "coturn":
+                        argv = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls",
+                                "--listening-ip", "198.18.1.2", "--relay-ip", "198.18.1.2", "--listening-port", "3478",
+                                "--min-port", "45000", "--max-port", "65000", "--use-auth-secret",
+                                "--static-auth-secret", SECRET, "--realm", REALM, "--relay-threads", "1",
+                                "--total-quota", "0", "--user-quota", "0", "--allow-loopback-peers",
+                                "--log-file", str(tmp / "coturn-xdp.log"), "--simple-log", "--no-stdout-log",
+                                "--pidfile", str(tmp / "coturn-xdp.pid")]
+                    else:
+                        argv = [str(REL / "firstcall"), "serve", "--http-listen", "198.18.1.2:8080",
+                                "--turn-listen", "198.18.1.2:3478", "--relay-ports", "20000-44999",
+                                "--turn-secret", SECRET, "--realm", REALM, "--threads", "1",
+                                "--max-allocations", "200000", "--max-allocations-per-user", "200000",
+                                "--log", "warn", "--turn-error-rate", "0", "--max-bps", "0", "--user-max-bps", "0",
+                                "--allow-peer", "198.18.1.0/24", "--data-dir", str(tmp / "firstcall-xdp-data"),
+                                "--jwt-secret", SECRET] + (["--xdp", "xs0"] if name == "firstcall-xdp" else [])
+                    p = Proc(name, v.exec_srv(argv))
+                    try:
+                        def up():
+                            p.check()
+                            # firstcall opens HTTP once TURN (and the program) is up.
+                            return listening(p.pid, 8080) if name != "coturn" else listening_udp(p.pid, 3478)
+                        wait_for(up, name)
+                        pids = [str(p.pid)] + v.napi_pids()
+                        bpf0 = bpf_run_ns(p.pid)
+                        lines = run_tool(v.exec_gen([str(REL / "firstcall-bench"), "calls", "--server", "198.18.1.2:3478",
+                                                     "--kind", "turn", "--secret", SECRET, "--calls", str(calls),
+                                                     "--video", "1" if video else "0", "--peers", peers,
+                                                     "--duration-ms", str(dur), "--server-pid", ",".join(pids)]), 900)
+                        bpf = bpf_run_ns(p.pid) - bpf0
+                        p.check()
+                    finally:
+                        p.stop()
+                finally:
+                    v.close()
+                res = next((l["result"] for l in lines if "result" in l), None)
+                if res is not None:
+                    res["bpf_ns_per_packet"] = bpf / res["received"] if res.get("received") else 0
+                rows.append({"server": name, "calls": calls, "video": video, "peers": peers, "result": res})
+                log(f"xdp {name} {calls}{' +video' if video else ''} {peers}: {res}")
+    finally:
+        stats_flag.write_text(old_stats)
+    return rows
+
+
+def listening_udp(pid, port):
+    """A UDP socket bound to `port` in the network namespace of `pid`."""
+    try:
+        for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+            if int(line.split()[1].split(":")[1], 16) == port:
+                return True
+    except OSError:
+        pass
+    return False
+
+
 def bench_control(a, tmp):
     count = 300 if a.quick else 10000
     rows = []
@@ -558,7 +695,7 @@ def bench_cluster(a, tmp):
     return rows
 
 
-BENCHES = {"calls": bench_calls, "relay": bench_relay, "control": bench_control, "signal": bench_signal, "cluster": bench_cluster,
+BENCHES = {"calls": bench_calls, "xdp": bench_xdp, "relay": bench_relay, "control": bench_control, "signal": bench_signal, "cluster": bench_cluster,
            "callsetup": bench_callsetup}
 
 
@@ -593,6 +730,18 @@ def summarise(results):
             "coturn_over_firstcall_cpu": ratio(c and c["cpu_s_per_million"], res["cpu_s_per_million"]),
             "bare_over_firstcall_cpu": ratio(b and b["cpu_s_per_million"], res["cpu_s_per_million"]),
         }
+    xr = results.get("xdp") or []
+    xby = {(r["server"], r["calls"], r["video"], r["peers"]): r["result"] for r in xr}
+    for (srv, n, video, peers), res in xby.items():
+        if srv != "firstcall-xdp" or not res:
+            continue
+        c, f = xby.get(("coturn", n, video, peers)), xby.get(("firstcall", n, video, peers))
+        key = "machine_minus_generator_s_per_million"
+        s[f"xdp_{n}{'_video' if video else '_audio'}_{peers}"] = {
+            "xdp_cpu_s_per_million": round(res.get(key, 0), 2),
+            "coturn_over_xdp": ratio(c and c.get(key), res.get(key)),
+            "firstcall_over_xdp": ratio(f and f.get(key), res.get(key)),
+        }
     ctl = {r["server"]: r["result"] for r in results.get("control") or []}
     if "firstcall" in ctl:
         f, c = ctl["firstcall"], ctl.get("coturn")
@@ -624,6 +773,7 @@ TARGETS = [
     ("call-shaped relay, both parties relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_relayed")], lambda v: v >= 2),
     ("call-shaped relay, one party relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct")], lambda v: v >= 2),
     ("call-shaped relay, one party relayed: firstcall CPU / bare forwarder CPU", "<= 1.2x", lambda s: [ratio(1, v["bare_over_firstcall_cpu"]) for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct") and v.get("bare_over_firstcall_cpu")], lambda v: v <= 1.2),
+    ("kernel fast path: coturn CPU / firstcall --xdp CPU per packet (machine less the generator, veth)", ">= 5x", lambda s: [v["coturn_over_xdp"] for k, v in s.items() if k.startswith("xdp_")], lambda v: v >= 5),
     ("relay vs coturn (packets/s)", ">= 1.5x", lambda s: [v["vs_coturn"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 1.5),
     ("relay vs bare forwarder", ">= 0.7x", lambda s: [v["vs_bare"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 0.7),
     ("allocations/s vs coturn", ">= 2x", lambda s: [s.get("control", {}).get("vs_coturn")], lambda v: v >= 2),
@@ -683,6 +833,24 @@ def markdown(doc):
                      f"{x.get('offered_pps', 0):.0f} | {x.get('mbit_s', 0):.1f} | {x.get('loss', 0):.4f} | "
                      f"{x.get('server_cpu_share', 0):.2f} | {x.get('cpu_s_per_million', 0):.2f} | "
                      f"{x.get('p50_us', 0)} | {x.get('p99_us', 0)} | {x.get('generator_cpu_share', 0):.2f} |")
+    xdp = doc["results"].get("xdp")
+    if xdp:
+        m += ["", "## TURN relay with the XDP fast path (`--xdp`, a veth between two namespaces)", "",
+              "The same call-shaped load from a generator namespace to a server namespace over one veth, for coturn, "
+              "firstcall and firstcall with its XDP program on the server's end of the veth (no bandwidth limits, so "
+              "every channel is in the program's maps). An XDP program runs in softirq context, charged to whatever "
+              "task it interrupts, so the server process's own CPU says nothing about it: the figure to compare is "
+              "the whole machine's busy CPU less the generator process's, per million packets (`others`). "
+              "`server+NAPI` is the server process plus the server end's NAPI threads; `XDP ns/pkt` the program's own "
+              "run time from the kernel's BPF statistics.", "",
+              "| calls | peers | server | packets/s | loss | server+NAPI CPU s / Mpkt | machine CPU s / Mpkt | others CPU s / Mpkt | XDP ns/pkt | p50 µs | p99 µs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in xdp:
+            x = r["result"] or {}
+            m.append(f"| {r['calls']}{' audio+video' if r['video'] else ' audio'} | {r['peers']} | {r['server']} | "
+                     f"{x.get('offered_pps', 0):.0f} | {x.get('loss', 0):.4f} | {x.get('cpu_s_per_million', 0):.2f} | "
+                     f"{x.get('machine_cpu_s_per_million', 0):.2f} | {x.get('machine_minus_generator_s_per_million', 0):.2f} | "
+                     f"{x.get('bpf_ns_per_packet', 0):.0f} | {x.get('p50_us', 0)} | {x.get('p99_us', 0)} |")
     relay = doc["results"].get("relay")
     if relay:
         m += ["", "## TURN relay, burst load (ChannelData over UDP, two relay hops per packet)", "",

@@ -87,6 +87,27 @@ impl PeakSearch {
 }
 
 /// Our own CPU use, seconds: tells a saturated generator from a saturated server.
+/// Busy CPU seconds of the whole machine (every CPU's time but idle and iowait, from
+/// /proc/stat): work the kernel does in softirq context, such as an XDP program's, is
+/// charged to whatever task it interrupts, so only this total counts it wherever it ran.
+fn machine_cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait (guest
+    // time is already inside user).
+    let busy: f64 = f
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / 100.0
+}
+
 fn self_cpu() -> f64 {
     cpu_seconds(std::process::id())
 }
@@ -231,9 +252,9 @@ async fn main() {
             };
             // Warm-up: first packets pay for buffers, caches and permissions.
             load::run_calls(&flows, bidirectional, shape, Duration::from_millis(500)).await;
-            let (cpu0, me0) = (cpu_seconds(pid), self_cpu());
+            let (cpu0, me0, all0) = (cpu_seconds(pid), self_cpu(), machine_cpu());
             let r = load::run_calls(&flows, bidirectional, shape, dur).await;
-            let (cpu, me) = (cpu_seconds(pid) - cpu0, self_cpu() - me0);
+            let (cpu, me, all) = (cpu_seconds(pid) - cpu0, self_cpu() - me0, machine_cpu() - all0);
             let secs = r.duration.as_secs_f64();
             println!(
                 "{}",
@@ -244,6 +265,11 @@ async fn main() {
                     "server_cpu_s": cpu, "server_cpu_share": cpu / secs,
                     "cpu_s_per_million": if r.received > 0 { cpu / r.received as f64 * 1e6 } else { 0.0 },
                     "p50_us": r.p50_us, "p99_us": r.p99_us, "generator_cpu_share": me / secs,
+                    "machine_cpu_s": all,
+                    "machine_cpu_s_per_million": if r.received > 0 { all / r.received as f64 * 1e6 } else { 0.0 },
+                    // Everything but the generator's own process: the server, its kernel work
+                    // wherever it ran (unless it interrupted the generator), other tasks.
+                    "machine_minus_generator_s_per_million": if r.received > 0 { (all - me).max(0.0) / r.received as f64 * 1e6 } else { 0.0 },
                 }})
             );
         }

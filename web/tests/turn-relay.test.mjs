@@ -37,5 +37,16 @@ for (const transport of ["udp", "tcp"]) {
       assert.ok(s.gathered.length > 0 && s.gathered.every((c) => c === "relay"), JSON.stringify(s.gathered));
     }
     t.diagnostic(`caller ${JSON.stringify(sa)} callee ${JSON.stringify(sb)}`);
+    if (process.env.FIRSTCALL_XDP && transport === "udp") {
+      // Run with the XDP fast path attached (scripts/test): both pages' relays are this
+      // server's, so their channels are joined in the kernel.
+      const joined = await a.evaluate(async () => {
+        const text = await (await fetch("/metrics")).text();
+        const line = text.split("\n").find((l) => l.startsWith('firstcall_turn_xdp_packets_total{path="relay_to_relay"}'));
+        return Number(line?.split(" ")[1] ?? -1);
+      });
+      assert.ok(joined > 0, `media joined in the kernel: ${joined}`);
+      t.diagnostic(`relay_to_relay in the kernel: ${joined}`);
+    }
   });
 }

@@ -67,7 +67,18 @@ pub async fn turn_flows_direct(server: SocketAddr, creds: &Credentials, n: usize
     for _ in 0..n {
         let mut a = Client::connect(server, &Kind::Udp, creds.clone()).await?;
         let ra = a.allocate(Some(3600)).await?.relayed;
-        let b = UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?;
+        // On loopback the peer takes another loopback address (127.0.0.2): a peer on the
+        // relay's own address could only be another relay of this server.
+        // Elsewhere it takes the generator's own address toward the server.
+        let peer_ip = match server.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() => std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+            _ => {
+                let probe = UdpSocket::bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)).await?;
+                probe.connect(server).await?;
+                probe.local_addr()?.ip()
+            }
+        };
+        let b = UdpSocket::bind(SocketAddr::new(peer_ip, 0)).await?;
         a.bind_channel(0x4001, b.local_addr()?).await?;
         b.connect(ra).await?;
         let Transport::Udp(ta) = a.transport else {

@@ -248,6 +248,8 @@ pub struct ServeConfig {
     pub turn_stream_timeout: Duration,
     /// How the TURN workers read and write UDP.
     pub turn_io: TurnIo,
+    /// Attach the XDP fast path to this interface.
+    pub xdp: Option<String>,
     // ICE servers (issue 19).
     /// ICE servers handed to clients besides (or, with `no_turn`, instead of) the
     /// embedded one, validated; `turn:`/`turns:` ones get credentials minted with the
@@ -670,6 +672,11 @@ pub struct ServeArgs {
     /// cheaper on call-shaped load) [default: epoll].
     #[arg(long, env = "FIRSTCALL_TURN_IO")]
     pub turn_io: Option<TurnIo>,
+    /// Relay established channels in the kernel: attach the XDP fast path to this
+    /// interface (the one TURN traffic arrives on; IPv4, one --turn-listen address and
+    /// --relay-ip; allocations with a bandwidth limit stay on the user-space path).
+    #[arg(long, env = "FIRSTCALL_XDP")]
+    pub xdp: Option<String>,
     // ICE servers (issue 19).
     /// Another STUN/TURN server for clients (repeatable; env comma-separated), e.g. an
     /// existing coturn: turn:turn.example.org:3478?transport=udp, stun:host:port. Credentials
@@ -802,6 +809,7 @@ impl ServeArgs {
                 ("--turn-stream-queue", self.turn_stream_queue.is_some()),
                 ("--turn-stream-timeout", self.turn_stream_timeout.is_some()),
                 ("--turn-io", self.turn_io.is_some()),
+                ("--xdp", self.xdp.is_some()),
             ]
             .into_iter()
             .filter_map(|(flag, set)| set.then_some(flag))
@@ -1060,6 +1068,7 @@ impl ServeArgs {
                 &self.turn_stream_timeout.unwrap_or_else(|| "120s".into()),
             )?,
             turn_io: self.turn_io.unwrap_or_default(),
+            xdp: self.xdp.filter(|i| !i.is_empty()),
             ice_servers,
             public_host,
             no_turn,

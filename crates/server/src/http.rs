@@ -26,6 +26,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Per-worker TURN counters.
     pub turn_metrics: Vec<Arc<TurnMetrics>>,
+    /// The XDP fast path, for its counters.
+    pub xdp: Option<Arc<crate::turn::xdp::FastPath>>,
     /// Signaling counters.
     pub signal_metrics: Arc<SignalMetrics>,
     /// The signaling hub (for presence).
@@ -217,6 +219,17 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     render_prometheus(&s.turn_metrics, &mut out);
+    if let Some(x) = &s.xdp {
+        let st = x.stats();
+        out.push_str("# HELP firstcall_turn_xdp_packets_total Datagrams the XDP fast path relayed in the kernel (not in firstcall_turn_relayed_packets_total), by path.\n# TYPE firstcall_turn_xdp_packets_total counter\n");
+        for (path, v) in [
+            ("to_peer", st.to_peer),
+            ("to_client", st.to_client),
+            ("relay_to_relay", st.relay_to_relay),
+        ] {
+            out.push_str(&format!("firstcall_turn_xdp_packets_total{{path=\"{path}\"}} {v}\n"));
+        }
+    }
     s.signal_metrics.render(&mut out);
     out.push_str(&s.reloads.render());
     s.conn_limits

@@ -71,6 +71,9 @@ pub enum ServeError {
     /// A setting or the data dir is unusable.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// `--xdp` could not be set up.
+    #[error(transparent)]
+    Xdp(#[from] turn::xdp::XdpError),
     /// `--turn-io uring` on a kernel that refuses io_uring or lacks what it needs.
     #[error("--turn-io uring: io_uring unavailable ({0}); use --turn-io epoll")]
     TurnIo(std::io::Error),
@@ -419,6 +422,8 @@ struct TurnStarted {
     metrics: Vec<Arc<TurnMetrics>>,
     /// Where relay sockets bind.
     relay_ip: IpAddr,
+    /// The XDP fast path, when attached.
+    fast: Option<Arc<turn::xdp::FastPath>>,
     /// The address in relayed addresses and (without --public-host) in the URIs.
     advertised: IpAddr,
 }
@@ -471,6 +476,26 @@ fn start_turn(
     if config.turn_io == config::TurnIo::Uring {
         turn::probe_uring().map_err(ServeError::TurnIo)?;
     }
+    let fast = match &config.xdp {
+        Some(iface) => {
+            if turn_addr.ip().is_unspecified() {
+                return Err(ServeError::Xdp(turn::xdp::XdpError::Kernel {
+                    iface: iface.clone(),
+                    what: "configure",
+                    message: "needs --turn-listen on one IPv4 address, the source of ChannelData to clients".into(),
+                }));
+            }
+            let f = Arc::new(turn::xdp::FastPath::attach(iface, relay_ip, turn_addr)?);
+            if config.max_bps != 0 || config.user_max_bps != 0 {
+                tracing::warn!(
+                    "--xdp: allocations with a bandwidth limit (--max-bps, --user-max-bps) stay on the user-space path; with the limits on, the fast path carries nothing"
+                );
+            }
+            tracing::info!(iface = %iface, "XDP fast path attached");
+            Some(f)
+        }
+        None => None,
+    };
     let blocks = turn::split_ports(&config.relay_ports, threads);
     let mut metrics = Vec::new();
     let mut first_udp = Some(first_udp);
@@ -509,6 +534,7 @@ fn start_turn(
             stream_queue: config.turn_stream_queue,
             stream_timeout: config.turn_stream_timeout,
             io: config.turn_io,
+            fast: fast.clone(),
         })?;
     }
     Ok(TurnStarted {
@@ -516,6 +542,7 @@ fn start_turn(
         tls: tls_addr,
         metrics,
         relay_ip,
+        fast,
         advertised,
     })
 }
@@ -672,6 +699,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ready: false.into(),
         draining: false.into(),
         turn_metrics: turn.as_ref().map(|t| t.metrics.clone()).unwrap_or_default(),
+        xdp: turn.as_ref().and_then(|t| t.fast.clone()),
         signal_metrics: signaling.metrics.clone(),
         signaling: signaling.clone(),
         turn_secret: turn_secret.clone(),

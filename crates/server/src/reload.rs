@@ -336,6 +336,7 @@ fn restart_only(c: &ServeConfig) -> Vec<(&'static str, String)> {
         turn_stream_queue,
         turn_stream_timeout,
         turn_io,
+        xdp,
         ice_servers,
         public_host,
         no_turn,

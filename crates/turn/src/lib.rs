@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod fastpath;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;

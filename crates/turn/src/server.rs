@@ -329,6 +329,10 @@ pub struct Server<R> {
     next_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
+    /// Off unless the driver has a fast path ([`Server::enable_fast_path`]).
+    fast_path: bool,
+    /// UDP clients whose fast-path entries may have changed since the driver last asked.
+    fast_dirty: Vec<ClientAddr>,
     unix_anchor: (Instant, u64),
     /// The `now` of the input being handled (for the error limit deep in the handlers).
     now: Instant,
@@ -509,6 +513,8 @@ impl<R: RngCore> Server<R> {
             next_sweep: None,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
+            fast_path: false,
+            fast_dirty: Vec::new(),
             unix_anchor: (now, unix_now),
             now,
         }
@@ -541,7 +547,11 @@ impl<R: RngCore> Server<R> {
             PacketKind::Stun => match Message::decode(packet) {
                 Ok(msg) => {
                     self.now = now;
-                    self.handle_message(&msg, client, now)
+                    let out = self.handle_message(&msg, client, now);
+                    // A request may bind a channel, install or refresh a permission, or
+                    // refresh or delete the allocation: the fast path asks again.
+                    self.fast_path_dirty(client);
+                    out
                 }
                 Err(e) => {
                     self.now = now;
@@ -697,6 +707,47 @@ impl<R: RngCore> Server<R> {
                 user_bandwidth,
             }),
         );
+    }
+
+    /// The driver has a kernel fast path: from now on [`Server::poll_fast_path`] says
+    /// what it may relay (see [`crate::fastpath`]).
+    pub fn enable_fast_path(&mut self) {
+        self.fast_path = true;
+    }
+
+    fn fast_path_dirty(&mut self, client: ClientAddr) {
+        if self.fast_path && client.transport == Transport::Udp && self.fast_dirty.last() != Some(&client) {
+            self.fast_dirty.push(client);
+        }
+    }
+
+    /// The next client whose fast-path entries changed, with all of them as of `now`.
+    pub fn poll_fast_path(&mut self, now: Instant) -> Option<crate::fastpath::FastPathSet> {
+        let client = self.fast_dirty.pop()?;
+        let mut entries = Vec::new();
+        let unlimited = self.config.max_bps == 0;
+        if let Some(a) = self.allocations.get(&client).filter(|a| a.expires > now) {
+            if unlimited && a.user_bandwidth.is_none() {
+                for c in &a.channels {
+                    let ip = crate::filter::normalise(c.peer.ip());
+                    let permit = a.permissions.iter().find(|(p, _)| *p == ip).map(|(_, e)| *e);
+                    let Some(permit) = permit else { continue };
+                    let expires = c.expires.min(permit).min(a.expires);
+                    if expires > now {
+                        entries.push(crate::fastpath::FastEntry {
+                            channel: c.number.get(),
+                            relay: a.port,
+                            peer: c.peer,
+                            expires,
+                        });
+                    }
+                }
+            }
+        }
+        Some(crate::fastpath::FastPathSet {
+            client: client.addr,
+            entries,
+        })
     }
 
     /// A TCP/TLS client connection closed: its allocation goes with it (RFC 8656 §3.1).
@@ -1328,6 +1379,7 @@ impl<R: RngCore> Server<R> {
         let Some(a) = self.allocations.remove(&client) else {
             return;
         };
+        self.fast_path_dirty(client);
         self.expiries.remove(&(a.expires, client));
         self.by_port.remove(&a.port);
         self.filter.live_relays().remove(a.port.0);

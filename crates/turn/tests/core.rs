@@ -1084,3 +1084,78 @@ fn bandwidth_quotas_per_allocation_and_per_user() {
     h.advance(Duration::from_millis(500));
     assert_eq!(send(&mut h, &pair[1], 100), 50, "half a second of the user's rate");
 }
+
+/// The kernel fast path's view (issue 23.3): a bound channel with a permitted peer is
+/// offered until the earliest of its channel, permission and allocation expiries;
+/// nothing while a bandwidth limit applies; an empty set once the allocation is gone.
+#[test]
+fn the_fast_path_is_offered_what_the_core_would_relay_and_no_longer() {
+    let mut h = Harness::new();
+    h.server.enable_fast_path();
+    let mut c = Client::rest(udp(4100), "alice", T0_UNIX + 100_000);
+    let relayed = c.allocate(&mut h);
+    while let Some(set) = h.server.poll_fast_path(h.now) {
+        assert!(set.entries.is_empty(), "no channel yet: {set:?}");
+    }
+    let p = peer(10, 8000);
+    c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[Attribute::ChannelNumber(0x4001), Attribute::XorPeerAddress(p)],
+    );
+    let set = h.server.poll_fast_path(h.now).expect("a channel bind marks its client");
+    assert_eq!(set.client, c.addr.addr);
+    assert_eq!(set.entries.len(), 1, "{set:?}");
+    let e = set.entries[0];
+    assert_eq!((e.channel, e.relay, e.peer), (0x4001, relay_port(relayed), p));
+    // The bind installed a 300 s permission, the channel lasts 600 s: the earliest wins.
+    assert_eq!(e.expires, h.now + Duration::from_secs(300));
+    assert!(h.server.poll_fast_path(h.now).is_none(), "nothing else changed");
+
+    // Relayed data does not mark anything: the fast path is asked only on control.
+    let mut buf = [0u8; 64];
+    let n = ChannelData::encode_into(ChannelNumber::new(0x4001).unwrap(), b"media", false, &mut buf).unwrap();
+    assert!(h.server.handle_client_input(&buf[..n], c.addr, h.now).is_some());
+    assert!(h.server.poll_fast_path(h.now).is_none());
+
+    // A refresh of the permission moves the expiry on.
+    h.advance(Duration::from_secs(100));
+    c.call(&mut h, Method::CREATE_PERMISSION, &[Attribute::XorPeerAddress(p)]);
+    let set = h.server.poll_fast_path(h.now).expect("marked");
+    assert_eq!(set.entries[0].expires, h.now + Duration::from_secs(300));
+
+    // Deleting the allocation empties the set.
+    c.call(&mut h, Method::REFRESH, &[Attribute::Lifetime(0)]);
+    let set = h.server.poll_fast_path(h.now).expect("marked");
+    assert!(set.entries.is_empty(), "{set:?}");
+}
+
+#[test]
+fn the_fast_path_gets_nothing_while_a_bandwidth_limit_applies() {
+    let mut h = Harness::with(
+        |mut c| {
+            c.max_bps = 1_000_000;
+            c
+        },
+        10,
+        100,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    h.server.enable_fast_path();
+    let mut c = Client::rest(udp(4101), "alice", T0_UNIX + 100_000);
+    c.allocate(&mut h);
+    c.call(
+        &mut h,
+        Method::CHANNEL_BIND,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(peer(10, 8000)),
+        ],
+    );
+    let mut seen = 0;
+    while let Some(set) = h.server.poll_fast_path(h.now) {
+        assert!(set.entries.is_empty(), "{set:?}");
+        seen += 1;
+    }
+    assert!(seen > 0, "the client was marked, and offered nothing");
+}

@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 pub use crate::config::TurnIo;
 
 mod uring;
+pub mod xdp;
 
 /// Everything a worker needs, prepared (and every socket bound) before it starts.
 pub struct WorkerSetup {
@@ -67,6 +68,8 @@ pub struct WorkerSetup {
     pub stream_timeout: Duration,
     /// How UDP is read and written: io_uring or epoll.
     pub io: TurnIo,
+    /// The XDP fast path, shared by every worker, when attached.
+    pub fast: Option<Arc<xdp::FastPath>>,
 }
 
 /// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
@@ -203,6 +206,8 @@ struct Worker {
     stream_timeout: Duration,
     timer: Notify,
     metrics: Arc<TurnMetrics>,
+    /// The XDP fast path: after each pass, what the core allows it is written to its maps.
+    fast: Option<Arc<xdp::FastPath>>,
     /// Outgoing UDP datagrams, gathered so that a run to one destination leaves in one
     /// GSO `sendmsg`; see [`TxBatch`].
     tx: RefCell<TxBatch>,
@@ -274,7 +279,7 @@ const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     let now = Instant::now();
-    let core = Server::new(
+    let mut core = Server::new(
         s.config.clone(),
         s.auth.borrow().clone(),
         s.filter,
@@ -284,6 +289,9 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         now,
         unix_now(),
     );
+    if s.fast.is_some() {
+        core.enable_fast_path();
+    }
     let udp = UdpSocket::from_std(s.udp)?;
     let wildcard = udp.local_addr()?.ip().is_unspecified();
     let udp_v6 = udp.local_addr()?.is_ipv6();
@@ -321,6 +329,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         stream_timeout: s.stream_timeout,
         timer: Notify::new(),
         metrics: s.metrics,
+        fast: s.fast,
         tx: RefCell::new(TxBatch {
             key: None,
             buf: Vec::with_capacity(MAX_GSO_BYTES + MAX_DATAGRAM),
@@ -722,6 +731,18 @@ fn flush(w: &Rc<Worker>) {
         }
     }
     tx_commit(w);
+    if let Some(fast) = &w.fast {
+        let now = Instant::now();
+        loop {
+            let Some(set) = w.core.borrow_mut().poll_fast_path(now) else {
+                break;
+            };
+            let failed = fast.apply(&set);
+            if failed > 0 {
+                tracing::warn!(client = %set.client, failed, "XDP maps full: these channels stay on the user-space path");
+            }
+        }
+    }
     w.timer.notify_one();
 }
 
