@@ -331,8 +331,10 @@ pub struct Server<R> {
     commands: VecDeque<Command>,
     /// Off unless the driver has a fast path ([`Server::enable_fast_path`]).
     fast_path: bool,
-    /// UDP clients whose fast-path entries may have changed since the driver last asked.
-    fast_dirty: Vec<ClientAddr>,
+    /// UDP clients whose fast-path entries may have changed since the driver last asked,
+    /// oldest first: a deleted allocation's removal must reach the maps before a later
+    /// allocation on the same relay port installs its entries.
+    fast_dirty: VecDeque<ClientAddr>,
     unix_anchor: (Instant, u64),
     /// The `now` of the input being handled (for the error limit deep in the handlers).
     now: Instant,
@@ -514,7 +516,7 @@ impl<R: RngCore> Server<R> {
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             fast_path: false,
-            fast_dirty: Vec::new(),
+            fast_dirty: VecDeque::new(),
             unix_anchor: (now, unix_now),
             now,
         }
@@ -716,14 +718,14 @@ impl<R: RngCore> Server<R> {
     }
 
     fn fast_path_dirty(&mut self, client: ClientAddr) {
-        if self.fast_path && client.transport == Transport::Udp && self.fast_dirty.last() != Some(&client) {
-            self.fast_dirty.push(client);
+        if self.fast_path && client.transport == Transport::Udp && self.fast_dirty.back() != Some(&client) {
+            self.fast_dirty.push_back(client);
         }
     }
 
     /// The next client whose fast-path entries changed, with all of them as of `now`.
     pub fn poll_fast_path(&mut self, now: Instant) -> Option<crate::fastpath::FastPathSet> {
-        let client = self.fast_dirty.pop()?;
+        let client = self.fast_dirty.pop_front()?;
         let mut entries = Vec::new();
         let unlimited = self.config.max_bps == 0;
         if let Some(a) = self.allocations.get(&client).filter(|a| a.expires > now) {

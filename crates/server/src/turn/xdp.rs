@@ -281,7 +281,12 @@ impl FastPath {
             if !want.iter().any(|(c, _)| *c == ck) {
                 let _ = m.channels.remove(&ck);
             }
-            if !want.iter().any(|(_, p)| *p == pk) {
+            // A relay port is reused by later allocations: remove only what is still ours.
+            let ours = m
+                .peers
+                .get(&pk, 0)
+                .is_ok_and(|v| v.client_ip == wire_ip(*client.ip()) && v.client_port == wire_port(client.port()));
+            if ours && !want.iter().any(|(_, p)| *p == pk) {
                 let _ = m.peers.remove(&pk);
             }
         }
