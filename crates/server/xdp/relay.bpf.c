@@ -64,9 +64,18 @@ struct peer_val {
 
 struct config {
 	__u32 relay_ip;
+	/* The TURN listener's address: the destination of clients' ChannelData and the
+	 * source of ChannelData to clients. */
+	__u32 server_ip;
+	/* The interface's MTU: a frame that would leave larger goes the slow way (which
+	 * fragments), and so does a GRO-merged one. */
+	__u32 mtu;
 	__u16 turn_port;
 	__u16 pad;
 };
+
+/* Loopback's index in every network namespace: there XDP_TX delivers locally. */
+#define LOOPBACK_IFINDEX 1
 
 // What the fast path did, per CPU: [0] to peers, [1] to clients, [2] relay to relay.
 #define STAT_TO_PEER 0
@@ -173,7 +182,11 @@ int firstcall_relay(struct xdp_md *ctx)
 		return XDP_PASS;
 	__u64 now = bpf_ktime_get_ns();
 
-	if (udp->dest == cfg->turn_port) {
+	/* On a real interface, a frame to one of our own addresses would leave the host
+	 * instead of reaching the local socket: such traffic takes the slow way. */
+	int on_lo = ctx->ingress_ifindex == LOOPBACK_IFINDEX;
+
+	if (udp->dest == cfg->turn_port && ip->daddr == cfg->server_ip) {
 		// ChannelData from a client: channel 0x4000-0x7FFF, then its length.
 		unsigned char *cd = (void *)(udp + 1);
 		if ((void *)(cd + 4) > end || (cd[0] & 0xc0) != 0x40)
@@ -190,6 +203,8 @@ int firstcall_relay(struct xdp_md *ctx)
 		struct chan_val *cv = bpf_map_lookup_elem(&FC_CHANNELS, &ck);
 		if (!cv || now >= cv->expires_ns || cv->peer_port == cfg->turn_port)
 			return XDP_PASS;
+		if (!on_lo && ip->saddr == cfg->server_ip)
+			return XDP_PASS;
 		if (cv->peer_ip == cfg->relay_ip) {
 			// The peer is another relayed address of this server: with a channel back to
 			// this relay, the datagram becomes that client's ChannelData at once.
@@ -201,12 +216,16 @@ int firstcall_relay(struct xdp_md *ctx)
 			struct peer_val *pv = bpf_map_lookup_elem(&FC_PEERS, &pk);
 			if (!pv || now >= pv->expires_ns)
 				return XDP_PASS;
+			if (!on_lo && (pv->client_ip == cfg->server_ip || pv->client_ip == cfg->relay_ip))
+				return XDP_PASS;
 			*(__u16 *)cd = pv->channel;
 			set_udp(ip, udp, pv->server_ip, pv->server_port, pv->client_ip, pv->client_port, payload);
 			swap_mac(eth);
 			count(STAT_HAIRPIN);
 			return XDP_TX;
 		}
+		if (!on_lo && cv->peer_ip == cfg->server_ip)
+			return XDP_PASS;
 		// Cut the 4-byte header: move the headers up by 4, then the start of the frame.
 		struct ethhdr e = *eth;
 		struct iphdr i = *ip;
@@ -229,8 +248,10 @@ int firstcall_relay(struct xdp_md *ctx)
 		return XDP_TX;
 	}
 
-	// From a peer to a relay port.
-	if (ip->daddr != cfg->relay_ip)
+	// From a peer to a relay port. A datagram from the relay address itself arriving from
+	// outside is spoofed (genuine relay-to-relay traffic never comes in from the wire);
+	// the kernel would drop it as martian, which runs after XDP: leave it to the kernel.
+	if (ip->daddr != cfg->relay_ip || (!on_lo && ip->saddr == cfg->relay_ip))
 		return XDP_PASS;
 	struct peer_key pk = {
 		.peer_ip = ip->saddr,
@@ -238,7 +259,10 @@ int firstcall_relay(struct xdp_md *ctx)
 		.relay_port = udp->dest,
 	};
 	struct peer_val *pv = bpf_map_lookup_elem(&FC_PEERS, &pk);
-	if (!pv || now >= pv->expires_ns || payload > 0xffff - 4 - sizeof(struct udphdr) - sizeof(struct iphdr))
+	if (!pv || now >= pv->expires_ns ||
+	    sizeof(struct iphdr) + sizeof(struct udphdr) + 4 + (__u32)payload > cfg->mtu)
+		return XDP_PASS;
+	if (!on_lo && (pv->client_ip == cfg->server_ip || pv->client_ip == cfg->relay_ip))
 		return XDP_PASS;
 	struct ethhdr e = *eth;
 	struct iphdr i = *ip;

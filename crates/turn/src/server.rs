@@ -550,9 +550,16 @@ impl<R: RngCore> Server<R> {
                 Ok(msg) => {
                     self.now = now;
                     let out = self.handle_message(&msg, client, now);
-                    // A request may bind a channel, install or refresh a permission, or
-                    // refresh or delete the allocation: the fast path asks again.
-                    self.fast_path_dirty(client);
+                    // These requests bind channels, install or refresh permissions, refresh
+                    // or delete the allocation: the fast path asks again.
+                    if msg.class() == Class::Request
+                        && matches!(
+                            msg.method(),
+                            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+                        )
+                    {
+                        self.fast_path_dirty(client);
+                    }
                     out
                 }
                 Err(e) => {

@@ -199,6 +199,10 @@ struct Worker {
     wildcard: bool,
     client_local: RefCell<HashMap<SocketAddr, IpAddr>>,
     relays: RefCell<HashMap<RelayPort, RelaySocket>>,
+    /// Released relay sockets whose io_uring receive is cancelled but not yet finished:
+    /// kept open until its last completion, so their descriptor numbers are not reused
+    /// while the ring (or an SQE not yet submitted) may still name them.
+    closing: RefCell<Vec<RelaySocket>>,
     /// How relay sockets are read and UDP datagrams sent.
     io: Io,
     streams: RefCell<HashMap<ClientAddr, Rc<StreamQueue>>>,
@@ -323,6 +327,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
         wildcard,
         client_local: RefCell::new(HashMap::new()),
         relays: RefCell::new(HashMap::new()),
+        closing: RefCell::new(Vec::new()),
         io,
         streams: RefCell::new(HashMap::new()),
         stream_queue: s.stream_queue,
@@ -722,6 +727,7 @@ fn flush(w: &Rc<Worker>) {
                             if let Err(e) = ring.cancel(key) {
                                 tracing::warn!(port = port.0, error = %e, "relay receive not cancelled");
                             }
+                            w.closing.borrow_mut().push(r);
                         }
                         (Io::Uring(_), None) => {}
                     }
@@ -1028,6 +1034,10 @@ fn on_completion(
             }
             if !more && current {
                 rearm.push((port, key));
+            }
+            if !more && !current {
+                // A released socket's receive has ended: now it may close.
+                w.closing.borrow_mut().retain(|r| r.key != Some(key));
             }
         }
         uring::Completion::Send {

@@ -45,6 +45,8 @@ const GROUP: u16 = 0;
 /// Most sends queued or in flight; past that a send is dropped and counted
 /// (`send_queue_full`). Sends usually complete while they are submitted.
 pub(super) const MAX_SENDS: usize = 4096;
+/// Most bytes queued or in flight (a GSO send holds up to 64 KB): 16 MiB per worker.
+pub(super) const MAX_SEND_BYTES: usize = 16 << 20;
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 16384;
 
@@ -124,6 +126,8 @@ pub(super) struct Ring {
     recv_hdr: Box<libc::msghdr>,
     slots: RefCell<Vec<Option<Box<SendSlot>>>>,
     free: RefCell<Vec<u32>>,
+    /// Bytes held by queued or in-flight sends.
+    send_bytes: Cell<usize>,
     /// The kernel refused a GSO send: send datagrams one by one from now on.
     gso_off: Cell<bool>,
     next_gen: Cell<u32>,
@@ -160,6 +164,7 @@ impl Ring {
             recv_hdr,
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            send_bytes: Cell::new(0),
             gso_off: Cell::new(false),
             next_gen: Cell::new(0),
         };
@@ -249,6 +254,9 @@ impl Ring {
         seg: usize,
         count: usize,
     ) -> io::Result<()> {
+        if self.send_bytes.get() + data.len() > MAX_SEND_BYTES {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "send queue full"));
+        }
         let index = match self.free.borrow_mut().pop() {
             Some(i) => i,
             None => {
@@ -303,6 +311,7 @@ impl Ring {
         let e = opcode::SendMsg::new(types::Fd(fd), &slot.hdr)
             .build()
             .user_data(KIND_SEND | u64::from(index));
+        let len = slot.buf.len();
         self.slots.borrow_mut()[index as usize] = Some(slot);
         // SAFETY: the slot is boxed and stays in `slots` until its completion.
         if let Err(e) = unsafe { self.push(&e) } {
@@ -310,6 +319,7 @@ impl Ring {
             self.free.borrow_mut().push(index);
             return Err(e);
         }
+        self.send_bytes.set(self.send_bytes.get() + len);
         Ok(())
     }
 
@@ -364,6 +374,8 @@ impl Ring {
                         continue;
                     };
                     self.free.borrow_mut().push(index as u32);
+                    self.send_bytes
+                        .set(self.send_bytes.get().saturating_sub(slot.buf.len()));
                     let result = if res < 0 {
                         Err(io::Error::from_raw_os_error(-res))
                     } else {

@@ -89,6 +89,8 @@ struct PeerVal {
 #[derive(Debug, Clone, Copy)]
 struct Config {
     relay_ip: u32,
+    server_ip: u32,
+    mtu: u32,
     turn_port: u16,
     pad: u16,
 }
@@ -156,6 +158,15 @@ impl FastPath {
             IpAddr::V4(_) => relay_ip,
             other => return Err(XdpError::NotIpv4(other)),
         };
+        // Frames the program would send larger than this go the slow way.
+        let mtu: u32 = std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+            .ok()
+            .and_then(|m| m.trim().parse().ok())
+            .ok_or_else(|| XdpError::Kernel {
+                iface: iface.to_owned(),
+                what: "read the MTU",
+                message: "no /sys/class/net entry".into(),
+            })?;
         let fail = |what: &'static str| {
             let iface = iface.to_owned();
             move |e: &dyn std::fmt::Display| XdpError::Kernel {
@@ -189,6 +200,8 @@ impl FastPath {
                 0,
                 Config {
                     relay_ip: wire_ip(relay_ip),
+                    server_ip: wire_ip(server_ip),
+                    mtu,
                     turn_port: wire_port(server.port()),
                     pad: 0,
                 },
