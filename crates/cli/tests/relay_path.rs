@@ -11,7 +11,12 @@ use firstcall_turn::auth::{rest_credential, Secret};
 /// A firstcall with TURN secret `secret`, a runtime for the clients, and a REST
 /// credential for `user` valid for ten minutes.
 fn setup(secret: &str, user: &str) -> (Server, tokio::runtime::Runtime, Credentials) {
-    let server = start_firstcall(&["--turn-secret", secret]);
+    setup_with(secret, user, &[])
+}
+
+/// As [`setup`], with `extra` flags for the server.
+fn setup_with(secret: &str, user: &str, extra: &[&str]) -> (Server, tokio::runtime::Runtime, Credentials) {
+    let server = start_firstcall(&[&["--turn-secret", secret], extra].concat());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,18 +142,7 @@ fn a_burst_through_two_relays_arrives_whole_and_in_order() {
 /// datagram that skipped the kernel.
 #[test]
 fn relay_to_relay_on_one_worker_skips_the_kernel_and_keeps_permissions() {
-    let secret = "hairpin";
-    let server = start_firstcall(&["--turn-secret", secret, "--threads", "1"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is past 1970")
-        .as_secs();
-    let (username, password) = rest_credential(&Secret::new(secret), "hairpin-test", now + 600);
-    let creds = Credentials { username, password };
+    let (server, rt, creds) = setup_with("hairpin", "hairpin-test", &["--threads", "1"]);
     const N: usize = 50;
     let hairpinned = "firstcall_turn_hairpinned_packets_total";
     let refused = "firstcall_turn_dropped_total{reason=\"no_permission\"}";

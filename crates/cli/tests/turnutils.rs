@@ -6,79 +6,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::coturn_tools::*;
 use common::*;
 
 const SECRET: &str = "integration-secret";
-
-/// What `turnutils_uclient` reported.
-#[derive(Debug)]
-struct UclientReport {
-    sent: u64,
-    received: u64,
-    lost: u64,
-    output: String,
-}
-
-fn uclient(server: &Server, flags: &[&str], peer_port: Option<u16>, creds: &[&str]) -> (bool, UclientReport) {
-    let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(flags)
-        .args(creds)
-        .args(["-p", &server.turn.port().to_string()]);
-    cmd.args(["-n", "40", "-m", "2", "-l", "170"]);
-    if let Some(p) = peer_port {
-        cmd.args(["-e", "127.0.0.1", "-r", &p.to_string()]);
-    }
-    cmd.arg("127.0.0.1");
-    let out = run_bounded(&mut cmd, Duration::from_secs(60));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let num_after = |key: &str| -> Option<u64> {
-        text.lines().rev().find_map(|l| {
-            let i = l.find(key)?;
-            l[i + key.len()..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-    };
-    let report = UclientReport {
-        sent: num_after("start_mclient: tot_send_msgs=").unwrap_or(0),
-        received: num_after("tot_recv_msgs=").unwrap_or(0),
-        lost: num_after("Total lost packets ").unwrap_or(u64::MAX),
-        output: text,
-    };
-    (out.status.success(), report)
-}
-
-struct Peer {
-    _proc: Proc,
-    port: u16,
-}
-
-fn start_peer() -> Peer {
-    let port = free_port();
-    let proc = Proc::spawn(
-        "turnutils_peer",
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
-    // Ready when its UDP port is taken.
-    assert!(
-        wait_until(Duration::from_secs(5), || std::net::UdpSocket::bind((
-            "127.0.0.1",
-            port
-        ))
-        .is_err()),
-        "turnutils_peer did not bind"
-    );
-    Peer { _proc: proc, port }
-}
 
 fn assert_zero_loss(flags: &[&str], with_peer: bool) {
     if !have_tool("turnutils_uclient") {
@@ -90,11 +21,11 @@ fn assert_zero_loss(flags: &[&str], with_peer: bool) {
         // Client-to-client relaying needs no --allow-peer: our own relays stay reachable.
         start_firstcall(&["--turn-secret", SECRET])
     };
-    let peer = with_peer.then(start_peer);
+    let peer = with_peer.then(|| start_peer("127.0.0.1"));
     let (ok, r) = uclient(
         &server,
         flags,
-        peer.as_ref().map(|p| p.port),
+        peer.as_ref().map(|p| p.addr),
         &["-W", SECRET, "-u", "alice"],
     );
     assert!(
@@ -169,8 +100,8 @@ fn wrong_secret_is_refused() {
         return;
     }
     let server = start_firstcall(&["--turn-secret", SECRET, "--allow-peer", "127.0.0.1/32"]);
-    let peer = start_peer();
-    let (ok, r) = uclient(&server, &[], Some(peer.port), &["-W", "not-the-secret", "-u", "alice"]);
+    let peer = start_peer("127.0.0.1");
+    let (ok, r) = uclient(&server, &[], Some(peer.addr), &["-W", "not-the-secret", "-u", "alice"]);
     assert!(!ok, "allocation with a wrong secret succeeded:\n{}", r.output);
     assert!(r.output.contains("Cannot complete Allocation"), "{}", r.output);
     assert!(server.metric("firstcall_turn_auth_failures_total{reason=\"bad_integrity\"}") >= 1);
@@ -188,8 +119,8 @@ fn expired_credential_is_refused() {
     let username = "1000000000:alice";
     let password = firstcall_turn::auth::rest_password(&firstcall_turn::auth::Secret::new(SECRET), username);
     let server = start_firstcall(&["--turn-secret", SECRET, "--allow-peer", "127.0.0.1/32"]);
-    let peer = start_peer();
-    let (ok, r) = uclient(&server, &[], Some(peer.port), &["-u", username, "-w", &password]);
+    let peer = start_peer("127.0.0.1");
+    let (ok, r) = uclient(&server, &[], Some(peer.addr), &["-u", username, "-w", &password]);
     assert!(!ok, "allocation with an expired credential succeeded:\n{}", r.output);
     assert!(server.metric("firstcall_turn_auth_failures_total{reason=\"expired\"}") >= 1);
     assert_eq!(server.metric("firstcall_turn_allocations_total"), 0);
@@ -197,7 +128,7 @@ fn expired_credential_is_refused() {
     // The same shape with a future expiry is accepted, so the refusal above was the expiry.
     let fresh = format!("{}:alice", 4_000_000_000u64);
     let password = firstcall_turn::auth::rest_password(&firstcall_turn::auth::Secret::new(SECRET), &fresh);
-    let (ok, r) = uclient(&server, &[], Some(peer.port), &["-u", &fresh, "-w", &password]);
+    let (ok, r) = uclient(&server, &[], Some(peer.addr), &["-u", &fresh, "-w", &password]);
     assert!(ok && r.lost == 0, "fresh credential refused:\n{}", r.output);
 }
 
@@ -207,8 +138,8 @@ fn loopback_peer_refused_unless_allowed() {
         return;
     }
     let server = start_firstcall(&["--turn-secret", SECRET]);
-    let peer = start_peer();
-    let (ok, r) = uclient(&server, &[], Some(peer.port), &["-W", SECRET, "-u", "alice"]);
+    let peer = start_peer("127.0.0.1");
+    let (ok, r) = uclient(&server, &[], Some(peer.addr), &["-W", SECRET, "-u", "alice"]);
     assert!(
         !ok || r.received == 0,
         "relayed to a loopback peer without --allow-peer:\n{}",
@@ -247,7 +178,7 @@ fn tls_channels_to_peer() {
         "--turn-tls-listen",
         &tls_listen,
     ]);
-    let peer = start_peer();
+    let peer = start_peer("127.0.0.1");
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(["-t", "-S", "-W", SECRET, "-u", "alice", "-p", &tls_port.to_string()])
         .args([
@@ -260,7 +191,7 @@ fn tls_channels_to_peer() {
             "-e",
             "127.0.0.1",
             "-r",
-            &peer.port.to_string(),
+            &peer.addr.port().to_string(),
             "127.0.0.1",
         ]);
     let out = run_bounded(&mut cmd, Duration::from_secs(60));

@@ -8,8 +8,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
+use common::coturn_tools::*;
 use common::*;
 
 const SECRET: &str = "xdp-secret";
@@ -35,63 +35,12 @@ fn xdp_count(server: &Server, path: &str) -> u64 {
     server.metric(&format!("firstcall_turn_xdp_packets_total{{path=\"{path}\"}}"))
 }
 
-/// Run `turnutils_uclient` with `flags` (and a peer on 127.0.0.2 when given); returns
-/// (sent, received, lost) as it reports them.
-fn uclient(server: &Server, flags: &[&str], peer_port: Option<u16>) -> (u64, u64, u64, String) {
-    let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(flags)
-        .args(["-W", SECRET, "-u", "alice", "-p", &server.turn.port().to_string()])
-        .args(["-n", "40", "-m", "2", "-l", "170"]);
-    if let Some(p) = peer_port {
-        cmd.args(["-e", "127.0.0.2", "-r", &p.to_string()]);
-    }
-    cmd.arg("127.0.0.1");
-    let out = run_bounded(&mut cmd, Duration::from_secs(60));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "uclient {flags:?} failed:\n{text}");
-    let num_after = |key: &str| -> u64 {
-        text.lines()
-            .rev()
-            .find_map(|l| {
-                let i = l.find(key)?;
-                l[i + key.len()..]
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(u64::MAX)
-    };
-    (
-        num_after("start_mclient: tot_send_msgs="),
-        num_after("tot_recv_msgs="),
-        num_after("Total lost packets "),
-        text,
-    )
-}
-
-fn start_peer() -> (Proc, u16) {
-    let port = free_port();
-    let proc = Proc::spawn(
-        "turnutils_peer",
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.2", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || std::net::UdpSocket::bind((
-            "127.0.0.2",
-            port
-        ))
-        .is_err()),
-        "turnutils_peer did not bind"
-    );
-    (proc, port)
+/// `turnutils_uclient` with `flags` (to `peer` when given), which must succeed; returns
+/// (sent, received, lost) as it reports them, and its output.
+fn run_uclient(server: &Server, flags: &[&str], peer: Option<std::net::SocketAddr>) -> (u64, u64, u64, String) {
+    let (ok, r) = uclient(server, flags, peer, &["-W", SECRET, "-u", "alice"]);
+    assert!(ok, "uclient {flags:?} failed:\n{}", r.output);
+    (r.sent, r.received, r.lost, r.output)
 }
 
 fn xdp_server(extra: &[&str]) -> Server {
@@ -106,8 +55,8 @@ fn channels_to_a_peer_are_relayed_by_the_kernel_both_ways_without_loss() {
         return;
     }
     let server = xdp_server(&["--max-bps", "0", "--user-max-bps", "0"]);
-    let (_peer, port) = start_peer();
-    let (sent, received, lost, text) = uclient(&server, &[], Some(port));
+    let peer = start_peer("127.0.0.2");
+    let (sent, received, lost, text) = run_uclient(&server, &[], Some(peer.addr));
     assert!(sent >= 80, "uclient sent only {sent}:\n{text}");
     assert_eq!((lost, received), (0, sent), "{text}");
     // The channel's datagrams went through the kernel: the program counted them, in
@@ -126,7 +75,7 @@ fn two_clients_relayed_by_one_server_are_joined_in_the_kernel() {
         return;
     }
     let server = xdp_server(&["--max-bps", "0", "--user-max-bps", "0"]);
-    let (sent, received, lost, text) = uclient(&server, &["-y"], None);
+    let (sent, received, lost, text) = run_uclient(&server, &["-y"], None);
     assert!(sent >= 80, "uclient sent only {sent}:\n{text}");
     assert_eq!((lost, received), (0, sent), "{text}");
     let joined = xdp_count(&server, "relay_to_relay");
@@ -145,8 +94,8 @@ fn allocations_with_a_bandwidth_limit_stay_on_the_user_space_path() {
     // The defaults limit bandwidth per allocation and per user: the kernel cannot charge
     // those buckets, so nothing may bypass them.
     let server = xdp_server(&[]);
-    let (_peer, port) = start_peer();
-    let (sent, received, lost, text) = uclient(&server, &[], Some(port));
+    let peer = start_peer("127.0.0.2");
+    let (sent, received, lost, text) = run_uclient(&server, &[], Some(peer.addr));
     assert_eq!((lost, received), (0, sent), "{text}");
     assert_eq!(xdp_count(&server, "to_peer") + xdp_count(&server, "to_client"), 0);
     assert!(server.metric("firstcall_turn_relayed_packets_total{direction=\"to_peer\"}") >= sent);

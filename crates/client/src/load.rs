@@ -289,6 +289,11 @@ const RECV_BATCH: usize = 64;
 
 /// Receive what the socket holds, up to `bufs.len()` datagrams, in one `recvmmsg`.
 fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<usize> {
+    recv_each(sock, bufs, &mut |_| {})
+}
+
+/// One `recvmmsg` into `bufs`; `each` hears every datagram's length, in order.
+fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usize)) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -316,6 +321,9 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<usiz
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    for h in &hdrs[..r as usize] {
+        each(h.msg_len as usize);
     }
     Ok(r as usize)
 }
@@ -545,33 +553,7 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
 
 /// As [`recv_batch`], with each datagram's length.
 fn recv_lens(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<Vec<usize>> {
-    use std::os::fd::AsRawFd;
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
-    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; iovs.len()];
-    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
-        h.msg_hdr.msg_iov = iov;
-        h.msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: every header points at one live iovec over a live buffer of its stated
-    // length, and all of them outlive the call.
-    let r = unsafe {
-        libc::recvmmsg(
-            sock.as_raw_fd(),
-            hdrs.as_mut_ptr(),
-            hdrs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(hdrs[..r as usize].iter().map(|h| h.msg_len as usize).collect())
+    let mut lens = Vec::with_capacity(bufs.len());
+    recv_each(sock, bufs, &mut |len| lens.push(len))?;
+    Ok(lens)
 }

@@ -10,6 +10,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use firstcall_stun::{Attribute, Class, IntegrityKind, Message, MessageBuilder, Method, TransactionId};
 use firstcall_turn::auth::{long_term_key, rest_credential, Secret};
 use std::path::PathBuf;
+
+pub mod coturn_tools;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};

@@ -759,41 +759,33 @@ fn bind_relay(w: &Rc<Worker>, ip: IpAddr, port: RelayPort) -> io::Result<()> {
     let _ = s.set_recv_buffer_size(1 << 20);
     let _ = s.set_send_buffer_size(1 << 20);
     s.bind(&addr.into())?;
-    let v6 = addr.is_ipv6();
+    if matches!(w.io, Io::Epoll { .. }) {
+        // GRO: a run of datagrams from one peer (a GSO send from another relay, on
+        // loopback) arrives as one read. Without it each is read on its own, still correct.
+        // (io_uring: none; each multishot completion is one datagram in one buffer.)
+        enable_gro(&s);
+    }
+    let mut sock = mio::net::UdpSocket::from_std(s.into());
     let key = match &w.io {
         Io::Epoll { registry, .. } => {
-            // GRO: a run of datagrams from one peer (a GSO send from another relay, on
-            // loopback) arrives as one read. Without it each is read on its own, still correct.
-            enable_gro(&s);
-            let mut sock = mio::net::UdpSocket::from_std(s.into());
             registry.register(&mut sock, mio::Token(usize::from(port.0)), mio::Interest::READABLE)?;
-            w.relays.borrow_mut().insert(
-                port,
-                RelaySocket {
-                    sock,
-                    addr,
-                    v6,
-                    key: None,
-                    queued: false,
-                },
-            );
-            return Ok(());
+            None
         }
-        // No GRO: each multishot completion is one datagram in one buffer.
-        Io::Uring(ring) => ring.key(port.0),
+        Io::Uring(ring) => {
+            use std::os::fd::AsRawFd;
+            let key = ring.key(port.0);
+            ring.arm(sock.as_raw_fd(), key)?;
+            Some(key)
+        }
     };
-    let sock = mio::net::UdpSocket::from_std(s.into());
-    if let Io::Uring(ring) = &w.io {
-        use std::os::fd::AsRawFd;
-        ring.arm(sock.as_raw_fd(), key)?;
-    }
+    let v6 = addr.is_ipv6();
     w.relays.borrow_mut().insert(
         port,
         RelaySocket {
             sock,
             addr,
             v6,
-            key: Some(key),
+            key,
             queued: false,
         },
     );

@@ -559,14 +559,20 @@ mod tests {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
-    fn ring() -> Option<Ring> {
-        match Ring::new() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                // The test suite's machine allows io_uring (README); say so loudly if not.
-                panic!("io_uring unavailable here: {e}");
-            }
-        }
+    /// The test suite's machine allows io_uring (README); say so loudly if not.
+    fn ring() -> Ring {
+        Ring::new().unwrap_or_else(|e| panic!("io_uring unavailable here: {e}"))
+    }
+
+    /// A ring with a multishot receive armed on a fresh relay socket, and a peer to write to it.
+    fn armed() -> (Ring, UdpSocket, UdpSocket, RecvKey) {
+        let r = ring();
+        let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let key = r.key(relay.local_addr().unwrap().port());
+        r.arm(relay.as_raw_fd(), key).unwrap();
+        r.submit().unwrap();
+        (r, relay, peer, key)
     }
 
     fn wait_for(r: &Ring, out: &mut Vec<Completion>) {
@@ -576,12 +582,7 @@ mod tests {
 
     #[test]
     fn a_multishot_receive_reads_each_datagram_with_its_sender_and_rearms_nothing() {
-        let r = ring().unwrap();
-        let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let key = r.key(relay.local_addr().unwrap().port());
-        r.arm(relay.as_raw_fd(), key).unwrap();
-        r.submit().unwrap();
+        let (r, relay, peer, key) = armed();
         let mut got = vec![];
         for i in 0..3u8 {
             peer.send_to(&[i; 100], relay.local_addr().unwrap()).unwrap();
@@ -605,12 +606,7 @@ mod tests {
 
     #[test]
     fn a_datagram_larger_than_a_buffer_is_refused_as_too_large() {
-        let r = ring().unwrap();
-        let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let key = r.key(relay.local_addr().unwrap().port());
-        r.arm(relay.as_raw_fd(), key).unwrap();
-        r.submit().unwrap();
+        let (r, relay, peer, _) = armed();
         peer.send_to(&vec![7u8; MAX_RECV + 1], relay.local_addr().unwrap())
             .unwrap();
         let mut out = vec![];
@@ -626,7 +622,7 @@ mod tests {
 
     #[test]
     fn sends_from_many_sockets_to_many_destinations_leave_in_one_submit() {
-        let r = ring().unwrap();
+        let r = ring();
         let senders: Vec<UdpSocket> = (0..8).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         let receivers: Vec<UdpSocket> = (0..8).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         for (i, (s, d)) in senders.iter().zip(&receivers).enumerate() {
@@ -656,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_gso_send_arrives_as_separate_datagrams() {
-        let r = ring().unwrap();
+        let r = ring();
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let d = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut data = vec![1u8; 300];
@@ -689,7 +685,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_receive_releases_the_port() {
-        let r = ring().unwrap();
+        let r = ring();
         let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = relay.local_addr().unwrap();
         let key = r.key(addr.port());
@@ -707,7 +703,7 @@ mod tests {
 
     #[test]
     fn the_send_queue_is_bounded() {
-        let r = ring().unwrap();
+        let r = ring();
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let d = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = d.local_addr().unwrap();
