@@ -203,9 +203,9 @@ async fn main() {
             let mut best: Option<serde_json::Value> = None;
             // A step passes with at most 1% loss.
             while let Some(rate) = search.next() {
-                let cpu0 = cpu_seconds(pid);
+                let cpu0 = cpu_all(&pids);
                 let r = load::run(&flows, size, rate, dur).await;
-                let cpu = cpu_seconds(pid) - cpu0;
+                let cpu = cpu_all(&pids) - cpu0;
                 let loss = r.loss();
                 let per_million = if r.received > 0 {
                     cpu / r.received as f64 * 1e6
@@ -252,9 +252,9 @@ async fn main() {
             };
             // Warm-up: first packets pay for buffers, caches and permissions.
             load::run_calls(&flows, bidirectional, shape, Duration::from_millis(500)).await;
-            let (cpu0, me0, all0) = (cpu_seconds(pid), self_cpu(), machine_cpu());
+            let (cpu0, me0, all0) = (cpu_all(&pids), self_cpu(), machine_cpu());
             let r = load::run_calls(&flows, bidirectional, shape, dur).await;
-            let (cpu, me, all) = (cpu_seconds(pid) - cpu0, self_cpu() - me0, machine_cpu() - all0);
+            let (cpu, me, all) = (cpu_all(&pids) - cpu0, self_cpu() - me0, machine_cpu() - all0);
             let secs = r.duration.as_secs_f64();
             println!(
                 "{}",
