@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -45,11 +48,28 @@ pub struct SignalClient {
     pub welcome: Value,
     /// Unsequenced error frames received (hello refusals).
     pub close_code: Option<u16>,
+    /// The local address sockets are opened from (`ws://` only), if not the kernel's choice.
+    local: Option<IpAddr>,
 }
 
 impl SignalClient {
     /// Connect and say hello.
     pub async fn connect(url: &str, token: &str, device: &str) -> Result<SignalClient, ClientError> {
+        Self::open(url, token, device, None).await
+    }
+
+    /// As [`SignalClient::connect`], from local address `local` (a `ws://` URL): the
+    /// server then sees this client at that address, as it would a client elsewhere.
+    pub async fn connect_from(
+        url: &str,
+        token: &str,
+        device: &str,
+        local: IpAddr,
+    ) -> Result<SignalClient, ClientError> {
+        Self::open(url, token, device, Some(local)).await
+    }
+
+    async fn open(url: &str, token: &str, device: &str, local: Option<IpAddr>) -> Result<SignalClient, ClientError> {
         let mut c = SignalClient {
             url: url.to_owned(),
             token: token.to_owned(),
@@ -61,6 +81,7 @@ impl SignalClient {
             unacked: VecDeque::new(),
             welcome: Value::Null,
             close_code: None,
+            local,
         };
         c.reconnect().await?;
         Ok(c)
@@ -98,7 +119,34 @@ impl SignalClient {
         // TCP_NODELAY: signaling frames are small and latency-bound; with Nagle, a frame
         // written right after the previous one (an ack, then the next request) waits for
         // the server's delayed ACK.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true).await?;
+        let (mut ws, _) = match self.local {
+            None => tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true).await?,
+            Some(ip) => {
+                let req = self.url.as_str().into_client_request()?;
+                let (Some(host), Some("ws")) = (req.uri().host(), req.uri().scheme_str()) else {
+                    return Err(ClientError::Protocol(format!(
+                        "a local address needs a ws:// URL, not {}",
+                        self.url
+                    )));
+                };
+                let port = req.uri().port_u16().unwrap_or(80);
+                let to = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+                    .await
+                    .map_err(tungstenite::Error::Io)?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .ok_or_else(|| ClientError::Protocol(format!("{host} has no address of {ip}'s family")))?;
+                let sock = if ip.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .map_err(tungstenite::Error::Io)?;
+                sock.bind(SocketAddr::new(ip, 0)).map_err(tungstenite::Error::Io)?;
+                let stream = sock.connect(to).await.map_err(tungstenite::Error::Io)?;
+                stream.set_nodelay(true).map_err(tungstenite::Error::Io)?;
+                tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), None).await?
+            }
+        };
         let mut hello = json!({"type": "hello", "token": self.token, "device": self.device});
         if let Some(s) = &self.session {
             hello["resume"] = json!({"session": s, "last_seq": self.last_in});

@@ -246,6 +246,9 @@ pub struct ServeConfig {
     pub turn_stream_queue: usize,
     /// A TURN TCP/TLS client that completes no frame for this long is disconnected.
     pub turn_stream_timeout: Duration,
+    /// How long after a call is answered each party's address may reach the other's
+    /// allocations ahead of their own permissions; zero turns peer grants off.
+    pub turn_peer_grant_ttl: Duration,
     /// How the TURN workers read and write UDP.
     pub turn_io: TurnIo,
     /// Attach the XDP fast path to this interface.
@@ -668,6 +671,12 @@ pub struct ServeArgs {
     /// previous frame, however it trickles bytes, or it is disconnected [default: 120s].
     #[arg(long, env = "FIRSTCALL_TURN_STREAM_TIMEOUT")]
     pub turn_stream_timeout: Option<String>,
+    /// When a call is answered, each party's address (as its signaling socket shows it)
+    /// may reach the other party's TURN allocations for this long before their own
+    /// permissions are installed: the first ICE checks through a relay are not dropped.
+    /// 0s turns it off [default: 30s].
+    #[arg(long, env = "FIRSTCALL_TURN_PEER_GRANT_TTL")]
+    pub turn_peer_grant_ttl: Option<String>,
     /// How the TURN workers read and write UDP: epoll or uring (io_uring; measured no
     /// cheaper on call-shaped load) [default: epoll].
     #[arg(long, env = "FIRSTCALL_TURN_IO")]
@@ -808,6 +817,7 @@ impl ServeArgs {
                 ("--user-max-bps", self.user_max_bps.is_some()),
                 ("--turn-stream-queue", self.turn_stream_queue.is_some()),
                 ("--turn-stream-timeout", self.turn_stream_timeout.is_some()),
+                ("--turn-peer-grant-ttl", self.turn_peer_grant_ttl.is_some()),
                 ("--turn-io", self.turn_io.is_some()),
                 ("--xdp", self.xdp.is_some()),
             ]
@@ -1066,6 +1076,10 @@ impl ServeArgs {
             turn_stream_timeout: parse_duration(
                 "--turn-stream-timeout",
                 &self.turn_stream_timeout.unwrap_or_else(|| "120s".into()),
+            )?,
+            turn_peer_grant_ttl: parse_duration_or_zero(
+                "--turn-peer-grant-ttl",
+                &self.turn_peer_grant_ttl.unwrap_or_else(|| "30s".into()),
             )?,
             turn_io: self.turn_io.unwrap_or_default(),
             xdp: self.xdp.filter(|i| !i.is_empty()),

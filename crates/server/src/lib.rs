@@ -426,6 +426,8 @@ struct TurnStarted {
     fast: Option<Arc<turn::xdp::FastPath>>,
     /// The address in relayed addresses and (without --public-host) in the URIs.
     advertised: IpAddr,
+    /// The workers' peer-grant queues, for the signaling hub (`--turn-peer-grant-ttl`).
+    grants: Option<turn::grants::PeerGrants>,
 }
 
 /// Bind every TURN listener and start the TURN workers.
@@ -498,6 +500,8 @@ fn start_turn(
     };
     let blocks = turn::split_ports(&config.relay_ports, threads);
     let mut metrics = Vec::new();
+    let mut grants =
+        (!config.turn_peer_grant_ttl.is_zero()).then(|| turn::grants::PeerGrants::new(config.turn_peer_grant_ttl));
     let mut first_udp = Some(first_udp);
     let mut first_tls = first_tls;
     for (index, block) in blocks.iter().enumerate() {
@@ -521,6 +525,7 @@ fn start_turn(
         core.max_bps = config.max_bps;
         let m = Arc::new(TurnMetrics::default());
         metrics.push(m.clone());
+        let m_grants = m.clone();
         turn::spawn_worker(turn::WorkerSetup {
             index,
             config: core,
@@ -535,6 +540,7 @@ fn start_turn(
             stream_timeout: config.turn_stream_timeout,
             io: config.turn_io,
             fast: fast.clone(),
+            grants: grants.as_mut().map(|g| g.worker(m_grants)),
         })?;
     }
     Ok(TurnStarted {
@@ -544,6 +550,7 @@ fn start_turn(
         relay_ip,
         fast,
         advertised,
+        grants,
     })
 }
 
@@ -693,7 +700,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .map_err(cluster::ClusterError::Snapshot)?
         }
     }
-    .with_jwks(tokens.load().jwks().cloned());
+    .with_jwks(tokens.load().jwks().cloned())
+    .with_peer_grants(turn.as_ref().and_then(|t| t.grants.clone()));
     let reloads = Arc::new(reload::ReloadCounts::default());
     let state = Arc::new(http::AppState {
         ready: false.into(),

@@ -335,6 +335,7 @@ fn restart_only(c: &ServeConfig) -> Vec<(&'static str, String)> {
         user_max_bps,
         turn_stream_queue,
         turn_stream_timeout,
+        turn_peer_grant_ttl,
         turn_io,
         xdp,
         ice_servers,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use firstcall_signal::hub::{hello_token, ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
+use firstcall_signal::hub::{hello_token, ConnId, Hub, HubConfig, IceProvider, Output, Party, TokenVerifier};
 use firstcall_signal::metrics::{Limit, SignalMetrics};
 use firstcall_signal::protocol::{close, IceServer, UserId, MAX_FRAME};
 use firstcall_signal::ws::OpCode;
@@ -118,6 +118,9 @@ pub struct Signaling {
     /// With `--redis-url`: this node's place in the cluster. Every input goes to the
     /// log instead of the hub, and the hub is fed the log (see [`crate::cluster`]).
     cluster: Option<Arc<Link>>,
+    /// The embedded TURN server's peer-grant queues: an answered call lets each party's
+    /// address into the other's allocations (`--turn-peer-grant-ttl`).
+    grants: Option<crate::turn::grants::PeerGrants>,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
 }
@@ -134,6 +137,8 @@ fn unix_now() -> u64 {
 pub struct Writes {
     /// Outlets with frames queued, each once (see [`Queued::First`]).
     touched: Vec<Arc<Outlet>>,
+    /// Peer grants to hand the TURN workers: (user, address let into their allocations).
+    grants: Vec<(UserId, std::net::IpAddr)>,
     /// Webhook bodies to post.
     hooks: Vec<serde_json::Value>,
     /// The hub's next deadline is earlier than the timer task's.
@@ -176,6 +181,7 @@ impl Signaling {
             jwks: None,
             tokens,
             cluster: None,
+            grants: None,
             metrics,
         };
         tokio::spawn(timer_loop(sig.clone()));
@@ -238,6 +244,7 @@ impl Signaling {
             jwks: None,
             tokens,
             cluster: Some(link),
+            grants: None,
             metrics,
         };
         tasks.spawn(sig.clone(), joined);
@@ -248,6 +255,12 @@ impl Signaling {
     /// With several nodes: this node's link to the others.
     pub fn cluster(&self) -> Option<&Arc<Link>> {
         self.cluster.as_ref()
+    }
+
+    /// Answered calls grant each party's address to the other's TURN allocations.
+    pub fn with_peer_grants(mut self, grants: Option<crate::turn::grants::PeerGrants>) -> Signaling {
+        self.grants = grants;
+        self
     }
 
     /// Hellos naming a key `jwks` has not fetched wait for a fetch first.
@@ -390,6 +403,19 @@ impl Signaling {
                         }
                     }
                     Output::Webhook { body } => w.hooks.push(body),
+                    Output::Answered { caller, callee } => {
+                        if self.grants.is_some() {
+                            // Only this node's sockets have an address here; with several
+                            // nodes, a party on another node is granted by that node.
+                            let ip = |p: &Party| p.conn.and_then(|c| s.conns.get(&c)).and_then(|o| o.peer_ip());
+                            if let Some(ip) = ip(&caller) {
+                                w.grants.push((callee.user.clone(), ip));
+                            }
+                            if let Some(ip) = ip(&callee) {
+                                w.grants.push((caller.user, ip));
+                            }
+                        }
+                    }
                 }
             }
             if slow.is_empty() {
@@ -535,6 +561,12 @@ impl Signaling {
     fn flush(&self, w: Writes) {
         for outlet in w.touched {
             outlet.push();
+        }
+        if let Some(g) = &self.grants {
+            let now = Instant::now();
+            for (user, ip) in w.grants {
+                g.grant(user.as_str(), ip, now);
+            }
         }
         if w.wake_timer {
             self.timer.notify_one();

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
+use firstcall_signal::hub::{ConnId, Hub, HubConfig, IceProvider, Output, Party, TokenVerifier};
 use firstcall_signal::metrics::SignalMetrics;
 use firstcall_signal::protocol::{IceServer, UserId};
 use rand::rngs::StdRng;
@@ -171,6 +171,8 @@ struct World {
     clients: Vec<Client>,
     next_conn: u64,
     webhooks: Vec<Value>,
+    /// Every [`Output::Answered`]: (caller, callee).
+    answered: Vec<(Party, Party)>,
     metrics: Arc<SignalMetrics>,
     /// Clients acknowledge every frame at once with an `ack` frame (else never).
     auto_ack: bool,
@@ -203,6 +205,7 @@ impl World {
             clients: vec![],
             next_conn: 1,
             webhooks: vec![],
+            answered: vec![],
             metrics,
             auto_ack: true,
         }
@@ -288,6 +291,7 @@ impl World {
         while let Some(o) = self.hub.poll_output() {
             match o {
                 Output::Webhook { body } => self.webhooks.push(body),
+                Output::Answered { caller, callee } => self.answered.push((caller, callee)),
                 Output::Close { conn, code, .. } => {
                     if let Some(c) = self.clients.iter_mut().find(|c| c.conn == Some(conn)) {
                         c.conn = None;
@@ -426,6 +430,33 @@ fn ice_servers_are_refreshed_before_they_expire() {
         .as_str()
         .unwrap()
         .starts_with("1800001080:"));
+}
+
+#[test]
+fn an_answer_names_both_parties_and_their_sockets_once() {
+    let mut w = World::new(HubConfig::default());
+    let (a, b1, b2) = (w.add("alice", "a"), w.add("bob", "b1"), w.add("bob", "b2"));
+    w.connect(a);
+    w.connect(b1);
+    w.connect(b2);
+    w.send(a, invite("c1", "bob"));
+    assert!(w.answered.is_empty(), "ringing is not answered");
+    w.send(b2, json!({"type": "call.accept", "call": "c1", "sdp": "v=0 answer"}));
+    let party = |w: &World, i: usize| Party {
+        user: UserId::parse(&w.clients[i].user).unwrap(),
+        conn: w.clients[i].conn,
+    };
+    assert_eq!(w.answered, vec![(party(&w, a), party(&w, b2))]);
+    // A repeated accept (a resend after a resume) answers nothing new.
+    w.send(b2, json!({"type": "call.accept", "call": "c1", "sdp": "v=0 answer"}));
+    assert_eq!(w.answered.len(), 1);
+    // A caller offline at the answer has no socket to name.
+    w.send(a, json!({"type": "call.hangup", "call": "c1"}));
+    w.send(a, invite("c2", "bob"));
+    w.drop_conn(a);
+    w.send(b1, json!({"type": "call.accept", "call": "c2", "sdp": "v=0 answer"}));
+    assert_eq!(w.answered.last().map(|(c, _)| c.conn), Some(None));
+    assert_eq!(w.answered.last().map(|(_, c)| c.conn), Some(w.clients[b1].conn));
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod fastpath;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grants;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;

@@ -44,6 +44,8 @@ pub struct TurnMetrics {
     allocations_deleted: Mutex<BTreeMap<&'static str, u64>>,
     /// Error responses sent, by code.
     error_responses: Mutex<BTreeMap<&'static str, u64>>,
+    /// Peer grants, by outcome (`crate::grants`).
+    peer_grants: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, label: &'static str) {
@@ -76,6 +78,11 @@ impl TurnMetrics {
     pub fn hairpinned(&self) {
         self.hairpinned_packets.fetch_add(1, Relaxed);
     }
+    /// Count a peer grant's outcome: stored, applied (a permission installed), full,
+    /// expired, or the driver's queue_full.
+    pub fn peer_grant(&self, outcome: &'static str) {
+        bump(&self.peer_grants, outcome);
+    }
     /// Count a dropped packet.
     pub fn dropped(&self, reason: &'static str) {
         bump(&self.dropped, reason);
@@ -98,6 +105,7 @@ impl TurnMetrics {
             "dropped" => &self.dropped,
             "allocations_deleted" => &self.allocations_deleted,
             "error_responses" => &self.error_responses,
+            "peer_grants" => &self.peer_grants,
             _ => return 0,
         };
         map.lock()
@@ -172,7 +180,7 @@ pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String
         "Packets relayed from one allocation to another of the same worker without the kernel (both parties relayed by this server).",
         sum(&|m| m.hairpinned_packets.load(Relaxed) as i64),
     );
-    let labelled: [Labelled; 6] = [
+    let labelled: [Labelled; 7] = [
         (
             "firstcall_turn_requests_total",
             "STUN/TURN requests by method.",
@@ -208,6 +216,12 @@ pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String
             "Error responses sent, by code.",
             "code",
             |m| &m.error_responses,
+        ),
+        (
+            "firstcall_turn_peer_grants_total",
+            "Peer grants (a call's other party let into a user's allocations ahead of its permission), by outcome.",
+            "outcome",
+            |m| &m.peer_grants,
         ),
     ];
     for (name, help, label, get) in labelled {

@@ -35,6 +35,7 @@ use rand::{Rng, RngCore};
 
 use crate::auth::{parse_rest_username, Authenticator, LongTermKey, NonceCheck, NonceKey, Nonces};
 use crate::filter::PeerFilter;
+use crate::grants::{GrantRefused, Grants, PeerGrant};
 use crate::metrics::{Direction, TurnMetrics};
 use crate::ratelimit::{Checked, ErrorLimiter, Rate, TokenBucket, Verdict};
 
@@ -105,6 +106,8 @@ pub struct Config {
     /// Relayed payload bytes per second per allocation, in each direction (coturn's
     /// `max-bps`); 0 is no limit. Excess datagrams are dropped and counted.
     pub max_bps: u64,
+    /// Most peer grants this core holds ([`Server::handle_peer_grant`]).
+    pub max_peer_grants: usize,
 }
 
 impl Config {
@@ -121,6 +124,7 @@ impl Config {
             nonce_lifetime: Duration::from_secs(3600),
             software: concat!("firstcall ", env!("CARGO_PKG_VERSION")),
             max_bps: 0,
+            max_peer_grants: 65_536,
         }
     }
 }
@@ -335,6 +339,8 @@ pub struct Server<R> {
     /// oldest first: a deleted allocation's removal must reach the maps before a later
     /// allocation on the same relay port installs its entries.
     fast_dirty: VecDeque<ClientAddr>,
+    /// Peers the signaling side vouched for (see [`crate::grants`]).
+    grants: Grants,
     unix_anchor: (Instant, u64),
     /// The `now` of the input being handled (for the error limit deep in the handlers).
     now: Instant,
@@ -517,6 +523,7 @@ impl<R: RngCore> Server<R> {
             commands: VecDeque::new(),
             fast_path: false,
             fast_dirty: VecDeque::new(),
+            grants: Grants::default(),
             unix_anchor: (now, unix_now),
             now,
         }
@@ -606,10 +613,22 @@ impl<R: RngCore> Server<R> {
             }
         }
         if !alloc.permitted(peer_ip, now) {
-            // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
-            self.metrics.dropped("no_permission");
-            tracing::trace!(relay = relay.0, peer = %peer.0, "dropped peer data without permission");
-            return None;
+            // A peer the signaling side vouched for gets the permission its client is
+            // about to ask for, under the same rules (filter, cap, lifetime).
+            let user = parse_rest_username(&alloc.username).map_or(&*alloc.username, |r| r.user);
+            if self.grants.allows(user, peer_ip, now)
+                && self.filter.check(peer.0).is_ok()
+                && alloc.permissions_after(&[peer_ip], now) <= MAX_PERMISSIONS
+            {
+                alloc.permit(peer_ip, now + self.config.permission_lifetime, now);
+                self.metrics.peer_grant("applied");
+                tracing::debug!(relay = relay.0, peer = %peer.0, "permission installed from a peer grant");
+            } else {
+                // RFC 8656 §10.3: without a permission the packet is silently discarded (we count it).
+                self.metrics.dropped("no_permission");
+                tracing::trace!(relay = relay.0, peer = %peer.0, "dropped peer data without permission");
+                return None;
+            }
         }
         if let Err(why) = alloc.charge(
             bandwidth_rate(self.config.max_bps),
@@ -718,6 +737,20 @@ impl<R: RngCore> Server<R> {
         );
     }
 
+    /// The signaling side vouches for `grant.ip` as a peer of `grant.user`'s allocations
+    /// until `grant.until`: the first datagram from that address to one of them installs
+    /// a permission, as the user's own CreatePermission would (see [`crate::grants`]).
+    /// Counted in `peer_grants{outcome}`: `stored`, `full`, `expired`.
+    pub fn handle_peer_grant(&mut self, grant: PeerGrant, now: Instant) -> Result<(), GrantRefused> {
+        let r = self.grants.insert(grant, self.config.max_peer_grants, now);
+        self.metrics.peer_grant(match r {
+            Ok(()) => "stored",
+            Err(GrantRefused::Full) => "full",
+            Err(GrantRefused::Expired) => "expired",
+        });
+        r
+    }
+
     /// The driver has a kernel fast path: from now on [`Server::poll_fast_path`] says
     /// what it may relay (see [`crate::fastpath`]).
     pub fn enable_fast_path(&mut self) {
@@ -777,6 +810,7 @@ impl<R: RngCore> Server<R> {
             }
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
+            self.grants.sweep(now);
             for a in self.allocations.values_mut() {
                 a.permissions.retain(|(_, exp)| *exp > now);
                 a.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);

@@ -294,6 +294,81 @@ fn lifetime_is_clamped_to_the_maximum() {
 }
 
 #[test]
+fn a_peer_grant_installs_the_permission_the_users_client_would_ask_for() {
+    use firstcall_turn::grants::PeerGrant;
+    let mut h = Harness::new();
+    let mut alice = Client::rest(udp(4017), "alice", T0_UNIX + 100_000);
+    let mut bob = Client::rest(udp(4018), "bob", T0_UNIX + 100_000);
+    let ra = relay_port(alice.allocate(&mut h));
+    let rb = relay_port(bob.allocate(&mut h));
+    let (callee, stranger) = (peer(9, 7000), peer(10, 7000));
+    let grant = |ip: SocketAddr, until: Instant| PeerGrant {
+        user: "alice".into(),
+        ip: ip.ip(),
+        until,
+    };
+    // Before the grant: dropped, as RFC 8656 §10.3 says.
+    assert!(h
+        .server
+        .handle_peer_traffic(b"early", PeerAddr(callee), ra, h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+    h.server
+        .handle_peer_grant(grant(callee, h.now + Duration::from_secs(30)), h.now)
+        .unwrap();
+    assert_eq!(h.metrics.count("peer_grants", "stored"), 1);
+    // The granted address reaches alice's allocation, any port of it.
+    assert!(h
+        .server
+        .handle_peer_traffic(b"check", PeerAddr(callee), ra, h.now)
+        .is_none());
+    let t = h.server.poll_transmit().expect("Data indication to alice");
+    assert_eq!(t.dst, alice.addr);
+    assert_eq!(Message::decode(&t.payload).unwrap().data(), Some(&b"check"[..]));
+    assert_eq!(h.metrics.count("peer_grants", "applied"), 1);
+    // Not another address, nor another user's allocation.
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(stranger), ra, h.now)
+        .is_none());
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(callee), rb, h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+    // What it installed is an ordinary permission: it outlives the grant, for 300 s,
+    // and alice's Send to that address goes out.
+    h.advance(Duration::from_secs(31));
+    assert!(h
+        .server
+        .handle_peer_traffic(b"later", PeerAddr(callee), ra, h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_some());
+    let mut b = MessageBuilder::new(Class::Indication, Method::SEND, TransactionId([3; 12]));
+    b.add(&Attribute::XorPeerAddress(callee)).add(&Attribute::Data(b"out"));
+    assert!(h.server.handle_client_input(&b.finish(), alice.addr, h.now).is_some());
+    h.advance(Duration::from_secs(270));
+    assert!(h
+        .server
+        .handle_peer_traffic(b"gone", PeerAddr(callee), ra, h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none(), "the permission lapsed after 300 s");
+    // A lapsed grant lets nothing in; the filter still applies (192.0.2.0/24 is not an
+    // allowed peer here), and a grant that arrives expired is refused and counted.
+    let outside = SocketAddr::from(([192, 0, 2, 200], 7000));
+    h.server
+        .handle_peer_grant(grant(outside, h.now + Duration::from_secs(30)), h.now)
+        .unwrap();
+    assert!(h
+        .server
+        .handle_peer_traffic(b"x", PeerAddr(outside), ra, h.now)
+        .is_none());
+    assert!(h.server.poll_transmit().is_none());
+    assert!(h.server.handle_peer_grant(grant(stranger, h.now), h.now).is_err());
+    assert_eq!(h.metrics.count("peer_grants", "expired"), 1);
+}
+
+#[test]
 fn permission_gates_peer_traffic_and_expires_after_300s() {
     let mut h = Harness::new();
     let mut c = Client::rest(udp(4007), "alice", T0_UNIX + 100_000);

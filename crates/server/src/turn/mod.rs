@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 
 pub use crate::config::TurnIo;
 
+pub mod grants;
 mod uring;
 pub mod xdp;
 
@@ -70,6 +71,8 @@ pub struct WorkerSetup {
     pub io: TurnIo,
     /// The XDP fast path, shared by every worker, when attached.
     pub fast: Option<Arc<xdp::FastPath>>,
+    /// Peer grants from the signaling hub (`--turn-peer-grant-ttl`), when on.
+    pub grants: Option<tokio::sync::mpsc::Receiver<firstcall_turn::grants::PeerGrant>>,
 }
 
 /// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
@@ -350,6 +353,9 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     }
     tokio::task::spawn_local(timer_loop(w.clone()));
     tokio::task::spawn_local(auth_loop(w.clone(), s.auth));
+    if let Some(rx) = s.grants {
+        tokio::task::spawn_local(grants::grant_loop(w.clone(), rx));
+    }
     let mut relay_task = match relay_poll {
         Some(poll) => tokio::task::spawn_local(relay_loop(w.clone(), poll)),
         None => tokio::task::spawn_local(ring_loop(w.clone())),

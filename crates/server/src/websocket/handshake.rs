@@ -30,6 +30,11 @@ pub fn upgrade<E: Endpoint>(ep: E, mut req: Request) -> Response {
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The connection's place under the listener's caps, held for the socket's life.
     let slot = req.extensions_mut().remove::<crate::accept::ConnSlot>();
+    // The client's address, for the hub's outputs that need it (TURN peer grants).
+    let peer_ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     tokio::spawn(async move {
         let _slot = slot;
         match on_upgrade.await {
@@ -39,7 +44,7 @@ pub fn upgrade<E: Endpoint>(ep: E, mut req: Request) -> Response {
                     // (8 KiB) alive for the life of the socket.
                     let early = parts.read_buf.to_vec();
                     drop(parts.read_buf);
-                    serve(ep, parts.io.into_inner(), early).await
+                    serve(ep, parts.io.into_inner(), early, peer_ip).await
                 }
                 // TLS (`--http-tls`): the socket task writes to a plain `TcpStream`, so the
                 // TLS stream is bridged to one end of a loopback TCP pair and the task
@@ -51,7 +56,7 @@ pub fn upgrade<E: Endpoint>(ep: E, mut req: Request) -> Response {
                             let mut near = near;
                             let _ = tokio::io::copy_bidirectional(&mut tls, &mut near).await;
                         });
-                        serve(ep, far, Vec::new()).await
+                        serve(ep, far, Vec::new(), peer_ip).await
                     }
                     Err(e) => tracing::warn!(error = %e, "no loopback pair for a TLS WebSocket: dropped"),
                 },

@@ -1,5 +1,6 @@
 //! One socket's way out: the frames queued for it and the writes that send them.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use firstcall_signal::ws::{self, OpCode};
@@ -19,6 +20,8 @@ pub struct Outlet {
     out: Mutex<OutBuf>,
     /// Wakes the socket's own task: its socket would block, or it is to close.
     pub(super) wake: Notify,
+    /// The client's address as the listener saw it (before any TLS bridge).
+    peer_ip: Option<IpAddr>,
 }
 
 #[derive(Default)]
@@ -61,14 +64,21 @@ pub enum Queued {
 }
 
 impl Outlet {
-    /// The outlet of `sock`, cut once more than `limit` bytes are unsent.
-    pub(super) fn new(sock: TcpStream, limit: usize) -> Outlet {
+    /// The outlet of `sock` (from `peer_ip`), cut once more than `limit` bytes are unsent.
+    pub(super) fn new(sock: TcpStream, limit: usize, peer_ip: Option<IpAddr>) -> Outlet {
         Outlet {
             sock,
             limit,
             out: Mutex::new(OutBuf::default()),
             wake: Notify::new(),
+            peer_ip,
         }
+    }
+
+    /// The client's address as the listener saw it: the TCP peer, not the loopback end
+    /// of a TLS bridge.
+    pub fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer_ip
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, OutBuf> {

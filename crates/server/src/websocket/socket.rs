@@ -4,6 +4,7 @@
 //! at once.
 
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,10 +147,10 @@ impl Drop for Live {
 
 /// Serve one upgraded socket until it closes; `early` holds the bytes read with the
 /// handshake.
-pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>) {
+pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>, peer_ip: Option<IpAddr>) {
     let _live = Live::new();
     let limits = ep.limits();
-    let outlet = Arc::new(Outlet::new(sock, limits.queue_limit));
+    let outlet = Arc::new(Outlet::new(sock, limits.queue_limit, peer_ip));
     let conn = ep.connect(&outlet);
     let mut dec = Decoder::new(Role::Server, limits.max_message);
     // Bytes read but not yet a whole frame (usually none: then nothing is held).

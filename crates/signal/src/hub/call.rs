@@ -14,7 +14,7 @@ use crate::protocol::*;
 use super::ids::{CallKey, SessionKey};
 use super::timer::Timer;
 use super::wire::{signal_head, signal_text};
-use super::Hub;
+use super::{Hub, Output, Party};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum CallState {
@@ -264,6 +264,20 @@ impl<R: RngCore> Hub<R> {
                     &caller,
                     json!({"type": "call.accepted", "call": id, "device": me.1, "sdp": sdp}),
                 );
+                let conn_of = |hub: &Self, who: &(UserId, DeviceId)| {
+                    hub.device_session(&who.0, &who.1).and_then(|k| hub.sessions[&k].conn)
+                };
+                let answered = Output::Answered {
+                    caller: Party {
+                        user: caller.0.clone(),
+                        conn: conn_of(self, &caller),
+                    },
+                    callee: Party {
+                        user: me.0.clone(),
+                        conn: self.sessions[&key].conn,
+                    },
+                };
+                self.out.push_back(answered);
                 for d in others {
                     self.push_to(
                         &(callee.clone(), d),

@@ -177,6 +177,26 @@ pub enum Output {
         /// The JSON body.
         body: Value,
     },
+    /// A call was just answered. Each party's ICE agent now checks the other's
+    /// candidates, some through the other's TURN relay, which drops whatever arrives
+    /// before its owner installed a permission: the driver may let each party's address
+    /// (as its socket shows it) into the other's allocations ahead of that
+    /// (`firstcall_turn::grants`).
+    Answered {
+        /// The caller: its user and its socket now, if connected.
+        caller: Party,
+        /// The callee's answering device.
+        callee: Party,
+    },
+}
+
+/// One side of a call, as [`Output::Answered`] names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    /// The user (TURN credentials minted here carry it).
+    pub user: UserId,
+    /// The device's socket, if it has one now.
+    pub conn: Option<ConnId>,
 }
 
 /// The hub's maps. foldhash, not SipHash: hashing was 8% of a relayed frame's
