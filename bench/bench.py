@@ -732,6 +732,9 @@ def summarise(results):
             "firstcall_cpu_s_per_million": round(res["cpu_s_per_million"], 2),
             "coturn_over_firstcall_cpu": ratio(c and c["cpu_s_per_million"], res["cpu_s_per_million"]),
             "bare_over_firstcall_cpu": ratio(b and b["cpu_s_per_million"], res["cpu_s_per_million"]),
+            # A generator that spends its whole core sending measures its own queues.
+            "firstcall_p99_us": res.get("p99_us") if res.get("generator_cpu_share", 0) < 0.9 else None,
+            "firstcall_loss": res.get("loss"),
         }
     xr = results.get("xdp") or []
     xby = {(r["server"], r["calls"], r["video"], r["peers"]): r["result"] for r in xr}
@@ -778,6 +781,8 @@ TARGETS = [
     ("call-shaped relay, both parties relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_relayed")], lambda v: v >= 2),
     ("call-shaped relay, one party relayed: coturn CPU / firstcall CPU per packet", ">= 2x", lambda s: [v["coturn_over_firstcall_cpu"] for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct")], lambda v: v >= 2),
     ("call-shaped relay, one party relayed: firstcall CPU / bare forwarder CPU", "<= 1.2x", lambda s: [ratio(1, v["bare_over_firstcall_cpu"]) for k, v in s.items() if k.startswith("calls_") and k.endswith("_direct") and v.get("bare_over_firstcall_cpu")], lambda v: v <= 1.2),
+    ("call-shaped relay: firstcall p99 through the relay, µs (to the kernel's receive stamp; loads the generator can offer, its CPU share < 0.9)", "< 1000", lambda s: [v.get("firstcall_p99_us") for k, v in s.items() if k.startswith("calls_")], lambda v: v < 1000),
+    ("call-shaped relay: firstcall loss", "0", lambda s: [v.get("firstcall_loss") for k, v in s.items() if k.startswith("calls_")], lambda v: v == 0),
     ("kernel fast path: coturn CPU / firstcall --xdp CPU per packet (server process + its NAPI threads, veth)", ">= 5x", lambda s: [v["coturn_over_xdp"] for k, v in s.items() if k.startswith("xdp_")], lambda v: v >= 5),
     ("relay vs coturn (packets/s)", ">= 1.5x", lambda s: [v["vs_coturn"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 1.5),
     ("relay vs bare forwarder", ">= 0.7x", lambda s: [v["vs_bare"] for k, v in s.items() if k.startswith("relay_")], lambda v: v >= 0.7),
@@ -828,16 +833,19 @@ def markdown(doc):
               "packets/s of 120-200 B each way) and, with video, 30 frames/s each way of 1-8 packets of 1,100 B "
               "leaving 2 per ms; start times jittered; one datagram per syscall, as each client sends its own. "
               "Every server gets the same load (fixed, not searched). CPU is the server's (user+system) per "
-              "million packets received at the far ends; latency is sender to receiver through the relay, on "
-              "one machine's clock.", "",
-              "| calls | peers | server | packets/s | Mbit/s | loss | CPU share | CPU s / Mpkt | p50 µs | p99 µs | generator CPU share |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "million packets received at the far ends. Latency runs from the sender's `send` to the kernel's "
+              "receive timestamp on the receiving socket (`SO_TIMESTAMPNS`), one machine's clock: the time through "
+              "the relay, without the generator's own wait before it reads (one thread sends and receives); "
+              "`as read` counts that wait too (the figure before 2026-12-04).", "",
+              "| calls | peers | server | packets/s | Mbit/s | loss | CPU share | CPU s / Mpkt | p50 µs | p99 µs | as read p50 / p99 µs | generator CPU share |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in calls:
             x = r["result"] or {}
             m.append(f"| {r['calls']}{' audio+video' if r['video'] else ' audio'} | {r.get('peers', 'relayed')} | {r['server']} | "
                      f"{x.get('offered_pps', 0):.0f} | {x.get('mbit_s', 0):.1f} | {x.get('loss', 0):.4f} | "
                      f"{x.get('server_cpu_share', 0):.2f} | {x.get('cpu_s_per_million', 0):.2f} | "
-                     f"{x.get('p50_us', 0)} | {x.get('p99_us', 0)} | {x.get('generator_cpu_share', 0):.2f} |")
+                     f"{x.get('p50_us', 0)} | {x.get('p99_us', 0)} | {x.get('read_p50_us', '–')} / {x.get('read_p99_us', '–')} | "
+                     f"{x.get('generator_cpu_share', 0):.2f} |")
     xdp = doc["results"].get("xdp")
     if xdp:
         m += ["", "## TURN relay with the XDP fast path (`--xdp`, a veth between two namespaces)", "",

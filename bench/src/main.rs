@@ -264,7 +264,8 @@ async fn main() {
                     "sent": r.sent, "received": r.received, "loss": 1.0 - r.received as f64 / r.sent.max(1) as f64,
                     "server_cpu_s": cpu, "server_cpu_share": cpu / secs,
                     "cpu_s_per_million": if r.received > 0 { cpu / r.received as f64 * 1e6 } else { 0.0 },
-                    "p50_us": r.p50_us, "p99_us": r.p99_us, "generator_cpu_share": me / secs,
+                    "p50_us": r.p50_us, "p99_us": r.p99_us, "read_p50_us": r.read_p50_us, "read_p99_us": r.read_p99_us,
+                    "generator_cpu_share": me / secs,
                     "machine_cpu_s": all,
                     "machine_cpu_s_per_million": if r.received > 0 { all / r.received as f64 * 1e6 } else { 0.0 },
                     // Everything but the generator's own process: the server, its kernel work

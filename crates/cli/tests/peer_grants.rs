@@ -71,7 +71,7 @@ fn an_answer_lets_the_callees_address_reach_the_callers_relay_and_no_other() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (mut turn, relayed, _alice, _bob) = answered_call(&server).await;
+        let (mut turn, relayed, _alice, mut bob) = answered_call(&server).await;
         // Both directions stored on the one worker: Bob's address for Alice, Alice's
         // for Bob.
         assert!(
@@ -112,6 +112,28 @@ fn an_answer_lets_the_callees_address_reach_the_callers_relay_and_no_other() {
         let mut buf = [0u8; 64];
         let (n, from) = callee.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from), (&b"reply"[..], relayed));
+        // Bob's phone changes network mid-call: his session resumes from a new address,
+        // which is granted to Alice's allocations in turn.
+        let moved_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+        bob.cut();
+        bob.set_local(moved_ip);
+        bob.reconnect().await.unwrap();
+        assert_eq!(bob.welcome["resumed"], true);
+        assert!(
+            wait_until(T, || server
+                .metric("firstcall_turn_peer_grants_total{outcome=\"stored\"}")
+                == 4),
+            "the resume grants both parties' addresses again"
+        );
+        let moved = udp_on(moved_ip);
+        moved.send_to(b"from the new network", relayed).unwrap();
+        match turn.recv_relayed(T).await.unwrap() {
+            Relayed::Data { peer, data } => {
+                assert_eq!(peer, moved.local_addr().unwrap());
+                assert_eq!(data, b"from the new network");
+            }
+            other => panic!("expected Bob's datagram from his new address, got {other:?}"),
+        }
     });
 }
 

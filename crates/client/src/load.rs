@@ -289,11 +289,11 @@ const RECV_BATCH: usize = 64;
 
 /// Receive what the socket holds, up to `bufs.len()` datagrams, in one `recvmmsg`.
 fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<usize> {
-    recv_each(sock, bufs, &mut |_| {})
+    recv_each(sock, bufs, &mut |_, _| {})
 }
 
 /// One `recvmmsg` into `bufs`; `each` hears every datagram's length, in order.
-fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usize)) -> std::io::Result<usize> {
+fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usize, u64)) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -302,11 +302,15 @@ fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usi
             iov_len: b.len(),
         })
         .collect();
+    // Room for one SCM_TIMESTAMPNS message per datagram, aligned for cmsghdr.
+    let mut control = vec![[0u64; 8]; iovs.len()];
     // SAFETY: an all-zero mmsghdr is a valid "no name, no control" header.
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; iovs.len()];
-    for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+    for ((h, iov), c) in hdrs.iter_mut().zip(iovs.iter_mut()).zip(control.iter_mut()) {
         h.msg_hdr.msg_iov = iov;
         h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        h.msg_hdr.msg_controllen = std::mem::size_of_val(c) as _;
     }
     // SAFETY: every header points at one live iovec over a live buffer of its stated
     // length, and all of them outlive the call.
@@ -322,8 +326,25 @@ fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usi
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     for h in &hdrs[..r as usize] {
-        each(h.msg_len as usize);
+        let mut waited_us = 0;
+        // SAFETY: the kernel filled this header's control buffer and its length; the
+        // CMSG_* macros walk within them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    let stamped = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+                    waited_us = (now.saturating_sub(stamped) / 1000) as u64;
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        each(h.msg_len as usize, waited_us);
     }
     Ok(r as usize)
 }
@@ -390,10 +411,16 @@ pub struct CallRunResult {
     pub bytes: u64,
     /// Wall time of the offer.
     pub duration: Duration,
-    /// Through the relay, sender to receiver, microseconds: p50 and p99.
+    /// Through the relay, sender to the kernel's receive timestamp at the receiver's
+    /// socket (`SO_TIMESTAMPNS`), microseconds: p50 and p99. The generator's own wait
+    /// before reading (one thread sends and receives) is left out.
     pub p50_us: u64,
     /// p99.
     pub p99_us: u64,
+    /// As read by the generator, its own queueing included: p50.
+    pub read_p50_us: u64,
+    /// p99.
+    pub read_p99_us: u64,
 }
 
 /// One direction of one call: where its packets leave from and what prefixes them.
@@ -465,7 +492,9 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
         let stop = stop.clone();
         readers.push(tokio::spawn(async move {
             let mut bufs = vec![[0u8; 2048]; RECV_BATCH];
-            let mut lat: Vec<u32> = vec![];
+            let mut lat: Vec<(u32, u32)> = vec![];
+            // The kernel stamps each datagram as it reaches this host's stack.
+            let _ = set_timestamps(&rx);
             while !stop.load(Ordering::Relaxed) {
                 if tokio::time::timeout(Duration::from_millis(50), rx.readable())
                     .await
@@ -473,12 +502,15 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
                 {
                     continue;
                 }
-                let now = started.elapsed().as_micros() as u64;
                 if let Ok(lens) = rx.try_io(tokio::io::Interest::READABLE, || recv_lens(&rx, &mut bufs)) {
-                    for (b, len) in bufs.iter().zip(lens) {
+                    // After the read, as the waits were measured then.
+                    let now = started.elapsed().as_micros() as u64;
+                    for (b, (len, waited)) in bufs.iter().zip(lens) {
                         if len >= 8 {
                             let sent = u64::from_le_bytes(b[len - 8..len].try_into().expect("8 bytes"));
-                            lat.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                            let read = now.saturating_sub(sent);
+                            let clip = |v: u64| v.min(u32::MAX as u64) as u32;
+                            lat.push((clip(read.saturating_sub(waited)), clip(read)));
                         }
                     }
                 }
@@ -531,29 +563,56 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut lat = vec![];
+    let (mut stamped, mut read) = (vec![], vec![]);
     for r in readers {
-        lat.extend(r.await.unwrap_or_default());
+        for (s, r) in r.await.unwrap_or_default() {
+            stamped.push(s);
+            read.push(r);
+        }
     }
-    lat.sort_unstable();
-    let pct = |p: f64| {
+    stamped.sort_unstable();
+    read.sort_unstable();
+    let pct = |lat: &[u32], p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0) as u64
     };
     CallRunResult {
         sent,
-        received: lat.len() as u64,
+        received: stamped.len() as u64,
         bytes,
         duration: elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: pct(&stamped, 0.50),
+        p99_us: pct(&stamped, 0.99),
+        read_p50_us: pct(&read, 0.50),
+        read_p99_us: pct(&read, 0.99),
     }
 }
 
-/// As [`recv_batch`], with each datagram's length.
-fn recv_lens(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<Vec<usize>> {
+/// Ask the kernel to stamp each datagram `sock` receives (`SO_TIMESTAMPNS`).
+fn set_timestamps(sock: &UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor and a c_int option value of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// As [`recv_batch`], with each datagram's length and how long it had waited in the
+/// socket, microseconds (0 without `SO_TIMESTAMPNS` on the socket).
+fn recv_lens(sock: &UdpSocket, bufs: &mut [[u8; 2048]]) -> std::io::Result<Vec<(usize, u64)>> {
     let mut lens = Vec::with_capacity(bufs.len());
-    recv_each(sock, bufs, &mut |len| lens.push(len))?;
+    recv_each(sock, bufs, &mut |len, waited| lens.push((len, waited)))?;
     Ok(lens)
 }

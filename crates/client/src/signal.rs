@@ -98,6 +98,12 @@ impl SignalClient {
         self.url = url.to_owned();
     }
 
+    /// Where the next (re)connect's socket is opened from (a `ws://` URL): a client that
+    /// moved to another network, say.
+    pub fn set_local(&mut self, ip: IpAddr) {
+        self.local = Some(ip);
+    }
+
     /// The session id.
     pub fn session(&self) -> Option<&str> {
         self.session.as_deref()

@@ -403,7 +403,7 @@ impl Signaling {
                         }
                     }
                     Output::Webhook { body } => w.hooks.push(body),
-                    Output::Answered { caller, callee } => {
+                    Output::CallPeers { caller, callee } => {
                         if self.grants.is_some() {
                             // Only this node's sockets have an address here; with several
                             // nodes, a party on another node is granted by that node.

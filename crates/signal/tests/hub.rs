@@ -171,7 +171,7 @@ struct World {
     clients: Vec<Client>,
     next_conn: u64,
     webhooks: Vec<Value>,
-    /// Every [`Output::Answered`]: (caller, callee).
+    /// Every [`Output::CallPeers`]: (caller, callee).
     answered: Vec<(Party, Party)>,
     metrics: Arc<SignalMetrics>,
     /// Clients acknowledge every frame at once with an `ack` frame (else never).
@@ -291,7 +291,7 @@ impl World {
         while let Some(o) = self.hub.poll_output() {
             match o {
                 Output::Webhook { body } => self.webhooks.push(body),
-                Output::Answered { caller, callee } => self.answered.push((caller, callee)),
+                Output::CallPeers { caller, callee } => self.answered.push((caller, callee)),
                 Output::Close { conn, code, .. } => {
                     if let Some(c) = self.clients.iter_mut().find(|c| c.conn == Some(conn)) {
                         c.conn = None;
@@ -433,7 +433,7 @@ fn ice_servers_are_refreshed_before_they_expire() {
 }
 
 #[test]
-fn an_answer_names_both_parties_and_their_sockets_once() {
+fn an_answer_and_a_resume_name_both_parties_and_their_sockets() {
     let mut w = World::new(HubConfig::default());
     let (a, b1, b2) = (w.add("alice", "a"), w.add("bob", "b1"), w.add("bob", "b2"));
     w.connect(a);
@@ -457,6 +457,15 @@ fn an_answer_names_both_parties_and_their_sockets_once() {
     w.send(b1, json!({"type": "call.accept", "call": "c2", "sdp": "v=0 answer"}));
     assert_eq!(w.answered.last().map(|(c, _)| c.conn), Some(None));
     assert_eq!(w.answered.last().map(|(_, c)| c.conn), Some(w.clients[b1].conn));
+    // Back on a new socket (a resume, maybe from a new address), the caller's answered
+    // call is named again with that socket; b2, not in a call, names none.
+    let n = w.answered.len();
+    w.connect(a);
+    assert_eq!(w.answered.len(), n + 1);
+    assert_eq!(w.answered[n], (party(&w, a), party(&w, b1)));
+    w.drop_conn(b2);
+    w.connect(b2);
+    assert_eq!(w.answered.len(), n + 1);
 }
 
 #[test]

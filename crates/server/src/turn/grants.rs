@@ -1,6 +1,6 @@
 //! Peer grants from the signaling hub to every TURN worker (`--turn-peer-grant-ttl`).
 //!
-//! When the hub says a call was answered ([`firstcall_signal::hub::Output::Answered`]),
+//! When the hub says a call was answered ([`firstcall_signal::hub::Output::CallPeers`]),
 //! the signaling driver hands each party's address, as its socket shows it, to every
 //! worker as a grant for the other party's allocations (the worker holding them is
 //! not known here: a user's allocations may sit on any worker). Each worker's core

@@ -154,6 +154,25 @@ impl<R: RngCore> Hub<R> {
         Ok(())
     }
 
+    /// Name an answered call's parties and their sockets ([`Output::CallPeers`]).
+    pub(super) fn call_peers(&mut self, ck: CallKey) {
+        let c = &self.calls[&ck];
+        let Some(device) = &c.accepted_device else { return };
+        let conn_of =
+            |user: &UserId, device: &DeviceId| self.device_session(user, device).and_then(|k| self.sessions[&k].conn);
+        let peers = Output::CallPeers {
+            caller: Party {
+                user: c.caller.0.clone(),
+                conn: conn_of(&c.caller.0, &c.caller.1),
+            },
+            callee: Party {
+                user: c.callee.clone(),
+                conn: conn_of(&c.callee, device),
+            },
+        };
+        self.out.push_back(peers);
+    }
+
     /// The live calls `user` is in, oldest first.
     pub(super) fn calls_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Call> + 'a {
         let keys = self.user_calls.get(user).map_or(&[][..], |k| &k[..]);
@@ -264,20 +283,7 @@ impl<R: RngCore> Hub<R> {
                     &caller,
                     json!({"type": "call.accepted", "call": id, "device": me.1, "sdp": sdp}),
                 );
-                let conn_of = |hub: &Self, who: &(UserId, DeviceId)| {
-                    hub.device_session(&who.0, &who.1).and_then(|k| hub.sessions[&k].conn)
-                };
-                let answered = Output::Answered {
-                    caller: Party {
-                        user: caller.0.clone(),
-                        conn: conn_of(self, &caller),
-                    },
-                    callee: Party {
-                        user: me.0.clone(),
-                        conn: self.sessions[&key].conn,
-                    },
-                };
-                self.out.push_back(answered);
+                self.call_peers(ck);
                 for d in others {
                     self.push_to(
                         &(callee.clone(), d),

@@ -177,12 +177,13 @@ pub enum Output {
         /// The JSON body.
         body: Value,
     },
-    /// A call was just answered. Each party's ICE agent now checks the other's
-    /// candidates, some through the other's TURN relay, which drops whatever arrives
-    /// before its owner installed a permission: the driver may let each party's address
-    /// (as its socket shows it) into the other's allocations ahead of that
-    /// (`firstcall_turn::grants`).
-    Answered {
+    /// The two parties of an answered call, once at the answer and again whenever one
+    /// of them comes back on a new socket (a resume, often after a network change).
+    /// Each party's ICE agent then checks the other's candidates, some through the
+    /// other's TURN relay, which drops whatever arrives before its owner installed a
+    /// permission: the driver may let each party's address (as its socket shows it)
+    /// into the other's allocations ahead of that (`firstcall_turn::grants`).
+    CallPeers {
         /// The caller: its user and its socket now, if connected.
         caller: Party,
         /// The callee's answering device.
@@ -190,7 +191,7 @@ pub enum Output {
     },
 }
 
-/// One side of a call, as [`Output::Answered`] names it.
+/// One side of a call, as [`Output::CallPeers`] names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Party {
     /// The user (TURN credentials minted here carry it).

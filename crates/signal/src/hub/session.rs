@@ -178,6 +178,19 @@ impl<R: RngCore> Hub<R> {
                 });
             }
             self.ring_acked(key, last_seq);
+            // Back on a new socket, maybe from a new address: name the device's answered
+            // calls again, for the other party's relay.
+            let answered: Vec<CallKey> = self
+                .calls_of(&user)
+                .filter(|c| {
+                    c.caller == (user.clone(), device.clone())
+                        || (c.callee == user && c.accepted_device.as_ref() == Some(&device))
+                })
+                .map(|c| c.key)
+                .collect();
+            for ck in answered {
+                self.call_peers(ck);
+            }
             return;
         }
         if hello.resume.is_some() {
