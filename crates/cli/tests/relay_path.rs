@@ -135,6 +135,71 @@ fn a_burst_through_two_relays_arrives_whole_and_in_order() {
     );
 }
 
+/// With several workers, a relay-to-relay datagram whose destination relay sits on
+/// another worker is queued for that worker instead of crossing the kernel: every
+/// datagram of pairs spread over two workers arrives, whole and in order, and each is
+/// counted as handed over. Pairs are made until one straddles the workers (the kernel
+/// spreads clients by hash; with 16 pairs all on one worker has odds of 2^-31).
+#[test]
+fn relay_to_relay_across_workers_skips_the_kernel() {
+    let (server, rt, creds) = setup_with("handoff", "handoff-test", &["--threads", "2"]);
+    const PAIRS: usize = 16;
+    const N: usize = 20;
+    let hairpinned = "firstcall_turn_hairpinned_packets_total";
+    rt.block_on(async {
+        let mut pairs = Vec::new();
+        for _ in 0..PAIRS {
+            let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+            let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+            let ra = a.allocate(None).await.unwrap().relayed;
+            let rb = b.allocate(None).await.unwrap().relayed;
+            a.bind_channel(0x4001, rb).await.unwrap();
+            b.bind_channel(0x4002, ra).await.unwrap();
+            pairs.push((a, b, ra, rb));
+        }
+        // Relay ports are split in two blocks, one per worker: the lower half is worker 0's.
+        let span = server.relay.1 - server.relay.0 + 1;
+        let mid = server.relay.0 + span / 2;
+        let straddling = pairs
+            .iter()
+            .filter(|(_, _, ra, rb)| (ra.port() < mid) != (rb.port() < mid))
+            .count();
+        assert!(straddling > 0, "no pair straddles the two workers");
+        for (a, b, _, _) in pairs.iter_mut() {
+            for i in 0..N {
+                a.send_channel(0x4001, format!("a{i}").as_bytes()).await.unwrap();
+                b.send_channel(0x4002, format!("b{i}").as_bytes()).await.unwrap();
+            }
+        }
+        for (k, (a, b, _, _)) in pairs.iter_mut().enumerate() {
+            for (rx, channel, from) in [(&mut *b, 0x4002, "a"), (&mut *a, 0x4001, "b")] {
+                for i in 0..N {
+                    match rx.recv_relayed(Duration::from_secs(3)).await {
+                        Ok(Relayed::Channel { channel: c, data }) => {
+                            assert_eq!(c, channel);
+                            assert_eq!(
+                                data,
+                                format!("{from}{i}").into_bytes(),
+                                "pair {k}, datagram {i} from {from}"
+                            );
+                        }
+                        other => panic!("pair {k}, datagram {i} from {from}: {other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            server.metric(hairpinned),
+            (2 * N * PAIRS) as u64,
+            "{straddling} pairs straddled"
+        );
+        assert_eq!(
+            server.metric("firstcall_turn_dropped_total{reason=\"handoff_queue_full\"}"),
+            0
+        );
+    });
+}
+
 /// Both parties of a call relayed by one server: with one worker, the hop from one
 /// allocation's relay socket to the other's is handed over in-process instead of
 /// through the kernel. Everything still arrives whole and in order both ways, the

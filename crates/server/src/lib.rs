@@ -499,6 +499,7 @@ fn start_turn(
         None => None,
     };
     let blocks = turn::split_ports(&config.relay_ports, threads);
+    let handoffs = (blocks.len() > 1).then(|| turn::handoff::Handoffs::new(blocks.clone()));
     let mut metrics = Vec::new();
     let mut grants =
         (!config.turn_peer_grant_ttl.is_zero()).then(|| turn::grants::PeerGrants::new(config.turn_peer_grant_ttl));
@@ -541,6 +542,7 @@ fn start_turn(
             io: config.turn_io,
             fast: fast.clone(),
             grants: grants.as_mut().map(|g| g.worker(m_grants)),
+            handoff: handoffs.clone(),
         })?;
     }
     Ok(TurnStarted {

@@ -29,8 +29,8 @@ pub struct TurnMetrics {
     pub relayed_packets: [AtomicU64; 2],
     /// Relayed payload bytes by [`Direction`].
     pub relayed_bytes: [AtomicU64; 2],
-    /// Packets from one allocation to another of the same worker, handed over without
-    /// the kernel.
+    /// Packets from one allocation to another, handed over without the kernel (on one
+    /// worker, or queued for the worker holding the destination).
     pub hairpinned_packets: AtomicU64,
     /// STUN requests by method name.
     requests: Mutex<BTreeMap<&'static str, u64>>,
@@ -177,7 +177,7 @@ pub fn render_prometheus(cores: &[std::sync::Arc<TurnMetrics>], out: &mut String
     counter(
         out,
         "firstcall_turn_hairpinned_packets_total",
-        "Packets relayed from one allocation to another of the same worker without the kernel (both parties relayed by this server).",
+        "Packets relayed from one allocation to another without the kernel, on one worker or handed to another (both parties relayed by this server).",
         sum(&|m| m.hairpinned_packets.load(Relaxed) as i64),
     );
     let labelled: [Labelled; 7] = [

@@ -741,7 +741,10 @@ impl<R: RngCore> Server<R> {
     /// until `grant.until`: the first datagram from that address to one of them installs
     /// a permission, as the user's own CreatePermission would (see [`crate::grants`]).
     /// Counted in `peer_grants{outcome}`: `stored`, `full`, `expired`.
-    pub fn handle_peer_grant(&mut self, grant: PeerGrant, now: Instant) -> Result<(), GrantRefused> {
+    pub fn handle_peer_grant(&mut self, mut grant: PeerGrant, now: Instant) -> Result<(), GrantRefused> {
+        // Compared with peers' addresses as normalised (a dual-stack listener sees IPv4
+        // clients as ::ffff:a.b.c.d).
+        grant.ip = crate::filter::normalise(grant.ip);
         let r = self.grants.insert(grant, self.config.max_peer_grants, now);
         self.metrics.peer_grant(match r {
             Ok(()) => "stored",

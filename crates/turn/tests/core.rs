@@ -366,6 +366,30 @@ fn a_peer_grant_installs_the_permission_the_users_client_would_ask_for() {
     assert!(h.server.poll_transmit().is_none());
     assert!(h.server.handle_peer_grant(grant(stranger, h.now), h.now).is_err());
     assert_eq!(h.metrics.count("peer_grants", "expired"), 1);
+    // A dual-stack listener names an IPv4 client ::ffff:a.b.c.d: the grant still matches
+    // the peer's IPv4 address.
+    let mapped = match stranger.ip() {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    };
+    h.server
+        .handle_peer_grant(
+            PeerGrant {
+                user: "alice".into(),
+                ip: mapped,
+                until: h.now + Duration::from_secs(30),
+            },
+            h.now,
+        )
+        .unwrap();
+    assert!(h
+        .server
+        .handle_peer_traffic(b"v4", PeerAddr(stranger), ra, h.now)
+        .is_none());
+    assert!(
+        h.server.poll_transmit().is_some(),
+        "the mapped grant let the IPv4 peer in"
+    );
 }
 
 #[test]

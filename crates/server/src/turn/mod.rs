@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 pub use crate::config::TurnIo;
 
 pub mod grants;
+pub mod handoff;
 mod uring;
 pub mod xdp;
 
@@ -73,6 +74,8 @@ pub struct WorkerSetup {
     pub fast: Option<Arc<xdp::FastPath>>,
     /// Peer grants from the signaling hub (`--turn-peer-grant-ttl`), when on.
     pub grants: Option<tokio::sync::mpsc::Receiver<firstcall_turn::grants::PeerGrant>>,
+    /// Every worker's hand-off inbox, with more than one worker ([`handoff`]).
+    pub handoff: Option<Arc<handoff::Handoffs>>,
 }
 
 /// Bind a socket with SO_REUSEPORT so every worker can hold one on the same port.
@@ -218,6 +221,8 @@ struct Worker {
     /// Outgoing UDP datagrams, gathered so that a run to one destination leaves in one
     /// GSO `sendmsg`; see [`TxBatch`].
     tx: RefCell<TxBatch>,
+    /// Datagrams for other workers' relays, handed over at the end of each pass.
+    handoff: Option<handoff::Outbox>,
 }
 
 /// A worker's UDP I/O: one of two drivers, chosen at start (`--turn-io`).
@@ -345,6 +350,7 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
             count: 0,
             closed: false,
         }),
+        handoff: s.handoff.map(|h| handoff::Outbox::new(s.index, h)),
     });
     let tcp = TcpListener::from_std(s.tcp)?;
     tokio::task::spawn_local(accept_loop(w.clone(), tcp, None));
@@ -355,6 +361,9 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     tokio::task::spawn_local(auth_loop(w.clone(), s.auth));
     if let Some(rx) = s.grants {
         tokio::task::spawn_local(grants::grant_loop(w.clone(), rx));
+    }
+    if w.handoff.is_some() {
+        tokio::task::spawn_local(handoff::inbox_loop(w.clone()));
     }
     let mut relay_task = match relay_poll {
         Some(poll) => tokio::task::spawn_local(relay_loop(w.clone(), poll)),
@@ -465,23 +474,46 @@ async fn udp_loop(w: Rc<Worker>) -> io::Result<()> {
 /// the datagram is handed straight to that allocation as if it had arrived from the
 /// sending relay's address: what the kernel would deliver over loopback, without the
 /// two syscalls and the network stack in between. The receiving allocation still
-/// checks its permission and quota. A peer on another worker's relay port takes the
-/// kernel path.
+/// checks its permission and quota. A peer on another worker's relay port is queued
+/// for that worker ([`handoff`]), which relays it the same way.
 fn send_to_peer(w: &Rc<Worker>, relay: RelayPort, peer: PeerAddr, data: &[u8], now: Instant) {
-    let hairpin = {
+    let to_port = RelayPort(peer.0.port());
+    let route = {
         let relays = w.relays.borrow();
-        match (relays.get(&RelayPort(peer.0.port())), relays.get(&relay)) {
-            (Some(to), Some(from)) if to.addr == peer.0 => Some(from.addr),
-            _ => None,
+        match (relays.get(&to_port), relays.get(&relay)) {
+            (Some(to), Some(from)) if to.addr == peer.0 => Route::Here(from.addr),
+            (_, Some(from)) if from.addr.ip() == peer.0.ip() => {
+                match w.handoff.as_ref().and_then(|h| h.other_owner(to_port.0)) {
+                    Some(owner) => Route::Worker(owner, from.addr),
+                    None => Route::Kernel,
+                }
+            }
+            _ => Route::Kernel,
         }
     };
-    match hairpin {
-        Some(from) => {
+    match route {
+        Route::Here(from) => {
             w.metrics.hairpinned();
-            relay_from_peer(w, RelayPort(peer.0.port()), PeerAddr(from), data, now);
+            relay_from_peer(w, to_port, PeerAddr(from), data, now);
         }
-        None => tx_push(w, TxSrc::Relay(relay), peer.0, &[data]),
+        Route::Worker(owner, from) => {
+            w.metrics.hairpinned();
+            if let Some(h) = &w.handoff {
+                h.queue(owner, to_port, from, data);
+            }
+        }
+        Route::Kernel => tx_push(w, TxSrc::Relay(relay), peer.0, &[data]),
     }
+}
+
+/// Where a datagram from a relay to a peer goes.
+enum Route {
+    /// Another relay of this worker: handed over now, from this relay's address.
+    Here(SocketAddr),
+    /// A relay of that worker: queued for it, from this relay's address.
+    Worker(usize, SocketAddr),
+    /// Anywhere else: out of the relay socket.
+    Kernel,
 }
 
 /// Queue one datagram (the concatenation of `parts`) in the worker's batch, sending
@@ -628,8 +660,10 @@ fn ring_send(
         })
 }
 
-/// Send what a pass queued: the batch, then (io_uring) one submit for every queued send.
+/// Send what a pass queued: the batch, then (io_uring) one submit for every queued send,
+/// and hand other workers their datagrams.
 fn tx_commit(w: &Worker) {
+    handoff::flush(w);
     tx_flush(w);
     if let Io::Uring(ring) = &w.io {
         if let Err(e) = ring.submit() {
@@ -866,6 +900,7 @@ async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
                 }
             }
         }
+        handoff::flush(&w);
         tokio::task::yield_now().await;
     }
 }
