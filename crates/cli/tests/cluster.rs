@@ -889,3 +889,51 @@ async fn a_webhook_the_leader_had_not_delivered_when_it_died_is_posted_by_the_ne
         "every attempt, by either leader, carries the one event id: {ids:?}"
     );
 }
+
+/// TURN peer grants with several nodes: a node knows the addresses of its own sockets
+/// only, so it grants them to the allocations on its own TURN server. Bob signs in on
+/// node 2 from 127.0.0.2; once he answers Alice (on node 1), his address reaches Alice's
+/// relay on node 2 before Alice asks for a permission. (Regression: the log reader's
+/// copy of the driver was made before the grants were set, so cluster nodes granted
+/// nothing.)
+#[tokio::test]
+async fn an_answer_across_nodes_grants_the_callees_address_on_its_node() {
+    use firstcall_client::turn::{Client, Credentials, Kind, Relayed};
+    use firstcall_turn::auth::{rest_credential, Secret};
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port(), redis_dir("grants"), false);
+    let flags = ["--allow-peer", "127.0.0.0/8", "--threads", "1"];
+    let nodes = [node(&redis, &flags), node(&redis, &flags)];
+    let bob_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut alice = on(&nodes[0], "alice", "a").await;
+    let mut bob = SignalClient::connect_from(&ws_url(&nodes[1]), "dev:bob", "b", bob_ip)
+        .await
+        .expect("bob signs in on node 2 from 127.0.0.2");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (username, password) = rest_credential(&Secret::new(SECRET), "alice", now + 600);
+    let mut turn = Client::connect(nodes[1].turn, &Kind::Udp, Credentials { username, password })
+        .await
+        .unwrap();
+    let relayed = turn.allocate(None).await.unwrap().relayed;
+    call(&mut alice, &mut bob, "g1").await;
+    let stored = "firstcall_turn_peer_grants_total{outcome=\"stored\"}";
+    assert!(
+        wait_until(T, || nodes[1].metric(stored) >= 1),
+        "node 2 stored Bob's grant"
+    );
+    let from_bob = UdpSocket::bind(SocketAddr::new(bob_ip, 0)).unwrap();
+    from_bob.send_to(b"check", relayed).unwrap();
+    match turn.recv_relayed(T).await.unwrap() {
+        Relayed::Data { peer, data } => {
+            assert_eq!(peer, from_bob.local_addr().unwrap());
+            assert_eq!(data, b"check");
+        }
+        other => panic!("expected Bob's datagram, got {other:?}"),
+    }
+}

@@ -120,7 +120,8 @@ pub struct Signaling {
     cluster: Option<Arc<Link>>,
     /// The embedded TURN server's peer-grant queues: an answered call lets each party's
     /// address into the other's allocations (`--turn-peer-grant-ttl`).
-    grants: Option<crate::turn::grants::PeerGrants>,
+    /// Shared by every clone: a cluster's log reader holds one made before this is set.
+    grants: Arc<std::sync::OnceLock<crate::turn::grants::PeerGrants>>,
     /// The hub's counters.
     pub metrics: Arc<SignalMetrics>,
 }
@@ -181,7 +182,7 @@ impl Signaling {
             jwks: None,
             tokens,
             cluster: None,
-            grants: None,
+            grants: Arc::default(),
             metrics,
         };
         tokio::spawn(timer_loop(sig.clone()));
@@ -244,7 +245,7 @@ impl Signaling {
             jwks: None,
             tokens,
             cluster: Some(link),
-            grants: None,
+            grants: Arc::default(),
             metrics,
         };
         tasks.spawn(sig.clone(), joined);
@@ -258,8 +259,11 @@ impl Signaling {
     }
 
     /// Answered calls grant each party's address to the other's TURN allocations.
-    pub fn with_peer_grants(mut self, grants: Option<crate::turn::grants::PeerGrants>) -> Signaling {
-        self.grants = grants;
+    pub fn with_peer_grants(self, grants: Option<crate::turn::grants::PeerGrants>) -> Signaling {
+        if let Some(g) = grants {
+            // Set once, at start-up, before any socket.
+            let _ = self.grants.set(g);
+        }
         self
     }
 
@@ -404,7 +408,7 @@ impl Signaling {
                     }
                     Output::Webhook { body } => w.hooks.push(body),
                     Output::CallPeers { caller, callee } => {
-                        if self.grants.is_some() {
+                        if self.grants.get().is_some() {
                             // Only this node's sockets have an address here; with several
                             // nodes, a party on another node is granted by that node.
                             let ip = |p: &Party| p.conn.and_then(|c| s.conns.get(&c)).and_then(|o| o.peer_ip());
@@ -562,7 +566,7 @@ impl Signaling {
         for outlet in w.touched {
             outlet.push();
         }
-        if let Some(g) = &self.grants {
+        if let Some(g) = self.grants.get() {
             let now = Instant::now();
             for (user, ip) in w.grants {
                 g.grant(user.as_str(), ip, now);

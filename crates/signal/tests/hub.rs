@@ -1775,9 +1775,16 @@ fn a_call_restored_by_both_sides_after_a_restart_is_live_again() {
         ),
         (json!("c1"), json!("restoring"), json!("caller"))
     );
+    // A one-sided claim names no parties on a resume: it must not let Alice's address
+    // into Bob's relays (TURN peer grants).
+    assert!(w.answered.is_empty(), "a claim names nobody");
     w.send(b, restore("c1", "callee", "alice", "a"));
     assert_eq!(restored(&w.clients[a]), [false, true]);
     assert_eq!(restored(&w.clients[b]), [true]);
+    // Restored by both, it is an answered call: a resume names both parties.
+    w.drop_conn(b);
+    w.connect(b);
+    assert_eq!(w.answered.len(), 1, "both sides stand in the restored call");
     // An ordinary answered call again: signals both ways, a hang-up reaches the other side.
     w.send(a, signal("c1", cand(1)));
     w.send(b, signal("c1", cand(2)));

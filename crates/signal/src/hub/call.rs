@@ -154,9 +154,15 @@ impl<R: RngCore> Hub<R> {
         Ok(())
     }
 
-    /// Name an answered call's parties and their sockets ([`Output::CallPeers`]).
+    /// Name an answered call's parties and their sockets ([`Output::CallPeers`]): only a
+    /// call both sides stand in, answered by the callee (or restored by both). A call one
+    /// side re-registered alone (`Restoring`) is that side's claim only, which must not
+    /// let its address into the other's relays.
     pub(super) fn call_peers(&mut self, ck: CallKey) {
         let c = &self.calls[&ck];
+        if !matches!(c.state, CallState::Accepted | CallState::Connected) {
+            return;
+        }
         let Some(device) = &c.accepted_device else { return };
         let conn_of =
             |user: &UserId, device: &DeviceId| self.device_session(user, device).and_then(|k| self.sessions[&k].conn);
