@@ -898,7 +898,7 @@ async fn a_webhook_the_leader_had_not_delivered_when_it_died_is_posted_by_the_ne
 /// nothing.)
 #[tokio::test]
 async fn an_answer_across_nodes_grants_the_callees_address_on_its_node() {
-    use firstcall_client::turn::{Client, Credentials, Kind, Relayed};
+    use firstcall_client::turn::{Client, Credentials, Kind};
     use firstcall_turn::auth::{rest_credential, Secret};
     use std::net::{IpAddr, Ipv4Addr, UdpSocket};
     if !have_redis() {
@@ -929,11 +929,5 @@ async fn an_answer_across_nodes_grants_the_callees_address_on_its_node() {
     );
     let from_bob = UdpSocket::bind(SocketAddr::new(bob_ip, 0)).unwrap();
     from_bob.send_to(b"check", relayed).unwrap();
-    match turn.recv_relayed(T).await.unwrap() {
-        Relayed::Data { peer, data } => {
-            assert_eq!(peer, from_bob.local_addr().unwrap());
-            assert_eq!(data, b"check");
-        }
-        other => panic!("expected Bob's datagram, got {other:?}"),
-    }
+    expect_data(&mut turn, from_bob.local_addr().unwrap(), b"check").await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use firstcall_client::signal::SignalClient;
-use firstcall_client::turn::{Client, Credentials, Kind, Relayed};
+use firstcall_client::turn::{Client, Credentials, Kind};
 use firstcall_turn::auth::{rest_credential, Secret};
 use serde_json::json;
 
@@ -88,17 +88,8 @@ fn an_answer_lets_the_callees_address_reach_the_callers_relay_and_no_other() {
         // ...while Bob's address, from any port, reaches Alice without her asking.
         let callee = udp_on(CALLEE_IP);
         callee.send_to(b"check", relayed).unwrap();
-        match turn.recv_relayed(T).await.unwrap() {
-            Relayed::Data { peer, data } => {
-                assert_eq!(
-                    peer,
-                    callee.local_addr().unwrap(),
-                    "from Bob's address, nothing else first"
-                );
-                assert_eq!(data, b"check");
-            }
-            other => panic!("expected Bob's datagram, got {other:?}"),
-        }
+        // From Bob's address, and nothing from the stranger first.
+        expect_data(&mut turn, callee.local_addr().unwrap(), b"check").await;
         assert_eq!(
             server.metric("firstcall_turn_peer_grants_total{outcome=\"applied\"}"),
             1
@@ -127,13 +118,7 @@ fn an_answer_lets_the_callees_address_reach_the_callers_relay_and_no_other() {
         );
         let moved = udp_on(moved_ip);
         moved.send_to(b"from the new network", relayed).unwrap();
-        match turn.recv_relayed(T).await.unwrap() {
-            Relayed::Data { peer, data } => {
-                assert_eq!(peer, moved.local_addr().unwrap());
-                assert_eq!(data, b"from the new network");
-            }
-            other => panic!("expected Bob's datagram from his new address, got {other:?}"),
-        }
+        expect_data(&mut turn, moved.local_addr().unwrap(), b"from the new network").await;
     });
 }
 
@@ -166,9 +151,6 @@ fn with_grants_off_the_callees_address_waits_for_the_callers_permission() {
         // Once Alice permits Bob's address herself, it passes.
         turn.permit(callee.local_addr().unwrap()).await.unwrap();
         callee.send_to(b"after", relayed).unwrap();
-        match turn.recv_relayed(T).await.unwrap() {
-            Relayed::Data { data, .. } => assert_eq!(data, b"after"),
-            other => panic!("expected Bob's datagram, got {other:?}"),
-        }
+        expect_data(&mut turn, callee.local_addr().unwrap(), b"after").await;
     });
 }

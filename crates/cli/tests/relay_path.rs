@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -27,6 +28,18 @@ fn setup_with(secret: &str, user: &str, extra: &[&str]) -> (Server, tokio::runti
         .as_secs();
     let (username, password) = rest_credential(&Secret::new(secret), user, now + 600);
     (server, rt, Credentials { username, password })
+}
+
+/// Two relayed clients of `server`, each with a channel to the other's relayed
+/// address: A's is 0x4001, B's 0x4002. Returns (A, B, A's relayed, B's relayed).
+async fn channel_pair(server: &Server, creds: &Credentials) -> (Client, Client, SocketAddr, SocketAddr) {
+    let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+    let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
+    let ra = a.allocate(None).await.unwrap().relayed;
+    let rb = b.allocate(None).await.unwrap().relayed;
+    a.bind_channel(0x4001, rb).await.unwrap();
+    b.bind_channel(0x4002, ra).await.unwrap();
+    (a, b, ra, rb)
 }
 
 /// Regression: the first datagram through a freshly opened relay socket used to be
@@ -93,12 +106,7 @@ fn a_burst_through_two_relays_arrives_whole_and_in_order() {
         })
         .collect();
     let got = rt.block_on(async {
-        let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-        let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-        let ra = a.allocate(None).await.unwrap().relayed;
-        let rb = b.allocate(None).await.unwrap().relayed;
-        a.bind_channel(0x4001, rb).await.unwrap();
-        b.bind_channel(0x4002, ra).await.unwrap();
+        let (a, mut b, _, _) = channel_pair(&server, &creds).await;
         // One tight loop, no await between datagrams, so that the server finds runs of
         // them queued and batches its sends.
         let firstcall_client::turn::Transport::Udp(sock) = &a.transport else {
@@ -149,13 +157,7 @@ fn relay_to_relay_across_workers_skips_the_kernel() {
     rt.block_on(async {
         let mut pairs = Vec::new();
         for _ in 0..PAIRS {
-            let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-            let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-            let ra = a.allocate(None).await.unwrap().relayed;
-            let rb = b.allocate(None).await.unwrap().relayed;
-            a.bind_channel(0x4001, rb).await.unwrap();
-            b.bind_channel(0x4002, ra).await.unwrap();
-            pairs.push((a, b, ra, rb));
+            pairs.push(channel_pair(&server, &creds).await);
         }
         // Relay ports are split in two blocks, one per worker: the lower half is worker 0's.
         let span = server.relay.1 - server.relay.0 + 1;
@@ -212,12 +214,7 @@ fn relay_to_relay_on_one_worker_skips_the_kernel_and_keeps_permissions() {
     let hairpinned = "firstcall_turn_hairpinned_packets_total";
     let refused = "firstcall_turn_dropped_total{reason=\"no_permission\"}";
     rt.block_on(async {
-        let mut a = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-        let mut b = Client::connect(server.turn, &Kind::Udp, creds.clone()).await.unwrap();
-        let ra = a.allocate(None).await.unwrap().relayed;
-        let rb = b.allocate(None).await.unwrap().relayed;
-        a.bind_channel(0x4001, rb).await.unwrap();
-        b.bind_channel(0x4002, ra).await.unwrap();
+        let (mut a, mut b, _, _) = channel_pair(&server, &creds).await;
         for i in 0..N {
             a.send_channel(0x4001, format!("a{i}").as_bytes()).await.unwrap();
             b.send_channel(0x4002, format!("b{i}").as_bytes()).await.unwrap();

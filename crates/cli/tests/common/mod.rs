@@ -583,3 +583,16 @@ impl HookReceiver {
         self.conns.load(Ordering::SeqCst)
     }
 }
+
+/// The next datagram relayed to `turn` is a Data indication from `from` carrying `data`.
+pub async fn expect_data(turn: &mut firstcall_client::turn::Client, from: SocketAddr, data: &[u8]) {
+    match turn.recv_relayed(Duration::from_secs(5)).await {
+        Ok(firstcall_client::turn::Relayed::Data { peer, data: got }) => {
+            assert_eq!((peer, &got[..]), (from, data), "relayed datagram");
+        }
+        other => panic!(
+            "expected {:?} from {from}, got {other:?}",
+            String::from_utf8_lossy(data)
+        ),
+    }
+}
