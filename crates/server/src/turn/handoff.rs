@@ -128,6 +128,9 @@ pub(super) fn flush(w: &Worker) {
             continue;
         }
         q.1 += batch.bytes.len();
+        w.metrics
+            .hairpinned_packets
+            .fetch_add(batch.items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let was_empty = q.0.is_empty();
         q.0.push(batch);
         drop(q);

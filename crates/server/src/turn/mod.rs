@@ -497,7 +497,7 @@ fn send_to_peer(w: &Rc<Worker>, relay: RelayPort, peer: PeerAddr, data: &[u8], n
             relay_from_peer(w, to_port, PeerAddr(from), data, now);
         }
         Route::Worker(owner, from) => {
-            w.metrics.hairpinned();
+            // Counted as handed over once its worker's inbox took it (handoff::flush).
             if let Some(h) = &w.handoff {
                 h.queue(owner, to_port, from, data);
             }
