@@ -524,6 +524,8 @@ fn start_turn(
         let mut core = CoreConfig::new(relay_ip, block.clone());
         core.advertised_ip = advertised;
         core.max_bps = config.max_bps;
+        // A grant is only of use to an allocation: as many as the server may hold.
+        core.max_peer_grants = config.max_allocations;
         let m = Arc::new(TurnMetrics::default());
         metrics.push(m.clone());
         let m_grants = m.clone();

@@ -16,8 +16,8 @@
 //! a moment later, once the candidate arrives.
 //!
 //! Bounded: at most [`MAX_GRANTS_PER_USER`] per user (the newest replace the
-//! soonest to expire) and `cap` in all (`Server`'s `Config::max_peer_grants`), expired
-//! ones swept; refusals are counted.
+//! soonest to expire) and `cap` in all (`Config::max_peer_grants`, which the server sets
+//! to `--max-allocations`), expired ones swept; refusals are counted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -393,6 +393,48 @@ fn a_peer_grant_installs_the_permission_the_users_client_would_ask_for() {
 }
 
 #[test]
+fn peer_grants_stop_at_the_cap_and_say_so() {
+    use firstcall_turn::grants::{GrantRefused, PeerGrant};
+    let mut h = Harness::with(
+        |c| Config {
+            max_peer_grants: 3,
+            ..c
+        },
+        10,
+        100,
+        vec!["203.0.113.0/24".parse().unwrap()],
+    );
+    let until = h.now + Duration::from_secs(30);
+    for (i, user) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let r = h.server.handle_peer_grant(
+            PeerGrant {
+                user: user.into(),
+                ip: peer(i as u8 + 1, 1).ip(),
+                until,
+            },
+            h.now,
+        );
+        assert_eq!(r.is_ok(), i < 3, "grant {i}");
+        if i == 3 {
+            assert_eq!(r, Err(GrantRefused::Full));
+        }
+    }
+    assert_eq!(h.metrics.count("peer_grants", "full"), 1);
+    // Lapsed grants make room again.
+    h.advance(Duration::from_secs(31));
+    let later = h.now + Duration::from_secs(30);
+    let r = h.server.handle_peer_grant(
+        PeerGrant {
+            user: "d".into(),
+            ip: peer(4, 1).ip(),
+            until: later,
+        },
+        h.now,
+    );
+    assert!(r.is_ok());
+}
+
+#[test]
 fn permission_gates_peer_traffic_and_expires_after_300s() {
     let mut h = Harness::new();
     let mut c = Client::rest(udp(4007), "alice", T0_UNIX + 100_000);
