@@ -146,12 +146,12 @@ fn a_burst_through_two_relays_arrives_whole_and_in_order() {
 /// With several workers, a relay-to-relay datagram whose destination relay sits on
 /// another worker is queued for that worker instead of crossing the kernel: every
 /// datagram of pairs spread over two workers arrives, whole and in order, and each is
-/// counted as handed over. Pairs are made until one straddles the workers (the kernel
-/// spreads clients by hash; with 16 pairs all on one worker has odds of 2^-31).
+/// counted as handed over. The kernel spreads clients by hash: with 32 pairs, none
+/// straddling the two workers has odds of 2^-32.
 #[test]
 fn relay_to_relay_across_workers_skips_the_kernel() {
     let (server, rt, creds) = setup_with("handoff", "handoff-test", &["--threads", "2"]);
-    const PAIRS: usize = 16;
+    const PAIRS: usize = 32;
     const N: usize = 20;
     let hairpinned = "firstcall_turn_hairpinned_packets_total";
     rt.block_on(async {

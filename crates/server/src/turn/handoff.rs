@@ -11,9 +11,15 @@
 //! the stack per datagram. The receiving worker relays them exactly as if they had come
 //! from the sending relay's address (permission and quota checked by its core).
 //!
-//! Bounded: a worker's inbox holds at most [`MAX_INBOX_BYTES`]; past that a pass's
-//! datagrams for it are dropped and counted (`dropped{reason="handoff_queue_full"}`),
-//! as a full socket buffer would drop them.
+//! Bounded: a worker's inbox holds at most [`MAX_INBOX_BYTES`], each datagram counted
+//! at its length plus [`ITEM_COST`] (so empty datagrams fill it too); past that a
+//! pass's datagrams for it are dropped and counted
+//! (`dropped{reason="handoff_queue_full"}`), as a full socket buffer would drop them. The
+//! receiving worker takes the whole inbox and relays it [`ROUND`] datagrams at a time,
+//! yielding between rounds to its other tasks (its own clients, relay sockets, timers):
+//! at most one inbox's worth waits there besides the inbox itself. The inbox is shared by
+//! every flow to that worker, so a flood to it costs other hand-offs to it their
+//! datagrams too, as a flood into one socket buffer would.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -30,8 +36,16 @@ use super::Worker;
 /// Most bytes waiting in one worker's inbox: about 10 ms of a saturated worker.
 pub const MAX_INBOX_BYTES: usize = 4 << 20;
 
+/// What a datagram costs in an inbox beyond its bytes (its entry, and a floor like a
+/// kernel buffer's): 65,536 datagrams at most, however short.
+pub const ITEM_COST: usize = 64;
+
+/// Datagrams relayed from the inbox before the worker yields: as many as its other
+/// loops take per round (io_uring's send slots are freed only between rounds).
+pub const ROUND: usize = 1024;
+
 /// Datagrams for one worker: their bytes back to back, and where each goes.
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 pub(super) struct Batch {
     bytes: Vec<u8>,
     /// (destination relay port, sending relay's address, end of its bytes).
@@ -44,6 +58,11 @@ impl Batch {
         self.items.push((to, from, self.bytes.len()));
     }
 
+    /// What it counts against an inbox's bound.
+    fn cost(&self) -> usize {
+        self.bytes.len() + self.items.len() * ITEM_COST
+    }
+
     fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -53,6 +72,34 @@ impl Batch {
 struct Inbox {
     batches: Mutex<(Vec<Batch>, usize)>,
     wake: Notify,
+}
+
+impl Inbox {
+    /// Take `batch` if it fits under [`MAX_INBOX_BYTES`]; wake the worker when the inbox
+    /// was empty (a permit if it is busy: it finds the batch next time). Back: the
+    /// datagrams taken, or the batch refused.
+    fn offer(&self, batch: Batch) -> Result<usize, Batch> {
+        let cost = batch.cost();
+        let mut q = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        if q.1 + cost > MAX_INBOX_BYTES {
+            return Err(batch);
+        }
+        q.1 += cost;
+        let (n, was_empty) = (batch.items.len(), q.0.is_empty());
+        q.0.push(batch);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Everything waiting, the bound's count reset.
+    fn take(&self) -> Vec<Batch> {
+        let mut q = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        q.1 = 0;
+        std::mem::take(&mut q.0)
+    }
 }
 
 /// Every worker's inbox and port block, shared by all workers.
@@ -117,26 +164,17 @@ pub(super) fn flush(w: &Worker) {
         if batch.is_empty() {
             continue;
         }
-        let batch = std::mem::take(batch);
-        let inbox = &out.shared.inboxes[i];
-        let mut q = inbox.batches.lock().unwrap_or_else(|e| e.into_inner());
-        if q.1 + batch.bytes.len() > MAX_INBOX_BYTES {
-            drop(q);
-            for _ in &batch.items {
-                w.metrics.dropped("handoff_queue_full");
+        match out.shared.inboxes[i].offer(std::mem::take(batch)) {
+            Ok(n) => {
+                w.metrics
+                    .hairpinned_packets
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            continue;
-        }
-        q.1 += batch.bytes.len();
-        w.metrics
-            .hairpinned_packets
-            .fetch_add(batch.items.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let was_empty = q.0.is_empty();
-        q.0.push(batch);
-        drop(q);
-        if was_empty {
-            // Stored as a permit if the worker is busy: it finds the batch next time.
-            inbox.wake.notify_one();
+            Err(refused) => {
+                for _ in &refused.items {
+                    w.metrics.dropped("handoff_queue_full");
+                }
+            }
         }
     }
 }
@@ -148,20 +186,78 @@ pub(super) async fn inbox_loop(w: Rc<Worker>) {
     let inbox = &shared.inboxes[out.index];
     loop {
         inbox.wake.notified().await;
-        let batches = {
-            let mut q = inbox.batches.lock().unwrap_or_else(|e| e.into_inner());
-            q.1 = 0;
-            std::mem::take(&mut q.0)
-        };
-        let now = Instant::now();
+        let batches = inbox.take();
+        let mut done = 0;
         for b in &batches {
             let mut start = 0;
             for &(to, from, end) in &b.items {
-                super::relay_from_peer(&w, to, PeerAddr(from), &b.bytes[start..end], now);
+                super::relay_from_peer(&w, to, PeerAddr(from), &b.bytes[start..end], Instant::now());
                 start = end;
+                done += 1;
+                if done % ROUND == 0 {
+                    // The core's transmits, then this round's sends, go out; then the
+                    // worker's other tasks get their turn.
+                    super::flush(&w);
+                    tokio::task::yield_now().await;
+                }
             }
         }
-        // The core's transmits, then this pass's sends (and hand-offs) go out.
         super::flush(&w);
+        // A permit stored while this round ran returns at once: let the others run.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox() -> Inbox {
+        Inbox {
+            batches: Mutex::new((Vec::new(), 0)),
+            wake: Notify::new(),
+        }
+    }
+
+    fn batch(n: usize, len: usize) -> Batch {
+        let mut b = Batch::default();
+        for _ in 0..n {
+            b.push(RelayPort(50000), "192.0.2.1:50001".parse().unwrap(), &vec![0u8; len]);
+        }
+        b
+    }
+
+    #[test]
+    fn empty_datagrams_fill_an_inbox_too() {
+        let q = inbox();
+        let per_batch = 1024;
+        let mut taken = 0;
+        loop {
+            match q.offer(batch(per_batch, 0)) {
+                Ok(n) => taken += n,
+                Err(refused) => {
+                    assert_eq!(refused.items.len(), per_batch, "a refused batch comes back whole");
+                    break;
+                }
+            }
+            assert!(
+                taken <= MAX_INBOX_BYTES / ITEM_COST,
+                "bounded by count as well as bytes"
+            );
+        }
+        assert_eq!(taken, MAX_INBOX_BYTES / ITEM_COST);
+        // Taking everything makes room again.
+        assert_eq!(q.take().iter().map(|b| b.items.len()).sum::<usize>(), taken);
+        assert_eq!(q.offer(batch(1, 1200)), Ok(1));
+    }
+
+    #[test]
+    fn bytes_count_against_the_bound() {
+        let q = inbox();
+        // Two datagrams that fill the inbox exactly, their entries counted.
+        let big = MAX_INBOX_BYTES / 2 - ITEM_COST;
+        assert_eq!(q.offer(batch(1, big)), Ok(1));
+        assert_eq!(q.offer(batch(1, big)), Ok(1));
+        assert!(q.offer(batch(1, 64)).is_err());
     }
 }

@@ -362,22 +362,34 @@ async fn run_worker(s: WorkerSetup) -> io::Result<()> {
     if let Some(rx) = s.grants {
         tokio::task::spawn_local(grants::grant_loop(w.clone(), rx));
     }
-    if w.handoff.is_some() {
-        tokio::task::spawn_local(handoff::inbox_loop(w.clone()));
-    }
+    let mut inbox_task = w
+        .handoff
+        .is_some()
+        .then(|| tokio::task::spawn_local(handoff::inbox_loop(w.clone())));
     let mut relay_task = match relay_poll {
         Some(poll) => tokio::task::spawn_local(relay_loop(w.clone(), poll)),
         None => tokio::task::spawn_local(ring_loop(w.clone())),
     };
-    // Either loop ending ends the worker: one without the other would keep granting
-    // allocations it cannot serve.
-    tokio::select! {
-        r = udp_loop(w) => {
-            relay_task.abort();
-            r
+    // Any loop ending ends the worker: one without the others would keep granting
+    // allocations it cannot serve (or take hand-offs nobody relays).
+    let inbox_ended = async {
+        match inbox_task.as_mut() {
+            Some(t) => {
+                let _ = t.await;
+            }
+            None => std::future::pending::<()>().await,
         }
+    };
+    let r = tokio::select! {
+        r = udp_loop(w) => r,
         _ = &mut relay_task => Err(io::Error::other("relay task stopped")),
+        _ = inbox_ended => Err(io::Error::other("hand-off task stopped")),
+    };
+    relay_task.abort();
+    if let Some(t) = inbox_task {
+        t.abort();
     }
+    r
 }
 
 /// Hands the core each new authenticator a reload sends (new TURN secrets).
