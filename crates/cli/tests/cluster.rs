@@ -890,14 +890,15 @@ async fn a_webhook_the_leader_had_not_delivered_when_it_died_is_posted_by_the_ne
     );
 }
 
-/// TURN peer grants with several nodes: a node knows the addresses of its own sockets
-/// only, so it grants them to the allocations on its own TURN server. Bob signs in on
-/// node 2 from 127.0.0.2; once he answers Alice (on node 1), his address reaches Alice's
-/// relay on node 2 before Alice asks for a permission. (Regression: the log reader's
-/// copy of the driver was made before the grants were set, so cluster nodes granted
-/// nothing.)
+/// TURN peer grants with several nodes: a socket's address rides in the log's connect
+/// entry, so every node knows every party's address and grants it on its own TURN
+/// server. Bob signs in on node 2 from 127.0.0.2; once he answers Alice (on node 1), his
+/// address reaches Alice's relays on node 1 (where his socket is not) and on node 2
+/// before Alice asks for a permission. (Regressions: the log reader's copy of the driver
+/// was made before the grants were set, so cluster nodes granted nothing; then a node
+/// granted only its own sockets' addresses.)
 #[tokio::test]
-async fn an_answer_across_nodes_grants_the_callees_address_on_its_node() {
+async fn an_answer_across_nodes_grants_the_callees_address_on_every_node() {
     use firstcall_client::turn::{Client, Credentials, Kind};
     use firstcall_turn::auth::{rest_credential, Secret};
     use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -917,17 +918,25 @@ async fn an_answer_across_nodes_grants_the_callees_address_on_its_node() {
         .unwrap()
         .as_secs();
     let (username, password) = rest_credential(&Secret::new(SECRET), "alice", now + 600);
-    let mut turn = Client::connect(nodes[1].turn, &Kind::Udp, Credentials { username, password })
-        .await
-        .unwrap();
-    let relayed = turn.allocate(None).await.unwrap().relayed;
+    let creds = Credentials { username, password };
+    let mut turns = Vec::new();
+    for n in &nodes {
+        let mut t = Client::connect(n.turn, &Kind::Udp, creds.clone()).await.unwrap();
+        let relayed = t.allocate(None).await.unwrap().relayed;
+        turns.push((t, relayed));
+    }
     call(&mut alice, &mut bob, "g1").await;
     let stored = "firstcall_turn_peer_grants_total{outcome=\"stored\"}";
-    assert!(
-        wait_until(T, || nodes[1].metric(stored) >= 1),
-        "node 2 stored Bob's grant"
-    );
+    for (i, n) in nodes.iter().enumerate() {
+        assert!(
+            wait_until(T, || n.metric(stored) >= 1),
+            "node {} stored Bob's grant",
+            i + 1
+        );
+    }
     let from_bob = UdpSocket::bind(SocketAddr::new(bob_ip, 0)).unwrap();
-    from_bob.send_to(b"check", relayed).unwrap();
-    expect_data(&mut turn, from_bob.local_addr().unwrap(), b"check").await;
+    for (turn, relayed) in turns.iter_mut() {
+        from_bob.send_to(b"check", *relayed).unwrap();
+        expect_data(turn, from_bob.local_addr().unwrap(), b"check").await;
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use firstcall_signal::hub::{hello_token, ConnId, Hub, HubConfig, IceProvider, Output, Party, TokenVerifier};
+use firstcall_signal::hub::{hello_token, ConnId, Hub, HubConfig, IceProvider, Output, TokenVerifier};
 use firstcall_signal::metrics::{Limit, SignalMetrics};
 use firstcall_signal::protocol::{close, IceServer, UserId, MAX_FRAME};
 use firstcall_signal::ws::OpCode;
@@ -408,15 +408,14 @@ impl Signaling {
                     }
                     Output::Webhook { body } => w.hooks.push(body),
                     Output::CallPeers { caller, callee } => {
+                        // The hub names each party's address (from the connect, which a
+                        // cluster's log carries): every node grants it on its own TURN.
                         if self.grants.get().is_some() {
-                            // Only this node's sockets have an address here; with several
-                            // nodes, a party on another node is granted by that node.
-                            let ip = |p: &Party| p.conn.and_then(|c| s.conns.get(&c)).and_then(|o| o.peer_ip());
-                            if let Some(ip) = ip(&caller) {
-                                w.grants.push((callee.user.clone(), ip));
+                            if let Some(ip) = callee.ip {
+                                w.grants.push((caller.user.clone(), ip));
                             }
-                            if let Some(ip) = ip(&callee) {
-                                w.grants.push((caller.user, ip));
+                            if let Some(ip) = caller.ip {
+                                w.grants.push((callee.user, ip));
                             }
                         }
                     }
@@ -470,7 +469,7 @@ impl Signaling {
                 let now = clock.advance(id.ms.max(at));
                 let checkpoint = entry.input == Input::Checkpoint;
                 match entry.input {
-                    Input::Connect { c } => s.hub.handle_connect(c.into(), now),
+                    Input::Connect { c, ip } => s.hub.handle_connect_from(c.into(), ip, now),
                     Input::Text { c, t, v } => {
                         s.hub
                             .handle_text_verified(c.into(), &t, now, v.map(cluster::Verified::into_result))
@@ -611,14 +610,21 @@ impl Endpoint for Signaling {
                 let conn = ConnId(n);
                 self.with_hub(|hub, conns| {
                     conns.insert(conn, outlet.clone());
-                    hub.handle_connect(conn, Instant::now());
+                    hub.handle_connect_from(conn, outlet.peer_ip(), Instant::now());
                 });
                 conn
             }
             Some(link) => {
                 let conn = link.node.conn(n);
                 self.lock().conns.insert(conn, outlet.clone());
-                self.append_or_fail(link, conn, Input::Connect { c: conn.into() });
+                self.append_or_fail(
+                    link,
+                    conn,
+                    Input::Connect {
+                        c: conn.into(),
+                        ip: outlet.peer_ip(),
+                    },
+                );
                 conn
             }
         }

@@ -445,6 +445,7 @@ fn an_answer_and_a_resume_name_both_parties_and_their_sockets() {
     let party = |w: &World, i: usize| Party {
         user: UserId::parse(&w.clients[i].user).unwrap(),
         conn: w.clients[i].conn,
+        ip: None,
     };
     assert_eq!(w.answered, vec![(party(&w, a), party(&w, b2))]);
     // A repeated accept (a resend after a resume) answers nothing new.

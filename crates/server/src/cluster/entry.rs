@@ -70,6 +70,9 @@ pub enum Input {
     Connect {
         /// The socket.
         c: ConnKey,
+        /// The client's address as the listener saw it (TURN peer grants on every node).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<std::net::IpAddr>,
     },
     /// A text frame; `v` on a socket's first one when it parsed as a hello.
     Text {

@@ -75,7 +75,7 @@ pub(super) async fn append(sig: Signaling, link: Arc<Link>, store: Arc<Store>, m
         }
         let taken = batch.len() - retried;
         batch.retain(|i| match i {
-            Input::Connect { c } | Input::Text { c, .. } => !failed.contains(&ConnId::from(*c)),
+            Input::Connect { c, .. } | Input::Text { c, .. } => !failed.contains(&ConnId::from(*c)),
             _ => true,
         });
         // A connection kept from before an outage fails its first write: one more try
@@ -114,7 +114,7 @@ pub(super) async fn append(sig: Signaling, link: Arc<Link>, store: Arc<Store>, m
                 let mut closed = 0;
                 for i in batch {
                     match i {
-                        Input::Connect { c } | Input::Text { c, .. } => {
+                        Input::Connect { c, .. } | Input::Text { c, .. } => {
                             let conn = ConnId::from(c);
                             if failed.insert(conn) {
                                 closed += usize::from(sig.fail_conn(conn, "store_unreachable"));

@@ -164,17 +164,17 @@ impl<R: RngCore> Hub<R> {
             return;
         }
         let Some(device) = &c.accepted_device else { return };
-        let conn_of =
-            |user: &UserId, device: &DeviceId| self.device_session(user, device).and_then(|k| self.sessions[&k].conn);
+        let party = |user: &UserId, device: &DeviceId| {
+            let conn = self.device_session(user, device).and_then(|k| self.sessions[&k].conn);
+            Party {
+                user: user.clone(),
+                conn,
+                ip: conn.and_then(|c| self.conns.get(&c)).and_then(|c| c.ip),
+            }
+        };
         let peers = Output::CallPeers {
-            caller: Party {
-                user: c.caller.0.clone(),
-                conn: conn_of(&c.caller.0, &c.caller.1),
-            },
-            callee: Party {
-                user: c.callee.clone(),
-                conn: conn_of(&c.callee, device),
-            },
+            caller: party(&c.caller.0, &c.caller.1),
+            callee: party(&c.callee, device),
         };
         self.out.push_back(peers);
     }

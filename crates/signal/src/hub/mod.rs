@@ -198,6 +198,8 @@ pub struct Party {
     pub user: UserId,
     /// The device's socket, if it has one now.
     pub conn: Option<ConnId>,
+    /// That socket's client address, if its driver gave one ([`Hub::handle_connect_from`]).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// The hub's maps. foldhash, not SipHash: hashing was 8% of a relayed frame's
@@ -346,12 +348,19 @@ impl<R: RngCore> Hub<R> {
 
     /// A socket opened; it must say hello within the hello timeout.
     pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
+        self.handle_connect_from(conn, None, now)
+    }
+
+    /// As [`Hub::handle_connect`], from client address `ip` as the listener saw it: the
+    /// hub names it in [`Output::CallPeers`], so that every node of a cluster knows it.
+    pub fn handle_connect_from(&mut self, conn: ConnId, ip: Option<std::net::IpAddr>, now: Instant) {
         self.now = now;
         self.conns.insert(
             conn,
             Conn {
                 session: None,
                 last_rx: now,
+                ip,
             },
         );
         self.timers

@@ -22,6 +22,9 @@ pub(super) struct Conn {
     pub(super) session: Option<SessionKey>,
     #[serde(with = "super::snapshot::at")]
     pub(super) last_rx: Instant,
+    /// The client's address as the listener saw it, if the driver said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) ip: Option<std::net::IpAddr>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
