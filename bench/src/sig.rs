@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use firstcall_client::load::{stamp_arrivals, stamp_wait_us, unix_now_ns};
 use firstcall_server::tcp::{filled, read_once, write_front};
 use firstcall_signal::ws::{self, Decoder, Message, OpCode, Role};
 use serde_json::{json, Value};
@@ -70,11 +71,6 @@ fn now_us() -> u64 {
     epoch().elapsed().as_micros() as u64
 }
 
-/// Ask the kernel to stamp what arrives on `sock` (`SO_TIMESTAMPNS`), for `read_stamped`.
-fn stamp_arrivals(sock: &TcpStream) -> std::io::Result<()> {
-    firstcall_server::sockopt::set_int(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
-}
-
 /// Read once, as `firstcall_server::tcp::read_some` does, and say how long, in
 /// microseconds, the last bytes read had been waiting in the socket: the kernel's
 /// receive timestamp (`SO_TIMESTAMPNS`, taken as the bytes reached this host's stack)
@@ -105,22 +101,8 @@ fn read_stamped<'b>(sock: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> std::io
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut lag = 0;
-        // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                    let stamped = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos());
-                    lag = (now.saturating_sub(stamped) / 1000) as u64;
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
+        // SAFETY: the kernel just filled msg_control/msg_controllen.
+        let lag = unsafe { stamp_wait_us(&msg, unix_now_ns()) };
         Ok((n as usize, lag))
     })?;
     // SAFETY: `recvmsg` returned `n`, the count of bytes it wrote at the front of `buf`.

@@ -326,24 +326,10 @@ fn recv_each(sock: &UdpSocket, bufs: &mut [[u8; 2048]], each: &mut dyn FnMut(usi
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let now = unix_now_ns();
     for h in &hdrs[..r as usize] {
-        let mut waited_us = 0;
-        // SAFETY: the kernel filled this header's control buffer and its length; the
-        // CMSG_* macros walk within them.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                    let stamped = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
-                    waited_us = (now.saturating_sub(stamped) / 1000) as u64;
-                }
-                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
-            }
-        }
+        // SAFETY: the kernel filled this header's control buffer and its length.
+        let waited_us = unsafe { stamp_wait_us(&h.msg_hdr, now) };
         each(h.msg_len as usize, waited_us);
     }
     Ok(r as usize)
@@ -494,7 +480,7 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
             let mut bufs = vec![[0u8; 2048]; RECV_BATCH];
             let mut lat: Vec<(u32, u32)> = vec![];
             // The kernel stamps each datagram as it reaches this host's stack.
-            let _ = set_timestamps(&rx);
+            let _ = stamp_arrivals(&*rx);
             while !stop.load(Ordering::Relaxed) {
                 if tokio::time::timeout(Duration::from_millis(50), rx.readable())
                     .await
@@ -589,9 +575,40 @@ pub async fn run_calls(flows: &[Flow], bidirectional: bool, shape: CallShape, du
     }
 }
 
-/// Ask the kernel to stamp each datagram `sock` receives (`SO_TIMESTAMPNS`).
-fn set_timestamps(sock: &UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// The Unix time now, nanoseconds (the clock of the kernel's receive timestamps).
+pub fn unix_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// How long, in microseconds, what a `recvmsg` read had waited since the kernel stamped
+/// its arrival (`SCM_TIMESTAMPNS` in `msg`'s control data, see [`stamp_arrivals`]),
+/// against `now_ns` ([`unix_now_ns`]); 0 without a timestamp.
+///
+/// # Safety
+/// `msg` is a header a `recvmsg`/`recvmmsg` call just filled: its `msg_control` points
+/// at a live buffer of `msg_controllen` bytes written by the kernel.
+pub unsafe fn stamp_wait_us(msg: &libc::msghdr, now_ns: u128) -> u64 {
+    let mut waited = 0;
+    // SAFETY: per the contract, the CMSG_* macros walk within the kernel's control data.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                let stamped = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+                waited = (now_ns.saturating_sub(stamped) / 1000) as u64;
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    waited
+}
+
+/// Ask the kernel to stamp what arrives on `sock` (`SO_TIMESTAMPNS`), for
+/// [`stamp_wait_us`].
+pub fn stamp_arrivals(sock: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a valid descriptor and a c_int option value of the stated size.
     let r = unsafe {

@@ -69,6 +69,7 @@ impl Batch {
 }
 
 /// One worker's inbox.
+#[derive(Default)]
 struct Inbox {
     batches: Mutex<(Vec<Batch>, usize)>,
     wake: Notify,
@@ -111,13 +112,7 @@ pub struct Handoffs {
 impl Handoffs {
     /// Inboxes for workers owning `blocks` (worker i relays on `blocks[i]`).
     pub fn new(blocks: Vec<RangeInclusive<u16>>) -> Arc<Handoffs> {
-        let inboxes = blocks
-            .iter()
-            .map(|_| Inbox {
-                batches: Mutex::new((Vec::new(), 0)),
-                wake: Notify::new(),
-            })
-            .collect();
+        let inboxes = blocks.iter().map(|_| Inbox::default()).collect();
         Arc::new(Handoffs { inboxes, blocks })
     }
 
@@ -130,7 +125,7 @@ impl Handoffs {
 /// One worker's side: its index, the shared inboxes, and what this pass queued for
 /// each other worker.
 pub(super) struct Outbox {
-    pub(super) index: usize,
+    index: usize,
     shared: Arc<Handoffs>,
     pending: RefCell<Vec<Batch>>,
 }
@@ -212,13 +207,6 @@ pub(super) async fn inbox_loop(w: Rc<Worker>) {
 mod tests {
     use super::*;
 
-    fn inbox() -> Inbox {
-        Inbox {
-            batches: Mutex::new((Vec::new(), 0)),
-            wake: Notify::new(),
-        }
-    }
-
     fn batch(n: usize, len: usize) -> Batch {
         let mut b = Batch::default();
         for _ in 0..n {
@@ -229,7 +217,7 @@ mod tests {
 
     #[test]
     fn empty_datagrams_fill_an_inbox_too() {
-        let q = inbox();
+        let q = Inbox::default();
         let per_batch = 1024;
         let mut taken = 0;
         loop {
@@ -253,7 +241,7 @@ mod tests {
 
     #[test]
     fn bytes_count_against_the_bound() {
-        let q = inbox();
+        let q = Inbox::default();
         // Two datagrams that fill the inbox exactly, their entries counted.
         let big = MAX_INBOX_BYTES / 2 - ITEM_COST;
         assert_eq!(q.offer(batch(1, big)), Ok(1));

@@ -912,7 +912,6 @@ async fn relay_loop(w: Rc<Worker>, poll: mio::Poll) {
                 }
             }
         }
-        handoff::flush(&w);
         tokio::task::yield_now().await;
     }
 }
