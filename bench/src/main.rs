@@ -123,10 +123,16 @@ fn args() -> (String, HashMap<String, String>) {
     (cmd, m)
 }
 
+/// The value of `--k`: a missing or unreadable one ends the tool with a usage error
+/// (status 2), not a panic's backtrace.
 fn get<T: std::str::FromStr>(m: &HashMap<String, String>, k: &str, default: Option<T>) -> T {
+    let fail = |why: String| -> ! {
+        eprintln!("firstcall-bench: {why}");
+        std::process::exit(2)
+    };
     match m.get(k) {
-        Some(v) => v.parse().unwrap_or_else(|_| panic!("bad --{k} {v}")),
-        None => default.unwrap_or_else(|| panic!("--{k} is required")),
+        Some(v) => v.parse().unwrap_or_else(|_| fail(format!("--{k}: cannot read {v:?}"))),
+        None => default.unwrap_or_else(|| fail(format!("--{k} is required"))),
     }
 }
 
