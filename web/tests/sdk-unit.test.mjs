@@ -77,7 +77,7 @@ function world({ random = 0.5, token = "dev:alice", url = "ws://x/v1/ws" } = {})
 
 const types = (ws) => ws.sent.map((f) => f.type);
 
-test("frames sent before the socket is up are queued and go out after the welcome, in order", () => {
+test("a new session's frames queued before the socket is up go out right behind the hello, once", () => {
   const { s, sockets, welcome } = world();
   s.send({ type: "call.invite", call: "c" });
   s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
@@ -85,11 +85,67 @@ test("frames sent before the socket is up are queued and go out after the welcom
   const ws = sockets[0];
   assert.deepEqual(ws.sent, [], "nothing before open");
   ws.open();
-  assert.deepEqual(types(ws), ["hello"]);
-  welcome(ws);
+  // A cold start: the server takes them once the hello is through, a round trip before
+  // the welcome would have let them go.
   assert.deepEqual(types(ws), ["hello", "call.invite", "call.signal"]);
   assert.deepEqual(ws.sent.slice(1).map((f) => f.seq), [1, 2]);
+  // Sent while the welcome is on its way: at once, next in order.
+  s.send({ type: "call.signal", call: "c", data: { candidate: { candidate: "x" } } });
+  assert.deepEqual(ws.sent.slice(1).map((f) => f.seq), [1, 2, 3]);
+  assert.equal(s.state, "connecting");
+  welcome(ws);
+  assert.deepEqual(types(ws), ["hello", "call.invite", "call.signal", "call.signal"], "the welcome sends none of them again");
   assert.equal(s.state, "connected");
+  assert.equal(s.unacked.length, 3, "kept until acknowledged");
+  s.send({ type: "call.hangup", call: "c" });
+  assert.deepEqual(ws.sent.slice(1).map((f) => f.seq), [1, 2, 3, 4]);
+});
+
+test("frames behind a hello whose socket closed before the welcome go out again, behind the next hello", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.send({ type: "call.invite", call: "c" });
+  s.open();
+  sockets[0].open();
+  sockets[0].drop(1006);
+  clock.advance(0);
+  sockets[1].open();
+  assert.deepEqual(types(sockets[1]), ["hello", "call.invite"]);
+  assert.equal(sockets[1].sent[0].resume, undefined, "still no session to resume");
+  welcome(sockets[1]);
+  assert.deepEqual(types(sockets[1]), ["hello", "call.invite"]);
+});
+
+test("a resume does not send behind its hello: the welcome says which frames the server lacks", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  sockets[0].drop(1006);
+  s.send({ type: "call.invite", call: "c" });
+  clock.advance(0);
+  sockets[1].open();
+  assert.deepEqual(types(sockets[1]), ["hello"]);
+  s.send({ type: "call.accept", call: "d" });
+  assert.deepEqual(types(sockets[1]), ["hello"], "queued until the welcome");
+  welcome(sockets[1], { resumed: true, last_seq: 0 });
+  assert.deepEqual(sockets[1].sent.slice(1).map((f) => [f.type, f.seq]), [["call.invite", 1], ["call.accept", 2]]);
+});
+
+test("at a welcome, the frames kept go out before any a welcome listener sends (no seq gap)", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  sockets[0].drop(1006);
+  clock.advance(0);
+  // As the client does for a connected call the server lost (call.restore).
+  s.on("welcome", (w) => {
+    if (!w.resumed) s.send({ type: "call.restore", call: "c" });
+  });
+  sockets[1].open();
+  welcome(sockets[1], { session: "S2", resumed: false });
+  assert.deepEqual(sockets[1].sent.slice(1).map((f) => [f.type, f.seq]), [["call.signal", 1], ["call.restore", 2]]);
 });
 
 test("acks release frames; unacknowledged frames are kept", () => {
@@ -910,4 +966,124 @@ test("updateDevice sends device.update with only what it was given", () => {
     { type: "device.update", state: "foreground" },
     { type: "device.update", push: null },
   ]);
+});
+
+// A cold start: TURN credentials fetched over HTTP beside the socket's connect.
+function prefetchWorld(fetchImpl, options = {}) {
+  const w = world();
+  const pcs = [];
+  class PC extends RtcPC {
+    constructor(config) {
+      super(config);
+      pcs.push(this);
+    }
+  }
+  const sockets = [];
+  class WS extends w.s.env.WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  const asked = [];
+  const fetch = async (url, init) => {
+    asked.push({ url, auth: init?.headers?.Authorization });
+    return fetchImpl(url);
+  };
+  const env = { ...w.s.env, WebSocket: WS, RTCPeerConnection: PC, getUserMedia: async () => ({ getTracks: () => [] }), fetch };
+  const c = createClient("ws://x:8080/v1/ws", { token: "dev:alice", device: "dev1", env, prefetchIceServers: true, ...options });
+  return { c, pcs, sockets, asked, clock: w.clock };
+}
+const credential = (uris) => ({ ok: true, status: 200, json: async () => ({ username: "1700000000:alice", password: "pw", ttl: 86400, uris }) });
+const URIS = ["stun:192.0.2.1:3478", "turn:192.0.2.1:3478?transport=udp", "turn:192.0.2.1:3478?transport=tcp"];
+
+test("prefetched TURN credentials: a cold-start call builds its peer connection and its invite goes out behind the hello", async () => {
+  const { c, pcs, sockets, asked } = prefetchWorld(async () => credential(URIS));
+  const call = c.call("bob", { id: "c1" });
+  await settle();
+  assert.deepEqual(asked, [{ url: "http://x:8080/v1/turn-credentials", auth: "Bearer dev:alice" }]);
+  assert.deepEqual(c.iceServers, [{ urls: URIS, username: "1700000000:alice", credential: "pw" }]);
+  assert.equal(pcs.length, 1, "one peer connection: the pool, taken by the call");
+  assert.equal(call.pc, pcs[0]);
+  assert.deepEqual(pcs[0].config.iceServers, c.iceServers);
+  // The socket opens after the credentials came: the invite rides behind the hello.
+  sockets[0].open();
+  assert.deepEqual(types(sockets[0]), ["hello", "call.invite"]);
+  // The welcome's servers are the same URLs with a credential minted a moment later:
+  // the call keeps its peer connection, and no second pool is built for it.
+  const welcomeServers = [
+    { urls: URIS.slice(1), username: "1700000001:alice", credential: "pw2" },
+    { urls: URIS.slice(0, 1) },
+  ];
+  sockets[0].deliver(welcomeFrame({ ice_servers: welcomeServers }));
+  assert.deepEqual(c.iceServers[0].username, "1700000000:alice");
+  assert.deepEqual(types(sockets[0]), ["hello", "call.invite"], "not sent again");
+  assert.equal(pcs.filter((p) => p.signalingState === "closed").length, 0);
+  // A later refresh replaces them as before.
+  sockets[0].deliver({ type: "ice_servers", seq: 1, ice_servers: welcomeServers, ice_ttl: 3600 });
+  assert.deepEqual(c.iceServers, welcomeServers);
+});
+
+test("a prefetch that fails (or answers nonsense) leaves the ICE servers to the welcome", async () => {
+  for (const answer of [
+    async () => ({ ok: false, status: 404, json: async () => ({}) }),
+    async () => ({ ok: true, status: 200, json: async () => ({ uris: "turn:x" }) }),
+    async () => Promise.reject(new TypeError("Failed to fetch")),
+  ]) {
+    const { c, pcs, sockets } = prefetchWorld(answer);
+    await settle();
+    assert.equal(pcs.length, 0);
+    assert.equal(c.timeline.some((e) => e.event.includes("prefetch failed")), true);
+    sockets[0].open();
+    sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+    assert.deepEqual(c.iceServers, turn("p1"));
+    assert.equal(pcs.length, 1);
+  }
+});
+
+test("a welcome that comes before the prefetch wins; other URLs in the welcome replace the prefetched ones", async () => {
+  let release;
+  const slow = new Promise((r) => (release = r));
+  const first = prefetchWorld(() => slow);
+  first.sockets[0].open();
+  first.sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  release(credential(URIS));
+  await settle();
+  assert.deepEqual(first.c.iceServers, turn("p1"), "the late prefetch changes nothing");
+  assert.equal(first.pcs.length, 1);
+
+  const second = prefetchWorld(async () => credential(URIS));
+  await settle();
+  assert.equal(second.pcs.length, 1);
+  second.sockets[0].open();
+  second.sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  assert.deepEqual(second.c.iceServers, turn("p1"));
+  assert.equal(second.pcs[0].signalingState, "closed", "the pool built for other servers is replaced");
+  assert.equal(second.pcs.length, 2);
+});
+
+test("no prefetch by default outside a page of the server's origin", async () => {
+  const { pcs, asked } = prefetchWorld(async () => credential(URIS), { prefetchIceServers: undefined });
+  await settle();
+  assert.deepEqual(asked, []);
+  assert.equal(pcs.length, 0);
+});
+
+test("a call whose invite the server has not processed is not ended by a new session's welcome", async () => {
+  // Placed while the socket was down after a server restart: the invite goes out after
+  // the welcome, which cannot list the call yet.
+  const { c, sockets, pcs, clock } = prefetchWorld(async () => credential(URIS));
+  await settle();
+  sockets[0].open();
+  sockets[0].deliver(welcomeFrame({ ice_servers: turn("p1") }));
+  sockets[0].drop(1006);
+  const call = c.call("bob", { id: "c2" });
+  await settle();
+  clock.advance(0);
+  assert.equal(call.state, "ringing");
+  sockets[1].open();
+  sockets[1].deliver(welcomeFrame({ session: "S2", resumed: false, ice_servers: turn("p1"), calls: [] }));
+  assert.equal(call.state, "ringing", "still placing the call");
+  assert.deepEqual(types(sockets[1]), ["hello", "call.invite"]);
+  assert.equal(pcs.filter((p) => p === call.pc && p.signalingState === "closed").length, 0);
 });

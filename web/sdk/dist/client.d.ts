@@ -32,6 +32,15 @@ export interface ConnectOptions {
      */
     prewarm?: boolean;
     /**
+     * Fetch TURN credentials over HTTP (`GET /v1/turn-credentials`) while the socket opens,
+     * so that a call placed at start-up (a cold start) builds its peer connection, gathers
+     * and sends its invite without waiting for the welcome (docs/protocol.md, "Frames
+     * behind the hello"). Default: on when the page's origin is the server's (across
+     * origins the request, which carries the token, would need CORS, which the server does
+     * not answer); the welcome brings them otherwise, as before.
+     */
+    prefetchIceServers?: boolean;
+    /**
      * A connected call whose media stops for this long while the other side says it sends
      * some restarts ICE at once (the callee asks the caller to), rather than wait for ICE to
      * notice (default 800 ms; 0: never). At half of it the signaling socket is checked.
@@ -80,7 +89,7 @@ export declare class Client extends Emitter<ClientEvents> {
      */
     call(user: string, opts?: CallOptions): Call;
     /**
-     * Resolves once ICE servers are known (first welcome), or after `maxMs` so a call is
+     * Resolves once ICE servers are known (the prefetch or the first welcome), or after `maxMs` so a call is
      * never stuck: gathering before then would miss relay candidates, which is exactly
      * how cold-start calls used to fail.
      */
@@ -100,8 +109,16 @@ export declare class Client extends Emitter<ClientEvents> {
     online(): Promise<string[]>;
     close(): void;
     private warm;
-    /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+    /** A welcome (or the prefetch) came: `iceServers` is what the server hands out (maybe nothing). */
     private iceKnown;
+    /** Where `iceServers` came from, once known. */
+    private iceFrom;
+    /**
+     * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its
+     * answer makes the ICE servers known unless a welcome already did. A failure (no such
+     * route, a refused token, no network) only means waiting for the welcome.
+     */
+    private prefetchIce;
     /** No call, or one waiting for its peer connection (a pool is for that call or the next). */
     private wantsPool;
     private onWelcome;

@@ -12,8 +12,10 @@ export class Client extends Emitter {
         this.calls = new Map();
         this.timeline = [];
         this.warm = null;
-        /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+        /** A welcome (or the prefetch) came: `iceServers` is what the server hands out (maybe nothing). */
         this.iceKnown = false;
+        /** Where `iceServers` came from, once known. */
+        this.iceFrom = null;
         this.options = options;
         this.env = { ...defaultEnv(), ...(options.env ?? {}) };
         this.started = this.env.now();
@@ -32,6 +34,8 @@ export class Client extends Emitter {
         this.session.on("welcome", (w) => this.onWelcome(w));
         this.session.on("frame", (f) => this.onFrame(f));
         this.session.on("fatal", (e) => this.emit("fatal", e));
+        if (options.prefetchIceServers ?? sameOrigin(this.httpBase))
+            this.prefetchIce();
     }
     get state() {
         return this.session.state;
@@ -52,7 +56,7 @@ export class Client extends Emitter {
         return c;
     }
     /**
-     * Resolves once ICE servers are known (first welcome), or after `maxMs` so a call is
+     * Resolves once ICE servers are known (the prefetch or the first welcome), or after `maxMs` so a call is
      * never stuck: gathering before then would miss relay candidates, which is exactly
      * how cold-start calls used to fail.
      */
@@ -117,6 +121,42 @@ export class Client extends Emitter {
         this.warm?.pc.close();
         this.warm = null;
         this.session.close();
+    }
+    /**
+     * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its
+     * answer makes the ICE servers known unless a welcome already did. A failure (no such
+     * route, a refused token, no network) only means waiting for the welcome.
+     */
+    prefetchIce() {
+        const f = this.env.fetch;
+        if (!f)
+            return;
+        const started = this.env.now();
+        const t = this.options.token;
+        void (async () => {
+            try {
+                const token = typeof t === "function" ? await t() : t;
+                const r = await f(`${this.httpBase}/v1/turn-credentials`, { headers: { Authorization: `Bearer ${token}` } });
+                if (!r.ok)
+                    throw new Error(`HTTP ${r.status}`);
+                const body = (await r.json());
+                const uris = body.uris;
+                if (!Array.isArray(uris) || !uris.every((u) => typeof u === "string") || typeof body.username !== "string" || typeof body.password !== "string")
+                    throw new Error("not a TURN REST credential");
+                if (this.iceKnown || this.state === "closed")
+                    return;
+                this.iceServers = uris.length ? [{ urls: uris, username: body.username, credential: body.password }] : [];
+                this.iceKnown = true;
+                this.iceFrom = "prefetch";
+                this.log("client", "ice servers prefetched", { ms: this.env.now() - started, urls: uris.length });
+                this.emit("ice-servers", this.iceServers);
+                if (this.wantsPool())
+                    this.prewarm();
+            }
+            catch (e) {
+                this.log("client", "ice server prefetch failed: the welcome brings them", { error: String(e) });
+            }
+        })();
     }
     /** @internal True while any call has not ended. */
     inCall() {
@@ -191,7 +231,17 @@ export class Client extends Emitter {
     }
     onWelcome(w) {
         this.user = w.user;
-        this.iceServers = w.ice_servers ?? [];
+        const servers = w.ice_servers ?? [];
+        if (this.iceFrom === "prefetch" && sameUrls(servers, this.iceServers)) {
+            // The same servers, their credential minted for the same user moments apart with
+            // the same lifetime: the pool built from the prefetched one (or the call holding
+            // it) keeps it. Later welcomes and refreshes replace it as usual.
+            this.log("client", "welcome's ice servers match the prefetched ones");
+        }
+        else {
+            this.iceServers = servers;
+        }
+        this.iceFrom = "welcome";
         this.iceKnown = true;
         this.log("client", w.resumed ? "session resumed" : "session started", {
             session: w.session,
@@ -215,6 +265,10 @@ export class Client extends Emitter {
             const live = new Map((w.calls ?? []).map((c) => [c.call, c]));
             for (const c of [...this.calls.values()]) {
                 if (c.state === "new")
+                    continue;
+                // Its invite is not processed yet (behind this session's hello, or sent again
+                // now): the server learns of the call from it, so it cannot be in the list.
+                if (this.session.unacked.some((u) => u.frame.type === "call.invite" && u.frame.call === c.id))
                     continue;
                 const known = live.get(c.id);
                 if (known && known.state !== "restoring")
@@ -263,6 +317,24 @@ export class Client extends Emitter {
             return;
         }
         this.calls.get(id)?.onFrame(f);
+    }
+}
+/** Every URL of `a` is in `b` and the other way round (order and grouping aside). */
+function sameUrls(a, b) {
+    const urls = (l) => [...new Set(l.flatMap((s) => [].concat(s.urls)))].sort().join(" ");
+    return urls(a) === urls(b);
+}
+/** Whether this page was loaded from `httpBase` (a fetch there needs no CORS). */
+function sameOrigin(httpBase) {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const origin = globalThis.location?.origin;
+    if (typeof origin !== "string")
+        return false;
+    try {
+        return new URL(httpBase).origin === origin;
+    }
+    catch {
+        return false;
     }
 }
 /** `meta` as the server takes it: a plain JSON object of at most 4 KiB, else a clear error. */

@@ -99,6 +99,12 @@ export declare class Session extends Emitter<SessionEvents> {
     private node;
     /** The socket in use got its welcome (a close before it counts against the node). */
     private welcomed;
+    /**
+     * Frames written right behind a hello that starts a new session, before its welcome
+     * (a cold start): the server takes them in order once the hello is through, so they
+     * are not sent again at the welcome. `null`: not pipelining on this socket.
+     */
+    private pipelined;
     constructor(url: ServerUrl, token: TokenSource, device: string, env: Environment);
     /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
     send(frame: ClientFrame): number;

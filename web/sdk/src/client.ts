@@ -34,6 +34,15 @@ export interface ConnectOptions {
    */
   prewarm?: boolean;
   /**
+   * Fetch TURN credentials over HTTP (`GET /v1/turn-credentials`) while the socket opens,
+   * so that a call placed at start-up (a cold start) builds its peer connection, gathers
+   * and sends its invite without waiting for the welcome (docs/protocol.md, "Frames
+   * behind the hello"). Default: on when the page's origin is the server's (across
+   * origins the request, which carries the token, would need CORS, which the server does
+   * not answer); the welcome brings them otherwise, as before.
+   */
+  prefetchIceServers?: boolean;
+  /**
    * A connected call whose media stops for this long while the other side says it sends
    * some restarts ICE at once (the callee asks the caller to), rather than wait for ICE to
    * notice (default 800 ms; 0: never). At half of it the signaling socket is checked.
@@ -87,6 +96,7 @@ export class Client extends Emitter<ClientEvents> {
     this.session.on("welcome", (w) => this.onWelcome(w));
     this.session.on("frame", (f) => this.onFrame(f));
     this.session.on("fatal", (e) => this.emit("fatal", e));
+    if (options.prefetchIceServers ?? sameOrigin(this.httpBase)) this.prefetchIce();
   }
 
   get state(): ClientState {
@@ -110,7 +120,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
-   * Resolves once ICE servers are known (first welcome), or after `maxMs` so a call is
+   * Resolves once ICE servers are known (the prefetch or the first welcome), or after `maxMs` so a call is
    * never stuck: gathering before then would miss relay candidates, which is exactly
    * how cold-start calls used to fail.
    */
@@ -173,8 +183,42 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private warm: { pc: RTCPeerConnection; key: string } | null = null;
-  /** A welcome came: `iceServers` is what the server hands out (maybe nothing). */
+  /** A welcome (or the prefetch) came: `iceServers` is what the server hands out (maybe nothing). */
   private iceKnown = false;
+  /** Where `iceServers` came from, once known. */
+  private iceFrom: "prefetch" | "welcome" | null = null;
+
+  /**
+   * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its
+   * answer makes the ICE servers known unless a welcome already did. A failure (no such
+   * route, a refused token, no network) only means waiting for the welcome.
+   */
+  private prefetchIce(): void {
+    const f = this.env.fetch;
+    if (!f) return;
+    const started = this.env.now();
+    const t = this.options.token;
+    void (async () => {
+      try {
+        const token = typeof t === "function" ? await t() : t;
+        const r = await f(`${this.httpBase}/v1/turn-credentials`, { headers: { Authorization: `Bearer ${token}` } });
+        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        const body = (await r.json()) as { uris?: unknown; username?: unknown; password?: unknown };
+        const uris = body.uris;
+        if (!Array.isArray(uris) || !uris.every((u) => typeof u === "string") || typeof body.username !== "string" || typeof body.password !== "string")
+          throw new Error("not a TURN REST credential");
+        if (this.iceKnown || this.state === "closed") return;
+        this.iceServers = uris.length ? [{ urls: uris as string[], username: body.username, credential: body.password }] : [];
+        this.iceKnown = true;
+        this.iceFrom = "prefetch";
+        this.log("client", "ice servers prefetched", { ms: this.env.now() - started, urls: uris.length });
+        this.emit("ice-servers", this.iceServers);
+        if (this.wantsPool()) this.prewarm();
+      } catch (e) {
+        this.log("client", "ice server prefetch failed: the welcome brings them", { error: String(e) });
+      }
+    })();
+  }
 
   /** @internal True while any call has not ended. */
   inCall(): boolean {
@@ -252,7 +296,16 @@ export class Client extends Emitter<ClientEvents> {
 
   private onWelcome(w: Welcome): void {
     (this as { user: string }).user = w.user;
-    this.iceServers = w.ice_servers ?? [];
+    const servers = w.ice_servers ?? [];
+    if (this.iceFrom === "prefetch" && sameUrls(servers, this.iceServers)) {
+      // The same servers, their credential minted for the same user moments apart with
+      // the same lifetime: the pool built from the prefetched one (or the call holding
+      // it) keeps it. Later welcomes and refreshes replace it as usual.
+      this.log("client", "welcome's ice servers match the prefetched ones");
+    } else {
+      this.iceServers = servers;
+    }
+    this.iceFrom = "welcome";
     this.iceKnown = true;
     this.log("client", w.resumed ? "session resumed" : "session started", {
       session: w.session,
@@ -275,6 +328,9 @@ export class Client extends Emitter<ClientEvents> {
       const live = new Map((w.calls ?? []).map((c) => [c.call, c]));
       for (const c of [...this.calls.values()]) {
         if (c.state === "new") continue;
+        // Its invite is not processed yet (behind this session's hello, or sent again
+        // now): the server learns of the call from it, so it cannot be in the list.
+        if (this.session.unacked.some((u) => u.frame.type === "call.invite" && u.frame.call === c.id)) continue;
         const known = live.get(c.id);
         if (known && known.state !== "restoring") continue;
         if (!c.restore()) c.end("failed", "session lost");
@@ -315,6 +371,24 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     this.calls.get(id)?.onFrame(f);
+  }
+}
+
+/** Every URL of `a` is in `b` and the other way round (order and grouping aside). */
+function sameUrls(a: RTCIceServer[], b: RTCIceServer[]): boolean {
+  const urls = (l: RTCIceServer[]) => [...new Set(l.flatMap((s) => ([] as string[]).concat(s.urls)))].sort().join(" ");
+  return urls(a) === urls(b);
+}
+
+/** Whether this page was loaded from `httpBase` (a fetch there needs no CORS). */
+function sameOrigin(httpBase: string): boolean {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const origin = (globalThis as any).location?.origin;
+  if (typeof origin !== "string") return false;
+  try {
+    return new URL(httpBase).origin === origin;
+  } catch {
+    return false;
   }
 }
 

@@ -119,6 +119,12 @@ export class Session extends Emitter<SessionEvents> {
   private node = 0;
   /** The socket in use got its welcome (a close before it counts against the node). */
   private welcomed = false;
+  /**
+   * Frames written right behind a hello that starts a new session, before its welcome
+   * (a cold start): the server takes them in order once the hello is through, so they
+   * are not sent again at the welcome. `null`: not pipelining on this socket.
+   */
+  private pipelined: number | null = null;
 
   constructor(
     url: ServerUrl,
@@ -142,7 +148,10 @@ export class Session extends Emitter<SessionEvents> {
     const seq = ++this.outSeq;
     const f = { ...frame, seq };
     this.unacked.push({ seq, frame: f });
-    if (this.ws && this.state === "connected") {
+    if (this.ws && this.pipelined !== null) {
+      this.pipelined++;
+      this.raw(JSON.stringify(f));
+    } else if (this.ws && this.state === "connected") {
       if (this.ackTimer) {
         // Our pending ack rides on this frame instead of a frame of its own.
         this.env.clearTimeout(this.ackTimer);
@@ -196,10 +205,26 @@ export class Session extends Emitter<SessionEvents> {
     }
     this.ws = ws;
     this.welcomed = false;
+    this.pipelined = null;
     ws.onopen = () => {
+      if (ws !== this.ws) return;
       const hello: Hello = { type: "hello", token, device: this.device };
       if (this.sessionId) hello.resume = { session: this.sessionId, last_seq: this.lastIn };
-      ws.send(JSON.stringify(hello));
+      try {
+        ws.send(JSON.stringify(hello));
+        if (!this.sessionId) {
+          // A new session numbers our frames from 1, as they already are (nothing was
+          // ever acknowledged): they go out now, behind the hello, one round trip
+          // before the welcome would have let them (docs/protocol.md, "Frames behind
+          // the hello"). A resume waits for the welcome: it says which to send again.
+          for (const u of this.unacked) ws.send(JSON.stringify(u.frame));
+          this.pipelined = this.unacked.length;
+          if (this.pipelined) this.emit("log", "pipelined", { frames: this.pipelined });
+        }
+      } catch {
+        // The frames stay in `unacked`; the close that follows resumes.
+        this.pipelined = null;
+      }
       this.armWatchdog();
     };
     ws.onmessage = (ev) => {
@@ -217,6 +242,7 @@ export class Session extends Emitter<SessionEvents> {
     ws.onclose = (ev) => {
       if (ws !== this.ws) return;
       this.ws = null;
+      this.pipelined = null;
       this.env.clearTimeout(this.watchdog);
       const code = ev?.code;
       this.emit("log", "socket-closed", { code, reason: ev?.reason });
@@ -405,12 +431,18 @@ export class Session extends Emitter<SessionEvents> {
         u.frame = { ...u.frame, seq: u.seq };
       }
     }
+    // Those written behind this socket's hello (numbered as above: a new session's
+    // frames start at 1) are on their way, in order, ahead of anything sent from now on.
+    const already = f.resumed ? 0 : (this.pipelined ?? 0);
+    this.pipelined = null;
     this.sessionId = f.session;
     this.welcome = f;
     this.attempt = 0;
     this.retriedToken = false;
     this.setState("connected");
+    // Before the welcome's listeners run: a frame one of them sends (a call.restore)
+    // takes the next seq and must follow these, or the server sees a gap.
+    for (const u of this.unacked.slice(already)) this.raw(JSON.stringify(u.frame));
     this.emit("welcome", f);
-    for (const u of this.unacked) ws.send(JSON.stringify(u.frame));
   }
 }
