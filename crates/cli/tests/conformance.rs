@@ -39,7 +39,7 @@ impl Client {
         let s = SignalClient::connect(url, &format!("dev:{}", self.user), &self.device)
             .await
             .unwrap_or_else(|e| panic!("{} connect: {e}", self.device));
-        self.calls.handle_welcome(&s.welcome);
+        self.calls.handle_welcome(&s.welcome, &s.unprocessed_invites());
         self.session = Some(s);
     }
 
@@ -209,7 +209,8 @@ async fn run(path: &PathBuf) {
             c.session().reconnect().await.unwrap_or_else(|e| panic!("{at}: {e}"));
             let welcome = c.session().welcome.clone();
             if welcome["resumed"] != true {
-                c.calls.handle_welcome(&welcome);
+                let unprocessed = c.session().unprocessed_invites();
+                c.calls.handle_welcome(&welcome, &unprocessed);
             }
         } else if step.get("connect").is_some() {
             c.connect(&url).await;

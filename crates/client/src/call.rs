@@ -349,8 +349,13 @@ impl Calls {
 
     /// A welcome's `calls` snapshot after a new session (not a resume, whose replay
     /// carries everything): calls it no longer lists ended while this device was away
-    /// (`lost`); calls it lists that this device did not hold are added.
-    pub fn handle_welcome(&mut self, welcome: &Value) -> Vec<CallEvent> {
+    /// (`lost`); calls it lists that this device did not hold are added. `unprocessed`:
+    /// calls whose `call.invite` the server has not acknowledged
+    /// ([`SignalClient::unprocessed_invites`]): sent again after the welcome, they
+    /// cannot be listed yet and are not lost.
+    ///
+    /// [`SignalClient::unprocessed_invites`]: crate::signal::SignalClient::unprocessed_invites
+    pub fn handle_welcome(&mut self, welcome: &Value, unprocessed: &[CallId]) -> Vec<CallEvent> {
         let listed: BTreeMap<CallId, &Value> = welcome["calls"]
             .as_array()
             .into_iter()
@@ -361,7 +366,7 @@ impl Calls {
         let gone: Vec<CallId> = self
             .calls
             .keys()
-            .filter(|id| !listed.contains_key(id))
+            .filter(|id| !listed.contains_key(id) && !unprocessed.contains(id))
             .cloned()
             .collect();
         for id in gone {
@@ -444,9 +449,12 @@ mod tests {
         let mut b = Calls::new();
         b.handle_frame(&json!({"type": "call.incoming", "call": "c1", "from": "alice", "media": "video", "sdp": "o"}))
             .unwrap();
-        let ev = b.handle_welcome(&json!({"calls": [
-            {"call": "c2", "role": "callee", "peer": "carol", "media": "audio", "state": "ringing", "this_device": false}
-        ]}));
+        let ev = b.handle_welcome(
+            &json!({"calls": [
+                {"call": "c2", "role": "callee", "peer": "carol", "media": "audio", "state": "ringing", "this_device": false}
+            ]}),
+            &[],
+        );
         assert_eq!(
             ev,
             vec![
@@ -458,5 +466,23 @@ mod tests {
             ]
         );
         assert_eq!(b.snapshot()["c2"], "incoming");
+    }
+
+    #[test]
+    fn a_call_whose_invite_the_server_has_not_processed_outlives_a_new_sessions_snapshot() {
+        // Placed while the socket was down (the server restarted meanwhile): the invite
+        // goes out again after the welcome, which therefore cannot list the call.
+        let mut a = Calls::new();
+        a.invite("c1", "bob", Media::Audio, "o", None).unwrap();
+        a.invite("c2", "carol", Media::Audio, "o", None).unwrap();
+        let ev = a.handle_welcome(&json!({"calls": []}), &[CallId("c1".into())]);
+        assert_eq!(
+            ev,
+            vec![CallEvent::Ended {
+                call: CallId("c2".into()),
+                reason: "lost".into()
+            }]
+        );
+        assert_eq!(a.snapshot()["c1"], "calling");
     }
 }

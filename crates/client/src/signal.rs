@@ -114,6 +114,22 @@ impl SignalClient {
         self.unacked.len()
     }
 
+    /// The calls whose `call.invite` the server has not acknowledged: after a new
+    /// session's welcome they go out again, so its `calls` cannot list them yet (for
+    /// [`crate::call::Calls::handle_welcome`]).
+    pub fn unprocessed_invites(&self) -> Vec<crate::call::CallId> {
+        self.unacked
+            .iter()
+            .filter_map(|(_, f)| {
+                let v: Value = serde_json::from_str(f).ok()?;
+                if v["type"] != "call.invite" {
+                    return None;
+                }
+                Some(crate::call::CallId(v["call"].as_str()?.to_owned()))
+            })
+            .collect()
+    }
+
     /// Drop the socket abruptly, as a dead network would (no close frame).
     pub fn cut(&mut self) {
         self.ws = None;
