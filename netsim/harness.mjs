@@ -240,7 +240,12 @@ async function placeCalls(sc, calls, hostA, hostB, nat, closers, logFile) {
     const id = `${sc.name}-${k}-${Date.now()}`;
     const t0 = Date.now();
     if (sc.mode === "cold-start") {
-      // A fresh page that calls in the same tick its client is created.
+      // A fresh page that calls in the same tick its client is created. The last one
+      // closes its client first (its peer connections release their TURN allocations):
+      // a context closed with them open leaves them to expire after 10 minutes, and
+      // past ~40 cold starts alice's reached the server's per-user quota (486), which
+      // then delayed every call's relay candidates.
+      await a.page.evaluate(() => window.client?.close()).catch(() => {});
       await a.ctx.close();
       a = await openPage(A.browser, "alice", { create: true });
       await a.page.evaluate(async (id) => {
