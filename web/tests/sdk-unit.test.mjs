@@ -1019,6 +1019,7 @@ test("prefetched TURN credentials: a cold-start call builds its peer connection 
   assert.deepEqual(c.iceServers[0].username, "1700000000:alice");
   assert.deepEqual(types(sockets[0]), ["hello", "call.invite"], "not sent again");
   assert.equal(pcs.filter((p) => p.signalingState === "closed").length, 0);
+  assert.equal(pcs.length, 1, "no second pool");
   // A later refresh replaces them as before.
   sockets[0].deliver({ type: "ice_servers", seq: 1, ice_servers: welcomeServers, ice_ttl: 3600 });
   assert.deepEqual(c.iceServers, welcomeServers);
@@ -1086,4 +1087,66 @@ test("a call whose invite the server has not processed is not ended by a new ses
   assert.equal(call.state, "ringing", "still placing the call");
   assert.deepEqual(types(sockets[1]), ["hello", "call.invite"]);
   assert.equal(pcs.filter((p) => p === call.pc && p.signalingState === "closed").length, 0);
+});
+
+test("at a resume's welcome, a state listener's frame goes after the frames kept (no seq gap)", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  sockets[0].drop(1006);
+  clock.advance(0);
+  // As an app might: tell the server the app is in front each time it is back.
+  s.on("state", (st) => {
+    if (st === "connected") s.send({ type: "device.update", state: "foreground" });
+  });
+  sockets[1].open();
+  welcome(sockets[1], { resumed: true, last_seq: 0 });
+  assert.deepEqual(sockets[1].sent.slice(1).map((f) => [f.type, f.seq]), [["call.signal", 1], ["call.signal", 2], ["device.update", 3]]);
+});
+
+test("a write that fails while the welcome's frames are resent moves them to one new socket, and that welcome is not taken", () => {
+  const { s, sockets, welcome, clock } = world();
+  s.open();
+  sockets[0].open();
+  welcome(sockets[0]);
+  for (let i = 0; i < 4; i++) s.send({ type: "call.signal", call: "c", data: { end_of_candidates: true } });
+  sockets[0].drop(1006);
+  clock.advance(0);
+  sockets[1].open();
+  let welcomes = 0;
+  s.on("welcome", () => welcomes++);
+  // The socket dies under the first resent frame.
+  const send = sockets[1].send.bind(sockets[1]);
+  let n = 0;
+  sockets[1].send = (d) => {
+    if (++n === 2) {
+      sockets[1].readyState = 3;
+      throw new Error("gone");
+    }
+    return send(d);
+  };
+  welcome(sockets[1], { resumed: true, last_seq: 0 });
+  assert.equal(sockets.length, 3, "one new socket, not one per frame");
+  assert.equal(welcomes, 0, "the welcome of a socket already replaced is not announced");
+  assert.notEqual(s.state, "connected");
+  sockets[2].open();
+  welcome(sockets[2], { resumed: true, last_seq: 0 });
+  assert.deepEqual(sockets[2].sent.slice(1).map((f) => f.seq), [1, 2, 3, 4]);
+  assert.equal(welcomes, 1);
+});
+
+test("a prefetched credential is not kept when the welcome comes late in its lifetime", async () => {
+  const { c, sockets, pcs, clock } = prefetchWorld(async () => ({ ...credential(URIS), json: async () => ({ username: "1:alice", password: "pw", ttl: 60, uris: URIS }) }));
+  await settle();
+  assert.equal(pcs.length, 1);
+  clock.advance(7000); // past a tenth of 60 s
+  sockets[0].open();
+  const fresh = [{ urls: URIS, username: "2:alice", credential: "pw2" }];
+  sockets[0].deliver(welcomeFrame({ ice_servers: fresh }));
+  assert.deepEqual(c.iceServers, fresh);
+  assert.equal(pcs[0].signalingState, "closed");
+  assert.equal(pcs.length, 2);
 });

@@ -113,6 +113,8 @@ export declare class Client extends Emitter<ClientEvents> {
     private iceKnown;
     /** Where `iceServers` came from, once known. */
     private iceFrom;
+    /** The prefetched credential: when it came and how long it lives (ms). */
+    private prefetched;
     /**
      * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its
      * answer makes the ICE servers known unless a welcome already did. A failure (no such

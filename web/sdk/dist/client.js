@@ -16,6 +16,8 @@ export class Client extends Emitter {
         this.iceKnown = false;
         /** Where `iceServers` came from, once known. */
         this.iceFrom = null;
+        /** The prefetched credential: when it came and how long it lives (ms). */
+        this.prefetched = null;
         this.options = options;
         this.env = { ...defaultEnv(), ...(options.env ?? {}) };
         this.started = this.env.now();
@@ -148,6 +150,7 @@ export class Client extends Emitter {
                 this.iceServers = uris.length ? [{ urls: uris, username: body.username, credential: body.password }] : [];
                 this.iceKnown = true;
                 this.iceFrom = "prefetch";
+                this.prefetched = { at: this.env.now(), ttlMs: Number(body.ttl) * 1000 || 0 };
                 this.log("client", "ice servers prefetched", { ms: this.env.now() - started, urls: uris.length });
                 this.emit("ice-servers", this.iceServers);
                 if (this.wantsPool())
@@ -232,10 +235,13 @@ export class Client extends Emitter {
     onWelcome(w) {
         this.user = w.user;
         const servers = w.ice_servers ?? [];
-        if (this.iceFrom === "prefetch" && sameUrls(servers, this.iceServers)) {
+        const p = this.prefetched;
+        if (this.iceFrom === "prefetch" && p && this.env.now() - p.at < p.ttlMs / 10 && sameUrls(servers, this.iceServers)) {
             // The same servers, their credential minted for the same user moments apart with
             // the same lifetime: the pool built from the prefetched one (or the call holding
-            // it) keeps it. Later welcomes and refreshes replace it as usual.
+            // it) keeps it. Not when the welcome came late (a blocked WebSocket, backoff): the
+            // server's refresh comes at 80 % of the lifetime counted from the welcome, so an
+            // older credential could expire first. Later welcomes and refreshes replace it.
             this.log("client", "welcome's ice servers match the prefetched ones");
         }
         else {

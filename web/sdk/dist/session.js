@@ -385,11 +385,18 @@ export class Session extends Emitter {
         this.welcome = f;
         this.attempt = 0;
         this.retriedToken = false;
-        this.setState("connected");
-        // Before the welcome's listeners run: a frame one of them sends (a call.restore)
-        // takes the next seq and must follow these, or the server sees a gap.
-        for (const u of this.unacked.slice(already))
+        // Before any listener runs (of `state` or of the welcome): a frame one of them sends
+        // (a call.restore, a device.update) takes the next seq and must follow these, or the
+        // server sees a gap. A write that fails replaces the socket: the rest, and this
+        // welcome, are for the next one.
+        for (const u of this.unacked.slice(already)) {
+            if (this.ws !== ws)
+                return;
             this.raw(JSON.stringify(u.frame));
+        }
+        if (this.ws !== ws)
+            return;
+        this.setState("connected");
         this.emit("welcome", f);
     }
 }

@@ -187,6 +187,8 @@ export class Client extends Emitter<ClientEvents> {
   private iceKnown = false;
   /** Where `iceServers` came from, once known. */
   private iceFrom: "prefetch" | "welcome" | null = null;
+  /** The prefetched credential: when it came and how long it lives (ms). */
+  private prefetched: { at: number; ttlMs: number } | null = null;
 
   /**
    * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its
@@ -203,7 +205,7 @@ export class Client extends Emitter<ClientEvents> {
         const token = typeof t === "function" ? await t() : t;
         const r = await f(`${this.httpBase}/v1/turn-credentials`, { headers: { Authorization: `Bearer ${token}` } });
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
-        const body = (await r.json()) as { uris?: unknown; username?: unknown; password?: unknown };
+        const body = (await r.json()) as { uris?: unknown; username?: unknown; password?: unknown; ttl?: unknown };
         const uris = body.uris;
         if (!Array.isArray(uris) || !uris.every((u) => typeof u === "string") || typeof body.username !== "string" || typeof body.password !== "string")
           throw new Error("not a TURN REST credential");
@@ -211,6 +213,7 @@ export class Client extends Emitter<ClientEvents> {
         this.iceServers = uris.length ? [{ urls: uris as string[], username: body.username, credential: body.password }] : [];
         this.iceKnown = true;
         this.iceFrom = "prefetch";
+        this.prefetched = { at: this.env.now(), ttlMs: Number(body.ttl) * 1000 || 0 };
         this.log("client", "ice servers prefetched", { ms: this.env.now() - started, urls: uris.length });
         this.emit("ice-servers", this.iceServers);
         if (this.wantsPool()) this.prewarm();
@@ -297,10 +300,13 @@ export class Client extends Emitter<ClientEvents> {
   private onWelcome(w: Welcome): void {
     (this as { user: string }).user = w.user;
     const servers = w.ice_servers ?? [];
-    if (this.iceFrom === "prefetch" && sameUrls(servers, this.iceServers)) {
+    const p = this.prefetched;
+    if (this.iceFrom === "prefetch" && p && this.env.now() - p.at < p.ttlMs / 10 && sameUrls(servers, this.iceServers)) {
       // The same servers, their credential minted for the same user moments apart with
       // the same lifetime: the pool built from the prefetched one (or the call holding
-      // it) keeps it. Later welcomes and refreshes replace it as usual.
+      // it) keeps it. Not when the welcome came late (a blocked WebSocket, backoff): the
+      // server's refresh comes at 80 % of the lifetime counted from the welcome, so an
+      // older credential could expire first. Later welcomes and refreshes replace it.
       this.log("client", "welcome's ice servers match the prefetched ones");
     } else {
       this.iceServers = servers;

@@ -219,6 +219,12 @@ impl Outlet {
         self.push();
     }
 
+    /// A close frame is queued, or the socket is done: nothing more goes out.
+    pub(super) fn is_closing(&self) -> bool {
+        let b = self.lock();
+        b.closing || b.failed || b.slow
+    }
+
     /// Send our close frame.
     pub(crate) fn close(&self, status: Option<(u16, &str)>) {
         // Over the limit, the close cuts the socket like any frame.

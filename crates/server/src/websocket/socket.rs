@@ -169,7 +169,12 @@ pub async fn serve<E: Endpoint>(ep: E, sock: TcpStream, early: Vec<u8>, peer_ip:
             let mut batch = E::Batch::default();
             ep.first_text(conn, &outlet, &text, &mut batch);
             ep.flush(batch);
-            stop = take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None, &mut first);
+            // Refused at once (as in `decode_all`): what came behind it is not read.
+            stop = if outlet.is_closing() {
+                Some(Stop::Closing)
+            } else {
+                take_frames(&ep, conn, &outlet, &mut dec, &mut pending, None, &mut first)
+            };
             continue;
         }
         if stop.is_some() {
@@ -321,6 +326,12 @@ fn decode_all<E: Endpoint>(
                         break Some(Stop::Gate(gate, (*t).to_owned()));
                     }
                     ep.first_text(conn, outlet, t, &mut batch);
+                    // Refused (a draining node closes at once): frames a client sent
+                    // behind its hello (docs/protocol.md, "Frames behind the hello") are
+                    // not taken for a hello of their own.
+                    if outlet.is_closing() {
+                        break Some(Stop::Closing);
+                    }
                     continue;
                 }
                 if let Some(stop) = on_message(ep, conn, outlet, msg, &mut batch) {
