@@ -39,7 +39,8 @@ export interface ConnectOptions {
    * and sends its invite without waiting for the welcome (docs/protocol.md, "Frames
    * behind the hello"). Default: on when the page's origin is the server's (across
    * origins the request, which carries the token, would need CORS, which the server does
-   * not answer); the welcome brings them otherwise, as before.
+   * not answer); the welcome brings them otherwise, as before. A token function is asked
+   * once more for it.
    */
   prefetchIceServers?: boolean;
   /**
