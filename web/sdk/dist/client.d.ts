@@ -106,15 +106,15 @@ export declare class Client extends Emitter<ClientEvents> {
         push?: PushTarget | null;
         state?: AppState;
     }): void;
+    /** `GET path` on the server with the token (a token function is asked for a fresh one, as before every connect). */
+    private authorizedGet;
     /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
     online(): Promise<string[]>;
     close(): void;
     private warm;
     /** A welcome (or the prefetch) came: `iceServers` is what the server hands out (maybe nothing). */
     private iceKnown;
-    /** Where `iceServers` came from, once known. */
-    private iceFrom;
-    /** The prefetched credential: when it came and how long it lives (ms). */
+    /** `iceServers` are the prefetched credential, not yet met by a welcome: when it came and how long it lives (ms). */
     private prefetched;
     /**
      * `GET /v1/turn-credentials` with the token, once, beside the socket's connect: its

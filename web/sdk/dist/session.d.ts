@@ -100,11 +100,12 @@ export declare class Session extends Emitter<SessionEvents> {
     /** The socket in use got its welcome (a close before it counts against the node). */
     private welcomed;
     /**
-     * Frames written right behind a hello that starts a new session, before its welcome
-     * (a cold start): the server takes them in order once the hello is through, so they
-     * are not sent again at the welcome. `null`: not pipelining on this socket.
+     * Every frame kept is written right behind this socket's hello, which starts a new
+     * session, and any sent before its welcome at once (a cold start): the server takes
+     * them in order once the hello is through, so none is sent again at the welcome
+     * (nothing is acknowledged before it, so the kept frames are exactly those written).
      */
-    private pipelined;
+    private pipelining;
     constructor(url: ServerUrl, token: TokenSource, device: string, env: Environment);
     /** Queue a frame; it is sent now if the socket is up, else on (re)connect. Never dropped. */
     send(frame: ClientFrame): number;

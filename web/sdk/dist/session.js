@@ -56,11 +56,12 @@ export class Session extends Emitter {
         /** The socket in use got its welcome (a close before it counts against the node). */
         this.welcomed = false;
         /**
-         * Frames written right behind a hello that starts a new session, before its welcome
-         * (a cold start): the server takes them in order once the hello is through, so they
-         * are not sent again at the welcome. `null`: not pipelining on this socket.
+         * Every frame kept is written right behind this socket's hello, which starts a new
+         * session, and any sent before its welcome at once (a cold start): the server takes
+         * them in order once the hello is through, so none is sent again at the welcome
+         * (nothing is acknowledged before it, so the kept frames are exactly those written).
          */
-        this.pipelined = null;
+        this.pipelining = false;
         this.urls = typeof url === "string" ? [url] : [...url];
         if (this.urls.length === 0)
             throw new FirstcallError("bad_options", "firstcall: no server URL");
@@ -77,8 +78,7 @@ export class Session extends Emitter {
         const seq = ++this.outSeq;
         const f = { ...frame, seq };
         this.unacked.push({ seq, frame: f });
-        if (this.ws && this.pipelined !== null) {
-            this.pipelined++;
+        if (this.ws && this.pipelining) {
             this.raw(JSON.stringify(f));
         }
         else if (this.ws && this.state === "connected") {
@@ -139,7 +139,7 @@ export class Session extends Emitter {
         }
         this.ws = ws;
         this.welcomed = false;
-        this.pipelined = null;
+        this.pipelining = false;
         ws.onopen = () => {
             if (ws !== this.ws)
                 return;
@@ -155,14 +155,14 @@ export class Session extends Emitter {
                     // the hello"). A resume waits for the welcome: it says which to send again.
                     for (const u of this.unacked)
                         ws.send(JSON.stringify(u.frame));
-                    this.pipelined = this.unacked.length;
-                    if (this.pipelined)
-                        this.emit("log", "pipelined", { frames: this.pipelined });
+                    this.pipelining = true;
+                    if (this.unacked.length)
+                        this.emit("log", "pipelined", { frames: this.unacked.length });
                 }
             }
             catch {
                 // The frames stay in `unacked`; the close that follows resumes.
-                this.pipelined = null;
+                this.pipelining = false;
             }
             this.armWatchdog();
         };
@@ -184,7 +184,7 @@ export class Session extends Emitter {
             if (ws !== this.ws)
                 return;
             this.ws = null;
-            this.pipelined = null;
+            this.pipelining = false;
             this.env.clearTimeout(this.watchdog);
             const code = ev?.code;
             this.emit("log", "socket-closed", { code, reason: ev?.reason });
@@ -377,10 +377,10 @@ export class Session extends Emitter {
                 u.frame = { ...u.frame, seq: u.seq };
             }
         }
-        // Those written behind this socket's hello (numbered as above: a new session's
-        // frames start at 1) are on their way, in order, ahead of anything sent from now on.
-        const already = f.resumed ? 0 : (this.pipelined ?? 0);
-        this.pipelined = null;
+        // Written behind this socket's hello (numbered as above: a new session's frames
+        // start at 1), they are on their way, in order, ahead of anything sent from now on.
+        const resend = this.pipelining ? [] : [...this.unacked];
+        this.pipelining = false;
         this.sessionId = f.session;
         this.welcome = f;
         this.attempt = 0;
@@ -389,7 +389,7 @@ export class Session extends Emitter {
         // (a call.restore, a device.update) takes the next seq and must follow these, or the
         // server sees a gap. A write that fails replaces the socket: the rest, and this
         // welcome, are for the next one.
-        for (const u of this.unacked.slice(already)) {
+        for (const u of resend) {
             if (this.ws !== ws)
                 return;
             this.raw(JSON.stringify(u.frame));

@@ -155,16 +155,20 @@ export class Client extends Emitter<ClientEvents> {
     this.send(frame);
   }
 
+  /** `GET path` on the server with the token (a token function is asked for a fresh one, as before every connect). */
+  private async authorizedGet(f: typeof fetch, path: string): Promise<Response> {
+    const t = this.options.token;
+    const token = typeof t === "function" ? await t() : t;
+    return f(`${this.httpBase}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  }
+
   /** Users with a socket connected now (`GET /v1/online`); a failure rejects with a `FirstcallError` (`http`). */
   async online(): Promise<string[]> {
     const f = this.env.fetch;
     if (!f) return [];
     let r: Response;
     try {
-      // A token function is asked for a fresh token, as before every connect.
-      const t = this.options.token;
-      const token = typeof t === "function" ? await t() : t;
-      r = await f(`${this.httpBase}/v1/online`, { headers: { Authorization: `Bearer ${token}` } });
+      r = await this.authorizedGet(f, "/v1/online");
     } catch (e) {
       throw new FirstcallError("http", `online: ${String(e)}`, { cause: e });
     }
@@ -186,9 +190,7 @@ export class Client extends Emitter<ClientEvents> {
   private warm: { pc: RTCPeerConnection; key: string } | null = null;
   /** A welcome (or the prefetch) came: `iceServers` is what the server hands out (maybe nothing). */
   private iceKnown = false;
-  /** Where `iceServers` came from, once known. */
-  private iceFrom: "prefetch" | "welcome" | null = null;
-  /** The prefetched credential: when it came and how long it lives (ms). */
+  /** `iceServers` are the prefetched credential, not yet met by a welcome: when it came and how long it lives (ms). */
   private prefetched: { at: number; ttlMs: number } | null = null;
 
   /**
@@ -200,11 +202,9 @@ export class Client extends Emitter<ClientEvents> {
     const f = this.env.fetch;
     if (!f) return;
     const started = this.env.now();
-    const t = this.options.token;
     void (async () => {
       try {
-        const token = typeof t === "function" ? await t() : t;
-        const r = await f(`${this.httpBase}/v1/turn-credentials`, { headers: { Authorization: `Bearer ${token}` } });
+        const r = await this.authorizedGet(f, "/v1/turn-credentials");
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         const body = (await r.json()) as { uris?: unknown; username?: unknown; password?: unknown; ttl?: unknown };
         const uris = body.uris;
@@ -213,7 +213,6 @@ export class Client extends Emitter<ClientEvents> {
         if (this.iceKnown || this.state === "closed") return;
         this.iceServers = uris.length ? [{ urls: uris as string[], username: body.username, credential: body.password }] : [];
         this.iceKnown = true;
-        this.iceFrom = "prefetch";
         this.prefetched = { at: this.env.now(), ttlMs: Number(body.ttl) * 1000 || 0 };
         this.log("client", "ice servers prefetched", { ms: this.env.now() - started, urls: uris.length });
         this.emit("ice-servers", this.iceServers);
@@ -302,7 +301,8 @@ export class Client extends Emitter<ClientEvents> {
     (this as { user: string }).user = w.user;
     const servers = w.ice_servers ?? [];
     const p = this.prefetched;
-    if (this.iceFrom === "prefetch" && p && this.env.now() - p.at < p.ttlMs / 10 && sameUrls(servers, this.iceServers)) {
+    this.prefetched = null;
+    if (p && this.env.now() - p.at < p.ttlMs / 10 && sameUrls(servers, this.iceServers)) {
       // The same servers, their credential minted for the same user moments apart with
       // the same lifetime: the pool built from the prefetched one (or the call holding
       // it) keeps it. Not when the welcome came late (a blocked WebSocket, backoff): the
@@ -312,7 +312,6 @@ export class Client extends Emitter<ClientEvents> {
     } else {
       this.iceServers = servers;
     }
-    this.iceFrom = "welcome";
     this.iceKnown = true;
     this.log("client", w.resumed ? "session resumed" : "session started", {
       session: w.session,
