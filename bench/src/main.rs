@@ -366,7 +366,7 @@ async fn main() {
                     }
                     println!(
                         "{}",
-                        json!({"at": at, "sent": r.sent, "received": r.received, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                        json!({"at": at, "sent": r.sent, "received": r.received, "misdelivered": r.misdelivered, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                             "app_p50_ms": r.app_p50_ms, "app_p99_ms": r.app_p99_ms,
                             "server_cpu_share": cpu / r.secs, "server_us_per_frame": cpu / r.received.max(1) as f64 * 1e6,
                             "store_us_per_frame": store / r.received.max(1) as f64 * 1e6,
@@ -400,7 +400,7 @@ async fn main() {
                     println!(
                         "{}",
                         json!({"step": true, "rate": rate, "try": attempt, "achieved_rate": achieved, "sent": r.sent, "received": r.received,
-                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "app_p99_ms": r.app_p99_ms, "errors": r.errors, "server_cpu_s": cpu, "store_cpu_s": store, "generator_cpu_s": me,
+                        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "app_p99_ms": r.app_p99_ms, "errors": r.errors, "misdelivered": r.misdelivered, "server_cpu_s": cpu, "store_cpu_s": store, "generator_cpu_s": me,
                         "max_gap_ms": r.max_gap_ms, "max_burst": r.max_burst, "ok": ok})
                     );
                     if ok {

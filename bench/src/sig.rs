@@ -45,6 +45,11 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Sockets that closed during the run.
     pub closed: AtomicU64,
+    /// Load frames that reached a session other than the one they were addressed to
+    /// (each names its recipient's index in `sdpMid`): counted as errors, never as
+    /// received. A server that routes by a session number every node reuses delivers
+    /// a frame for another node's session to its own session of that number.
+    pub misdelivered: AtomicU64,
     /// Delivery latencies, microseconds: from the sender's `send` to the kernel's receive
     /// timestamp of the bytes at the recipient's socket (`SO_TIMESTAMPNS`), which leaves
     /// out how long they then waited for the generator's own thread.
@@ -118,6 +123,9 @@ pub struct Conn {
     seq: u64,
     /// The call this session signals on (firstcall only).
     call: String,
+    /// The index of the session this one sends to (its pair's other half), which each
+    /// load frame names so that its receiver can check it was meant for it.
+    to: u32,
     /// What this session has received and acknowledged (firstcall only).
     acks: Arc<AckState>,
 }
@@ -416,6 +424,8 @@ impl LastField {
 static SENT_US: LastField = LastField::new(r#""usernameFragment":""#);
 /// A relayed frame's seq: its last field but its ack (the server writes them last).
 static SEQ: LastField = LastField::new(r#","seq":"#);
+/// The index of the session a load frame is meant for, in its candidate's `sdpMid`.
+static TO: LastField = LastField::new(r#""sdpMid":""#);
 
 /// The decimal number that starts at `at` in `t`, without allocating: the generator
 /// reads two per delivered frame and must cost less than the server it loads.
@@ -487,7 +497,8 @@ fn ack_frame(seq: u64) -> String {
 
 /// Make `ws` a load connection: a reader task records deliveries and acks; frames go
 /// out through the returned link.
-fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>) {
+/// `me`: this session's index, which the load frames meant for it name.
+fn drive(proto: &Proto, ws: Ws, me: u32, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>) {
     let Ws {
         sock,
         mut dec,
@@ -519,6 +530,13 @@ fn drive(proto: &Proto, ws: Ws, stats: Arc<Stats>) -> (Arc<Link>, Arc<AckState>)
         // `lag_us`: how long the read's bytes had waited in the socket (see `read_stamped`).
         let on_text = |t: &str, lag_us: u64| {
             if let Some(sent) = SENT_US.in_text(t) {
+                if TO.in_text(t) != Some(u64::from(me)) {
+                    if stats.misdelivered.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("first frame delivered to the wrong session (this is {me}): {t}");
+                    }
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let now = now_us();
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 if sent >= stats.step_start_us.load(Ordering::Relaxed) {
@@ -653,8 +671,11 @@ pub async fn open_pairs(
 ) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(pairs * 2);
     let mut flush = Vec::with_capacity(pairs * 2);
+    let (first, last) = (servers[0], servers[servers.len() - 1]);
+    if let (Proto::Spreed { .. }, true) = (proto, first != last) {
+        spreed_disjoint_sids(proto, last, pairs).await?;
+    }
     for p in 0..pairs {
-        let (first, last) = (servers[0], servers[servers.len() - 1]);
         let (mut a, a_addr) = hello(proto, first, 2 * p).await?;
         let (mut b, b_addr) = hello(proto, last, 2 * p + 1).await?;
         // Per process too: call ids are the server's, live until the call ends.
@@ -677,8 +698,9 @@ pub async fn open_pairs(
             }
         }
         // Each side's address is the other's recipient.
-        let (atx, ast) = drive(proto, a, stats.clone());
-        let (btx, bst) = drive(proto, b, stats.clone());
+        let (ai, bi) = (2 * p as u32, 2 * p as u32 + 1);
+        let (atx, ast) = drive(proto, a, ai, stats.clone());
+        let (btx, bst) = drive(proto, b, bi, stats.clone());
         flush.push((atx.clone(), ast.clone()));
         flush.push((btx.clone(), bst.clone()));
         conns.push(Conn {
@@ -686,6 +708,7 @@ pub async fn open_pairs(
             address: b_addr,
             seq: 1,
             call: call.clone(),
+            to: bi,
             acks: ast,
         });
         conns.push(Conn {
@@ -693,6 +716,7 @@ pub async fn open_pairs(
             address: a_addr,
             seq: 1,
             call,
+            to: ai,
             acks: bst,
         });
     }
@@ -700,6 +724,23 @@ pub async fn open_pairs(
         spawn_ack_flusher(flush);
     }
     Ok(conns)
+}
+
+/// nextcloud-spreed-signaling 0.4.1 (Debian's) finds a message's recipient by the
+/// session number inside its public id, a counter every process starts at 1
+/// (`h.clients[data.Sid]` in hub.go; fixed upstream in 1.0.0, commit 36710c8): a frame
+/// for another node's session n goes to this node's own session n, never over NATS.
+/// Numbering the last node's sessions after the first node's (open `n` there and end
+/// them) sends every frame across; the receivers' check (`Stats::misdelivered`) says
+/// whether it did.
+async fn spreed_disjoint_sids(proto: &Proto, server: SocketAddr, n: usize) -> Result<(), String> {
+    for i in 0..n {
+        let (mut ws, _) = hello(proto, server, 1_000_000 + i).await?;
+        ws.send_text(r#"{"type":"bye","bye":{}}"#).await?;
+        // Until the server closes: the session is gone from its table.
+        while ws.next_text().await.is_ok() {}
+    }
+    Ok(())
 }
 
 /// One load frame: a trickled candidate whose `usernameFragment` carries the send time.
@@ -710,15 +751,15 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
         Proto::Firstcall => {
             c.seq += 1;
             // A pending ack rides on the frame, as the SDK does (protocol.md).
-            frame_text(proto, &c.call, c.seq, c.acks.take(), now_us())
+            frame_text(proto, &c.call, c.to, c.seq, c.acks.take(), now_us())
         }
-        Proto::Spreed { .. } => frame_text(proto, &c.address, 0, None, now_us()),
+        Proto::Spreed { .. } => frame_text(proto, &c.address, c.to, 0, None, now_us()),
     }
 }
 
 /// A load frame to `to` (firstcall: the call; spreed: the recipient session), sent at
 /// `sent_us`; `seq` and `ack` are firstcall's.
-fn frame_text(proto: &Proto, to: &str, seq: u64, ack: Option<u64>, sent_us: u64) -> String {
+fn frame_text(proto: &Proto, to: &str, to_index: u32, seq: u64, ack: Option<u64>, sent_us: u64) -> String {
     let mut f = String::with_capacity(320);
     let mut n = itoa::Buffer::new();
     match proto {
@@ -740,7 +781,9 @@ fn frame_text(proto: &Proto, to: &str, seq: u64, ack: Option<u64>, sent_us: u64)
             f.push_str(r#""},"data":"#);
         }
     }
-    f.push_str(r#"{"candidate":{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 9 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":""#);
+    f.push_str(r#"{"candidate":{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 9 typ host","sdpMid":""#);
+    f.push_str(n.format(to_index));
+    f.push_str(r#"","sdpMLineIndex":0,"usernameFragment":""#);
     f.push_str(n.format(sent_us));
     f.push_str(r#""}}}"#);
     if let Proto::Spreed { .. } = proto {
@@ -791,8 +834,10 @@ pub struct Step {
     pub app_p50_ms: f64,
     /// p99 of the same.
     pub app_p99_ms: f64,
-    /// Error frames during the step.
+    /// Error frames during the step (misdelivered frames included).
     pub errors: u64,
+    /// Load frames delivered to another session than their recipient.
+    pub misdelivered: u64,
     /// Most frames sent in one turn of the send loop (nominally `rate / 1000`): a turn
     /// that comes late sends everything due since, as one burst.
     pub max_burst: u64,
@@ -828,6 +873,7 @@ pub async fn run_step(
     grace: Duration,
 ) -> Step {
     let err0 = stats.errors.load(Ordering::Relaxed);
+    let mis0 = stats.misdelivered.load(Ordering::Relaxed);
     if let Ok(mut l) = stats.latencies.lock() {
         l.stamped.clear();
         l.as_read.clear();
@@ -885,6 +931,7 @@ pub async fn run_step(
         app_p50_ms: pct(&app, 0.5),
         app_p99_ms: pct(&app, 0.99),
         errors: stats.errors.load(Ordering::Relaxed) - err0,
+        misdelivered: stats.misdelivered.load(Ordering::Relaxed) - mis0,
         max_burst,
         max_gap_ms: max_gap.as_secs_f64() * 1e3,
     }
@@ -950,19 +997,19 @@ mod tests {
 
     #[test]
     fn load_frames_are_the_json_each_server_expects() {
-        let cand = |t: u64| json!({"candidate": {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": t.to_string()}});
+        let cand = |t: u64| json!({"candidate": {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 9 typ host", "sdpMid": "3", "sdpMLineIndex": 0, "usernameFragment": t.to_string()}});
         let parse = |t: String| serde_json::from_str::<Value>(&t).unwrap();
         assert_eq!(
-            parse(frame_text(&Proto::Firstcall, "c-1", 7, Some(5), 123)),
+            parse(frame_text(&Proto::Firstcall, "c-1", 3, 7, Some(5), 123)),
             json!({"type": "call.signal", "seq": 7, "call": "c-1", "ack": 5, "data": cand(123)})
         );
         assert_eq!(
-            parse(frame_text(&Proto::Firstcall, "c-1", 8, None, u64::MAX)),
+            parse(frame_text(&Proto::Firstcall, "c-1", 3, 8, None, u64::MAX)),
             json!({"type": "call.signal", "seq": 8, "call": "c-1", "data": cand(u64::MAX)})
         );
         let spreed = Proto::Spreed { backend: String::new() };
         assert_eq!(
-            parse(frame_text(&spreed, "sess", 0, None, 9)),
+            parse(frame_text(&spreed, "sess", 3, 0, None, 9)),
             json!({"type": "message", "message": {"recipient": {"type": "session", "sessionid": "sess"}, "data": cand(9)}})
         );
     }
