@@ -609,9 +609,11 @@ NATS = "nats-server"
 
 
 def start_redis(ns, tmp):
+    """A Redis of its own for one configuration: an empty directory each time (the
+    configuration before's log, loaded from its append-only file, would be another
+    cluster's state, and Redis answers LOADING while it reads it)."""
     port = 16379
-    d = tmp / "redis"
-    d.mkdir(exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="redis-", dir=tmp))
     # appendfsync everysec: the persistence docs/operations.md asks for in production.
     p = Proc("redis", ns.exec(pin("server", [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(d)])))

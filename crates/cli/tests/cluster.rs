@@ -692,6 +692,32 @@ fn redis_cli(redis: &Redis, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A node started before its Redis listens waits for it and joins, instead of exiting:
+/// Redis and its nodes are often started together (a compose file, a host's boot).
+#[tokio::test]
+async fn a_node_started_before_redis_waits_for_it_and_joins() {
+    if !have_redis() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let turn = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // `start_firstcall_on` names the node's log after its TURN port.
+    let log = std::env::temp_dir().join(format!("firstcall-test-{}-{}.log", std::process::id(), turn.port()));
+    let starting =
+        std::thread::spawn(move || start_firstcall_on(turn, &["--redis-url", &url, "--turn-secret", SECRET]));
+    let waiting = wait_until(T, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("cannot join the cluster yet"))
+    });
+    assert!(waiting, "the node says it waits for Redis");
+    let redis = Redis::start(port, redis_dir("late"), false);
+    let n = starting.join().expect("the node joins once Redis answers");
+    let mut alice = on(&n, "alice", "a").await;
+    let mut bob = on(&n, "bob", "b").await;
+    call(&mut alice, &mut bob, "l1").await;
+    drop(redis);
+}
+
 #[tokio::test]
 async fn checkpoints_bound_the_log_and_a_node_joins_from_the_snapshot() {
     if !have_redis() || !have_tool("redis-cli") {

@@ -692,7 +692,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let signaling = match &config.redis_url {
         None => signal::Signaling::start(hub_config, hub_tokens, ice, webhook.clone(), config.slow_socket_queue),
         Some(url) => {
-            let joined = cluster::join(url, &config.redis_prefix, config.redis_checkpoint_every).await?;
+            let joined = cluster::join_patiently(
+                url,
+                &config.redis_prefix,
+                config.redis_checkpoint_every,
+                cluster::JOIN_PATIENCE,
+            )
+            .await?;
             signal::Signaling::start_cluster(
                 hub_config,
                 hub_tokens,

@@ -66,6 +66,54 @@ pub enum ClusterError {
     BadSeed(String),
 }
 
+impl ClusterError {
+    /// Whether trying again later may succeed: Redis unreachable, timing out, or still
+    /// loading its data after a restart (it answers `LOADING` until the log is read).
+    /// A refused password, a key another program holds or a snapshot this version
+    /// cannot read stay refused.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || matches!(
+                        source.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How long a starting node waits for a Redis that is unreachable or still loading its
+/// data (Redis and the nodes started together, or Redis restarting) before it gives up.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`join`], tried again while the failure [`is_transient`](ClusterError::is_transient),
+/// with backoff (100 ms doubling to 2 s), for up to `patience`. Each failed try is
+/// logged; what a try left behind is harmless (a skipped node number, a heartbeat key
+/// that expires, an extra `Joined` entry, which changes nothing).
+pub async fn join_patiently(
+    url: &str,
+    prefix: &str,
+    checkpoint_every: u64,
+    patience: Duration,
+) -> Result<Joined, ClusterError> {
+    let until = Instant::now() + patience;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match join(url, prefix, checkpoint_every).await {
+            Err(e) if e.is_transient() && Instant::now() + wait < until => {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot join the cluster yet: retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The Redis keys of one cluster (`--redis-prefix`).
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -484,6 +532,28 @@ mod tests {
         );
         assert_eq!(c.ms_of(base + Duration::from_micros(300_001)), 1_301);
         assert_eq!(c.ms_of(base + Duration::from_millis(300)), 1_300);
+    }
+
+    #[test]
+    fn joining_is_tried_again_while_redis_is_unreachable_or_loading_and_not_when_it_refuses() {
+        let redis = |source: redis::RedisError| ClusterError::Redis {
+            url: "redis://127.0.0.1:6379".into(),
+            source,
+        };
+        let reply = |line: &[u8]| {
+            redis::parse_redis_value(line)
+                .and_then(redis::Value::extract_error)
+                .expect_err("an error reply")
+        };
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(redis(refused.into()).is_transient());
+        assert!(redis(reply(b"-LOADING Redis is loading the dataset in memory\r\n")).is_transient());
+        assert!(!redis(reply(b"-WRONGPASS invalid username-password pair\r\n")).is_transient());
+        assert!(!redis(reply(
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        ))
+        .is_transient());
+        assert!(!ClusterError::BadSeed("k".into()).is_transient());
     }
 
     #[test]
