@@ -757,8 +757,9 @@ fn load_frame(proto: &Proto, c: &mut Conn) -> String {
     }
 }
 
-/// A load frame to `to` (firstcall: the call; spreed: the recipient session), sent at
-/// `sent_us`; `seq` and `ack` are firstcall's.
+/// A load frame to `to` (firstcall: the call; spreed: the recipient session), meant for
+/// the session of index `to_index` (its `sdpMid`), sent at `sent_us`; `seq` and `ack`
+/// are firstcall's.
 fn frame_text(proto: &Proto, to: &str, to_index: u32, seq: u64, ack: Option<u64>, sent_us: u64) -> String {
     let mut f = String::with_capacity(320);
     let mut n = itoa::Buffer::new();
