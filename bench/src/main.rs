@@ -451,6 +451,10 @@ async fn main() {
                     "app_p99_ms_runs": polled.iter().map(|r| r.app_p99_ms).collect::<Vec<_>>(),
                     "max_gap_ms": polled.iter().map(|r| r.max_gap_ms).fold(0.0, f64::max),
                     "max_burst": polled.iter().map(|r| r.max_burst).max(),
+                    // Every run's, polling and sleeping: a frame that reached another
+                    // session than its recipient makes the latencies meaningless.
+                    "errors": polled.iter().chain(&slept).map(|r| r.errors).sum::<u64>(),
+                    "misdelivered": polled.iter().chain(&slept).map(|r| r.misdelivered).sum::<u64>(),
                     "generator_sleeping": {"p50_ms": median(&slept, |r| r.p50_ms), "p99_ms": median(&slept, |r| r.p99_ms),
                         "p99_ms_runs": p99s(&slept)}})
             } else {

@@ -718,6 +718,37 @@ async fn a_node_started_before_redis_waits_for_it_and_joins() {
     drop(redis);
 }
 
+/// A node waiting for its Redis stops at once on SIGTERM (exit 0), not after the
+/// minute it would wait: an orchestrator's stop (10-30 s) would otherwise end in SIGKILL.
+#[test]
+fn a_node_waiting_for_redis_stops_at_once_on_sigterm() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("firstcall-waiting-{}-{port}", std::process::id()));
+    let log = dir.with_extension("log");
+    let mut cmd = Command::new(firstcall_bin());
+    cmd.args(["serve", "--dev", "--turn-secret", SECRET, "--log", "info"])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{port}/0")])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--turn-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .env_remove("FIRSTCALL_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut n = Proc::spawn("firstcall", &mut cmd);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(T, || text().contains("cannot join the cluster yet")),
+        "the node waits for Redis; log:\n{}",
+        text()
+    );
+    n.signal("TERM");
+    let status = n.exit_within(Duration::from_secs(3)).expect("stopped within 3 s");
+    assert_eq!(status.code(), Some(0), "{}", text());
+    assert!(text().contains("stopped during start-up"), "{}", text());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+}
+
 #[tokio::test]
 async fn checkpoints_bound_the_log_and_a_node_joins_from_the_snapshot() {
     if !have_redis() || !have_tool("redis-cli") {

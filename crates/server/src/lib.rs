@@ -209,7 +209,15 @@ pub async fn serve(args: config::ServeArgs, config: ServeConfig) -> Result<(), S
     // Before the listeners: a SIGTERM during the start must drain too, not kill.
     let mut stop = StopSignals::new()?;
     let mut hup = Hangups::new()?;
-    let mut running = start(config).await?;
+    // Until `start` returns no session is served: a signal then stops the process at
+    // once (a cluster node may wait up to a minute for its Redis there).
+    let mut running = tokio::select! {
+        r = start(config) => r?,
+        _ = stop.next() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     running.reloader.args = args;
     loop {
         tokio::select! {
