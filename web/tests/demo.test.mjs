@@ -9,6 +9,7 @@ import { mkdirSync } from "node:fs";
 import { NetNs, requireRoot } from "./lib/netns.mjs";
 import { launchIn } from "./lib/browser.mjs";
 import { startFirstcall } from "./lib/servers.mjs";
+import { signIn, videoCall } from "./lib/demo.mjs";
 
 const shots = new URL("../test-results/", import.meta.url).pathname;
 
@@ -37,25 +38,11 @@ test("demo page: sign in, call, answer, see video and timeline, hang up", { time
     // The name check runs (its pattern compiles): a name with a space is refused.
     await page.fill("#name", "not valid");
     assert.equal(await page.$eval("#name", (i) => i.validity.patternMismatch), true);
-    await page.fill("#name", name);
-    await page.click("#signin-button");
-    await page.waitForSelector("#app:not(.hidden)", { timeout: 10000 });
-    await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected");
+    await signIn(page, name);
   }
-  // Alice sees Bob online and calls him.
-  await alice.waitForSelector('#people li[data-user="bob"] button[data-media="video"]', { timeout: 10000 });
-  await alice.click('#people li[data-user="bob"] button[data-media="video"]');
-  // Bob's phone rings; he answers.
-  await bob.waitForSelector("#incoming:not(.hidden)", { timeout: 10000 });
-  assert.equal(await bob.textContent("#incoming-from"), "alice");
-  await bob.click("#accept");
+  // Alice sees Bob online and calls him; Bob's phone rings and he answers.
+  await videoCall(alice, bob, "alice", "bob");
   for (const page of [alice, bob]) {
-    await page.waitForFunction(() => document.body.dataset.callState === "connected", null, { timeout: 30000 });
-    // Media flows: the remote video has frames.
-    await page.waitForFunction(() => {
-      const v = document.getElementById("remote");
-      return v.videoWidth > 0 && v.getVideoPlaybackQuality().totalVideoFrames > 0;
-    }, null, { timeout: 15000 });
     const ttc = await page.textContent("#ttc");
     assert.match(ttc, /^\d+\.\d\d s$/);
     assert.notEqual(await page.textContent("#pair"), "–");

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { NetNs, requireRoot } from "./lib/netns.mjs";
 import { launchIn } from "./lib/browser.mjs";
 import { firstcallBin } from "./lib/servers.mjs";
+import { signIn, videoCall } from "./lib/demo.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -68,10 +69,7 @@ test("docs/operations.md's two commands start Redis and two nodes whose demo pag
     page.on("console", (m) => m.type() === "error" && problems.push(`${name} console: ${m.text()}`));
     // Once the node listens (it may wait for Redis, then applies the log first).
     await gotoWhenUp(page, `http://127.0.0.1:${port}/`, 20000);
-    await page.fill("#name", name);
-    await page.click("#signin-button");
-    await page.waitForSelector("#app:not(.hidden)", { timeout: 10000 });
-    await page.waitForFunction(() => document.getElementById("status").dataset.state === "connected", null, { timeout: 15000 });
+    await signIn(page, name);
     return page;
   };
   let alice, bob;
@@ -82,18 +80,7 @@ test("docs/operations.md's two commands start Redis and two nodes whose demo pag
     throw new Error(`${e.message}\ncommands' output:\n${readFileSync(log, "utf8").slice(-3000)}`);
   }
   // Bob is on the other node, and Alice sees him online there.
-  await alice.waitForSelector('#people li[data-user="bob"] button[data-media="video"]', { timeout: 10000 });
-  await alice.click('#people li[data-user="bob"] button[data-media="video"]');
-  await bob.waitForSelector("#incoming:not(.hidden)", { timeout: 10000 });
-  assert.equal(await bob.textContent("#incoming-from"), "alice");
-  await bob.click("#accept");
-  for (const page of [alice, bob]) {
-    await page.waitForFunction(() => document.body.dataset.callState === "connected", null, { timeout: 30000 });
-    await page.waitForFunction(() => {
-      const v = document.getElementById("remote");
-      return v.videoWidth > 0 && v.getVideoPlaybackQuality().totalVideoFrames > 0;
-    }, null, { timeout: 15000 });
-  }
+  await videoCall(alice, bob, "alice", "bob");
   t.diagnostic(`alice (node 8081) connected to bob (node 8082) in ${await alice.textContent("#ttc")}`);
   await bob.click("#hangup");
   await alice.waitForFunction(() => document.getElementById("call-state").textContent === "ended (hangup)", null, { timeout: 10000 });
