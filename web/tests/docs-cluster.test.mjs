@@ -9,7 +9,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, openSync } f
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NetNs, requireRoot } from "./lib/netns.mjs";
-import { launchIn } from "./lib/browser.mjs";
+import { launchIn, gotoRetrying } from "./lib/browser.mjs";
 import { firstcallBin } from "./lib/servers.mjs";
 import { signIn, videoCall } from "./lib/demo.mjs";
 
@@ -68,7 +68,7 @@ test("docs/operations.md's two commands start Redis and two nodes whose demo pag
     page.on("pageerror", (e) => problems.push(`${name} page error: ${e.message}`));
     page.on("console", (m) => m.type() === "error" && problems.push(`${name} console: ${m.text()}`));
     // Once the node listens (it may wait for Redis, then applies the log first).
-    await gotoWhenUp(page, `http://127.0.0.1:${port}/`, 20000);
+    await gotoRetrying(page, `http://127.0.0.1:${port}/`, { upWithinMs: 20000 });
     await signIn(page, name);
     return page;
   };
@@ -86,17 +86,3 @@ test("docs/operations.md's two commands start Redis and two nodes whose demo pag
   await alice.waitForFunction(() => document.getElementById("call-state").textContent === "ended (hangup)", null, { timeout: 10000 });
   assert.deepEqual(problems, [], "no page error or console error");
 });
-
-/** Load `url`, trying again while nothing listens there yet, for up to `ms`. */
-async function gotoWhenUp(page, url, ms) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await page.goto(url);
-    } catch (e) {
-      const early = /ERR_CONNECTION_REFUSED|ERR_NETWORK_CHANGED/.test(String(e));
-      if (!early || Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}

@@ -701,17 +701,11 @@ async fn a_node_started_before_redis_waits_for_it_and_joins() {
     }
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let turn = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    // `start_firstcall_on` names the node's log after its TURN port.
-    let log = std::env::temp_dir().join(format!("firstcall-test-{}-{}.log", std::process::id(), turn.port()));
-    let starting =
-        std::thread::spawn(move || start_firstcall_on(turn, &["--redis-url", &url, "--turn-secret", SECRET]));
-    let waiting = wait_until(T, || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("cannot join the cluster yet"))
-    });
-    assert!(waiting, "the node says it waits for Redis");
+    let mut n = spawn_firstcall(&["--redis-url", &url, "--turn-secret", SECRET]);
+    let waiting = wait_until(T, || n.log_text().contains("cannot join the cluster yet"));
+    assert!(waiting, "the node says it waits for Redis; log:\n{}", n.log_text());
     let redis = Redis::start(port, redis_dir("late"), false);
-    let n = starting.join().expect("the node joins once Redis answers");
+    n.wait_healthy();
     let mut alice = on(&n, "alice", "a").await;
     let mut bob = on(&n, "bob", "b").await;
     call(&mut alice, &mut bob, "l1").await;
@@ -722,31 +716,17 @@ async fn a_node_started_before_redis_waits_for_it_and_joins() {
 /// minute it would wait: an orchestrator's stop (10-30 s) would otherwise end in SIGKILL.
 #[test]
 fn a_node_waiting_for_redis_stops_at_once_on_sigterm() {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("firstcall-waiting-{}-{port}", std::process::id()));
-    let log = dir.with_extension("log");
-    let mut cmd = Command::new(firstcall_bin());
-    cmd.args(["serve", "--dev", "--turn-secret", SECRET, "--log", "info"])
-        .args(["--redis-url", &format!("redis://127.0.0.1:{port}/0")])
-        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--turn-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .env_remove("FIRSTCALL_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut n = Proc::spawn("firstcall", &mut cmd);
-    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let mut n = spawn_firstcall(&["--redis-url", &url, "--turn-secret", SECRET]);
     assert!(
-        wait_until(T, || text().contains("cannot join the cluster yet")),
+        wait_until(T, || n.log_text().contains("cannot join the cluster yet")),
         "the node waits for Redis; log:\n{}",
-        text()
+        n.log_text()
     );
-    n.signal("TERM");
-    let status = n.exit_within(Duration::from_secs(3)).expect("stopped within 3 s");
-    assert_eq!(status.code(), Some(0), "{}", text());
-    assert!(text().contains("stopped during start-up"), "{}", text());
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&log);
+    n.proc.signal("TERM");
+    let status = n.proc.exit_within(Duration::from_secs(3)).expect("stopped within 3 s");
+    assert_eq!(status.code(), Some(0), "{}", n.log_text());
+    assert!(n.log_text().contains("stopped during start-up"), "{}", n.log_text());
 }
 
 #[tokio::test]

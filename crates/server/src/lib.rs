@@ -206,11 +206,11 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// SIGHUP reads the configuration again (`args`, with the `--config` file as it is
 /// then) and applies new certificates, TURN secrets and JWT keys (see [`reload`]).
 pub async fn serve(args: config::ServeArgs, config: ServeConfig) -> Result<(), ServeError> {
-    // Before the listeners: a SIGTERM during the start must drain too, not kill.
+    // Before the listeners, so that a signal during the start is ours to handle, not
+    // the default's. Until `start` returns no session is served: a signal then stops
+    // the process at once (a cluster node may wait up to a minute for its Redis there).
     let mut stop = StopSignals::new()?;
     let mut hup = Hangups::new()?;
-    // Until `start` returns no session is served: a signal then stops the process at
-    // once (a cluster node may wait up to a minute for its Redis there).
     let mut running = tokio::select! {
         r = start(config) => r?,
         _ = stop.next() => {

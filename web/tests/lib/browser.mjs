@@ -48,14 +48,24 @@ export async function launchIn(ns, { trustCerts = [], extraArgs = [] } = {}) {
   return { browser, close };
 }
 
-/** Navigate, retrying (3 tries) only when Chromium aborts the load for a network change. */
-export async function gotoRetrying(page, url) {
-  for (let i = 0; ; i++) {
+/**
+ * Navigate, retrying (3 tries) when Chromium aborts the load for a network change, and,
+ * with `upWithinMs`, every 100 ms while nothing listens at `url` yet, for that long (a
+ * server still starting).
+ */
+export async function gotoRetrying(page, url, { upWithinMs = 0 } = {}) {
+  const deadline = Date.now() + upWithinMs;
+  for (let changes = 0; ; ) {
     try {
       return await page.goto(url);
     } catch (e) {
-      if (i >= 2 || !String(e).includes("ERR_NETWORK_CHANGED")) throw e;
-      process.stderr.write(`  (network change while loading ${url}; retrying)\n`);
+      if (String(e).includes("ERR_NETWORK_CHANGED") && changes++ < 2) {
+        process.stderr.write(`  (network change while loading ${url}; retrying)\n`);
+      } else if (String(e).includes("ERR_CONNECTION_REFUSED") && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+      } else {
+        throw e;
+      }
     }
   }
 }

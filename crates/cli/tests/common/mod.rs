@@ -155,6 +155,27 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Wait (15 s at most) until `/healthz` answers 200; a server that exits first, or
+    /// is not healthy by then, fails the test with its log.
+    pub fn wait_healthy(&mut self) {
+        let http = self.http;
+        let log = self.log.clone();
+        let proc = &mut self.proc;
+        let ready = wait_until(Duration::from_secs(15), || {
+            assert!(
+                proc.alive(),
+                "firstcall exited during start-up; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            matches!(http_get(http, "/healthz", &[]), Ok((200, _)))
+        });
+        assert!(
+            ready,
+            "firstcall not healthy within 15 s; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
 }
 
 impl Drop for Server {
@@ -195,6 +216,19 @@ pub fn start_firstcall_nofile(nofile: u64, extra: &[&str]) -> Server {
 }
 
 fn start_firstcall_with(turn: SocketAddr, relay: (u16, u16), nofile: Option<u64>, extra: &[&str]) -> Server {
+    let mut server = spawn_firstcall_with(turn, relay, nofile, extra);
+    server.wait_healthy();
+    server
+}
+
+/// `firstcall serve` as [`start_firstcall`] starts it, without waiting for it to be
+/// healthy ([`Server::wait_healthy`]): for a test that acts on it during its start.
+pub fn spawn_firstcall(extra: &[&str]) -> Server {
+    let turn = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    spawn_firstcall_with(turn, relay_range(100), None, extra)
+}
+
+fn spawn_firstcall_with(turn: SocketAddr, relay: (u16, u16), nofile: Option<u64>, extra: &[&str]) -> Server {
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let tag = format!("{}-{}", std::process::id(), turn.port());
     let data_dir = std::env::temp_dir().join(format!("firstcall-test-{tag}"));
@@ -227,20 +261,7 @@ fn start_firstcall_with(turn: SocketAddr, relay: (u16, u16), nofile: Option<u64>
     .env_remove("FIRSTCALL_CONFIG")
     .stdout(Stdio::null())
     .stderr(log_file);
-    let mut proc = Proc::spawn("firstcall", &mut cmd);
-    let ready = wait_until(Duration::from_secs(15), || {
-        assert!(
-            proc.alive(),
-            "firstcall exited during start-up; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        matches!(http_get(http, "/healthz", &[]), Ok((200, _)))
-    });
-    assert!(
-        ready,
-        "firstcall not healthy within 15 s; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let proc = Proc::spawn("firstcall", &mut cmd);
     Server {
         proc,
         http,

@@ -30,13 +30,17 @@ const READ_COUNT: usize = 1024;
 const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// Waits between attempts while Redis is unreachable: doubling from 100 ms to 2 s.
-struct Backoff(Duration);
+pub(super) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(super) fn new() -> Backoff {
         Backoff(Duration::from_millis(100))
     }
-    async fn wait(&mut self) {
+    /// How long the next [`Backoff::wait`] lasts.
+    pub(super) fn next(&self) -> Duration {
+        self.0
+    }
+    pub(super) async fn wait(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(2));
     }

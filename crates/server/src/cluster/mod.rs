@@ -101,13 +101,12 @@ pub async fn join_patiently(
     patience: Duration,
 ) -> Result<Joined, ClusterError> {
     let until = Instant::now() + patience;
-    let mut wait = Duration::from_millis(100);
+    let mut backoff = log::Backoff::new();
     loop {
         match join(url, prefix, checkpoint_every).await {
-            Err(e) if e.is_transient() && Instant::now() + wait < until => {
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot join the cluster yet: retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+            Err(e) if e.is_transient() && Instant::now() + backoff.next() < until => {
+                tracing::warn!(error = %e, retry_in = ?backoff.next(), "cannot join the cluster yet: retrying");
+                backoff.wait().await;
             }
             r => return r,
         }
